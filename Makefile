@@ -1,0 +1,41 @@
+# Mailfleet: `make demo` and `make test` set up everything they need on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Debian packages the tests and benchmarks use as real peers.
+APT_PACKAGES := swaks bind9 bind9-utils dnsutils isync fetchmail
+MOLECULE_APT_PACKAGES := docker.io mmdebstrap
+
+.PHONY: help venv apt test pytest lint molecule image demo demo-down bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+apt: ## Install the Debian packages the tests need (skipped when all are present)
+	@missing=""; for p in $(APT_PACKAGES) $(MOLECULE_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "apt: installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create the virtualenv with the package and test tools
+
+lint: venv ## ruff over the package and the tests
+	$(VENV)/bin/ruff check appliance tests bench
+
+pytest: apt venv ## Run the pytest suite (real servers on loopback)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+test: pytest ## Everything: pytest, then every Molecule scenario
+	@echo "make test: all green"
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache
