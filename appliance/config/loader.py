@@ -1,0 +1,590 @@
+"""Load mailfleet.yml and validate every key: one clear error line naming the key path and the reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import ssl
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.config.model import (
+    ROLES,
+    BackupDomain,
+    BackupMXConfig,
+    Config,
+    DeliveryConfig,
+    DNSConfig,
+    ForwardDomain,
+    HostPort,
+    IncomingGatewayConfig,
+    ListenConfig,
+    OutgoingGatewayConfig,
+    PrimaryConfig,
+    QueueConfig,
+    SMTPConfig,
+    TLSConfig,
+    UserConfig,
+)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Services that only the primary role offers (issue 3): a listener for them on another role is a contradiction.
+PRIMARY_SERVICES = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is the one line shown to the administrator."""
+
+    def __init__(self, where: str, reason: str, source: str = "") -> None:
+        self.where = where
+        self.reason = reason
+        self.source = source
+        super().__init__(f"{source}: {where}: {reason}" if source else f"{where}: {reason}")
+
+    def with_source(self, source: str) -> ConfigError:
+        return ConfigError(self.where, self.reason, source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _value in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_config(path: str | os.PathLike[str], check_host: bool = True) -> Config:
+    """Read, parse and validate a config file.
+
+    `check_host` verifies that listen and source addresses exist on this host's interfaces; tests that build
+    configs for other hosts turn it off.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file", "does not exist", source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("file", f"cannot be read ({exc.__class__.__name__}: {exc})", source) from None
+    return parse_config(text, source=source, base_dir=Path(path).resolve().parent, check_host=check_host)
+
+
+def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None,
+                 check_host: bool = True) -> Config:
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(where, f"invalid YAML: {problem}", source) from None
+    try:
+        config = _build(raw, source, base_dir or Path.cwd())
+        if check_host:
+            check_host_addresses(config)
+        return config
+    except ConfigError as exc:
+        raise exc.with_source(source) from None
+
+
+# ---------------------------------------------------------------------------------------------- primitives
+
+
+def _mapping(value: Any, where: str, allowed: tuple[str, ...] | None = None) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, f"expected a mapping, got {_kind(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(where, f"key {key!r} must be a string")
+        if allowed is not None and key not in allowed:
+            raise ConfigError(_join(where, key), f"unknown key (expected one of {', '.join(allowed)})")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(where, f"expected a list, got {_kind(value)}")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(where, f"expected a non-empty string, got {_kind(value)}")
+    return value.strip()
+
+
+def _int(value: Any, where: str, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(where, f"expected an integer, got {_kind(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(where, f"must be {bound}, got {value}")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(where, f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """'10m' -> 600.0. Bare numbers are refused: minutes and seconds are too easy to confuse."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            seconds = float(match.group(1)) * _UNITS[match.group(2)]
+            if seconds <= 0:
+                raise ConfigError(where, f"duration must be positive, got {value!r}")
+            return seconds
+    raise ConfigError(where, f"expected a duration such as '30s', '10m', '2h' or '5d', got {value!r}")
+
+
+def _domain(value: Any, where: str) -> str:
+    name = _str(value, where).lower().rstrip(".")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise ConfigError(where, f"{value!r} is not a valid domain name")
+    return name
+
+
+def _hostname(value: Any, where: str) -> str:
+    name = _str(value, where).rstrip(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        raise ConfigError(where, f"{value!r} is not a valid host name")
+    return name
+
+
+def _address(value: Any, where: str) -> str:
+    """A mailbox address local@domain; the domain is lower-cased, the local part kept."""
+    text = _str(value, where)
+    local, at, domain = text.rpartition("@")
+    if not at or not local or any(c in local for c in " <>\"\\,;") or any(ord(c) < 33 for c in local):
+        raise ConfigError(where, f"{value!r} is not a valid mail address (local@domain)")
+    return f"{local}@{_domain(domain, where)}"
+
+
+def _ip(value: Any, where: str) -> str:
+    text = _str(value, where)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(where, f"{text!r} is not an IP address") from None
+
+
+def _host_port(value: Any, where: str, default_port: int = 25, ip_only: bool = False) -> HostPort:
+    """'host:port', 'host', '[v6]:port', 'v6' (a bare IPv6 literal takes the default port)."""
+    text = _str(value if not isinstance(value, int) else str(value), where)
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            raise ConfigError(where, f"{text!r} is not host:port ('[IPv6]:port' for IPv6)")
+        host, port_text = text[1:end], text[end + 2:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(where, f"{text!r}: port must be a number from 1 to 65535")
+        port = int(port_text)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        if ip_only:
+            raise ConfigError(where, f"{text!r}: listen address must be an IP address, not a name") from None
+        host = _hostname(host, where)
+    return HostPort(host, port)
+
+
+def _network(value: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = _str(value, where)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            raise ConfigError(where, f"{text!r} has host bits set (did you mean "
+                                     f"{ipaddress.ip_network(text, strict=False)}?)") from None
+        raise ConfigError(where, f"{text!r} is not a CIDR network (such as 192.0.2.0/24 or 2001:db8::/32)") from None
+
+
+def _retry_schedule(value: Any, where: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    if value is None:
+        return default
+    items = _list(value, where)
+    if not items:
+        raise ConfigError(where, "must list at least one interval")
+    return tuple(parse_duration(item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def _join(where: str, key: str) -> str:
+    if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{key!r}]"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the string {value!r}", bool: f"{value}"}.get(
+        type(value), f"{type(value).__name__} {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "delivery", "queue",
+            *ROLES)
+
+
+def _build(raw: Any, source: str, base_dir: Path) -> Config:
+    top = _mapping(raw, "top level", TOP_KEYS)
+    if not top:
+        raise ConfigError("top level", "the file is empty")
+    if "hostname" not in top:
+        raise ConfigError("hostname", "is required (the FQDN this host answers as)")
+    if "roles" not in top:
+        raise ConfigError("roles", f"is required (one or more of {', '.join(ROLES)})")
+    roles = _roles(top["roles"])
+    data_dir = Path(_str(top.get("data_dir", "/var/lib/mailfleet"), "data_dir"))
+    if not data_dir.is_absolute():
+        data_dir = base_dir / data_dir
+    log_level = _str(top.get("log_level", "info"), "log_level").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError("log_level", f"unknown level {log_level!r} (expected one of {', '.join(LOG_LEVELS)})")
+    for role in ROLES:
+        if role in top and role not in roles:
+            raise ConfigError(role, f"section given but role {role!r} is not in roles")
+    queue = _queue(top.get("queue"))
+    config = Config(
+        hostname=_hostname(top["hostname"], "hostname"),
+        data_dir=data_dir,
+        roles=roles,
+        log_level=log_level,
+        listen=_listen(top.get("listen"), roles),
+        tls=_tls(top.get("tls"), base_dir),
+        dns=_dns(top.get("dns")),
+        smtp=_smtp(top.get("smtp")),
+        delivery=_delivery(top.get("delivery")),
+        queue=queue,
+        primary=_primary(top.get("primary")) if "primary" in roles else None,
+        backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
+        incoming_gateway=(_incoming(top.get("incoming_gateway"), queue)
+                          if "incoming_gateway" in roles else None),
+        outgoing_gateway=(_outgoing(top.get("outgoing_gateway"), queue)
+                          if "outgoing_gateway" in roles else None),
+        source=source,
+    )
+    _check_domain_overlaps(config)
+    return config
+
+
+def _roles(value: Any) -> tuple[str, ...]:
+    items = _list(value, "roles")
+    if not items:
+        raise ConfigError("roles", f"must list at least one role ({', '.join(ROLES)})")
+    roles: list[str] = []
+    for i, item in enumerate(items):
+        if item not in ROLES:
+            raise ConfigError(f"roles[{i}]", f"unknown role {item!r} (expected one of {', '.join(ROLES)})")
+        if item in roles:
+            raise ConfigError(f"roles[{i}]", f"role {item!r} is listed twice")
+        roles.append(item)
+    return tuple(roles)
+
+
+def _listen(value: Any, roles: tuple[str, ...]) -> ListenConfig:
+    section = _mapping(value, "listen", tuple(ListenConfig.__dataclass_fields__))
+    result: dict[str, tuple[HostPort, ...]] = {}
+    seen: dict[HostPort, str] = {}
+    for service, items in section.items():
+        entries = []
+        for i, item in enumerate(_list(items, f"listen.{service}")):
+            where = f"listen.{service}[{i}]"
+            hp = _host_port(item, where, default_port=0, ip_only=True)
+            if hp.port == 0:
+                raise ConfigError(where, f"{item!r}: a listen address needs a port (address:port)")
+            if hp in seen:
+                raise ConfigError(where, f"{hp} is already used by {seen[hp]}")
+            seen[hp] = where
+            entries.append(hp)
+        if entries and service in PRIMARY_SERVICES and "primary" not in roles:
+            raise ConfigError(f"listen.{service}", "only the primary role serves this; add primary to roles "
+                                                   "or remove the listener")
+        result[service] = tuple(entries)
+    return ListenConfig(**result)
+
+
+def _tls(value: Any, base_dir: Path) -> TLSConfig:
+    section = _mapping(value, "tls", ("cert", "key", "plaintext_auth_on_loopback"))
+    paths: dict[str, Path | None] = {}
+    for key in ("cert", "key"):
+        raw = section.get(key)
+        if raw is None:
+            paths[key] = None
+            continue
+        path = Path(_str(raw, f"tls.{key}"))
+        path = path if path.is_absolute() else base_dir / path
+        if not os.access(path, os.R_OK) or not path.is_file():
+            raise ConfigError(f"tls.{key}", f"{path} is not a readable file")
+        paths[key] = path
+    if (paths["cert"] is None) != (paths["key"] is None):
+        raise ConfigError("tls", "cert and key go together: give both, or neither for a self-signed certificate")
+    if paths["cert"] is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(paths["cert"], paths["key"])
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError("tls", f"cannot load certificate {paths['cert']} with key {paths['key']}: "
+                                     f"{getattr(exc, 'reason', None) or exc}") from None
+    return TLSConfig(cert=paths["cert"], key=paths["key"], plaintext_auth_on_loopback=_bool(
+        section.get("plaintext_auth_on_loopback", False), "tls.plaintext_auth_on_loopback"))
+
+
+def _dns(value: Any) -> DNSConfig:
+    section = _mapping(value, "dns", ("nameservers", "port", "timeout"))
+    return DNSConfig(
+        nameservers=tuple(_ip(ns, f"dns.nameservers[{i}]")
+                          for i, ns in enumerate(_list(section.get("nameservers"), "dns.nameservers"))),
+        port=_int(section.get("port", 53), "dns.port", 1, 65535),
+        timeout=parse_duration(section.get("timeout", "5s"), "dns.timeout"),
+    )
+
+
+def _smtp(value: Any) -> SMTPConfig:
+    section = _mapping(value, "smtp", tuple(SMTPConfig.__dataclass_fields__))
+    defaults = SMTPConfig()
+    return SMTPConfig(
+        max_message_size=_int(section.get("max_message_size", defaults.max_message_size),
+                              "smtp.max_message_size", 1024),
+        max_recipients=_int(section.get("max_recipients", defaults.max_recipients), "smtp.max_recipients", 1),
+        max_sessions=_int(section.get("max_sessions", defaults.max_sessions), "smtp.max_sessions", 1),
+    )
+
+
+def _delivery(value: Any) -> DeliveryConfig:
+    section = _mapping(value, "delivery", tuple(DeliveryConfig.__dataclass_fields__))
+    smarthost = section.get("smarthost")
+    return DeliveryConfig(
+        smarthost=_host_port(smarthost, "delivery.smarthost") if smarthost is not None else None,
+        source_addresses=tuple(_ip(a, f"delivery.source_addresses[{i}]") for i, a in
+                               enumerate(_list(section.get("source_addresses"), "delivery.source_addresses"))),
+        concurrency_per_destination=_int(section.get("concurrency_per_destination", 10),
+                                         "delivery.concurrency_per_destination", 1, 1000),
+        connect_timeout=parse_duration(section.get("connect_timeout", "30s"), "delivery.connect_timeout"),
+        command_timeout=parse_duration(section.get("command_timeout", "5m"), "delivery.command_timeout"),
+    )
+
+
+def _queue(value: Any) -> QueueConfig:
+    section = _mapping(value, "queue", ("retry_schedule", "lifetime"))
+    defaults = QueueConfig()
+    return QueueConfig(
+        retry_schedule=_retry_schedule(section.get("retry_schedule"), "queue.retry_schedule",
+                                       defaults.retry_schedule),
+        lifetime=parse_duration(section.get("lifetime", "5d"), "queue.lifetime"),
+    )
+
+
+def _primary(value: Any) -> PrimaryConfig:
+    if value is None:
+        raise ConfigError("primary", "is required when roles has primary (at least primary.domains)")
+    section = _mapping(value, "primary", ("domains", "users", "aliases", "catch_all"))
+    domains = _domain_list(section.get("domains"), "primary.domains")
+    users: list[UserConfig] = []
+    seen: set[str] = set()
+    for i, item in enumerate(_list(section.get("users"), "primary.users")):
+        where = f"primary.users[{i}]"
+        entry = _mapping(item, where, ("address", "password_hash", "quota"))
+        if "address" not in entry:
+            raise ConfigError(f"{where}.address", "is required")
+        address = _local_address(entry["address"], f"{where}.address", domains)
+        if address.lower() in seen:
+            raise ConfigError(f"{where}.address", f"user {address} is listed twice")
+        seen.add(address.lower())
+        password_hash = entry.get("password_hash")
+        if password_hash is not None:
+            password_hash = _str(password_hash, f"{where}.password_hash")
+            if not password_hash.startswith("$argon2"):
+                raise ConfigError(f"{where}.password_hash", "must be an argon2 hash ($argon2id$...), never a "
+                                                            "clear-text password (make one: mailfleet hash-password)")
+        users.append(UserConfig(address, password_hash, _int(entry.get("quota", 0), f"{where}.quota")))
+    aliases: dict[str, tuple[str, ...]] = {}
+    for key, targets in _mapping(section.get("aliases"), "primary.aliases").items():
+        where = _join("primary.aliases", key)
+        alias = _local_address(key, where, domains)
+        if alias.lower() in seen:
+            raise ConfigError(where, f"{alias} is both a user and an alias")
+        items = [targets] if isinstance(targets, str) else _list(targets, where)
+        if not items:
+            raise ConfigError(where, "an alias needs at least one target address")
+        aliases[alias] = tuple(_address(t, f"{where}[{i}]") for i, t in enumerate(items))
+    catch_all: dict[str, str] = {}
+    for key, target in _mapping(section.get("catch_all"), "primary.catch_all").items():
+        where = _join("primary.catch_all", key)
+        domain = _domain(key, where)
+        if domain not in domains:
+            raise ConfigError(where, f"{domain} is not one of primary.domains")
+        catch_all[domain] = _address(target, where)
+    return PrimaryConfig(domains=tuple(domains), users=tuple(users), aliases=aliases, catch_all=catch_all)
+
+
+def _local_address(value: Any, where: str, domains: list[str]) -> str:
+    address = _address(value, where)
+    if address.rpartition("@")[2] not in domains:
+        raise ConfigError(where, f"{address} is not in one of primary.domains ({', '.join(domains)})")
+    return address
+
+
+def _domain_list(value: Any, where: str) -> list[str]:
+    items = _list(value, where)
+    if not items:
+        raise ConfigError(where, "must list at least one domain")
+    domains: list[str] = []
+    for i, item in enumerate(items):
+        domain = _domain(item, f"{where}[{i}]")
+        if domain in domains:
+            raise ConfigError(f"{where}[{i}]", f"{domain} is listed twice")
+        domains.append(domain)
+    return domains
+
+
+def _domain_table(value: Any, where: str, build: Callable[[Mapping[str, Any], str, str], Any]) -> dict:
+    table = _mapping(value, where)
+    if not table:
+        raise ConfigError(where, "must list at least one domain")
+    result = {}
+    for key, entry in table.items():
+        entry_where = _join(where, key)
+        domain = _domain(key, entry_where)
+        if domain in result:
+            raise ConfigError(entry_where, f"{domain} is listed twice")
+        result[domain] = build(entry, entry_where, domain)
+    return result
+
+
+def _hosts(value: Any, where: str) -> tuple[HostPort, ...]:
+    items = _list(value, where)
+    if not items:
+        raise ConfigError(where, "must list at least one host (host or host:port)")
+    return tuple(_host_port(item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def _backup_mx(value: Any, queue: QueueConfig) -> BackupMXConfig:
+    if value is None:
+        raise ConfigError("backup_mx", "is required when roles has backup_mx (backup_mx.domains)")
+    section = _mapping(value, "backup_mx", ("domains", "retry_schedule"))
+
+    def build(entry: Any, where: str, domain: str) -> BackupDomain:
+        entry = _mapping(entry, where, ("primary_hosts", "recipients"))
+        recipients = []
+        for i, item in enumerate(_list(entry.get("recipients"), f"{where}.recipients")):
+            address = _address(item, f"{where}.recipients[{i}]")
+            if address.rpartition("@")[2] != domain:
+                raise ConfigError(f"{where}.recipients[{i}]", f"{address} is not in {domain}")
+            recipients.append(address.lower())
+        return BackupDomain(primary_hosts=_hosts(entry.get("primary_hosts"), f"{where}.primary_hosts"),
+                            recipients=frozenset(recipients))
+
+    return BackupMXConfig(
+        domains=_domain_table(section.get("domains"), "backup_mx.domains", build),
+        retry_schedule=_retry_schedule(section.get("retry_schedule"), "backup_mx.retry_schedule",
+                                       queue.retry_schedule),
+    )
+
+
+def _incoming(value: Any, queue: QueueConfig) -> IncomingGatewayConfig:
+    if value is None:
+        raise ConfigError("incoming_gateway", "is required when roles has incoming_gateway "
+                                              "(incoming_gateway.domains)")
+    section = _mapping(value, "incoming_gateway", ("domains", "retry_schedule"))
+
+    def build(entry: Any, where: str, domain: str) -> ForwardDomain:
+        entry = _mapping(entry, where, ("destinations",))
+        return ForwardDomain(destinations=_hosts(entry.get("destinations"), f"{where}.destinations"))
+
+    return IncomingGatewayConfig(
+        domains=_domain_table(section.get("domains"), "incoming_gateway.domains", build),
+        retry_schedule=_retry_schedule(section.get("retry_schedule"), "incoming_gateway.retry_schedule",
+                                       queue.retry_schedule),
+    )
+
+
+def _outgoing(value: Any, queue: QueueConfig) -> OutgoingGatewayConfig:
+    section = _mapping(value, "outgoing_gateway", ("relay_networks", "retry_schedule"))
+    return OutgoingGatewayConfig(
+        relay_networks=tuple(_network(n, f"outgoing_gateway.relay_networks[{i}]") for i, n in
+                             enumerate(_list(section.get("relay_networks"), "outgoing_gateway.relay_networks"))),
+        retry_schedule=_retry_schedule(section.get("retry_schedule"), "outgoing_gateway.retry_schedule",
+                                       queue.retry_schedule),
+    )
+
+
+def _check_domain_overlaps(config: Config) -> None:
+    """A domain has one fate on a host: stored, backed up or forwarded; two would be a routing contradiction."""
+    owners = [("primary.domains", set(config.local_domains)),
+              ("backup_mx.domains", set(config.backup_domains)),
+              ("incoming_gateway.domains", set(config.forward_domains))]
+    for i, (name_a, set_a) in enumerate(owners):
+        for name_b, set_b in owners[i + 1:]:
+            both = sorted(set_a & set_b)
+            if both:
+                raise ConfigError(name_b, f"{both[0]} is also in {name_a}: a domain is either local, "
+                                          "backed up or forwarded on one host")
+
+
+# ---------------------------------------------------------------------------------------------- host checks
+
+
+def host_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address configured on this host's interfaces (netifaces)."""
+    import netifaces
+
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for name in netifaces.interfaces():
+        for family in (netifaces.AF_INET, netifaces.AF_INET6):
+            for entry in netifaces.ifaddresses(name).get(family, []):
+                try:
+                    found.add(ipaddress.ip_address(entry["addr"].split("%", 1)[0]))
+                except (KeyError, ValueError):
+                    continue
+    return found
+
+
+def _is_local(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, have: set) -> bool:
+    # Linux answers for all of 127.0.0.0/8 on lo, though only 127.0.0.1 is listed.
+    return addr in have or (addr.version == 4 and addr in ipaddress.ip_network("127.0.0.0/8")
+                            and ipaddress.ip_address("127.0.0.1") in have)
+
+
+def check_host_addresses(config: Config) -> None:
+    have = host_addresses()
+    checks = [(f"listen.{service}[{i}]", hp.host) for service in ListenConfig.__dataclass_fields__
+              for i, hp in enumerate(getattr(config.listen, service))]
+    checks += [(f"delivery.source_addresses[{i}]", a) for i, a in enumerate(config.delivery.source_addresses)]
+    for where, host in checks:
+        addr = ipaddress.ip_address(host)
+        if addr.is_unspecified or _is_local(addr, have):
+            continue
+        raise ConfigError(where, f"{host} is not an address of this host (it has "
+                                 f"{', '.join(sorted(str(a) for a in have)) or 'none'})")

@@ -1,0 +1,164 @@
+"""The validated, immutable configuration: built once at load, passed explicitly to the services."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = ("primary", "backup_mx", "incoming_gateway", "outgoing_gateway")
+DEFAULT_RETRY_SCHEDULE = (600.0, 600.0, 600.0, 86400.0)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A destination or listen address; `host` is a name or an IP literal (no brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    smtp: tuple[HostPort, ...] = ()
+    submission: tuple[HostPort, ...] = ()
+    submissions: tuple[HostPort, ...] = ()
+    imap: tuple[HostPort, ...] = ()
+    imaps: tuple[HostPort, ...] = ()
+    pop3: tuple[HostPort, ...] = ()
+    pop3s: tuple[HostPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    plaintext_auth_on_loopback: bool = False
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_sessions: int = 5000
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    smarthost: HostPort | None = None
+    source_addresses: tuple[str, ...] = ()
+    concurrency_per_destination: int = 10
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    lifetime: float = 5 * 86400.0
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    address: str
+    password_hash: str | None = None
+    quota: int = 0
+
+
+@dataclass(frozen=True)
+class PrimaryConfig:
+    domains: tuple[str, ...] = ()
+    users: tuple[UserConfig, ...] = ()
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    catch_all: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackupDomain:
+    primary_hosts: tuple[HostPort, ...]
+    recipients: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class BackupMXConfig:
+    domains: dict[str, BackupDomain] = field(default_factory=dict)
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+
+
+@dataclass(frozen=True)
+class ForwardDomain:
+    destinations: tuple[HostPort, ...]
+
+
+@dataclass(frozen=True)
+class IncomingGatewayConfig:
+    domains: dict[str, ForwardDomain] = field(default_factory=dict)
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+
+
+@dataclass(frozen=True)
+class OutgoingGatewayConfig:
+    relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+
+    def allows(self, ip: str) -> bool:
+        """True when a client at `ip` may relay (RFC 5321 §3.6.2: relaying is an explicit grant)."""
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr.version == net.version and addr in net for net in self.relay_networks)
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str
+    data_dir: Path
+    roles: tuple[str, ...]
+    log_level: str = "info"
+    listen: ListenConfig = ListenConfig()
+    tls: TLSConfig = TLSConfig()
+    dns: DNSConfig = DNSConfig()
+    smtp: SMTPConfig = SMTPConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    queue: QueueConfig = QueueConfig()
+    primary: PrimaryConfig | None = None
+    backup_mx: BackupMXConfig | None = None
+    incoming_gateway: IncomingGatewayConfig | None = None
+    outgoing_gateway: OutgoingGatewayConfig | None = None
+    source: str = "<memory>"
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+    @property
+    def local_domains(self) -> frozenset[str]:
+        return frozenset(self.primary.domains) if self.primary else frozenset()
+
+    @property
+    def backup_domains(self) -> dict[str, BackupDomain]:
+        return self.backup_mx.domains if self.backup_mx else {}
+
+    @property
+    def forward_domains(self) -> dict[str, ForwardDomain]:
+        return self.incoming_gateway.domains if self.incoming_gateway else {}
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
