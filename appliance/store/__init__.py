@@ -1,0 +1,52 @@
+"""Mailbox store: Maildir files (written once, fsynced) plus per-account SQLite (WAL) metadata.
+
+Public API (see ``MailStore`` for a usage sketch):
+
+- ``MailStore(root)``: ``deliver(address, data, folder="INBOX", flags=(), internal_date=None) -> uid``,
+  ``set_quota(address, bytes)``, ``quota(address)``, ``account(address) -> Account``, ``subscribe``.
+- ``Account``: folders (``folders``, ``create_folder``, ``delete_folder``, ``rename_folder``, ``status``),
+  messages (``messages``, ``message``, ``read``, ``uids``, ``store_flags``, ``expunge``,
+  ``delete_messages``, ``copy``, ``move``, ``changed_since``, ``expunged_since``, ``claim_recent``),
+  ``exclusive_lock(name)`` and ``subscribe(callback)``.
+- Errors: ``QuotaExceeded`` (``.permanent``), ``FolderNotFound``, ``FolderExists``, ``InvalidFolderName``,
+  ``InvalidAddress``, ``MailboxLocked``, ``MessageNotFound``, all ``StoreError``.
+"""
+
+from appliance.store.account import (
+    DEFAULT_FOLDERS,
+    DELIMITER,
+    Account,
+    FolderInfo,
+    FolderStatus,
+    MessageInfo,
+)
+from appliance.store.errors import (
+    FolderExists,
+    FolderNotFound,
+    InvalidAddress,
+    InvalidFolderName,
+    MailboxLocked,
+    MessageNotFound,
+    QuotaExceeded,
+    StoreError,
+)
+from appliance.store.mailstore import MailStore, canonical_address
+
+__all__ = [
+    "DEFAULT_FOLDERS",
+    "DELIMITER",
+    "Account",
+    "FolderExists",
+    "FolderInfo",
+    "FolderNotFound",
+    "FolderStatus",
+    "InvalidAddress",
+    "InvalidFolderName",
+    "MailStore",
+    "MailboxLocked",
+    "MessageInfo",
+    "MessageNotFound",
+    "QuotaExceeded",
+    "StoreError",
+    "canonical_address",
+]

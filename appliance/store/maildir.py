@@ -1,0 +1,83 @@
+"""Maildir files: unique names, durable writes and the folder directory layout (Maildir++).
+
+The account directory is itself the INBOX Maildir (cur/, new/, tmp/); every other folder is a
+Maildir++ sub-directory named "." + the folder name with "/" turned into "." (and "." / "%" escaped,
+so that a folder called "a.b" cannot collide with "a/b").
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+_counter = itertools.count()
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+MAILDIR_SUBDIRS = ("cur", "new", "tmp")
+
+
+def unique_name(size: int) -> str:
+    """A Maildir unique name (time.MusecPpidQn.host,S=size) that no other delivery can produce."""
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
+
+
+def folder_dirname(name: str) -> str:
+    """On-disk directory (relative to the account) for the folder ``name``; "" for INBOX."""
+    if name.upper() == "INBOX":
+        return ""
+    escaped = name.replace("%", "%25").replace(".", "%2E").replace("/", ".")
+    return "." + escaped
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename/link/unlink in ``path`` durable (POSIX needs the directory itself synced)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_maildir(path: Path) -> None:
+    """Create ``path`` with cur/new/tmp (idempotent) and sync the parents so they survive a crash."""
+    created = False
+    for sub in MAILDIR_SUBDIRS:
+        target = path / sub
+        if not target.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            created = True
+    if created:
+        fsync_dir(path)
+        fsync_dir(path.parent)
+
+
+def write_tmp(maildir: Path, data: bytes) -> Path:
+    """Write ``data`` to a new file in maildir/tmp and fsync it; the caller renames it into cur/."""
+    path = maildir / "tmp" / unique_name(len(data))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return path
+
+
+def parse_info_flags(filename: str) -> list[str]:
+    """IMAP flags from a Maildir file name's ":2,FLAGS" info part (used when recovering/importing)."""
+    _, sep, info = filename.rpartition(":2,")
+    if not sep:
+        return []
+    mapping = {"S": "\\Seen", "R": "\\Answered", "F": "\\Flagged", "T": "\\Deleted", "D": "\\Draft"}
+    return [mapping[c] for c in info if c in mapping]

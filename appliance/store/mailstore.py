@@ -1,0 +1,99 @@
+"""MailStore: the entry point to every account's mail under ``data_dir/mail``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+
+from appliance.store.account import Account
+from appliance.store.errors import InvalidAddress
+
+
+def canonical_address(address: str) -> str:
+    """Lower-case the address and check that both parts can name a directory."""
+    address = address.strip().lower()
+    localpart, sep, domain = address.rpartition("@")
+    if not sep or not localpart or not domain:
+        raise InvalidAddress(f"not a mailbox address: {address!r}")
+    for part in (localpart, domain):
+        if "/" in part or "\x00" in part or part.startswith(".") or part in ("..",):
+            raise InvalidAddress(f"address part {part!r} cannot name a mailbox directory")
+    return address
+
+
+class MailStore:
+    """Every account's mail, as Maildir files plus SQLite metadata.
+
+    Layout: ``root/<domain>/<localpart>/`` is the account's INBOX Maildir (cur/ new/ tmp/), other
+    folders are Maildir++ sub-directories (``.Sent``, ``.Archive.2024``), and ``mailfleet.sqlite``
+    (WAL) beside them holds UIDVALIDITY, UIDNEXT, UIDs, flags, keywords, MODSEQ, internal dates,
+    sizes and the quota. Safe to use from several threads and several processes at once.
+
+    Usage (the lead's SMTP delivery, POP3 and IMAP all go through this):
+
+        store = MailStore(data_dir / "mail")
+        uid = store.deliver("alice@example.org", raw_bytes)      # durable on return
+        store.set_quota("alice@example.org", 50_000_000)         # QuotaExceeded beyond that
+        acct = store.account("alice@example.org")                # appliance.store.account.Account
+        for info in acct.messages("INBOX"):                      # MessageInfo(uid, flags, internal_date,
+            data = info.path.read_bytes()                        #   size, modseq, path) in UID order
+        acct.delete_messages("INBOX", [uid])                     # POP3 DELE at QUIT
+        with acct.exclusive_lock("pop3"): ...                    # POP3 maildrop lock (MailboxLocked)
+        unsubscribe = acct.subscribe(lambda folder: ...)         # in-process change notification
+
+    Other processes' changes are seen by re-reading (``acct.status``/``acct.uids``/``changed_since``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._accounts: dict[str, Account] = {}
+        self._lock = threading.Lock()
+
+    def account_path(self, address: str) -> Path:
+        address = canonical_address(address)
+        localpart, _, domain = address.rpartition("@")
+        return self.root / domain / localpart
+
+    def account(self, address: str) -> Account:
+        """The (process-wide, shared) Account for ``address``; created with its default folders on first use."""
+        address = canonical_address(address)
+        with self._lock:
+            account = self._accounts.get(address)
+            if account is None:
+                account = Account(address, self.account_path(address))
+                self._accounts[address] = account
+            return account
+
+    def deliver(
+        self,
+        address: str,
+        data: bytes,
+        folder: str = "INBOX",
+        flags: Iterable[str] = (),
+        internal_date: datetime | None = None,
+    ) -> int:
+        """Store one message and return its UID; the file and metadata are fsynced/committed before
+        this returns. Thread-safe (call it via asyncio.to_thread). Raises QuotaExceeded (its
+        ``permanent`` attribute tells 552 5.2.2 from 452 4.2.2) and FolderNotFound."""
+        return self.account(address).deliver(folder, data, flags, internal_date)[1]
+
+    def set_quota(self, address: str, quota_bytes: int) -> None:
+        """Quota in bytes for the whole account; 0 = unlimited."""
+        self.account(address).set_quota(quota_bytes)
+
+    def quota(self, address: str) -> tuple[int, int]:
+        """(bytes used, quota bytes; 0 = unlimited)."""
+        return self.account(address).quota()
+
+    def subscribe(self, address: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """See Account.subscribe."""
+        return self.account(address).subscribe(callback)
+
+    def close(self) -> None:
+        with self._lock:
+            for account in self._accounts.values():
+                account.close()
+            self._accounts.clear()

@@ -1,0 +1,330 @@
+"""The mailbox store: durability, UIDs, folders, quota, crash recovery and concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from appliance.store import (
+    FolderExists,
+    FolderNotFound,
+    InvalidAddress,
+    InvalidFolderName,
+    MailboxLocked,
+    MailStore,
+    QuotaExceeded,
+)
+
+MSG = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: test\r\n\r\nHello\r\n"
+ADDR = "bob@example.org"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MailStore:
+    s = MailStore(tmp_path / "mail")
+    yield s
+    s.close()
+
+
+def test_deliver_writes_maildir_file_and_metadata(store: MailStore, tmp_path: Path) -> None:
+    uid1 = store.deliver(ADDR, MSG)
+    uid2 = store.deliver(ADDR, MSG + b"2")
+    assert (uid1, uid2) == (1, 2)
+    account = store.account(ADDR)
+    infos = account.messages("INBOX")
+    assert [i.uid for i in infos] == [1, 2]
+    assert infos[0].path.parent == tmp_path / "mail" / "example.org" / "bob" / "cur"
+    assert infos[0].path.read_bytes() == MSG
+    assert infos[1].size == len(MSG) + 1
+    assert not list((tmp_path / "mail" / "example.org" / "bob" / "tmp").iterdir())
+
+
+def test_default_folders_with_special_use(store: MailStore) -> None:
+    folders = {f.name: f.special_use for f in store.account(ADDR).folders()}
+    assert folders == {"INBOX": None, "Sent": "\\Sent", "Drafts": "\\Drafts", "Junk": "\\Junk",
+                       "Trash": "\\Trash", "Archive": "\\Archive"}
+
+
+def test_deliver_into_folder_keeps_flags_and_date(store: MailStore, tmp_path: Path) -> None:
+    when = datetime(2020, 5, 17, 10, 30, tzinfo=timezone(timedelta(hours=2)))
+    uid = store.deliver(ADDR, MSG, folder="Sent", flags=["\\seen", "$Forwarded"], internal_date=when)
+    info = store.account(ADDR).message("Sent", uid)
+    assert info.flags == {"\\Seen", "$Forwarded"}
+    assert info.internal_date == when
+    assert info.internal_date.utcoffset() == timedelta(hours=2)
+    assert info.path.parent == tmp_path / "mail" / "example.org" / "bob" / ".Sent" / "cur"
+
+
+def test_unknown_folder_and_bad_address_are_refused(store: MailStore) -> None:
+    with pytest.raises(FolderNotFound):
+        store.deliver(ADDR, MSG, folder="Nope")
+    for bad in ("no-at-sign", "../x@example.org", "a/b@example.org", "a@..", "@example.org"):
+        with pytest.raises(InvalidAddress):
+            store.deliver(bad, MSG)
+
+
+def test_quota_enforced_at_delivery(store: MailStore) -> None:
+    store.set_quota(ADDR, len(MSG) * 2)
+    store.deliver(ADDR, MSG)
+    store.deliver(ADDR, MSG)
+    with pytest.raises(QuotaExceeded) as exc:
+        store.deliver(ADDR, MSG)
+    assert not exc.value.permanent  # mailbox full: 452 4.2.2
+    with pytest.raises(QuotaExceeded) as exc:
+        store.deliver(ADDR, MSG * 3)
+    assert exc.value.permanent  # bigger than the whole quota: 552 5.2.2
+    assert store.quota(ADDR) == (len(MSG) * 2, len(MSG) * 2)
+    account = store.account(ADDR)
+    account.store_flags("INBOX", [1], ["\\Deleted"], "add")
+    account.expunge("INBOX")
+    assert store.deliver(ADDR, MSG) == 3
+    store.set_quota(ADDR, 0)
+    for _ in range(5):
+        store.deliver(ADDR, MSG)
+
+
+def test_flags_modseq_and_expunge(store: MailStore) -> None:
+    for _ in range(3):
+        store.deliver(ADDR, MSG)
+    account = store.account(ADDR)
+    before = account.status("INBOX").highestmodseq
+    changed, failed = account.store_flags("INBOX", [1, 2], ["\\Seen", "\\Deleted"], "add")
+    assert [c.uid for c in changed] == [1, 2] and failed == []
+    assert all(c.modseq > before for c in changed)
+    # CONDSTORE UNCHANGEDSINCE: message 1 changed after `before`, so it is refused
+    changed, failed = account.store_flags("INBOX", [1, 3], ["\\Flagged"], "add", unchanged_since=before)
+    assert [c.uid for c in changed] == [3] and failed == [1]
+    status = account.status("INBOX")
+    assert (status.messages, status.unseen) == (3, 1)
+    assert [m.uid for m in account.changed_since("INBOX", before)] == [1, 2, 3]
+    files = {m.uid: m.path for m in account.messages("INBOX")}
+    assert account.expunge("INBOX", uids=[2, 3]) == [2]
+    assert not files[2].exists()
+    assert account.expunge("INBOX") == [1]
+    assert account.uids("INBOX") == [3]
+    assert account.expunged_since("INBOX", before) == [1, 2]
+    assert store.deliver(ADDR, MSG) == 4  # never reuses a UID
+
+
+def test_copy_and_move_allocate_new_uids(store: MailStore) -> None:
+    for _ in range(3):
+        store.deliver(ADDR, MSG, flags=["\\Seen"])
+    account = store.account(ADDR)
+    validity, pairs = account.copy("INBOX", [1, 3], "Archive")
+    assert validity == account.folder("Archive").uidvalidity
+    assert pairs == [(1, 1), (3, 2)]
+    assert account.read("Archive", 2) == MSG
+    assert account.message("Archive", 1).flags == {"\\Seen"}
+    _, pairs = account.move("INBOX", [2], "Archive")
+    assert pairs == [(2, 3)]
+    assert account.uids("INBOX") == [1, 3]
+    assert account.uids("Archive") == [1, 2, 3]
+    assert account.expunged_since("INBOX", 0) == [2]
+    # the copy is independent of the original
+    account.store_flags("INBOX", [1], ["\\Deleted"], "add")
+    account.expunge("INBOX")
+    assert account.read("Archive", 1) == MSG
+
+
+def test_folder_create_rename_delete(store: MailStore) -> None:
+    account = store.account(ADDR)
+    account.create_folder("Work/2024/Q1")
+    names = [f.name for f in account.folders()]
+    assert {"Work", "Work/2024", "Work/2024/Q1"} <= set(names)
+    with pytest.raises(FolderExists):
+        account.create_folder("Work")
+    with pytest.raises(InvalidFolderName):
+        account.create_folder("a//b")
+    store.deliver(ADDR, MSG, folder="Work/2024/Q1")
+    old_validity = account.folder("Work").uidvalidity
+    account.rename_folder("Work", "Job")
+    names = {f.name for f in account.folders()}
+    assert {"Job", "Job/2024", "Job/2024/Q1"} <= names and "Work" not in names
+    assert account.read("Job/2024/Q1", 1) == MSG
+    assert account.folder("Job").uidvalidity > old_validity
+    with pytest.raises(InvalidFolderName):
+        account.delete_folder("Job")  # has children
+    account.delete_folder("Job/2024/Q1")
+    with pytest.raises(FolderNotFound):
+        account.status("Job/2024/Q1")
+    account.create_folder("Job/2024/Q1")
+    assert account.status("Job/2024/Q1").messages == 0
+    with pytest.raises(InvalidFolderName):
+        account.delete_folder("inbox")
+
+
+def test_folder_names_with_dots_and_unicode_do_not_collide(store: MailStore) -> None:
+    account = store.account(ADDR)
+    account.create_folder("a.b")
+    account.create_folder("a/b")
+    account.create_folder("Entwürfe")
+    store.deliver(ADDR, MSG, folder="a.b")
+    assert account.status("a.b").messages == 1
+    assert account.status("a/b").messages == 0
+
+
+def test_rename_inbox_moves_messages(store: MailStore) -> None:
+    store.deliver(ADDR, MSG)
+    store.deliver(ADDR, MSG)
+    account = store.account(ADDR)
+    account.rename_folder("INBOX", "Old")
+    assert account.uids("Old") == [1, 2]
+    assert account.uids("INBOX") == []
+    assert store.deliver(ADDR, MSG) == 3
+
+
+def test_recent_is_claimed_once(store: MailStore) -> None:
+    store.deliver(ADDR, MSG)
+    account = store.account(ADDR)
+    assert account.claim_recent("INBOX") == {1}
+    assert account.claim_recent("INBOX") == set()
+    assert account.status("INBOX").recent == 0
+
+
+def test_change_notification(store: MailStore) -> None:
+    seen: list[str] = []
+    unsubscribe = store.subscribe(ADDR, seen.append)
+    store.deliver(ADDR, MSG)
+    store.account(ADDR).store_flags("INBOX", [1], ["\\Seen"], "add")
+    store.account(ADDR).copy("INBOX", [1], "Trash")
+    unsubscribe()
+    store.deliver(ADDR, MSG)
+    assert seen == ["INBOX", "INBOX", "Trash"]
+
+
+def test_exclusive_lock_is_exclusive(store: MailStore) -> None:
+    account = store.account(ADDR)
+    with account.exclusive_lock("pop3"):
+        with pytest.raises(MailboxLocked):
+            with account.exclusive_lock("pop3"):
+                pass
+    with account.exclusive_lock("pop3"):
+        pass
+
+
+def test_recovery_adopts_orphans_and_finishes_unlinks(tmp_path: Path) -> None:
+    store = MailStore(tmp_path / "mail")
+    store.deliver(ADDR, MSG)
+    store.deliver(ADDR, MSG)
+    account = store.account(ADDR)
+    base = account.path
+    gone = account.message("INBOX", 2).path
+    store.close()
+    # a crash after rename, before COMMIT: a file in cur/ that has no row
+    (base / "cur" / "1700000000.orphan.host:2,S").write_bytes(b"Subject: orphan\r\n\r\nx\r\n")
+    # a crash after an expunge's COMMIT, before the unlink
+    import sqlite3
+
+    db = sqlite3.connect(base / "mailfleet.sqlite")
+    rel = str(gone.relative_to(base))
+    db.execute("DELETE FROM messages WHERE filename = ?", (rel,))
+    db.execute("INSERT INTO pending_unlink VALUES(?)", (rel,))
+    db.commit()
+    db.close()
+    # an old half-written tmp file
+    stale = base / "tmp" / "stale"
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = base / "tmp" / "fresh"
+    fresh.write_bytes(b"being written by another process")
+
+    store = MailStore(tmp_path / "mail")
+    account = store.account(ADDR)
+    infos = account.messages("INBOX")
+    assert [i.uid for i in infos] == [1, 3]  # UID 2 is not reused
+    assert infos[1].path.read_bytes() == b"Subject: orphan\r\n\r\nx\r\n"
+    assert infos[1].flags == {"\\Seen"}
+    assert not gone.exists()
+    assert not stale.exists() and fresh.exists()
+    assert all(i.path.exists() for i in infos)
+    store.close()
+
+
+def test_concurrent_deliveries_from_threads(store: MailStore) -> None:
+    errors: list[BaseException] = []
+    uids: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(25):
+                uid = store.deliver(ADDR, MSG + f"{n}-{i}".encode())
+                with lock:
+                    uids.append(uid)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(uids) == list(range(1, 201))
+    assert len(store.account(ADDR).messages("INBOX")) == 200
+
+
+DELIVER_LOOP = """
+import sys
+from pathlib import Path
+from appliance.store import MailStore
+store = MailStore(Path(sys.argv[1]))
+n = int(sys.argv[2])
+i = 0
+while n == 0 or i < n:
+    uid = store.deliver("bob@example.org", b"Subject: p\\r\\n\\r\\n" + str(i).encode() + b"\\r\\n")
+    print(uid, flush=True)
+    i += 1
+"""
+
+
+def test_concurrent_deliveries_from_processes(tmp_path: Path) -> None:
+    root = tmp_path / "mail"
+    MailStore(root).account(ADDR)
+    procs = [subprocess.Popen([sys.executable, "-c", DELIVER_LOOP, str(root), "40"], stdout=subprocess.PIPE)
+             for _ in range(3)]
+    uids = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        uids += [int(x) for x in out.split()]
+    assert sorted(uids) == list(range(1, 121))
+    store = MailStore(root)
+    assert store.account(ADDR).uids("INBOX") == list(range(1, 121))
+    store.close()
+
+
+def test_kill_9_during_deliveries_leaves_a_consistent_store(tmp_path: Path) -> None:
+    root = tmp_path / "mail"
+    MailStore(root).account(ADDR)
+    proc = subprocess.Popen([sys.executable, "-c", DELIVER_LOOP, str(root), "0"], stdout=subprocess.PIPE)
+    acknowledged = []
+    assert proc.stdout is not None
+    while len(acknowledged) < 150:
+        acknowledged.append(int(proc.stdout.readline()))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = MailStore(root)
+    account = store.account(ADDR)
+    infos = account.messages("INBOX")
+    uids = [i.uid for i in infos]
+    assert set(acknowledged) <= set(uids)  # every acknowledged delivery survived
+    assert all(i.path.exists() and i.path.stat().st_size == i.size for i in infos)
+    on_disk = {p.name for p in (account.path / "cur").iterdir()}
+    assert on_disk == {i.path.name for i in infos}  # no orphan left behind
+    assert store.deliver(ADDR, MSG) > max(uids)
+    store.close()
+
+
+def test_internal_date_defaults_to_now(store: MailStore) -> None:
+    uid = store.deliver(ADDR, MSG)
+    when = store.account(ADDR).message("INBOX", uid).internal_date
+    assert abs((datetime.now(UTC) - when).total_seconds()) < 60
