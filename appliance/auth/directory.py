@@ -30,6 +30,7 @@ from appliance.auth.addresses import AddressError, domain_of, normalize_address,
 
 log = logging.getLogger("appliance.auth")
 
+DB_FILENAME = "directory.sqlite"
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS domains (name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -147,6 +148,17 @@ class Directory:
         }
         self._lock = threading.Lock()
         self._conn = self._open()
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> Directory:
+        """Directory at ``config.data_dir/directory.sqlite`` merged with ``config.primary`` (if any)."""
+        primary = getattr(config, "primary", None)
+        if primary is not None:
+            kwargs.setdefault("config_users", primary.users)
+            kwargs.setdefault("config_aliases", primary.aliases)
+            kwargs.setdefault("config_catch_all", primary.catch_all)
+            kwargs.setdefault("config_domains", primary.domains)
+        return cls(pathlib.Path(config.data_dir) / DB_FILENAME, **kwargs)
 
     # -- storage -------------------------------------------------------------------------------------
 
