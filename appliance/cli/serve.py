@@ -1,0 +1,212 @@
+"""`mailfleet serve`: every service this host's roles need, in one asyncio process.
+
+SIGTERM drains: listeners close, open SMTP sessions get a grace period, deliveries in flight finish and record
+their state. SIGHUP reloads the config: a broken file is logged and the running config kept; a valid one swaps
+the policy, routing and delivery settings in place, so open connections carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Config, ConfigError, load_config
+from appliance.config.tls import server_tls_context
+from appliance.delivery.client import Deliverer
+from appliance.delivery.router import Router
+from appliance.dns.resolver import Resolver
+from appliance.queue.control import ControlServer
+from appliance.queue.runner import QueueRunner
+from appliance.queue.spool import QueuedMessage, Spool
+from appliance.smtp.policy import RecipientPolicy
+from appliance.smtp.server import InboundHandler, ListenerOptions, SessionCounter, SMTPListeners, start_smtp
+
+log = logging.getLogger("appliance.serve")
+
+DRAIN_SECONDS = 20.0
+
+
+@dataclass
+class Appliance:
+    """The running services of one host, built from one Config."""
+
+    config: Config
+    spool: Spool = field(init=False)
+    runner: QueueRunner = field(init=False)
+    listeners: SMTPListeners | None = None
+    other_servers: list[asyncio.Server] = field(default_factory=list)
+    handlers: list[InboundHandler] = field(default_factory=list)
+    directory: Any = None
+    authenticator: Any = None
+    store: Any = None
+    control: ControlServer | None = None
+    _runner_task: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(config.spool_dir)
+        if config.primary is not None:
+            from appliance.auth.authenticator import Authenticator
+            from appliance.auth.directory import Directory
+            from appliance.store import MailStore
+
+            self.directory = Directory.from_config(config)
+            self.authenticator = Authenticator(self.directory, state_path=config.data_dir / "auth-state.sqlite")
+            self.store = MailStore(config.mail_dir)
+        self.runner = QueueRunner(self.spool, self._router(config), self._deliverer(config).deliver,
+                                  self._local(config), config.hostname, config.queue.lifetime)
+
+    # ------------------------------------------------------------------ parts built from the config
+
+    def _router(self, config: Config) -> Router:
+        return Router(config, self.directory.is_local_domain if self.directory is not None else None)
+
+    def _deliverer(self, config: Config) -> Deliverer:
+        resolver = Resolver(list(config.dns.nameservers), port=config.dns.port, timeout=config.dns.timeout)
+        own = [hp.host for hp in config.listen.smtp if hp.port == 25]
+        return Deliverer(config.hostname, resolver, source_addresses=config.delivery.source_addresses,
+                         concurrency_per_destination=config.delivery.concurrency_per_destination,
+                         connect_timeout=config.delivery.connect_timeout,
+                         command_timeout=config.delivery.command_timeout, own_addresses=own)
+
+    def _local(self, config: Config):  # noqa: ANN202 - LocalDelivery or None
+        if self.store is None:
+            return None
+        from appliance.delivery.local import LocalDelivery
+
+        return LocalDelivery(self.store, config.hostname, quota_of=self.directory.quota)
+
+    def _policy(self, config: Config) -> RecipientPolicy:
+        over_quota = None
+        if self.store is not None:
+            over_quota = self._over_quota
+        return RecipientPolicy(config, self.directory, over_quota)
+
+    def _over_quota(self, address: str, size: int) -> bool:
+        quota = self.directory.quota(address)
+        if not quota:
+            return False
+        used = self.store.account(address).quota()[0]
+        return used + size > quota
+
+    def _sender_allowed(self, login: str, sender: str) -> bool:
+        """Submission: MAIL FROM must be the login itself or an alias that delivers to it."""
+        if sender.lower() == login.lower():
+            return True
+        targets = self.directory.resolve(sender) if self.directory is not None else None
+        return bool(targets) and login.lower() in (t.lower() for t in targets)
+
+    async def _commit(self, message: QueuedMessage, data: bytes) -> None:
+        await self.spool.commit(message, data)
+        self.runner.enqueue(message)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        config = self.config
+        loaded = self.runner.load_spool()
+        if loaded:
+            log.info("spool: %d message(s) waiting from before the start", loaded)
+        self._runner_task = asyncio.create_task(self.runner.run(), name="queue-runner")
+        tls = server_tls_context(config)
+        counter = SessionCounter(config.smtp.max_sessions)
+
+        def handler_for(options: ListenerOptions) -> InboundHandler:
+            handler = InboundHandler(
+                config.hostname, self._policy(config), self._commit, options, config.smtp.max_recipients,
+                authenticate=self.authenticator.authenticate if self.authenticator else None,
+                is_banned=self.authenticator.is_banned if self.authenticator else None,
+                sender_allowed=self._sender_allowed)
+            self.handlers.append(handler)
+            return handler
+
+        servers = await start_smtp(config.listen.smtp, handler_for, ListenerOptions("smtp"), counter,
+                                   config.hostname, config.smtp.max_message_size, tls)
+        loopback_plain = config.tls.plaintext_auth_on_loopback
+        for name, listen, implicit in (("submission", config.listen.submission, False),
+                                       ("submissions", config.listen.submissions, True)):
+            if listen:
+                servers += await start_smtp(
+                    listen, handler_for,
+                    ListenerOptions(name, offer_auth=True, require_auth=True, implicit_tls=implicit,
+                                    plaintext_auth_on_loopback=loopback_plain),
+                    counter, config.hostname, config.smtp.max_message_size, tls)
+        self.listeners = SMTPListeners(servers, counter)
+        await self._start_mailbox_access(tls)
+        self.control = ControlServer(config.data_dir / "control.sock", self.runner)
+        await self.control.start()
+        log.info("mailfleet %s up: roles %s", config.hostname, ", ".join(config.roles))
+
+    async def _start_mailbox_access(self, tls: Any) -> None:
+        """IMAP and POP3 for the primary; each lives in its own sub-package with a start_* entry point."""
+        config = self.config
+        for module_name, entry, plain, secure in (
+                ("appliance.imap.server", "start_imap", config.listen.imap, config.listen.imaps),
+                ("appliance.pop3.server", "start_pop3", config.listen.pop3, config.listen.pop3s)):
+            if not plain and not secure:
+                continue
+            module = importlib.import_module(module_name)
+            start = getattr(module, entry)
+            self.other_servers += await start(
+                [(hp.host, hp.port) for hp in plain], [(hp.host, hp.port) for hp in secure], self.store,
+                self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback)
+
+    def reload(self, path: Path) -> bool:
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        if new.listen != self.config.listen or new.roles != self.config.roles or new.data_dir != self.config.data_dir:
+            log.warning("reload: listen addresses, roles and data_dir change only with a restart; "
+                        "the other settings take effect now")
+        self.config = new
+        self.runner.router = self._router(new)
+        self.runner._remote = self._deliverer(new).deliver
+        self.runner.lifetime = new.queue.lifetime
+        for handler in self.handlers:
+            handler.policy = self._policy(new)
+            handler.max_recipients = new.smtp.max_recipients
+        logging.getLogger("appliance").setLevel(new.log_level.upper())
+        log.info("config reloaded from %s", path)
+        return True
+
+    async def stop(self) -> None:
+        log.info("stopping: draining SMTP sessions (up to %.0fs) and deliveries in flight", DRAIN_SECONDS)
+        for server in self.other_servers:
+            server.close()
+        if self.listeners is not None:
+            await self.listeners.drain(DRAIN_SECONDS)
+        await self.runner.stop(grace=DRAIN_SECONDS)
+        if self._runner_task is not None:
+            self._runner_task.cancel()
+        if self.control is not None:
+            await self.control.stop()
+        self.spool.close()
+        log.info("stopped")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's own chatter; our handler logs each transaction
+
+
+async def serve(config_path: Path) -> int:
+    config = load_config(config_path)
+    setup_logging(config.log_level)
+    app = Appliance(config)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    loop.add_signal_handler(signal.SIGINT, done.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload, config_path)
+    await done.wait()
+    await app.stop()
+    return 0

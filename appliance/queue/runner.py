@@ -1,0 +1,294 @@
+"""The queue runner: takes committed messages, delivers each recipient by its route, retries, bounces.
+
+Per-recipient state lives in the spool's state log, so a restart resumes exactly where the crash left off.
+4xx answers (and connection failures) are retried on the route's schedule until the queue lifetime; 5xx answers
+fail the recipient at once; failed recipients are reported to the envelope sender in one RFC 3464 DSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from appliance.delivery.client import HostsTarget, MXTarget, RcptResult
+from appliance.delivery.dsn import build_dsn
+from appliance.delivery.router import HOSTS, LOCAL, Route, Router
+from appliance.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, Recipient, Spool, new_queue_id
+
+log = logging.getLogger("appliance.queue")
+
+BOUNCED = "bounced"  # failed and reported to the sender (or nobody to report to): final
+
+RemoteDeliver = Callable[..., Awaitable[dict[str, RcptResult]]]
+LocalDeliver = Callable[[QueuedMessage, Sequence[Recipient], bytes], Awaitable[dict[str, RcptResult]]]
+
+
+def next_delay(schedule: Sequence[float], attempts: int) -> float:
+    """Wait after the `attempts`-th failed attempt; the schedule's last interval repeats."""
+    return schedule[min(attempts, len(schedule)) - 1]
+
+
+@dataclass
+class RunnerStats:
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    bounces: int = 0
+
+
+class QueueRunner:
+    """Schedules deliveries from the spool; one task per message in flight, bounded by `max_in_flight`."""
+
+    def __init__(self, spool: Spool, router: Router, remote: RemoteDeliver, local: LocalDeliver | None,
+                 hostname: str, lifetime: float, clock: Callable[[], float] = time.time,
+                 max_in_flight: int = 200) -> None:
+        self.spool = spool
+        self.router = router
+        self._remote = remote
+        self._local = local
+        self.hostname = hostname
+        self.lifetime = lifetime
+        self._clock = clock
+        self._messages: dict[str, QueuedMessage] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._in_flight: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._stopping = False
+        self.stats = RunnerStats()
+
+    # ------------------------------------------------------------------ feeding
+
+    def load_spool(self) -> int:
+        """At start-up: everything the spool holds is scheduled again, at its recorded next attempt."""
+        self.spool.recover()
+        count = 0
+        for message in self.spool.messages():
+            if not message.pending() and not self._unreported(message):
+                self.spool.remove(message.queue_id)
+                continue
+            self._add(message)
+            count += 1
+        return count
+
+    def enqueue(self, message: QueuedMessage) -> None:
+        """A message just committed to the spool: deliver it now."""
+        self._add(message)
+
+    def _add(self, message: QueuedMessage) -> None:
+        self._messages[message.queue_id] = message
+        self._schedule(message)
+
+    def _schedule(self, message: QueuedMessage) -> None:
+        pending = message.pending()
+        due = min((r.next_attempt for r in pending), default=0.0)
+        heapq.heappush(self._heap, (due, message.queue_id))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ control (CLI through the control socket)
+
+    def flush(self, queue_id: str | None = None) -> int:
+        """Make pending recipients due now; returns how many messages that touched."""
+        touched = 0
+        for message in list(self._messages.values()):
+            if queue_id is not None and message.queue_id != queue_id:
+                continue
+            for rcpt in message.pending():
+                rcpt.next_attempt = 0.0
+            self._schedule(message)
+            touched += 1
+        return touched
+
+    def drop(self, queue_id: str) -> bool:
+        message = self._messages.pop(queue_id, None)
+        if message is None:
+            return False
+        self.spool.remove(queue_id)
+        log.info("queue_id=%s removed by the administrator", queue_id)
+        return True
+
+    async def bounce_now(self, queue_id: str) -> bool:
+        message = self._messages.get(queue_id)
+        if message is None or queue_id in self._in_flight:
+            return False
+        for rcpt in message.pending():
+            rcpt.status = FAILED
+            rcpt.last_code, rcpt.last_text = 550, "5.0.0 returned to sender by the administrator"
+        self.spool.record(message, message.recipients)
+        await self._finish(message)
+        return True
+
+    def snapshot(self) -> list[QueuedMessage]:
+        return sorted(self._messages.values(), key=lambda m: m.queue_id)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        while not self._stopping:
+            now = self._clock()
+            while self._heap and self._heap[0][0] <= now:
+                _, queue_id = heapq.heappop(self._heap)
+                message = self._messages.get(queue_id)
+                if message is None or queue_id in self._in_flight:
+                    continue
+                if not any(r.next_attempt <= now for r in message.pending()):
+                    continue  # a stale heap entry; the message has a later one
+                await self._slots.acquire()
+                self._in_flight.add(queue_id)
+                task = asyncio.create_task(self._attempt(message), name=f"deliver-{queue_id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            self._wake.clear()
+            timeout = max(0.05, self._heap[0][0] - self._clock()) if self._heap else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop scheduling; let attempts in flight finish (their state is recorded) for up to `grace` seconds."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+
+    async def _attempt(self, message: QueuedMessage) -> None:
+        try:
+            await self._deliver_due(message)
+            if not message.pending():
+                await self._finish(message)
+            else:
+                if self._unreported(message):
+                    await self._report(message)
+                self._schedule(message)
+        except Exception:  # noqa: BLE001 - the boundary: one message's bug must not stop the queue
+            log.exception("queue_id=%s: delivery attempt crashed; retrying later", message.queue_id)
+            for rcpt in message.pending():
+                rcpt.next_attempt = self._clock() + 60
+            self._schedule(message)
+        finally:
+            self._in_flight.discard(message.queue_id)
+            self._slots.release()
+
+    async def _deliver_due(self, message: QueuedMessage) -> None:
+        now = self._clock()
+        groups: dict[str, tuple[Route, list[Recipient]]] = {}
+        for rcpt in message.pending():
+            if rcpt.next_attempt <= now:
+                route = self.router.route(rcpt.address)
+                groups.setdefault(route.key, (route, []))[1].append(rcpt)
+        if not groups:
+            return
+        data = await asyncio.to_thread(message.read_data)
+        results = await asyncio.gather(*(self._deliver_group(message, route, rcpts, data)
+                                         for route, rcpts in groups.values()))
+        changed: list[Recipient] = []
+        for (route, rcpts), outcome in zip(groups.values(), results, strict=True):
+            for rcpt in rcpts:
+                self._apply(message, route, rcpt, outcome.get(rcpt.address) or _missing_result(rcpt))
+                changed.append(rcpt)
+        self.spool.record(message, changed)
+
+    async def _deliver_group(self, message: QueuedMessage, route: Route, rcpts: list[Recipient],
+                             data: bytes) -> dict[str, RcptResult]:
+        addresses = [r.address for r in rcpts]
+        try:
+            if route.kind == LOCAL:
+                if self._local is None:
+                    return {a: RcptResult(451, "4.3.0", "local delivery is not configured here", None)
+                            for a in addresses}
+                return await self._local(message, rcpts, data)
+            target = (HostsTarget(tuple((h.host, h.port) for h in route.hosts)) if route.kind == HOSTS
+                      else MXTarget(route.domain))
+            return await self._remote(target, message.mail_from, addresses, data, queue_id=message.queue_id)
+        except Exception as exc:  # noqa: BLE001 - a delivery bug is a temporary failure, never a lost message
+            log.exception("queue_id=%s: delivery to %s failed unexpectedly", message.queue_id, route.key)
+            return {a: RcptResult(451, "4.3.0", f"internal error: {exc.__class__.__name__}", None)
+                    for a in addresses}
+
+    def _apply(self, message: QueuedMessage, route: Route, rcpt: Recipient, result: RcptResult) -> None:
+        now = self._clock()
+        rcpt.attempts += 1
+        rcpt.last_code = result.code
+        rcpt.last_text = f"{result.enhanced} {result.text}".strip()
+        rcpt.remote_host = result.remote_host or ""
+        if result.ok:
+            rcpt.status = DELIVERED
+            self.stats.delivered += 1
+        elif result.permanent:
+            rcpt.status = FAILED
+            self.stats.failed += 1
+        else:
+            rcpt.next_attempt = now + next_delay(route.retry_schedule, rcpt.attempts)
+            if rcpt.next_attempt > message.arrival + self.lifetime:
+                rcpt.status = FAILED
+                rcpt.last_text = (f"4.4.7 gave up after {rcpt.attempts} attempts over "
+                                  f"{_human(now - message.arrival)}; last error: {rcpt.last_text}")
+                self.stats.failed += 1
+            else:
+                self.stats.deferred += 1
+        log.info("queue_id=%s rcpt=%s route=%s attempt=%d status=%s code=%d host=%s text=%r",
+                 message.queue_id, rcpt.address, route.key, rcpt.attempts, rcpt.status, result.code,
+                 rcpt.remote_host or "-", result.text[:200])
+
+    # ------------------------------------------------------------------ bounces
+
+    @staticmethod
+    def _unreported(message: QueuedMessage) -> bool:
+        return any(r.status == FAILED for r in message.recipients)
+
+    async def _finish(self, message: QueuedMessage) -> None:
+        if self._unreported(message):
+            await self._report(message)
+        self._messages.pop(message.queue_id, None)
+        self.spool.remove(message.queue_id)
+
+    async def _report(self, message: QueuedMessage) -> None:
+        """Send one DSN for the recipients that failed since the last report (RFC 3464); none for <>."""
+        failed = [r for r in message.recipients if r.status == FAILED]
+        if message.mail_from:
+            results = [(r.original or r.address, RcptResult(r.last_code or 550, _enhanced(r.last_text),
+                                                             r.last_text, r.remote_host or None))
+                       for r in failed]
+            data = await asyncio.to_thread(message.read_data)
+            dsn = build_dsn(self.hostname, message.mail_from, data, results, action="failed",
+                            queue_id=message.queue_id)
+            bounce = QueuedMessage(queue_id=new_queue_id(), mail_from="",
+                                   recipients=[Recipient(address=message.mail_from, original=message.mail_from)],
+                                   arrival=self._clock(), client="localhost", meta={"dsn_for": message.queue_id})
+            await self.spool.commit(bounce, dsn)
+            self.stats.bounces += 1
+            log.info("queue_id=%s bounced %d recipient(s) to <%s> in queue_id=%s", message.queue_id, len(failed),
+                     message.mail_from, bounce.queue_id)
+            self.enqueue(bounce)
+        else:
+            log.info("queue_id=%s %d recipient(s) failed; null sender, no bounce", message.queue_id, len(failed))
+        for rcpt in failed:
+            rcpt.status = BOUNCED
+        self.spool.record(message, failed)
+
+
+def _missing_result(rcpt: Recipient) -> RcptResult:
+    return RcptResult(451, "4.3.0", f"no result for {rcpt.address}", None)
+
+
+def _enhanced(text: str) -> str:
+    head = text.split(" ", 1)[0]
+    parts = head.split(".")
+    return head if len(parts) == 3 and all(p.isdigit() for p in parts) else "5.0.0"
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{int(seconds)} seconds"
+
+
+__all__ = ["BOUNCED", "DELIVERED", "FAILED", "PENDING", "QueueRunner", "next_delay"]

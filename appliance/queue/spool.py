@@ -1,0 +1,319 @@
+"""The durable spool: one file per message plus an append-only state log per message.
+
+Durability point: `Spool.commit()` returns (and SMTP answers 250) only after the message file is complete,
+renamed into `msg/` and flushed to disk by a group commit: one syncfs(2) for every message accepted while the
+previous flush was running, so parallel sessions share the cost of the disk flush instead of queueing on it.
+
+File format of `msg/<id>`: b"MFQ1 <envelope length> <data length>\n" + envelope JSON + b"\n" + message bytes.
+The lengths make a torn file (power loss before the flush) recognisable; such a file was never answered 250
+and is moved aside at start-up, never delivered half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("appliance.queue")
+
+MAGIC = b"MFQ1"
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+def new_queue_id() -> str:
+    """Sortable by arrival (nanosecond clock in hex) and unique across processes (random suffix)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(3)}".upper()
+
+
+@dataclass
+class Recipient:
+    """One envelope recipient and its delivery state."""
+
+    address: str
+    original: str = ""  # the address given at RCPT TO, before alias expansion (DSN Original-Recipient)
+    status: str = PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_code: int = 0
+    last_text: str = ""
+    remote_host: str = ""
+
+
+@dataclass
+class QueuedMessage:
+    """Envelope and per-recipient state; the message bytes stay on disk until a delivery needs them."""
+
+    queue_id: str
+    mail_from: str
+    recipients: list[Recipient]
+    arrival: float
+    client: str = ""
+    helo: str = ""
+    smtputf8: bool = False
+    size: int = 0
+    path: Path = Path()
+    data_offset: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.status == PENDING]
+
+    def read_data(self) -> bytes:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.data_offset)
+            return fh.read()
+
+    def envelope_json(self) -> bytes:
+        return json.dumps({
+            "id": self.queue_id, "from": self.mail_from, "arrival": self.arrival, "client": self.client,
+            "helo": self.helo, "smtputf8": self.smtputf8, "meta": self.meta,
+            "rcpts": [[r.address, r.original] for r in self.recipients],
+        }, separators=(",", ":")).encode()
+
+
+class SpoolCorrupt(Exception):
+    """A spool file that is not a complete message (torn write, foreign file)."""
+
+
+class _Syncer:
+    """Group commit: a thread that flushes the spool's filesystem once for every batch of waiting commits."""
+
+    def __init__(self, directory: Path) -> None:
+        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._stopped = False
+        self._syncfs = _load_syncfs()
+        self._thread = threading.Thread(target=self._run, name="spool-syncer", daemon=True)
+        self._thread.start()
+
+    def request(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            self._waiting.append((loop, future))
+            self._cond.notify()
+        return future
+
+    def flush_now(self) -> None:
+        """Synchronous flush for callers outside the event loop (CLI, start-up recovery)."""
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._syncfs is not None and self._syncfs(self._fd) == 0:
+            return
+        os.sync()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopped:
+                    self._cond.wait()
+                if self._stopped and not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+            error: BaseException | None = None
+            try:
+                self._flush()
+            except OSError as exc:  # pragma: no cover - disk failure
+                error = exc
+            for loop, future in batch:
+                loop.call_soon_threadsafe(_settle, future, error)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+        os.close(self._fd)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _load_syncfs():  # noqa: ANN202 - ctypes function or None
+    """syncfs(2) flushes one filesystem; os.sync() (all filesystems) is the fallback."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        return fn
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        return None
+
+
+class Spool:
+    """The on-disk queue under `root` (data_dir/spool): tmp/, msg/, state/, corrupt/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.msg_dir = root / "msg"
+        self.state_dir = root / "state"
+        self.corrupt_dir = root / "corrupt"
+        for d in (self.tmp_dir, self.msg_dir, self.state_dir, self.corrupt_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._syncer: _Syncer | None = None
+
+    # ------------------------------------------------------------------ accepting
+
+    async def commit(self, message: QueuedMessage, data: bytes) -> None:
+        """Write the message and return once it is on disk: the durability point behind every 250 reply."""
+        self.write(message, data)
+        if self._syncer is None:
+            self._syncer = _Syncer(self.msg_dir)
+        await self._syncer.request()
+
+    def write(self, message: QueuedMessage, data: bytes) -> None:
+        """Write completely under tmp/, then rename into msg/: a reader never sees a partial message."""
+        envelope = message.envelope_json()
+        header = b"%s %d %d\n" % (MAGIC, len(envelope), len(data))
+        tmp = self.tmp_dir / message.queue_id
+        final = self.msg_dir / message.queue_id
+        with open(tmp, "wb") as fh:
+            fh.write(header + envelope + b"\n")
+            fh.write(data)
+        os.rename(tmp, final)
+        message.path = final
+        message.size = len(data)
+        message.data_offset = len(header) + len(envelope) + 1
+
+    def commit_sync(self, message: QueuedMessage, data: bytes) -> None:
+        """`commit()` for code without an event loop (CLI tools, bounces created at start-up)."""
+        self.write(message, data)
+        fd = os.open(message.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.msg_dir)
+
+    # ------------------------------------------------------------------ state
+
+    def record(self, message: QueuedMessage, recipients: list[Recipient]) -> None:
+        """Append the new state of some recipients to the message's state log.
+
+        Not fsynced: a process crash keeps the page cache, and losing a 'delivered' line to a power cut costs
+        a duplicate delivery, never a lost message.
+        """
+        lines = b"".join(json.dumps({
+            "rcpt": r.address, "status": r.status, "attempts": r.attempts, "next": r.next_attempt,
+            "code": r.last_code, "text": r.last_text, "host": r.remote_host,
+        }, separators=(",", ":")).encode() + b"\n" for r in recipients)
+        with open(self.state_dir / message.queue_id, "ab") as fh:
+            fh.write(lines)
+
+    def remove(self, queue_id: str) -> None:
+        """Forget a message whose every recipient reached a final state."""
+        for path in (self.msg_dir / queue_id, self.state_dir / queue_id):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------------ reading back
+
+    def load(self, queue_id: str) -> QueuedMessage:
+        path = self.msg_dir / queue_id
+        with open(path, "rb") as fh:
+            header = fh.readline(64)
+            parts = header.split()
+            if len(parts) != 3 or parts[0] != MAGIC or not parts[1].isdigit() or not parts[2].isdigit():
+                raise SpoolCorrupt(f"{path}: not a spool file (bad header)")
+            env_len, data_len = int(parts[1]), int(parts[2])
+            envelope_raw = fh.read(env_len + 1)
+            if len(envelope_raw) != env_len + 1:
+                raise SpoolCorrupt(f"{path}: truncated envelope")
+            total = os.fstat(fh.fileno()).st_size
+        offset = len(header) + env_len + 1
+        if total != offset + data_len:
+            raise SpoolCorrupt(f"{path}: message is {total - offset} bytes, header says {data_len}")
+        try:
+            env = json.loads(envelope_raw)
+            rcpts = [Recipient(address=a, original=o) for a, o in env["rcpts"]]
+            message = QueuedMessage(
+                queue_id=env["id"], mail_from=env["from"], recipients=rcpts, arrival=env["arrival"],
+                client=env.get("client", ""), helo=env.get("helo", ""), smtputf8=env.get("smtputf8", False),
+                size=data_len, path=path, data_offset=offset, meta=env.get("meta", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolCorrupt(f"{path}: unreadable envelope ({exc})") from None
+        self._replay_state(message)
+        return message
+
+    def _replay_state(self, message: QueuedMessage) -> None:
+        by_addr = {r.address: r for r in message.recipients}
+        try:
+            raw = (self.state_dir / message.queue_id).read_bytes()
+        except FileNotFoundError:
+            return
+        for line in raw.splitlines():
+            try:
+                entry = json.loads(line)
+                rcpt = by_addr[entry["rcpt"]]
+            except (ValueError, KeyError):
+                continue  # a torn last line from a crash mid-append; the earlier state stands
+            rcpt.status = entry["status"]
+            rcpt.attempts = entry["attempts"]
+            rcpt.next_attempt = entry["next"]
+            rcpt.last_code = entry.get("code", 0)
+            rcpt.last_text = entry.get("text", "")
+            rcpt.remote_host = entry.get("host", "")
+
+    def ids(self) -> list[str]:
+        return sorted(p.name for p in self.msg_dir.iterdir() if not p.name.startswith("."))
+
+    def messages(self) -> Iterator[QueuedMessage]:
+        """Every readable message; torn ones are moved to corrupt/ with a warning."""
+        for queue_id in self.ids():
+            try:
+                yield self.load(queue_id)
+            except FileNotFoundError:
+                continue  # delivered and removed while we listed
+            except SpoolCorrupt as exc:
+                log.warning("spool: %s; moved to %s", exc, self.corrupt_dir)
+                os.replace(self.msg_dir / queue_id, self.corrupt_dir / queue_id)
+
+    def recover(self) -> int:
+        """At start-up: drop tmp/ leftovers (never answered 250) and state logs without a message."""
+        removed = 0
+        for path in self.tmp_dir.iterdir():
+            path.unlink(missing_ok=True)
+            removed += 1
+        known = set(self.ids())
+        for path in self.state_dir.iterdir():
+            if path.name not in known:
+                path.unlink(missing_ok=True)
+        return removed
+
+    def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

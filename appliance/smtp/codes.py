@@ -1,0 +1,35 @@
+"""SMTP reply codes and their default RFC 3463 enhanced status codes, shared by server, client and tests."""
+
+from __future__ import annotations
+
+import re
+
+# The enhanced code a reply gets when the code that produced it gave none (RFC 2034 §3: every reply but the
+# greeting, the EHLO/HELO answer and intermediate 3xx replies carries one once ENHANCEDSTATUSCODES is offered).
+DEFAULT_ENHANCED = {
+    221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 251: "2.1.5", 252: "2.5.0",
+    421: "4.3.0", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0", 534: "5.7.9",
+    535: "5.7.8", 538: "5.7.11", 550: "5.0.0", 551: "5.1.6", 552: "5.3.4", 553: "5.1.3", 554: "5.0.0",
+    555: "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(\s|$)")
+
+# Replies the server itself composes.
+TOO_MANY_SESSIONS = "421 4.3.2 Too many connections, try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+BARE_LINE_ENDING = ("550 5.6.0 Message refused: bare CR or LF in the data; lines must end in CRLF "
+                    "(RFC 5321 2.3.8)")
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+AUTH_UNAVAILABLE = "502 5.5.1 AUTH is offered on the submission ports only"
+TEMP_QUEUE_FAILURE = "451 4.3.0 Could not queue the message; try again later"
+
+
+def with_enhanced(reply: str) -> str:
+    """Insert the default enhanced status code into a final reply that lacks one."""
+    if len(reply) < 4 or not reply[:3].isdigit() or reply[3] not in " -" or _HAS_ENHANCED.match(reply):
+        return reply
+    enhanced = DEFAULT_ENHANCED.get(int(reply[:3]))
+    if enhanced is None:
+        return reply
+    return f"{reply[:4]}{enhanced} {reply[4:]}".rstrip()

@@ -1,0 +1,357 @@
+"""The SMTP listeners: aiosmtpd is the protocol engine; the handler asks the policy and commits to the spool.
+
+One handler class serves both the MX port (25) and the submission ports (587 with STARTTLS required, 465 with
+implicit TLS); what differs is whether AUTH is offered and required, and which policy questions apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from appliance.auth.sasl import SaslError, decode_login_field, decode_plain
+from appliance.config import HostPort
+from appliance.queue.spool import QueuedMessage, Recipient, new_queue_id
+from appliance.smtp import codes
+from appliance.smtp.address import AddressError, parse_mailbox
+from appliance.smtp.policy import Client, RecipientPolicy
+
+log = logging.getLogger("appliance.smtp")
+
+# RFC 5321 §2.3.8: only CRLF ends a line. A lone CR or LF is how SMTP smuggling hides a second message from
+# one server and shows it to the next, so such data is refused rather than passed on.
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+Authenticate = Callable[[str, str, str], Awaitable[str | None]]
+Commit = Callable[[QueuedMessage, bytes], Awaitable[None]]
+
+
+@dataclass
+class ListenerOptions:
+    """What differs between the MX listener and the submission listeners."""
+
+    name: str  # smtp, submission, submissions
+    offer_auth: bool = False
+    require_auth: bool = False
+    implicit_tls: bool = False
+    plaintext_auth_on_loopback: bool = False
+
+
+@dataclass
+class SessionCounter:
+    limit: int
+    active: set = field(default_factory=set)
+
+
+class InboundHandler:
+    """aiosmtpd handler: the policy decides each recipient, the spool makes the 250 true."""
+
+    def __init__(self, hostname: str, policy: RecipientPolicy, commit: Commit, options: ListenerOptions,
+                 max_recipients: int, authenticate: Authenticate | None = None,
+                 is_banned: Callable[[str], bool] | None = None,
+                 sender_allowed: Callable[[str, str], bool] | None = None) -> None:
+        self.hostname = hostname
+        self.policy = policy
+        self._commit = commit
+        self.options = options
+        self.max_recipients = max_recipients
+        self._authenticate = authenticate
+        self._is_banned = is_banned or (lambda ip: False)
+        self._sender_allowed = sender_allowed
+
+    # -- EHLO: aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8, STARTTLS, AUTH; we add the rest and hide AUTH off 587/465.
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        out = [r for r in responses if not r.startswith("250-AUTH")]
+        if self.options.offer_auth and _auth_allowed(server, session, self.options):
+            out.insert(-1, "250-AUTH LOGIN PLAIN")
+        out[-1:-1] = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return out
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if self.options.require_auth and not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        if address:
+            try:
+                sender = str(parse_mailbox(address, forbid_routing=False))
+            except AddressError as exc:
+                return exc.reply()
+            login = _login(session)
+            if login is not None and self._sender_allowed is not None and not self._sender_allowed(login, sender):
+                return f"553 5.7.1 <{sender}> is not an address of the authenticated user {login}"
+        else:
+            sender = ""
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        envelope.mf_size = _size_param(mail_options)  # type: ignore[attr-defined]
+        envelope.mf_rcpts = []  # type: ignore[attr-defined]
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        accepted: list = getattr(envelope, "mf_rcpts", [])
+        if len(accepted) >= self.max_recipients:
+            return codes.TOO_MANY_RECIPIENTS
+        try:
+            mailbox = parse_mailbox(address)
+        except AddressError as exc:
+            log.info("client=%s rcpt=%r refused: %s", _ip(session), address, exc.text)
+            return exc.reply()
+        decision = self.policy.check(mailbox, Client(_ip(session), _login(session)),
+                                     getattr(envelope, "mf_size", 0))
+        if not decision.accepted:
+            log.info("client=%s from=<%s> rcpt=<%s> refused: %s", _ip(session), envelope.mail_from, mailbox,
+                     decision.reply)
+            return decision.reply
+        accepted.append((str(mailbox), decision.addresses))
+        envelope.mf_rcpts = accepted  # type: ignore[attr-defined]
+        envelope.rcpt_tos.append(str(mailbox))
+        envelope.rcpt_options.extend(rcpt_options)
+        return decision.reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content or b""
+        ip = _ip(session)
+        if _BARE_CR_OR_LF.search(raw):
+            log.warning("client=%s from=<%s> refused: bare CR/LF in DATA (possible SMTP smuggling)", ip,
+                        envelope.mail_from)
+            return codes.BARE_LINE_ENDING
+        queue_id = new_queue_id()
+        recipients: list[Recipient] = []
+        seen: set[str] = set()
+        for original, targets in getattr(envelope, "mf_rcpts", []):
+            for target in targets:
+                if target.lower() not in seen:
+                    seen.add(target.lower())
+                    recipients.append(Recipient(address=target, original=original))
+        data = self._received(session, envelope, queue_id) + raw
+        message = QueuedMessage(queue_id=queue_id, mail_from=envelope.mail_from or "", recipients=recipients,
+                                arrival=time.time(), client=ip, helo=session.host_name or "",
+                                smtputf8="SMTPUTF8" in (o.upper() for o in envelope.mail_options))
+        try:
+            await self._commit(message, data)
+        except OSError as exc:
+            log.error("queue_id=%s could not be queued: %s", queue_id, exc)
+            return codes.TEMP_QUEUE_FAILURE
+        log.info("queue_id=%s client=%s helo=%s from=<%s> rcpts=%d size=%d tls=%s auth=%s listener=%s "
+                 "result=250", queue_id, ip, session.host_name, envelope.mail_from, len(recipients), len(data),
+                 "yes" if session.ssl else "no", _login(session) or "-", self.options.name)
+        return f"250 2.0.0 OK queued as {queue_id}"
+
+    def _received(self, session: Session, envelope: Envelope, queue_id: str) -> bytes:
+        # RFC 5321 §4.4 trace field; "with" keywords per RFC 3848.
+        proto = "ESMTP" if session.extended_smtp else "SMTP"
+        if session.ssl:
+            proto += "S"
+        if session.authenticated:
+            proto += "A"
+        helo = _printable(session.host_name or "unknown")
+        rcpt = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+        header = (f"Received: from {helo} ([{_ip(session)}])\r\n\tby {self.hostname} (Mailfleet) with {proto} "
+                  f"id {queue_id}{rcpt};\r\n\t{formatdate(localtime=False)}\r\n")
+        return header.encode("utf-8", "replace")
+
+    # -- AUTH (RFC 4954) with our own async mechanisms: argon2 runs in a thread, the loop keeps serving.
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        blob = args[1] if len(args) > 1 else await _challenge(server, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        try:
+            username, password = decode_plain(blob)
+        except SaslError as exc:
+            return AuthResult(success=False, handled=False, message=f"501 5.5.2 {exc}")
+        return await self._verify(server, username, password)
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        try:
+            answer = args[1] if len(args) > 1 else await _challenge(server, "VXNlcm5hbWU6")
+            if answer is None:
+                return AuthResult(success=False, handled=True)
+            username = decode_login_field(answer, "username")
+            answer = await _challenge(server, "UGFzc3dvcmQ6")
+            if answer is None:
+                return AuthResult(success=False, handled=True)
+            password = decode_login_field(answer, "password")
+        except SaslError as exc:
+            return AuthResult(success=False, handled=False, message=f"501 5.5.2 {exc}")
+        return await self._verify(server, username, password)
+
+    async def _verify(self, server: SMTP, username: str, password: str) -> AuthResult:
+        session = server.session
+        if self._authenticate is None:
+            return AuthResult(success=False, handled=False, message=codes.AUTH_UNAVAILABLE)
+        if not _auth_allowed(server, session, self.options):
+            return AuthResult(success=False, handled=False,
+                              message="538 5.7.11 Encryption required for requested authentication mechanism")
+        login = await self._authenticate(username, password, _ip(session))
+        if login is None:
+            log.info("client=%s AUTH failed for user %r", _ip(session), _printable(username))
+            return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid")
+        log.info("client=%s authenticated as %s", _ip(session), login)
+        return AuthResult(success=True, handled=False, auth_data=LoginPassword(login.encode(), b""))
+
+
+class SMTPProtocol(SMTP):
+    """aiosmtpd's engine with enhanced status codes on every final reply and a session count."""
+
+    def __init__(self, handler: InboundHandler, counter: SessionCounter, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._counter = counter
+        self._plain = False
+        self.__ident__ = "Mailfleet ESMTP"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._counter.active.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._counter.active.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: str) -> None:
+        if not self._plain and not status.startswith(("220", "354", "334")):
+            status = codes.with_enhanced(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._plain = True  # RFC 2034 §3: no enhanced codes on the EHLO answer
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._plain = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain = False
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        handler: InboundHandler = self.event_handler
+        if not handler.options.offer_auth:
+            await self.push(codes.AUTH_UNAVAILABLE)
+            return
+        if self.session is not None and handler._is_banned(_ip(self.session)):
+            await self.push("454 4.7.0 Too many failed logins from your address; try again later")
+            return
+        await super().smtp_AUTH(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.session is not None and self.session.ssl is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers 421 and hangs up: the session limit is reached."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(codes.TOO_MANY_SESSIONS.encode() + b"\r\n")
+        transport.close()
+
+
+@dataclass
+class SMTPListeners:
+    servers: list[asyncio.Server]
+    counter: SessionCounter
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, give open sessions `grace` seconds to finish, then close what remains."""
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while self.counter.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for proto in list(self.counter.active):
+            if proto.transport is not None:
+                proto.transport.write(codes.SHUTTING_DOWN.encode() + b"\r\n")
+                proto.transport.close()
+
+
+async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[ListenerOptions], InboundHandler],
+                     options: ListenerOptions, counter: SessionCounter, hostname: str, max_message_size: int,
+                     tls_context: ssl.SSLContext | None) -> list[asyncio.Server]:
+    """One asyncio server per listen address, all sharing `counter` for the session limit."""
+    loop = asyncio.get_running_loop()
+    handler = handler_factory(options)
+
+    def factory() -> asyncio.Protocol:
+        if len(counter.active) >= counter.limit:
+            return _Refuse()
+        return SMTPProtocol(
+            handler, counter, hostname=hostname, data_size_limit=max_message_size, enable_SMTPUTF8=True,
+            decode_data=False, tls_context=None if options.implicit_tls else tls_context,
+            require_starttls=options.offer_auth and not options.implicit_tls and not
+            options.plaintext_auth_on_loopback,
+            auth_required=False, auth_require_tls=False, timeout=300, loop=loop)
+
+    servers = []
+    for hp in listen:
+        servers.append(await loop.create_server(
+            factory, host=hp.host, port=hp.port, reuse_address=True, backlog=1024,
+            ssl=tls_context if options.implicit_tls else None))
+        log.info("listening for %s on %s", options.name, hp)
+    return servers
+
+
+async def _challenge(server: SMTP, prompt: str) -> str | None:
+    """One SASL round (RFC 4954 §4): '334 prompt', the client's base64 line; '*' cancels."""
+    await server.push(f"334 {prompt}")
+    line = await server._reader.readline()
+    text = line.rstrip(b"\r\n").decode("ascii", "replace")
+    if text == "*":
+        await server.push("501 5.7.0 Authentication cancelled")
+        return None
+    return text
+
+
+def _auth_allowed(server: SMTP, session: Session, options: ListenerOptions) -> bool:
+    """RFC 4954 §4 / RFC 8314: credentials only over TLS, except on loopback when the config allows it."""
+    if options.implicit_tls or session.ssl is not None or getattr(server, "_tls_protocol", None) is not None:
+        return True
+    return options.plaintext_auth_on_loopback and _is_loopback(_ip(session))
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")
+
+
+def _ip(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "unknown")
+
+
+def _login(session: Session) -> str | None:
+    if not session.authenticated:
+        return None
+    data = session.auth_data
+    login = getattr(data, "login", None)
+    return login.decode() if isinstance(login, bytes) else login
+
+
+def _size_param(options: list[str]) -> int:
+    for option in options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _printable(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200]
