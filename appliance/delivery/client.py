@@ -1,0 +1,496 @@
+"""Outbound SMTP delivery: MX or explicit-host routing, failover, opportunistic STARTTLS, per-recipient results.
+
+Built on aiosmtplib's connection and command layer; the transaction (which replies are final, which fail
+over to the next host, what each recipient's outcome is) is decided here, so that one connection carries all
+the recipients the caller grouped for one destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
+
+import aiosmtplib
+from aiosmtplib.errors import (
+    SMTPConnectResponseError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPResponseException,
+)
+
+from appliance.dns.resolver import (
+    DNSError,
+    DNSTemporaryError,
+    NoSuchDomain,
+    NullMX,
+    Resolver,
+    address_family,
+    ip_literal,
+)
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
+
+
+@dataclass(frozen=True)
+class RcptResult:
+    """The outcome for one recipient. `remote_host` is None when we decided locally (DNS, connection)."""
+
+    code: int
+    enhanced: str
+    text: str
+    remote_host: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+    def __str__(self) -> str:
+        where = f" (from {self.remote_host})" if self.remote_host else ""
+        return f"{self.code} {self.enhanced} {self.text}{where}"
+
+
+@dataclass(frozen=True)
+class MXTarget:
+    """Deliver by MX lookup of `domain` (an address literal like "[192.0.2.1]" goes to that address)."""
+
+    domain: str
+    port: int = 25
+
+
+@dataclass(frozen=True)
+class HostsTarget:
+    """Deliver to these (host, port) pairs in order, failing over: backup MX -> primaries, smarthost."""
+
+    hosts: tuple[tuple[str, int], ...]
+
+
+Target = MXTarget | HostsTarget
+
+
+def reply_result(code: int, message: str, remote_host: str | None) -> RcptResult:
+    """A RcptResult from an SMTP reply, splitting off the RFC 3463 enhanced code when the peer sent one."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    match = _ENHANCED.match(text)
+    if match and match.group(1) == str(code)[0]:
+        enhanced = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
+        text = text[match.end() :]
+    else:
+        enhanced = f"{str(code)[0]}.0.0" if 200 <= code < 600 else "4.0.0"
+    return RcptResult(code, enhanced, text, remote_host)
+
+
+def _local(code: int, enhanced: str, text: str, remote_host: str | None = None) -> RcptResult:
+    return RcptResult(code, enhanced, text, remote_host)
+
+
+@dataclass
+class _Hop:
+    """One host to try, with the name used for SNI and logs."""
+
+    name: str
+    port: int
+    addresses: list[str] | None = None  # resolved lazily unless loop detection needed them
+
+
+class _Failover(Exception):
+    """The session failed before any final answer: try the next address with the same recipients."""
+
+    def __init__(self, result: RcptResult) -> None:
+        super().__init__(str(result))
+        self.result = result
+
+
+class _TLSFailed(Exception):
+    """The TLS handshake failed; the connection is gone. Opportunistic TLS retries in plaintext."""
+
+
+@dataclass
+class _Message:
+    """What the transaction needs to know about the message and envelope."""
+
+    mail_from: str
+    data: bytes
+    eight_bit: bool
+    needs_utf8: bool  # the whole message needs SMTPUTF8 (sender or headers are UTF-8, or the caller says so)
+    utf8_rcpts: frozenset[str] = field(default_factory=frozenset)
+
+
+class _DestinationLimits:
+    """One semaphore per destination (address, port), dropped when unused so the map stays small."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots: dict[tuple[str, int], tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: tuple[str, int]) -> AsyncIterator[None]:
+        sem, users = self._slots.get(key, (asyncio.Semaphore(self._limit), 0))
+        self._slots[key] = (sem, users + 1)
+        try:
+            async with sem:
+                yield
+        finally:
+            sem, users = self._slots[key]
+            if users <= 1:
+                del self._slots[key]
+            else:
+                self._slots[key] = (sem, users - 1)
+
+
+def _header_section(data: bytes) -> bytes:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        idx = data.find(sep)
+        if idx >= 0:
+            return data[:idx]
+    return data
+
+
+def _opportunistic_tls_context() -> ssl.SSLContext:
+    """Encrypt without verifying the peer, as Postfix's default `smtp_tls_security_level = may` does."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _smtp_address(addr: str) -> bytes:
+    return b"<" + addr.encode("utf-8") + b">"
+
+
+class Deliverer:
+    """Delivers one message to one destination (the caller groups recipients by destination)."""
+
+    def __init__(
+        self,
+        hostname: str,
+        resolver: Resolver,
+        source_addresses: Sequence[str] = (),
+        concurrency_per_destination: int = 10,
+        connect_timeout: float = 30,
+        command_timeout: float = 300,
+        log: logging.Logger | None = None,
+        own_addresses: Collection[str] = (),
+    ) -> None:
+        """`own_addresses`: IPs our SMTP listener answers on at the MX port; an MX resolving to one of
+        them is ourselves (RFC 5321 §5.1 loop avoidance)."""
+        self.hostname = hostname
+        self.resolver = resolver
+        self._sources = {address_family(a): str(ipaddress.ip_address(a)) for a in source_addresses}
+        self._limits = _DestinationLimits(concurrency_per_destination)
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.log = log or logging.getLogger("appliance.delivery")
+        self._own = {str(ipaddress.ip_address(a)) for a in own_addresses}
+        self._tls_context = _opportunistic_tls_context()
+
+    async def deliver(
+        self,
+        target: Target,
+        mail_from: str,
+        rcpts: Sequence[str],
+        data: bytes,
+        queue_id: str = "",
+        smtputf8: bool | None = None,
+    ) -> dict[str, RcptResult]:
+        """Try the target's hosts in order until one gives final answers; a result for every recipient.
+
+        `smtputf8`: True when the message was received with SMTPUTF8; None detects it from the envelope
+        and the header section (RFC 6531 §3.4).
+        """
+        unique = list(dict.fromkeys(rcpts))
+        if not unique:
+            return {}
+        header_utf8 = not _header_section(data).isascii()
+        msg = _Message(
+            mail_from=mail_from,
+            data=data,
+            eight_bit=not data.isascii(),
+            needs_utf8=bool(smtputf8) or not mail_from.isascii() or header_utf8,
+            utf8_rcpts=frozenset(r for r in unique if not r.isascii()),
+        )
+        try:
+            hops = await self._hops(target)
+        except NullMX as exc:
+            return dict.fromkeys(unique, _local(556, "5.1.10", str(exc)))
+        except NoSuchDomain as exc:
+            return dict.fromkeys(unique, _local(550, "5.1.2", f"host or domain name not found: {exc}"))
+        except _LoopError as exc:
+            return dict.fromkeys(unique, _local(554, "5.4.6", str(exc)))
+        except DNSTemporaryError as exc:
+            return dict.fromkeys(unique, _local(451, "4.4.3", f"DNS lookup failed: {exc}"))
+        return await self._try_hops(hops, msg, unique, queue_id)
+
+    async def _hops(self, target: Target) -> list[_Hop]:
+        if isinstance(target, HostsTarget):
+            return [_Hop(host, port) for host, port in target.hosts]
+        literal = ip_literal(target.domain) if target.domain.startswith("[") else None
+        if literal is not None:
+            return [_Hop(literal, target.port, [literal])]
+        mx = await self.resolver.mx_hosts(target.domain)
+        hops = [_Hop(h.host, target.port) for h in mx]
+        if self._own:
+            hops = await self._drop_self_and_worse(target.domain, mx, hops)
+        return hops
+
+    async def _drop_self_and_worse(self, domain: str, mx: list, hops: list[_Hop]) -> list[_Hop]:
+        """RFC 5321 §5.1: if we are in the MX list, discard ourselves and every MX not better than us."""
+        results = await asyncio.gather(*(self.resolver.addresses(h.name) for h in hops), return_exceptions=True)
+        own_pref: int | None = None
+        for hop, host, addrs in zip(hops, mx, results, strict=True):
+            if isinstance(addrs, BaseException):
+                if not isinstance(addrs, DNSError):
+                    raise addrs
+                continue
+            hop.addresses = addrs
+            if self._own.intersection(addrs) and (own_pref is None or host.preference < own_pref):
+                own_pref = host.preference
+        if own_pref is None:
+            return hops
+        kept = [hop for hop, host in zip(hops, mx, strict=True) if host.preference < own_pref]
+        if not kept:
+            raise _LoopError(f"mail for {domain} loops back to myself")
+        return kept
+
+    async def _try_hops(
+        self, hops: list[_Hop], msg: _Message, rcpts: list[str], queue_id: str
+    ) -> dict[str, RcptResult]:
+        last: RcptResult | None = None
+        dns_permanent = 0
+        for hop in hops:
+            if hop.addresses is None:
+                try:
+                    hop.addresses = await self.resolver.addresses(hop.name)
+                except NoSuchDomain as exc:
+                    dns_permanent += 1
+                    last = _local(550, "5.4.4", f"unable to route: {exc}")
+                    continue
+                except DNSError as exc:
+                    last = _local(451, "4.4.3", f"DNS lookup failed: {exc}")
+                    continue
+            if not hop.addresses:
+                dns_permanent += 1
+                last = _local(550, "5.4.4", f"unable to route: {hop.name} has no A or AAAA record")
+                continue
+            for address in hop.addresses:
+                try:
+                    return await self._attempt(hop, address, msg, rcpts, queue_id)
+                except _Failover as exc:
+                    last = exc.result
+        if last is None:
+            last = _local(451, "4.4.3", "no host to deliver to")
+        elif dns_permanent < len(hops) and last.permanent and last.remote_host is None:
+            # Only some hosts are unknown to DNS; others exist but failed: keep retrying.
+            last = _local(451, "4.4.3", last.text)
+        return dict.fromkeys(rcpts, last)
+
+    async def _attempt(
+        self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], queue_id: str
+    ) -> dict[str, RcptResult]:
+        """One connection to one address; returns final results or raises _Failover."""
+        async with self._limits.slot((address, hop.port)):
+            started = time.monotonic()
+            results: dict[str, RcptResult] | None = None
+            failure: RcptResult | None = None
+            tls = False
+            try:
+                try:
+                    results, tls = await self._session(hop, address, msg, rcpts, use_tls=True)
+                except _TLSFailed:
+                    # Opportunistic TLS: a failed handshake falls back to plaintext on a new connection.
+                    results, tls = await self._session(hop, address, msg, rcpts, use_tls=False)
+                return results
+            except _Failover as exc:
+                failure = exc.result
+                raise
+            finally:
+                self._log_attempt(queue_id, hop, address, rcpts, results, failure, tls, started)
+
+    def _log_attempt(
+        self,
+        queue_id: str,
+        hop: _Hop,
+        address: str,
+        rcpts: list[str],
+        results: dict[str, RcptResult] | None,
+        failure: RcptResult | None,
+        tls: bool,
+        started: float,
+    ) -> None:
+        duration = time.monotonic() - started
+        if results is not None:
+            first = next(iter(results.values()))
+            delivered = sum(1 for r in results.values() if r.ok)
+            summary = f"{first.code} {first.enhanced}"
+        else:
+            delivered = 0
+            summary = f"{failure.code} {failure.enhanced}" if failure else "error"
+        self.log.info(
+            "delivery queue_id=%s host=%s addr=[%s]:%d rcpts=%d delivered=%d result=%s tls=%s duration=%.3fs",
+            queue_id or "-",
+            hop.name,
+            address,
+            hop.port,
+            len(rcpts),
+            delivered,
+            summary.replace(" ", "/"),
+            "yes" if tls else "no",
+            duration,
+            extra={"queue_id": queue_id, "remote_host": hop.name, "remote_addr": address},
+        )
+
+    def _client(self, address: str, port: int) -> aiosmtplib.SMTP:
+        source = self._sources.get(address_family(address))
+        return aiosmtplib.SMTP(
+            hostname=address,
+            port=port,
+            local_hostname=self.hostname,
+            source_address=(source, 0) if source else None,
+            timeout=self.command_timeout,
+            start_tls=False,
+            validate_certs=False,
+        )
+
+    async def _session(
+        self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], use_tls: bool
+    ) -> tuple[dict[str, RcptResult], bool]:
+        remote = hop.name if hop.name == address else f"{hop.name}[{address}]"
+        smtp = self._client(address, hop.port)
+        try:
+            await self._connect(smtp, remote, address, hop.port)
+            tls = await self._greet(smtp, remote, hop, use_tls)
+            return await self._transaction(smtp, remote, msg, rcpts), tls
+        except (TimeoutError, SMTPException, OSError) as exc:
+            raise _Failover(_local(421, "4.4.2", f"lost connection with {remote}: {exc}")) from exc
+        finally:
+            if smtp.is_connected:
+                with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
+                    await smtp.quit(timeout=min(10.0, self.command_timeout))
+            smtp.close()
+
+    async def _connect(self, smtp: aiosmtplib.SMTP, remote: str, address: str, port: int) -> None:
+        try:
+            await smtp.connect(timeout=self.connect_timeout)
+        except SMTPConnectResponseError as exc:
+            # RFC 5321 §3.8 / Postfix: a 4xx or 5xx greeting sends us to the next host.
+            raise _Failover(reply_result(exc.code, exc.message, remote)) from exc
+        except (TimeoutError, SMTPException, OSError) as exc:
+            raise _Failover(_local(421, "4.4.1", f"connect to {remote}:{port}: {exc}")) from exc
+
+    async def _greet(self, smtp: aiosmtplib.SMTP, remote: str, hop: _Hop, use_tls: bool) -> bool:
+        """EHLO (HELO when refused), then STARTTLS when offered. True when the session is encrypted."""
+        await self._ehlo(smtp, remote)
+        if not (use_tls and smtp.supports_extension("starttls")):
+            return False
+        server_name = None if ip_literal(hop.name) else hop.name
+        try:
+            await smtp.starttls(tls_context=self._tls_context, server_hostname=server_name)
+        except SMTPResponseException:
+            return False  # STARTTLS refused with a reply: the plaintext session goes on (RFC 3207 §4)
+        except (TimeoutError, ssl.SSLError, SMTPException, OSError) as exc:
+            raise _TLSFailed(str(exc)) from exc
+        await self._ehlo(smtp, remote)  # RFC 3207 §4.2: forget what we knew, ask again
+        return True
+
+    async def _ehlo(self, smtp: aiosmtplib.SMTP, remote: str) -> None:
+        try:
+            await smtp.ehlo()
+        except SMTPHeloError:
+            try:
+                await smtp.helo()
+            except SMTPHeloError as exc:
+                raise _Failover(reply_result(exc.code, exc.message, remote)) from exc
+
+    async def _transaction(
+        self, smtp: aiosmtplib.SMTP, remote: str, msg: _Message, rcpts: list[str]
+    ) -> dict[str, RcptResult]:
+        results: dict[str, RcptResult] = {}
+        peer_utf8 = smtp.supports_extension("smtputf8")
+        if msg.needs_utf8 and not peer_utf8:
+            # RFC 6531 §3.5 / Postfix: a message that needs SMTPUTF8 cannot go to a peer without it.
+            return dict.fromkeys(
+                rcpts, _local(550, "5.6.7", f"{remote} does not support SMTPUTF8 required by this message", remote)
+            )
+        size_limit = _size_limit(smtp)
+        if size_limit and len(msg.data) > size_limit:
+            return dict.fromkeys(
+                rcpts,
+                _local(
+                    552, "5.3.4", f"message size {len(msg.data)} exceeds the limit {size_limit} of {remote}", remote
+                ),
+            )
+        sendable = []
+        for rcpt in rcpts:
+            if rcpt in msg.utf8_rcpts and not peer_utf8:
+                results[rcpt] = _local(553, "5.6.7", f"{remote} does not support SMTPUTF8 for this address", remote)
+            else:
+                sendable.append(rcpt)
+        if not sendable:
+            return results
+        use_utf8 = peer_utf8 and (msg.needs_utf8 or any(r in msg.utf8_rcpts for r in sendable))
+        options = self._mail_options(smtp, msg, use_utf8)
+        reply = await smtp.execute_command(b"MAIL", b"FROM:" + _smtp_address(msg.mail_from), *options)
+        if reply.code == 421:
+            raise _Failover(reply_result(reply.code, reply.message, remote))
+        if reply.code != 250:
+            results.update(dict.fromkeys(sendable, reply_result(reply.code, reply.message, remote)))
+            return results
+        accepted = []
+        for rcpt in sendable:
+            reply = await smtp.execute_command(b"RCPT", b"TO:" + _smtp_address(rcpt))
+            if reply.code == 421:
+                raise _Failover(reply_result(reply.code, reply.message, remote))
+            if reply.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                results[rcpt] = reply_result(reply.code, reply.message, remote)
+        if not accepted:
+            with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
+                await smtp.rset()
+            return results
+        results.update(dict.fromkeys(accepted, await self._data(smtp, remote, msg.data)))
+        return results
+
+    def _mail_options(self, smtp: aiosmtplib.SMTP, msg: _Message, use_utf8: bool) -> list[bytes]:
+        options = []
+        if "size" in smtp.esmtp_extensions:
+            options.append(b"SIZE=%d" % len(msg.data))  # RFC 1870 §6
+        if msg.eight_bit and smtp.supports_extension("8bitmime"):
+            options.append(b"BODY=8BITMIME")  # RFC 6152
+        if use_utf8:
+            options.append(b"SMTPUTF8")
+        return options
+
+    async def _data(self, smtp: aiosmtplib.SMTP, remote: str, data: bytes) -> RcptResult:
+        """DATA; its reply applies to every accepted recipient. A lost connection here is never failed over:
+        the peer may already hold the message, another host would duplicate it."""
+        try:
+            reply = await smtp.data(data)
+        except SMTPResponseException as exc:
+            return reply_result(exc.code, exc.message, remote)
+        except (TimeoutError, SMTPException, OSError) as exc:
+            return _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}", remote)
+        return reply_result(reply.code, reply.message, remote)
+
+
+class _LoopError(Exception):
+    """The best MX is ourselves."""
+
+
+def _size_limit(smtp: aiosmtplib.SMTP) -> int:
+    value = smtp.esmtp_extensions.get("size", "").strip()
+    return int(value) if value.isdigit() else 0

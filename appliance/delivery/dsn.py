@@ -1,0 +1,142 @@
+"""RFC 3464 delivery status notifications (bounces and delay warnings) built with the email package."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email import encoders, policy
+from email.charset import QP, Charset
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, make_msgid
+
+from appliance.delivery.client import RcptResult
+
+ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")  # RFC 3464 §2.3.3
+
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _field(text: str) -> str:
+    """One header-safe line: a remote reply must never inject header lines into the report."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def _header_section(original: bytes) -> bytes:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        idx = original.find(sep)
+        if idx >= 0:
+            return original[: idx + len(sep) // 2]
+    return original
+
+
+def _utf8_addr_xtext(address: str) -> str:
+    """RFC 6533 §3 utf-8-addr-xtext: an internationalised address in an all-ASCII field."""
+    return "".join(c if 0x21 <= ord(c) <= 0x7E and c not in "+=\\" else f"\\x{{{ord(c):X}}}" for c in address)
+
+
+def _address_field(address: str) -> str:
+    """RFC 3464 §2.3.2 address-type "rfc822"; RFC 6533 §3 "utf-8" for internationalised addresses."""
+    address = _field(address)
+    return f"rfc822; {address}" if address.isascii() else f"utf-8; {_utf8_addr_xtext(address)}"
+
+
+def _per_message(reporting_mta: str, arrival: datetime | None, queue_id: str) -> Message:
+    block = Message()
+    block["Reporting-MTA"] = f"dns; {_field(reporting_mta)}"
+    if queue_id:
+        block["X-Mailfleet-Queue-ID"] = _field(queue_id)
+    if arrival is not None:
+        block["Arrival-Date"] = format_datetime(arrival)
+    return block
+
+
+def _per_recipient(address: str, result: RcptResult, action: str) -> Message:
+    block = Message()
+    block["Final-Recipient"] = _address_field(address)
+    block["Action"] = action
+    block["Status"] = result.enhanced
+    if result.remote_host:
+        block["Remote-MTA"] = f"dns; {_field(result.remote_host.split('[', 1)[0])}"
+        # RFC 3464 §2.3.6: the remote reply verbatim, as an "smtp" diagnostic.
+        block["Diagnostic-Code"] = f"smtp; {result.code} {result.enhanced} {_field(result.text)}".rstrip()
+    else:
+        block["Diagnostic-Code"] = f"X-Mailfleet; {_field(result.text)}"
+    return block
+
+
+def _human_text(reporting_mta: str, recipients: Sequence[tuple[str, RcptResult]], action: str) -> str:
+    if action == "delayed":
+        intro = (
+            f"This is the mail system at host {reporting_mta}.\n\n"
+            "Your message could not be delivered yet to the recipients below. The mail system will keep\n"
+            "trying; you do not need to resend it. You will be notified if delivery finally fails.\n"
+        )
+    else:
+        intro = (
+            f"This is the mail system at host {reporting_mta}.\n\n"
+            "I'm sorry to have to inform you that your message could not be delivered to one or more\n"
+            "recipients. It's attached below.\n"
+        )
+    lines = [f"<{address}>: {_field(str(result))}" for address, result in recipients]
+    return intro + "\n" + "\n".join(lines) + "\n"
+
+
+def build_dsn(
+    reporting_mta: str,
+    envelope_from: str,
+    original: bytes,
+    recipients: Sequence[tuple[str, RcptResult]],
+    action: str = "failed",
+    arrival: datetime | None = None,
+    queue_id: str = "",
+) -> bytes:
+    """A multipart/report DSN to `envelope_from`, sent by the caller with the null sender (RFC 5321 §6.1).
+
+    The null sender never gets a DSN (RFC 3464 §2 / RFC 5321 §6.1: no bounce loops): ValueError.
+    """
+    if not envelope_from:
+        raise ValueError("no DSN for the null sender (RFC 5321 §6.1)")
+    if action not in ACTIONS:
+        raise ValueError(f"DSN action {action!r} is not one of {', '.join(ACTIONS)}")
+    if not recipients:
+        raise ValueError("a DSN needs at least one recipient")
+
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
+    report["To"] = _field(envelope_from)
+    report["Subject"] = (
+        "Delayed Mail (still being retried)" if action == "delayed" else "Undelivered Mail Returned to Sender"
+    )
+    report["Date"] = format_datetime(datetime.now(UTC))
+    report["Message-ID"] = make_msgid(domain=reporting_mta)
+    report["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
+
+    human = _human_text(reporting_mta, recipients, action)
+    report.attach(MIMEText(human, "plain", "us-ascii" if human.isascii() else _UTF8_QP))
+
+    status = MIMEBase("message", "delivery-status")
+    status.set_payload(
+        [_per_message(reporting_mta, arrival, queue_id)]
+        + [_per_recipient(address, result, action) for address, result in recipients]
+    )
+    report.attach(status)
+
+    headers = _header_section(original)
+    headers_part = MIMEBase("text", "rfc822-headers")
+    if headers.isascii():
+        headers_part.set_payload(headers.decode("ascii"))
+    else:
+        # 8-bit headers (SMTPUTF8 mail): carried base64 so the DSN itself stays 7-bit.
+        headers_part.set_payload(headers)
+        headers_part.set_param("charset", "utf-8")
+        encoders.encode_base64(headers_part)
+    report.attach(headers_part)
+    # An internationalised sender can only be reached with SMTPUTF8, so its DSN may carry UTF-8 headers.
+    return report.as_bytes(policy=policy.SMTP if envelope_from.isascii() else policy.SMTPUTF8)

@@ -1,0 +1,119 @@
+"""RFC 3464 DSNs, checked by parsing the result back with the email package as a mail client would."""
+
+from __future__ import annotations
+
+import email
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+
+import pytest
+
+from appliance.delivery.client import RcptResult
+from appliance.delivery.dsn import build_dsn
+
+ORIGINAL = (
+    b"From: Alice <alice@sender.test>\r\nTo: bob@dest.test\r\nSubject: Quarterly numbers\r\n"
+    b"Message-ID: <orig-1@sender.test>\r\n\r\nThe secret body.\r\n"
+)
+REFUSED = RcptResult(550, "5.1.1", "No such user here", "mx1.dest.test[127.0.0.31]")
+UNREACHABLE = RcptResult(421, "4.4.1", "connect to mx1.dest.test[127.0.0.31]:25: Connection refused", None)
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return email.message_from_bytes(raw, policy=policy.default)  # type: ignore[return-value]
+
+
+def status_blocks(dsn: EmailMessage) -> list:
+    report = dsn.get_payload()[1]
+    assert report.get_content_type() == "message/delivery-status"
+    return report.get_payload()
+
+
+def test_bounce_structure_and_fields() -> None:
+    arrival = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    raw = build_dsn(
+        "mx.mailfleet.test",
+        "alice@sender.test",
+        ORIGINAL,
+        [("bob@dest.test", REFUSED), ("carol@dest.test", UNREACHABLE)],
+        arrival=arrival,
+        queue_id="Q42",
+    )
+    dsn = parse(raw)
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    assert dsn["To"] == "alice@sender.test"
+    assert dsn["From"] == "Mail Delivery System <MAILER-DAEMON@mx.mailfleet.test>"
+    assert dsn["Auto-Submitted"] == "auto-replied"
+    assert dsn["Subject"] == "Undelivered Mail Returned to Sender"
+    parts = dsn.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+
+    human = parts[0].get_content()
+    assert "<bob@dest.test>: 550 5.1.1 No such user here" in human
+    assert "<carol@dest.test>: 421 4.4.1 connect to" in human
+
+    per_message, bob, carol = status_blocks(dsn)
+    assert per_message["Reporting-MTA"] == "dns; mx.mailfleet.test"
+    assert per_message["Arrival-Date"] == "Wed, 25 Nov 2026 10:00:00 +0000"
+    assert per_message["X-Mailfleet-Queue-ID"] == "Q42"
+    assert bob["Final-Recipient"] == "rfc822; bob@dest.test"
+    assert bob["Action"] == "failed" and bob["Status"] == "5.1.1"
+    assert bob["Remote-MTA"] == "dns; mx1.dest.test"
+    assert bob["Diagnostic-Code"].strip() == "smtp; 550 5.1.1 No such user here"
+    assert carol["Status"] == "4.4.1" and carol["Remote-MTA"] is None
+    assert carol["Diagnostic-Code"].strip().startswith("X-Mailfleet; connect to mx1.dest.test")
+
+
+def test_original_headers_without_the_body() -> None:
+    dsn = parse(build_dsn("mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("bob@dest.test", REFUSED)]))
+    headers = dsn.get_payload()[2].get_payload(decode=True)
+    assert b"Subject: Quarterly numbers" in headers and b"Message-ID: <orig-1@sender.test>" in headers
+    assert b"secret body" not in headers
+    assert b"secret body" not in dsn.as_bytes()
+
+
+def test_delay_warning() -> None:
+    dsn = parse(
+        build_dsn(
+            "mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("carol@dest.test", UNREACHABLE)], action="delayed"
+        )
+    )
+    assert dsn["Subject"].startswith("Delayed Mail")
+    assert status_blocks(dsn)[1]["Action"] == "delayed"
+    assert "will keep" in dsn.get_payload()[0].get_content()
+
+
+def test_hostile_remote_text_cannot_inject_fields() -> None:
+    hostile = RcptResult(550, "5.7.1", "go away\r\nAction: delivered\r\nStatus: 2.0.0", "mx.evil.test")
+    dsn = parse(build_dsn("mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("bob@dest.test", hostile)]))
+    block = status_blocks(dsn)[1]
+    assert block.get_all("Action") == ["failed"] and block.get_all("Status") == ["5.7.1"]
+    assert block["Diagnostic-Code"].strip() == "smtp; 550 5.7.1 go away Action: delivered Status: 2.0.0"
+
+
+def test_ascii_sender_gets_an_ascii_dsn() -> None:
+    result = RcptResult(553, "5.6.7", "no SMTPUTF8", "mx1.dest.test")
+    raw = build_dsn("mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("jörg@dest.test", result)])
+    assert raw.isascii()  # goes to any peer, with or without SMTPUTF8
+
+
+def test_utf8_recipient_and_headers() -> None:
+    original = "From: René <rené@sender.test>\r\nSubject: Grüße\r\n\r\nHallo\r\n".encode()
+    result = RcptResult(553, "5.6.7", "mx1.dest.test does not support SMTPUTF8", "mx1.dest.test")
+    raw = build_dsn("mx.mailfleet.test", "rené@sender.test", original, [("jörg@dest.test", result)])
+    dsn = parse(raw)
+    assert dsn["To"] == "rené@sender.test"
+    assert status_blocks(dsn)[1]["Final-Recipient"] == "utf-8; j\\x{F6}rg@dest.test"
+    assert "Subject: Grüße" in dsn.get_payload()[2].get_payload(decode=True).decode()
+
+
+def test_no_dsn_for_the_null_sender() -> None:
+    with pytest.raises(ValueError, match="null sender"):
+        build_dsn("mx.mailfleet.test", "", ORIGINAL, [("bob@dest.test", REFUSED)])
+
+
+def test_unknown_action_is_refused() -> None:
+    with pytest.raises(ValueError, match="action"):
+        build_dsn("mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("bob@dest.test", REFUSED)], action="lost")
