@@ -32,6 +32,7 @@ from appliance.dns.resolver import (
     NullMX,
     Resolver,
     address_family,
+    interface_addresses,
     ip_literal,
 )
 
@@ -195,7 +196,7 @@ class Deliverer:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.log = log or logging.getLogger("appliance.delivery")
-        self._own = {str(ipaddress.ip_address(a)) for a in own_addresses}
+        self._own = own_ip_addresses(own_addresses)
         self._tls_context = _opportunistic_tls_context()
 
     async def deliver(
@@ -257,7 +258,7 @@ class Deliverer:
                     raise addrs
                 continue
             hop.addresses = addrs
-            if self._own.intersection(addrs) and (own_pref is None or host.preference < own_pref):
+            if any(a in self._own for a in addrs) and (own_pref is None or host.preference < own_pref):
                 own_pref = host.preference
         if own_pref is None:
             return hops
@@ -485,6 +486,38 @@ class Deliverer:
         except (TimeoutError, SMTPException, OSError) as exc:
             return _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}", remote)
         return reply_result(reply.code, reply.message, remote)
+
+
+@dataclass(frozen=True)
+class OwnAddresses:
+    """The IPs our SMTP listener answers on at the MX port, for RFC 5321 §5.1 loop avoidance."""
+
+    addresses: frozenset[str] = frozenset()
+    wildcard: bool = False  # listening on 0.0.0.0 or ::, so every loopback address is ours too
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, str):
+            return False
+        return address in self.addresses or (self.wildcard and ipaddress.ip_address(address).is_loopback)
+
+    def __bool__(self) -> bool:
+        return bool(self.addresses) or self.wildcard
+
+
+def own_ip_addresses(listen_hosts: Collection[str]) -> OwnAddresses:
+    """A wildcard listen host (0.0.0.0, ::, "") stands for every interface address and all of loopback."""
+    own: set[str] = set()
+    wildcard = False
+    for host in listen_hosts:
+        literal = ip_literal(host) if host else "0.0.0.0"
+        if literal is None:
+            logging.getLogger("appliance.delivery").warning("loop check: %r is not an IP address, ignored", host)
+        elif ipaddress.ip_address(literal).is_unspecified:
+            wildcard = True
+            own.update(interface_addresses())
+        else:
+            own.add(literal)
+    return OwnAddresses(frozenset(own), wildcard)
 
 
 class _LoopError(Exception):

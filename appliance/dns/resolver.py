@@ -57,6 +57,19 @@ def host_has_ipv6_route() -> bool:
     return False
 
 
+def interface_addresses() -> set[str]:
+    """Every IPv4 and IPv6 address on this host's interfaces (scope suffixes removed)."""
+    found: set[str] = set()
+    for name in netifaces.interfaces():
+        addrs = netifaces.ifaddresses(name)
+        for family in (netifaces.AF_INET, netifaces.AF_INET6):
+            for entry in addrs.get(family, []):
+                literal = ip_literal(entry.get("addr", "").split("%", 1)[0])
+                if literal is not None:
+                    found.add(literal)
+    return found
+
+
 def ip_literal(host: str) -> str | None:
     """The normalised IP if `host` is an IP address (optionally RFC 5321 §4.1.3 bracketed), else None."""
     text = host.strip()

@@ -410,3 +410,13 @@ async def test_one_log_line_per_attempt(deliverer, smtp_sink, port, caplog) -> N
     assert "result=421/4.4.1" in lines[0] and "rcpts=2" in lines[0]
     assert "host=mx2.deadfirst.mailfleet.test" in lines[1] and "result=250/2.0.0" in lines[1]
     assert "delivered=2" in lines[1] and "duration=" in lines[1]
+
+
+async def test_wildcard_listener_counts_all_loopback_as_ourselves(named, smtp_sink, port) -> None:
+    us = smtp_sink("127.0.0.61", port)
+    deliverer = Deliverer(HELO, named.resolver(), own_addresses=["0.0.0.0"])
+    results = await deliverer.deliver(
+        MXTarget("selfbest.mailfleet.test", port), "a@sender.test", ["bob@selfbest.mailfleet.test"], MESSAGE
+    )
+    assert results["bob@selfbest.mailfleet.test"].enhanced == "5.4.6"
+    assert us.handler.sessions == 0
