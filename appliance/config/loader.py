@@ -117,7 +117,8 @@ def _mapping(value: Any, where: str, allowed: tuple[str, ...] | None = None) -> 
         if not isinstance(key, str):
             raise ConfigError(where, f"key {key!r} must be a string")
         if allowed is not None and key not in allowed:
-            raise ConfigError(_join(where, key), f"unknown key (expected one of {', '.join(allowed)})")
+            parent = "" if where == "top level" else where
+            raise ConfigError(_join(parent, key), f"unknown key (expected one of {', '.join(allowed)})")
     return value
 
 

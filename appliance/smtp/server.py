@@ -82,7 +82,7 @@ class InboundHandler:
                           mail_options: list[str]) -> str:
         if self.options.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
-        if address:
+        if address and address != "<>":  # aiosmtpd hands the null reverse-path over as "<>"
             try:
                 sender = str(parse_mailbox(address, forbid_routing=False))
             except AddressError as exc:
@@ -91,7 +91,7 @@ class InboundHandler:
             if login is not None and self._sender_allowed is not None and not self._sender_allowed(login, sender):
                 return f"553 5.7.1 <{sender}> is not an address of the authenticated user {login}"
         else:
-            sender = ""
+            sender = "<>"  # kept as aiosmtpd's marker (it needs a true value); the spool stores ""
         envelope.mail_from = sender
         envelope.mail_options.extend(mail_options)
         envelope.mf_size = _size_param(mail_options)  # type: ignore[attr-defined]
@@ -136,7 +136,8 @@ class InboundHandler:
                     seen.add(target.lower())
                     recipients.append(Recipient(address=target, original=original))
         data = self._received(session, envelope, queue_id) + raw
-        message = QueuedMessage(queue_id=queue_id, mail_from=envelope.mail_from or "", recipients=recipients,
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        message = QueuedMessage(queue_id=queue_id, mail_from=sender, recipients=recipients,
                                 arrival=time.time(), client=ip, helo=session.host_name or "",
                                 smtputf8="SMTPUTF8" in (o.upper() for o in envelope.mail_options))
         try:

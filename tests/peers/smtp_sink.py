@@ -10,6 +10,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -174,6 +175,7 @@ class _RefusingServer:
         self._greeting = greeting
         self._stop = threading.Event()
         self.connections = 0
+        self.times: list[float] = []  # monotonic time of each connection, to check retry schedules
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -184,6 +186,7 @@ class _RefusingServer:
             except (TimeoutError, OSError):
                 continue
             self.connections += 1
+            self.times.append(time.monotonic())
             with conn:
                 conn.sendall(self._greeting)
 

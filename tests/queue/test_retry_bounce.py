@@ -1,0 +1,157 @@
+"""Retries on the route's schedule, bounces as RFC 3464 DSNs, and the queue commands on the live spool."""
+
+from __future__ import annotations
+
+import email
+import json
+import smtplib
+import time
+from email.message import Message
+
+from peers.named import free_port
+from peers.smtp_sink import start_refusing_server
+
+from appliance.queue.runner import next_delay
+
+
+def send(port: int, sender: str, rcpts: list[str], subject: str) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as conn:
+        conn.ehlo("client.test")
+        code, reply = conn.docmd("MAIL", f"FROM:<{sender}>")
+        assert code == 250, reply
+        for rcpt in rcpts:
+            code, reply = conn.docmd("RCPT", f"TO:<{rcpt}>")
+            assert code == 250, reply
+        code, reply = conn.data(f"Subject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\nbody\r\n".encode())
+        assert code == 250, reply
+        return reply.decode().rsplit(" ", 1)[1]
+
+
+def test_schedule_last_interval_repeats() -> None:
+    schedule = (600.0, 600.0, 600.0, 86400.0)
+    assert [next_delay(schedule, n) for n in range(1, 7)] == [600, 600, 600, 86400, 86400, 86400]
+
+
+def test_backup_mx_retries_until_primary_comes_up(mailfleet_factory, smtp_sink) -> None:
+    port = free_port(["127.0.0.1"])
+    refusing = start_refusing_server("127.0.0.1", port, "421 4.3.2 primary is down for maintenance")
+    server = mailfleet_factory({
+        "roles": ["backup_mx"],
+        "backup_mx": {"retry_schedule": ["1s", "2s"],
+                      "domains": {"example.test": {"primary_hosts": [f"127.0.0.1:{port}"]}}},
+    })
+    try:
+        queue_id = send(server.smtp_port, "someone@outside.test", ["alice@example.test"], "held")
+        server.wait_for(lambda: refusing.connections >= 3, timeout=15, what="three attempts at the primary")
+        times = list(refusing.times)
+    finally:
+        refusing.stop()
+    # Waits between attempts follow the schedule: 1s, then 2s, then 2s again (the last interval repeats).
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps
+    listing = json.loads(server.cli("queue", "list", "--json").stdout)
+    assert [m["id"] for m in listing] == [queue_id]
+    rcpt = listing[0]["recipients"][0]
+    assert rcpt["status"] == "pending" and rcpt["attempts"] >= 3
+    assert "primary is down for maintenance" in rcpt["last"]
+    primary = smtp_sink(port=port)
+    server.wait_for(lambda: len(primary.messages) == 1, timeout=15, what="delivery once the primary is up")
+    assert primary.messages[0].rcpt_tos == ("alice@example.test",)
+    assert primary.messages[0].mail_from == "someone@outside.test"
+    server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
+
+
+def _dsn_parts(raw: bytes) -> tuple[Message, list[Message]]:
+    message = email.message_from_bytes(raw)
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    return message, message.get_payload()
+
+
+def primary_and_gateway(sink_port: int, lifetime: str = "5d") -> dict:
+    return {
+        "roles": ["primary", "incoming_gateway"],
+        "queue": {"retry_schedule": ["1s"], "lifetime": lifetime},
+        "primary": {"domains": ["home.test"], "users": [{"address": "alice@home.test"}]},
+        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{sink_port}"]}}},
+    }
+
+
+def test_5xx_bounces_at_once_with_a_dsn(mailfleet_factory, smtp_sink) -> None:
+    sink = smtp_sink(rcpt_replies={"gone@fwd.test": "550 5.1.1 mailbox gone"})
+    server = mailfleet_factory(primary_and_gateway(sink.port))
+    queue_id = send(server.smtp_port, "alice@home.test", ["gone@fwd.test", "here@fwd.test"], "partly")
+    server.wait_for(lambda: len(server.mailbox_files("alice@home.test")) == 1, what="the bounce in alice's INBOX")
+    assert len(sink.messages) == 1 and sink.messages[0].rcpt_tos == ("here@fwd.test",)
+    raw = server.mailbox_files("alice@home.test")[0].read_bytes()
+    assert b"Return-Path: <>" in raw  # RFC 3464: DSNs travel with the null sender
+    report, parts = _dsn_parts(raw.split(b"\r\n", 2)[2])
+    assert queue_id in report.as_string() or "partly" in report.as_string()
+    status = parts[1].get_payload()
+    fields = "\n".join(str(block) for block in status)
+    assert "Final-Recipient: rfc822; gone@fwd.test" in fields
+    assert "Action: failed" in fields and "Status: 5.1.1" in fields
+    assert "mailbox gone" in fields
+    assert "here@fwd.test" not in fields
+    assert parts[2].get_content_type() == "text/rfc822-headers"
+    assert "Subject: partly" in parts[2].get_payload()
+    server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
+
+
+def test_queue_lifetime_expiry_bounces_with_4_4_7(mailfleet_factory) -> None:
+    dead = free_port(["127.0.0.1"])
+    server = mailfleet_factory(primary_and_gateway(dead, lifetime="3s"))
+    send(server.smtp_port, "alice@home.test", ["nobody@fwd.test"], "expires")
+    server.wait_for(lambda: len(server.mailbox_files("alice@home.test")) == 1, timeout=20,
+                    what="the expiry bounce")
+    raw = server.mailbox_files("alice@home.test")[0].read_bytes()
+    assert b"Status: 4.4.7" in raw and b"Action: failed" in raw
+    assert b"gave up after" in raw
+
+
+def test_null_sender_failure_makes_no_bounce(mailfleet_factory, smtp_sink) -> None:
+    sink = smtp_sink(rcpt_replies={"gone@fwd.test": "550 5.1.1 mailbox gone"})
+    server = mailfleet_factory(primary_and_gateway(sink.port))
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as conn:
+        conn.sendmail("", ["gone@fwd.test"], b"Subject: a bounce itself\r\n\r\nx\r\n")
+    server.wait_for(lambda: "null sender, no bounce" in server.log(), what="the failure to be logged")
+    server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
+    assert server.mailbox_files("alice@home.test") == []
+
+
+def test_queue_commands_on_the_live_spool(mailfleet_factory, smtp_sink) -> None:
+    port = free_port(["127.0.0.1"])
+    server = mailfleet_factory({**primary_and_gateway(port), "queue": {"retry_schedule": ["1h"]}})
+    first = send(server.smtp_port, "alice@home.test", ["x@fwd.test"], "first")
+    second = send(server.smtp_port, "alice@home.test", ["y@fwd.test"], "second")
+    third = send(server.smtp_port, "alice@home.test", ["z@fwd.test"], "third")
+    server.wait_for(lambda: server.log().count("attempt=1") == 3, what="first attempts")
+
+    listing = server.cli("queue", "list")
+    assert listing.returncode == 0
+    for queue_id in (first, second, third):
+        assert queue_id in listing.stdout
+    assert "pending after 1 attempt(s)" in listing.stdout
+
+    shown = server.cli("queue", "show", first)
+    assert shown.returncode == 0 and "Subject: first" in shown.stdout and "x@fwd.test" in shown.stdout
+    missing = server.cli("queue", "show", "NOPE")
+    assert missing.returncode == 1 and "no message NOPE" in missing.stderr
+
+    sink = smtp_sink(port=port)
+    flushed = server.cli("queue", "flush", first)  # the next attempt is an hour away: flush brings it forward
+    assert flushed.returncode == 0, flushed.stderr
+    server.wait_for(lambda: len(sink.messages) == 1, what="the flushed message")
+    assert sink.messages[0].rcpt_tos == ("x@fwd.test",)
+
+    deleted = server.cli("queue", "delete", second)
+    assert deleted.returncode == 0, deleted.stderr
+    assert second not in server.queue_ids()
+
+    bounced = server.cli("queue", "bounce", third)
+    assert bounced.returncode == 0, bounced.stderr
+    server.wait_for(lambda: len(server.mailbox_files("alice@home.test")) == 1, what="the administrator's bounce")
+    assert b"returned to sender by the administrator" in server.mailbox_files("alice@home.test")[0].read_bytes()
+    server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
+    time.sleep(0.3)
+    assert len(sink.messages) == 1  # the deleted and the bounced message never went out
