@@ -27,9 +27,18 @@ def encode_lines(lines: list[bytes]) -> bytes:
     return b"\r\n".join(stuffed) + b"\r\n.\r\n"
 
 
+_DOT_AT_LINE_START = re.compile(rb"^\.", re.MULTILINE)
+
+
 def encode_message(data: bytes) -> bytes:
-    """The RETR body of a stored message."""
-    return encode_lines(split_lines(data))
+    """The RETR body of a stored message: same bytes as ``encode_lines(split_lines(data))``, built with
+    two whole-buffer passes instead of one object per line, since messages can be tens of megabytes."""
+    if not data:
+        return b".\r\n"
+    wire = _DOT_AT_LINE_START.sub(b"..", _LINE_END.sub(b"\r\n", data))
+    if not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    return wire + b".\r\n"
 
 
 def top_lines(data: bytes, count: int) -> list[bytes]:

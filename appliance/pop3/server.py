@@ -94,7 +94,12 @@ class Pop3Server:
         reply = session.greeting()
         await self._send(writer, reply)
         while not reply.close:
-            line = await self._read_line(reader)
+            try:
+                line = await self._read_line(reader)
+            except TimeoutError:
+                # RFC 1939 §3 autologout: close WITHOUT entering UPDATE, so nothing is deleted.
+                await self._send(writer, err("autologout: idle for too long", close=True))
+                return
             if line is None:
                 await self._send(writer, err(f"line longer than {READ_LIMIT} octets", close=True))
                 return

@@ -127,16 +127,16 @@ def test_broken_config_is_reported_in_one_line(cli, tmp_path):
     assert code == 2 and err.startswith(f"mailfleet: {broken}: ") and err.count("\n") == 1
 
 
-def test_user_add_from_a_real_process_reads_the_password_from_stdin(config_file, tmp_path):
-    """A separate process, like the admin's shell: the password goes through a pipe, not argv."""
-    script = (
-        "import argparse, sys; from appliance.cli.users import register; "
-        "p = argparse.ArgumentParser(); p.add_argument('--config'); "
-        "register(p.add_subparsers(dest='c', required=True)); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, "--config", str(config_file), "user", "add", "zed@example.org",
-         "--password-stdin"], input="zed-pw\n", capture_output=True, text=True, env={**os.environ},
-    )
+def test_mailfleet_command_reads_the_password_from_stdin(config_file, tmp_path):
+    """The real `mailfleet` entry point in its own process, as an administrator's shell runs it."""
+    def mailfleet(*argv: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(config_file), *argv],
+                              input=stdin, capture_output=True, text=True, env={**os.environ}, timeout=60)
+
+    result = mailfleet("user", "add", "zed@example.org", "--password-stdin", stdin="zed-pw\n")
     assert result.returncode == 0, result.stderr
     assert directory_of(tmp_path).verify_password("zed@example.org", "zed-pw") == "zed@example.org"
+    result = mailfleet("user", "del", "carol@example.org")
+    assert result.returncode == 2
+    assert "defined in the config file (primary.users)" in result.stderr and "Traceback" not in result.stderr
+    assert mailfleet("user", "list").stdout.splitlines()[-1].startswith("zed@example.org\t")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,6 @@ def tls_files(tmp_path_factory) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -65,7 +64,7 @@ class Pop3Fixture:
         return self.store.deliver(address, data)
 
 
-async def _start(tmp_path, tls_files, plaintext_on_loopback: bool, **auth_kwargs):
+async def _start(tmp_path, tls_files, plaintext_on_loopback: bool, idle_timeout: float = 600.0, **auth_kwargs):
     hasher = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     directory = Directory(tmp_path / "directory.sqlite", config_domains=["example.org"], password_hasher=hasher)
     directory.add_user("alice@example.org", PASSWORD)
@@ -75,7 +74,7 @@ async def _start(tmp_path, tls_files, plaintext_on_loopback: bool, **auth_kwargs
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(tls_files[0]), str(tls_files[1]))
     servers = await start_pop3(["127.0.0.1:0"], ["127.0.0.1:0"], store, authenticator, context, "pop.example.org",
-                               plaintext_on_loopback)
+                               plaintext_on_loopback, idle_timeout=idle_timeout)
     fixture = Pop3Fixture(servers[0].sockets[0].getsockname()[1], servers[1].sockets[0].getsockname()[1],
                           store, directory, authenticator, tls_files[0])
     return fixture, servers
@@ -93,6 +92,14 @@ async def pop3(tmp_path, tls_files):
 async def pop3_strict(tmp_path, tls_files):
     """Production setting: no clear-text auth before TLS, even on loopback; bans after 3 failures."""
     fixture, servers = await _start(tmp_path, tls_files, False, ban_threshold=3)
+    yield fixture
+    await _stop(fixture, servers)
+
+
+@pytest.fixture
+async def pop3_short_idle(tmp_path, tls_files):
+    """A server whose autologout timer is half a second (RFC 1939 §3 asks >= 10 minutes in production)."""
+    fixture, servers = await _start(tmp_path, tls_files, True, idle_timeout=0.5)
     yield fixture
     await _stop(fixture, servers)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from appliance.pop3.multiline import encode_message, split_lines, top_lines, transmitted_size
+from appliance.pop3.multiline import encode_lines, encode_message, split_lines, top_lines, transmitted_size
 from appliance.pop3.parser import MAX_LINE, Command, ParseError, parse_command
 
 
@@ -106,3 +106,8 @@ def test_top_never_returns_more_than_asked(header, body, count):
     top = top_lines(data, count)
     assert top[: len(header) + 1] == header + [b""]
     assert top[len(header) + 1:] == body[:count]
+
+
+@given(st.binary(max_size=300))
+def test_whole_buffer_encoding_equals_line_by_line(data):
+    assert encode_message(data) == encode_lines(split_lines(data))

@@ -253,3 +253,47 @@ async def test_overlong_line_is_refused_and_the_listener_survives(pop3):
 async def test_quit_before_login(pop3):
     replies = await run(_raw, pop3.port, b"QUIT\r\n")
     assert replies[0].startswith(b"+OK pop.example.org") and replies[1].startswith(b"+OK")
+
+
+async def test_autologout_deletes_nothing_and_releases_the_lock(pop3_short_idle):
+    pop3_short_idle.deliver(MESSAGE_1)
+
+    def session():
+        client = login(pop3_short_idle.port)
+        client.dele(1)
+        time.sleep(1.5)  # past the 0.5 s autologout timer of this fixture
+        reply = client.file.readline()
+        client.close()
+        again = login_when_unlocked(pop3_short_idle.port)
+        count = again.stat()[0]
+        again.quit()
+        return reply, count
+
+    reply, count = await run(session)
+    assert reply == b"-ERR autologout: idle for too long\r\n"
+    assert count == 1
+
+
+async def test_mail_arriving_and_imap_expunge_during_a_pop3_session(pop3):
+    """The session works on its login snapshot; new mail waits for the next session, and a message
+    removed meanwhile (by IMAP) is reported, not crashed on."""
+    uid1 = pop3.deliver(MESSAGE_1)
+    pop3.deliver(MESSAGE_2)
+    account = pop3.store.account("alice@example.org")
+
+    def session():
+        client = login(pop3.port)
+        pop3.deliver(b"Subject: late\r\n\r\nlate\r\n")
+        account.store_flags("INBOX", [uid1], ["\\Deleted"], "add")
+        account.expunge("INBOX")
+        assert client.stat()[0] == 2
+        with pytest.raises(poplib.error_proto, match="removed by another session"):
+            client.retr(1)
+        client.dele(2)
+        client.quit()
+        client = login(pop3.port)
+        subjects = [client.top(i, 0)[1][0] for i in range(1, client.stat()[0] + 1)]
+        client.quit()
+        return subjects
+
+    assert await run(session) == [b"Subject: late"]
