@@ -37,5 +37,11 @@ pytest: apt venv ## Run the pytest suite (real servers on loopback)
 test: pytest ## Everything: pytest, then every Molecule scenario
 	@echo "make test: all green"
 
+bench: venv ## Mailfleet vs Postfix: msg/s (local Maildir, relay to smtp-sink) and idle-session memory; root
+	@dpkg-query -W -f='$${Status}' postfix 2>/dev/null | grep -q "install ok installed" || { \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q postfix; }
+	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
+	$(PY) bench/smtp_throughput.py $(BENCH_ARGS)
+
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

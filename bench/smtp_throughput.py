@@ -1,0 +1,650 @@
+#!/usr/bin/env python3
+"""Mailfleet against Postfix on the same machine, in one run, with Postfix's own `smtp-source` as the load.
+
+Cases (each for 1 KB and 100 KB messages, 10 and 50 parallel sessions, one message per SMTP session):
+  local  accept into the durable queue and deliver into a Maildir; the clock stops when the last message file
+         is in the Maildir (end to end), not when the client got its last 250.
+  relay  accept and relay to Postfix's `smtp-sink`; the clock stops when the sink has counted every message.
+Then peak memory with 5,000 concurrent idle SMTP sessions (banner read, nothing sent).
+
+Both servers run with their durability on: Postfix fsyncs the queue file before 250 and each Maildir file
+(virtual(8)); Mailfleet answers 250 after its spool group commit and fsyncs each Maildir file and index row.
+Postfix is a private instance (own config, queue and data directories under a temp dir) on 127.0.0.2; the
+system Postfix is left stopped. Only loopback addresses are used. Every wait is bounded; run as root:
+
+    .venv/bin/python bench/smtp_throughput.py            # or: make bench
+    .venv/bin/python bench/smtp_throughput.py --messages 500 --sizes 1 --sessions 10 --idle 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+POSTFIX_ADDR = "127.0.0.1"  # Postfix insists on an address an interface has, like Mailfleet
+SINK_ADDR = "127.0.0.1"
+MAILFLEET_ADDR = "127.0.0.1"  # the listen address must be one the host has (Mailfleet checks its interfaces)
+LOCAL_DOMAIN = "bench.example"
+RELAY_RCPT = "someone@relay.example"
+SENDER = "load@source.example"
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+# ---------------------------------------------------------------------------------------------- small tools
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll `predicate` until true; returns the monotonic time it became true. Raises BenchError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def listening(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def count_files(dirs: list[Path]) -> int:
+    total = 0
+    for d in dirs:
+        with contextlib.suppress(FileNotFoundError), os.scandir(d) as it:
+            total += sum(1 for e in it if not e.name.startswith("."))
+    return total
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS/VmHWM (kB) of one process."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def proc_pss(pid: int) -> int:
+    """Proportional set size (kB): shared pages divided among the processes sharing them."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def processes_named(comm: str) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if Path(f"/proc/{entry.name}/comm").read_text().strip() == comm:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def raise_nofile(limit: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(limit, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def mb(kib: int) -> str:
+    return f"{kib / 1024:.0f} MB"
+
+
+# ---------------------------------------------------------------------------------------------- the sink
+
+
+class Sink:
+    """Postfix's smtp-sink on loopback; `-c` prints "mesg=N" after every message, which we follow."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.port = free_port(address)
+        self.count = 0
+        self.proc: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["smtp-sink", "-c", "-u", "nobody", f"{self.address}:{self.port}", "1024"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+        wait_until(lambda: listening(self.address, self.port), 10, "smtp-sink to listen")
+
+    def _follow(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        buf = b""
+        while chunk := self.proc.stdout.read1(65536):
+            buf += chunk
+            *records, buf = buf.split(b"\r")
+            for record in reversed(records):
+                _, sep, value = record.rpartition(b"mesg=")
+                if sep and value.strip().isdigit():
+                    self.count = int(value.strip())
+                    break
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+# ---------------------------------------------------------------------------------------------- the servers
+
+
+@dataclass
+class Server:
+    """What the benchmark needs from either MTA."""
+
+    name: str
+    address: str
+    port: int
+    workdir: Path
+    users: list[str] = field(default_factory=list)
+
+    def maildir_dirs(self, user: str) -> list[Path]:
+        raise NotImplementedError
+
+    def queue_empty(self) -> bool:
+        raise NotImplementedError
+
+    def delivered(self, user: str) -> int:
+        return count_files(self.maildir_dirs(user))
+
+
+class PostfixInstance(Server):
+    """A private Postfix instance: own config_directory, queue_directory and data_directory under `workdir`."""
+
+    def __init__(self, workdir: Path, users: list[str], sink: Sink, max_smtpd: int) -> None:
+        super().__init__("Postfix", POSTFIX_ADDR, free_port(POSTFIX_ADDR), workdir, users)
+        self.etc = workdir / "etc"
+        self.spool = workdir / "spool"
+        self.data = workdir / "data"
+        self.mail = workdir / "mail"
+        self.sink = sink
+        self.max_smtpd = max_smtpd
+        self.running = False
+
+    def _postfix(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["postfix", "-c", str(self.etc), *args], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            # Without a tty and syslog, postfix(1) keeps its reason to itself: point at how to see it.
+            raise BenchError(f"postfix -c {self.etc} {' '.join(args)} failed {proc.stdout}{proc.stderr}(run it on "
+                             f"a terminal with --keep to see why; log: {self.workdir / 'maillog'})")
+        return proc
+
+    def setup(self) -> None:
+        for d in (self.etc, self.spool, self.data, self.mail):
+            d.mkdir(parents=True, exist_ok=True)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(self.mail, nobody.pw_uid, nobody.pw_gid)
+        postfix_user = pwd.getpwnam("postfix")
+        os.chown(self.data, postfix_user.pw_uid, postfix_user.pw_gid)
+        (self.etc / "vmailbox").write_text(
+            "".join(f"{u}@{LOCAL_DOMAIN} {LOCAL_DOMAIN}/{u}/\n" for u in self.users))
+        main = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.spool),
+            "data_directory": str(self.data),
+            "myhostname": "postfix.bench.example",
+            "mydestination": "",
+            "inet_interfaces": POSTFIX_ADDR,
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "smtpd_banner": "$myhostname ESMTP",
+            "virtual_mailbox_domains": LOCAL_DOMAIN,
+            "virtual_mailbox_base": str(self.mail),
+            "virtual_mailbox_maps": f"texthash:{self.etc / 'vmailbox'}",
+            "virtual_uid_maps": f"static:{nobody.pw_uid}",
+            "virtual_gid_maps": f"static:{nobody.pw_gid}",
+            "relayhost": f"[{self.sink.address}]:{self.sink.port}",
+            "alias_maps": "",
+            "alias_database": "",
+            "local_recipient_maps": "",
+            "biff": "no",
+            "append_dot_mydomain": "no",
+            # One client address makes every session; Postfix's per-client anvil limits would throttle the load.
+            "smtpd_client_connection_count_limit": "0",
+            "smtpd_client_connection_rate_limit": "0",
+            "smtpd_client_message_rate_limit": "0",
+            "maillog_file": str(self.workdir / "maillog"),
+            "maillog_file_prefixes": str(self.workdir),
+        }
+        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
+        lines = []
+        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+            if line.startswith("smtp ") and " inet " in line:
+                continue
+            lines.append(line)
+        lines.insert(0, f"{POSTFIX_ADDR}:{self.port} inet n - n - {self.max_smtpd} smtpd")
+        (self.etc / "master.cf").write_text("\n".join(lines) + "\n")
+        # No chroot: the instance lives in a temp dir without the chroot's copies of /etc files.
+        subprocess.run(["postconf", "-c", str(self.etc), "-F", "*/*/chroot = n"], check=True, timeout=30)
+        self._postfix("check")
+
+    def start(self) -> None:
+        self._postfix("start")
+        self.running = True
+        wait_until(lambda: listening(self.address, self.port), 30, "Postfix to listen")
+
+    def stop(self) -> None:
+        if self.running:
+            with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
+                self._postfix("stop")
+            self.running = False
+
+    def maildir_dirs(self, user: str) -> list[Path]:
+        return [self.mail / LOCAL_DOMAIN / user / "new", self.mail / LOCAL_DOMAIN / user / "cur"]
+
+    def queue_empty(self) -> bool:
+        queues = ("maildrop", "incoming", "active", "deferred", "hold")
+        return not any(True for q in queues for _ in _walk_files(self.spool / q))
+
+    def smtpd_memory(self) -> tuple[int, int, int]:
+        """(number of smtpd processes of this instance, their summed RSS kB, their summed PSS kB)."""
+        master = self._master_pid()
+        pids = [p for p in processes_named("smtpd") if _parent(p) == master]
+        return len(pids), sum(proc_status(p).get("VmRSS", 0) for p in pids), sum(proc_pss(p) for p in pids)
+
+    def _master_pid(self) -> int:
+        pidfile = self.spool / "pid" / "master.pid"
+        return int(pidfile.read_text().split()[0])
+
+
+def _walk_files(path: Path) -> Iterator[Path]:
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            yield Path(root) / name
+
+
+def _parent(pid: int) -> int:
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return -1
+
+
+class MailfleetInstance(Server):
+    """`mailfleet serve` as a real process: roles primary (local Maildir) and outgoing_gateway (to the sink)."""
+
+    def __init__(self, workdir: Path, users: list[str], sink: Sink, max_sessions: int,
+                 extra: dict | None = None) -> None:
+        super().__init__("Mailfleet", MAILFLEET_ADDR, free_port(MAILFLEET_ADDR), workdir, users)
+        self.sink = sink
+        self.proc: subprocess.Popen | None = None
+        self.config_path = workdir / "mailfleet.yml"
+        self.data_dir = workdir / "data"
+        config = {
+            "hostname": "mailfleet.bench.example",
+            "data_dir": str(self.data_dir),
+            "roles": ["primary", "outgoing_gateway"],
+            "log_level": "info",
+            "listen": {"smtp": [f"{self.address}:{self.port}"]},
+            "smtp": {"max_sessions": max_sessions},
+            "delivery": {"smarthost": f"{sink.address}:{sink.port}"},
+            "primary": {"domains": [LOCAL_DOMAIN],
+                        "users": [{"address": f"{u}@{LOCAL_DOMAIN}", "password_hash": None} for u in users]},
+            "outgoing_gateway": {"relay_networks": ["127.0.0.0/8"]},
+        }
+        for key, value in (extra or {}).items():
+            config[key] = value
+        self.config = config
+
+    def setup(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def start(self) -> None:
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli.main", "--config", str(self.config_path), "serve"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=lambda: raise_nofile(20000))
+        log.close()
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"mailfleet exited with {self.proc.returncode}; see {self.workdir / 'server.log'}")
+            return listening(self.address, self.port)
+
+        wait_until(up, 60, "Mailfleet to listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def maildir_dirs(self, user: str) -> list[Path]:
+        base = self.data_dir / "mail" / LOCAL_DOMAIN / user
+        return [base / "new", base / "cur"]
+
+    def queue_empty(self) -> bool:
+        return count_files([self.data_dir / "spool" / "msg"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- the runs
+
+
+@dataclass
+class Result:
+    server: str
+    case: str
+    size_kb: int
+    sessions: int
+    messages: int
+    accept_s: float  # smtp-source done: every message answered 250
+    total_s: float  # every message in the Maildir / at the sink
+    errors: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.total_s if self.total_s else 0.0
+
+    @property
+    def accept_rate(self) -> float:
+        return self.messages / self.accept_s if self.accept_s else 0.0
+
+
+def run_load(server: Server, sink: Sink, case: str, user: str, size_kb: int, sessions: int, messages: int,
+             timeout: float, profile_dir: Path | None = None) -> Result:
+    """One measurement: smtp-source pushes `messages`, we wait until all of them arrived at the far end."""
+    wait_until(server.queue_empty, timeout, f"{server.name}'s queue to drain before {case}")
+    if case == "local":
+        rcpt = f"{user}@{LOCAL_DOMAIN}"
+        before = server.delivered(user)
+
+        def arrived() -> int:
+            return server.delivered(user) - before
+    else:
+        rcpt = RELAY_RCPT
+        before = sink.count
+
+        def arrived() -> int:
+            return sink.count - before
+
+    cmd = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size_kb * 1024),
+           "-M", "source.example", "-f", SENDER, "-t", rcpt, f"{server.address}:{server.port}"]
+    profiler = None
+    if profile_dir is not None and isinstance(server, MailfleetInstance):
+        svg = profile_dir / f"mailfleet-{case}-{size_kb}k-{sessions}s.svg"
+        profiler = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", "-r", "200", "-o", str(svg),
+                                     "--pid", str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        time.sleep(1.0)
+    start = time.monotonic()
+    source = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = start + timeout
+    accept_end = None
+    errors = ""
+    while True:
+        now = time.monotonic()
+        if accept_end is None and source.poll() is not None:
+            accept_end = now
+            out = source.stdout.read().decode(errors="replace") if source.stdout else ""
+            if source.returncode != 0:
+                errors = f"smtp-source exit {source.returncode}: {out.strip()[:300]}"
+        if arrived() >= messages:
+            end = now
+            break
+        if accept_end is not None and errors:
+            end = now
+            break
+        if now > deadline:
+            source.kill()
+            errors = errors or f"timed out with {arrived()}/{messages} arrived"
+            end = now
+            break
+        time.sleep(0.02)
+    if accept_end is None:
+        try:
+            source.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            source.kill()
+            source.wait()
+        accept_end = time.monotonic()
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            profiler.wait(60)
+    got = arrived()
+    if got < messages and not errors:
+        errors = f"only {got}/{messages} arrived"
+    return Result(server.name, case, size_kb, sessions, messages, accept_end - start, end - start, errors)
+
+
+def open_idle_sessions(address: str, port: int, count: int, timeout: float) -> tuple[list[socket.socket], int]:
+    """Open `count` SMTP sessions and read each 220 banner; returns the sockets and how many got a banner."""
+    sel = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    greeted = 0
+    deadline = time.monotonic() + timeout
+    pending_connect = 0
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect((address, port))
+        socks.append(s)
+        sel.register(s, selectors.EVENT_READ)
+        pending_connect += 1
+        if pending_connect >= 200:  # let the server keep up with the accept queue
+            greeted += _read_banners(sel, 0.05)
+            pending_connect = 0
+    while greeted < count and time.monotonic() < deadline:
+        greeted += _read_banners(sel, 0.2)
+    sel.close()
+    return socks, greeted
+
+
+def _read_banners(sel: selectors.BaseSelector, wait: float) -> int:
+    n = 0
+    for key, _ in sel.select(wait):
+        s = key.fileobj
+        assert isinstance(s, socket.socket)
+        try:
+            data = s.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            data = b""
+        sel.unregister(s)
+        if data.startswith(b"220"):
+            n += 1
+    return n
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.close()
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def print_table(results: list[Result]) -> None:
+    keyed = {(r.server, r.case, r.size_kb, r.sessions): r for r in results}
+    cases = sorted({(r.case, r.size_kb, r.sessions) for r in results}, key=lambda c: (c[0] != "local", c[1], c[2]))
+    header = (f"{'case':<34} {'msgs':>6} {'Postfix msg/s':>14} {'Mailfleet msg/s':>16} {'ratio MF/PF':>12}"
+              f"   {'accept-only msg/s PF / MF':>26}")
+    print(header)
+    print("-" * len(header))
+    for case, size_kb, sessions in cases:
+        pf = keyed.get(("Postfix", case, size_kb, sessions))
+        mf = keyed.get(("Mailfleet", case, size_kb, sessions))
+        label = {"local": "queue + local Maildir (e2e)", "relay": "queue + relay to smtp-sink"}[case]
+        label = f"{label}, {size_kb:>3} KB, {sessions:>2} sess"
+        msgs = (pf or mf).messages if (pf or mf) else 0
+        pf_rate = f"{pf.rate:,.0f}" if pf and not pf.errors else ("FAILED" if pf else "-")
+        mf_rate = f"{mf.rate:,.0f}" if mf and not mf.errors else ("FAILED" if mf else "-")
+        ratio = f"{mf.rate / pf.rate:.2f}x" if pf and mf and pf.rate and not pf.errors and not mf.errors else "-"
+        acc = f"{pf.accept_rate:,.0f} / {mf.accept_rate:,.0f}" if pf and mf else "-"
+        print(f"{label:<34} {msgs:>6} {pf_rate:>14} {mf_rate:>16} {ratio:>12}   {acc:>26}")
+    for r in results:
+        if r.errors:
+            print(f"  ! {r.server} {r.case} {r.size_kb} KB {r.sessions} sessions: {r.errors}")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=2000, help="messages per measurement (default 2000)")
+    p.add_argument("--sizes", default="1,100", help="message sizes in KB, comma separated (default 1,100)")
+    p.add_argument("--sessions", default="10,50", help="parallel sessions, comma separated (default 10,50)")
+    p.add_argument("--cases", default="local,relay", help="local, relay or both (default both)")
+    p.add_argument("--idle", type=int, default=5000, help="concurrent idle sessions for the memory test (0: skip)")
+    p.add_argument("--timeout", type=float, default=300, help="bound on each measurement, seconds (default 300)")
+    p.add_argument("--only", choices=["postfix", "mailfleet"], help="run one server only")
+    p.add_argument("--profile", type=Path, help="record a py-spy flame graph of Mailfleet per measurement here")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, Maildirs) for inspection")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/smtp_throughput.py: run as root (Postfix's master must start as root)", file=sys.stderr)
+        return 2
+    for tool in ("postfix", "smtp-source", "smtp-sink", "postconf"):
+        if shutil.which(tool) is None:
+            print(f"bench/smtp_throughput.py: {tool} not found; apt-get install postfix", file=sys.stderr)
+            return 2
+    if args.profile is not None and shutil.which("py-spy") is None:
+        print("bench/smtp_throughput.py: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
+    raise_nofile(20000)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    session_counts = [int(s) for s in args.sessions.split(",") if s]
+    cases = [c for c in args.cases.split(",") if c]
+    plan = [(case, size, sess) for case in cases for size in sizes for sess in session_counts]
+    users = [f"case{i}" for i in range(len(plan))]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="mailfleet-bench-"))
+    os.chmod(tmp, 0o755)
+    sink = Sink(SINK_ADDR)
+    servers: list[Server] = []
+    results: list[Result] = []
+    memory: list[str] = []
+    try:
+        sink.start()
+        if args.only != "postfix":
+            servers.append(MailfleetInstance(tmp / "mailfleet", users, sink, max_sessions=args.idle + 1000))
+        if args.only != "mailfleet":
+            servers.append(PostfixInstance(tmp / "postfix", users, sink, max_smtpd=max(args.idle + 100, 200)))
+        print(f"bench: {os.cpu_count()} CPUs, {args.messages} messages per measurement, work dir {tmp}",
+              flush=True)
+        for server in servers:
+            server.setup()
+            server.start()
+            for (case, size, sess), user in zip(plan, users, strict=True):
+                result = run_load(server, sink, case, user, size, sess, args.messages, args.timeout, args.profile)
+                results.append(result)
+                note = f"  ({result.errors})" if result.errors else ""
+                print(f"  {server.name:<9} {case:<5} {size:>3} KB {sess:>2} sessions: {result.rate:8,.0f} msg/s "
+                      f"end to end, {result.accept_rate:8,.0f} msg/s accepted{note}", flush=True)
+            if args.idle:
+                memory.append(idle_memory(server, args.idle, args.timeout))
+                print(f"  {memory[-1]}", flush=True)
+            server.stop()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for server in servers:
+            server.stop()
+        sink.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print_table(results)
+    if memory:
+        print()
+        print(f"Memory with {args.idle:,} concurrent idle SMTP sessions:")
+        for line in memory:
+            print(f"  {line}")
+    return 1 if any(r.errors for r in results) else 0
+
+
+def idle_memory(server: Server, count: int, timeout: float) -> str:
+    """Open `count` idle sessions; Mailfleet: its one process's peak RSS; Postfix: its smtpd processes' sum."""
+    if isinstance(server, MailfleetInstance):
+        # A fresh process, so the peak (VmHWM) belongs to the idle sessions and not to the earlier load.
+        server.stop()
+        server.start()
+        base = proc_status(server.pid)
+        socks, greeted = open_idle_sessions(server.address, server.port, count, timeout)
+        try:
+            time.sleep(1.0)
+            now = proc_status(server.pid)
+            return (f"Mailfleet: {greeted:,}/{count:,} sessions greeted; one process: RSS {mb(now.get('VmRSS', 0))}"
+                    f" (peak {mb(now.get('VmHWM', 0))}; {mb(base.get('VmRSS', 0))} before the sessions)")
+        finally:
+            close_all(socks)
+    assert isinstance(server, PostfixInstance)
+    socks, greeted = open_idle_sessions(server.address, server.port, count, timeout)
+    try:
+        time.sleep(1.0)
+        procs, rss, pss = server.smtpd_memory()
+        master = proc_status(server._master_pid()).get("VmRSS", 0)
+        return (f"Postfix:   {greeted:,}/{count:,} sessions greeted; {procs:,} smtpd processes: summed RSS {mb(rss)},"
+                f" summed PSS {mb(pss)} (shared pages counted once); master {mb(master)}")
+    finally:
+        close_all(socks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
