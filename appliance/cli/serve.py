@@ -167,7 +167,14 @@ class Appliance:
             log.warning("reload: listen addresses, roles and data_dir change only with a restart; "
                         "the other settings take effect now")
         self.config = new
+        if new.primary is not None and self.directory is not None:
+            from appliance.auth.directory import Directory
+
+            # Users, aliases and catch-alls rendered into the config change with it.
+            self.directory = Directory.from_config(new)
+            self.authenticator.directory = self.directory
         self.runner.router = self._router(new)
+        self.runner._local = self._local(new)
         self.runner._remote = self._deliverer(new).deliver
         self.runner.lifetime = new.queue.lifetime
         for handler in self.handlers:
