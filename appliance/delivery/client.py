@@ -25,6 +25,7 @@ from aiosmtplib.errors import (
     SMTPResponseException,
 )
 
+from appliance.delivery.mime_downgrade import CannotDowngrade, downgrade_to_7bit
 from appliance.dns.resolver import (
     DNSError,
     DNSTemporaryError,
@@ -419,59 +420,88 @@ class Deliverer:
     async def _transaction(
         self, smtp: aiosmtplib.SMTP, remote: str, msg: _Message, rcpts: list[str]
     ) -> dict[str, RcptResult]:
-        results: dict[str, RcptResult] = {}
+        """Capability checks, then MAIL/RCPT/DATA; recipients refused for "too many" go in a follow-up."""
         peer_utf8 = smtp.supports_extension("smtputf8")
         if msg.needs_utf8 and not peer_utf8:
             # RFC 6531 §3.5 / Postfix: a message that needs SMTPUTF8 cannot go to a peer without it.
             return dict.fromkeys(
                 rcpts, _local(550, "5.6.7", f"{remote} does not support SMTPUTF8 required by this message", remote)
             )
+        payload = msg.data
+        if msg.eight_bit and not smtp.supports_extension("8bitmime"):
+            try:
+                payload = downgrade_to_7bit(msg.data)  # RFC 6152 §3: never send 8-bit data to a 7-bit peer
+            except CannotDowngrade as exc:
+                text = f"{remote} does not support 8BITMIME and the message cannot be converted: {exc}"
+                return dict.fromkeys(rcpts, _local(554, "5.6.3", text, remote))
         size_limit = _size_limit(smtp)
-        if size_limit and len(msg.data) > size_limit:
-            return dict.fromkeys(
-                rcpts,
-                _local(
-                    552, "5.3.4", f"message size {len(msg.data)} exceeds the limit {size_limit} of {remote}", remote
-                ),
-            )
+        if size_limit and len(payload) > size_limit:
+            text = f"message size {len(payload)} exceeds the limit {size_limit} of {remote}"
+            return dict.fromkeys(rcpts, _local(552, "5.3.4", text, remote))
+        results: dict[str, RcptResult] = {}
         sendable = []
         for rcpt in rcpts:
             if rcpt in msg.utf8_rcpts and not peer_utf8:
                 results[rcpt] = _local(553, "5.6.7", f"{remote} does not support SMTPUTF8 for this address", remote)
             else:
                 sendable.append(rcpt)
-        if not sendable:
-            return results
         use_utf8 = peer_utf8 and (msg.needs_utf8 or any(r in msg.utf8_rcpts for r in sendable))
-        options = self._mail_options(smtp, msg, use_utf8)
-        reply = await smtp.execute_command(b"MAIL", b"FROM:" + _smtp_address(msg.mail_from), *options)
+        options = self._mail_options(smtp, payload, use_utf8)
+        delivered_once = False
+        while sendable:
+            try:
+                final, sendable = await self._send_once(smtp, remote, msg.mail_from, options, sendable, payload)
+            except (_Failover, SMTPException, OSError, TimeoutError) as exc:
+                if not delivered_once:
+                    raise
+                # A copy already went out on this connection: the rest waits for the queue, not another host.
+                reason = exc.result if isinstance(exc, _Failover) else _local(451, "4.4.2", str(exc), remote)
+                results.update(dict.fromkeys(sendable, reason))
+                break
+            results.update(final)
+            delivered_once = delivered_once or any(r.ok for r in final.values())
+        return results
+
+    async def _send_once(
+        self, smtp: aiosmtplib.SMTP, remote: str, mail_from: str, options: list[bytes], rcpts: list[str], data: bytes
+    ) -> tuple[dict[str, RcptResult], list[str]]:
+        """One MAIL transaction: final results, and the recipients to send again (RFC 5321 §4.5.3.1.10)."""
+        results: dict[str, RcptResult] = {}
+        reply = await smtp.execute_command(b"MAIL", b"FROM:" + _smtp_address(mail_from), *options)
         if reply.code == 421:
             raise _Failover(reply_result(reply.code, reply.message, remote))
         if reply.code != 250:
-            results.update(dict.fromkeys(sendable, reply_result(reply.code, reply.message, remote)))
-            return results
-        accepted = []
-        for rcpt in sendable:
+            return dict.fromkeys(rcpts, reply_result(reply.code, reply.message, remote)), []
+        accepted: list[str] = []
+        again: list[str] = []
+        for rcpt in rcpts:
             reply = await smtp.execute_command(b"RCPT", b"TO:" + _smtp_address(rcpt))
             if reply.code == 421:
                 raise _Failover(reply_result(reply.code, reply.message, remote))
+            result = reply_result(reply.code, reply.message, remote)
             if reply.code in (250, 251):
                 accepted.append(rcpt)
+            elif accepted and _too_many_recipients(result):
+                again.append(rcpt)
             else:
-                results[rcpt] = reply_result(reply.code, reply.message, remote)
+                results[rcpt] = result
         if not accepted:
-            with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
+            with contextlib.suppress(SMTPException, OSError, TimeoutError):
                 await smtp.rset()
-            return results
-        results.update(dict.fromkeys(accepted, await self._data(smtp, remote, msg.data)))
-        return results
+            return results, []
+        outcome = await self._data(smtp, remote, data)
+        results.update(dict.fromkeys(accepted, outcome))
+        if not outcome.ok:
+            results.update(dict.fromkeys(again, outcome))  # the peer refuses the message itself
+            return results, []
+        return results, again
 
-    def _mail_options(self, smtp: aiosmtplib.SMTP, msg: _Message, use_utf8: bool) -> list[bytes]:
+    def _mail_options(self, smtp: aiosmtplib.SMTP, payload: bytes, use_utf8: bool) -> list[bytes]:
         options = []
         if "size" in smtp.esmtp_extensions:
-            options.append(b"SIZE=%d" % len(msg.data))  # RFC 1870 §6
-        if msg.eight_bit and smtp.supports_extension("8bitmime"):
-            options.append(b"BODY=8BITMIME")  # RFC 6152
+            options.append(b"SIZE=%d" % len(payload))  # RFC 1870 §6
+        if not payload.isascii():
+            options.append(b"BODY=8BITMIME")  # RFC 6152 (only reached when the peer offers it)
         if use_utf8:
             options.append(b"SMTPUTF8")
         return options
@@ -522,6 +552,11 @@ def own_ip_addresses(listen_hosts: Collection[str]) -> OwnAddresses:
 
 class _LoopError(Exception):
     """The best MX is ourselves."""
+
+
+def _too_many_recipients(result: RcptResult) -> bool:
+    """RFC 5321 §4.5.3.1.10: 452 (or 4.5.3) for "too many recipients" means: send the rest in a new transaction."""
+    return result.code == 452 and (result.enhanced == "4.5.3" or "too many" in result.text.lower())
 
 
 def _size_limit(smtp: aiosmtplib.SMTP) -> int:

@@ -100,6 +100,8 @@ class Resolver:
         self._resolver.port = port
         self._resolver.timeout = timeout
         self._resolver.lifetime = timeout
+        # Honour the records' TTLs instead of asking again for every message to the same domain.
+        self._resolver.cache = dns.resolver.Cache()
         self._prefer_ipv6 = host_has_ipv6_route() if prefer_ipv6 is None else prefer_ipv6
 
     async def _query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata] | None:

@@ -420,3 +420,23 @@ async def test_wildcard_listener_counts_all_loopback_as_ourselves(named, smtp_si
     )
     assert results["bob@selfbest.mailfleet.test"].enhanced == "5.4.6"
     assert us.handler.sessions == 0
+
+
+async def test_too_many_recipients_go_in_follow_up_transactions(deliverer, smtp_sink, port) -> None:
+    sink = smtp_sink("127.0.0.31", port, max_rcpts=2)
+    rcpts = [f"u{i}@ordered.mailfleet.test" for i in range(5)]
+    results = await deliverer.deliver(MXTarget("ordered.mailfleet.test", port), "a@sender.test", rcpts, MESSAGE)
+    assert all(results[r].ok for r in rcpts), results
+    assert sink.handler.sessions == 1  # RFC 5321 §4.5.3.1.10: same connection, new transactions
+    assert [m.rcpt_tos for m in sink.messages] == [tuple(rcpts[0:2]), tuple(rcpts[2:4]), tuple(rcpts[4:5])]
+
+
+async def test_452_for_the_first_recipient_is_an_ordinary_deferral(deliverer, smtp_sink, port) -> None:
+    smtp_sink("127.0.0.31", port, rcpt_replies={"a@ordered.mailfleet.test": "452 4.2.2 Mailbox full"})
+    results = await deliverer.deliver(
+        MXTarget("ordered.mailfleet.test", port),
+        "a@sender.test",
+        ["a@ordered.mailfleet.test", "b@ordered.mailfleet.test"],
+        MESSAGE,
+    )
+    assert results["a@ordered.mailfleet.test"].temporary and results["b@ordered.mailfleet.test"].ok

@@ -56,3 +56,33 @@ async def test_soft_rejected_recipients_are_temporary(deliverer, postfix_sink) -
     result = results["bob@pf.mailfleet.test"]
     assert result.temporary and result.code // 100 == 4 and result.remote_host == "127.0.0.71"
     assert sink.messages() == []
+
+
+async def test_8bit_message_is_converted_for_a_peer_without_8bitmime(deliverer, postfix_sink) -> None:
+    sink = postfix_sink("127.0.0.71", free_port(["127.0.0.71"]), flags=["-8"])
+    body = "Grüße aus Köln – schön\r\n.und ein Punkt\r\n"
+    message = b"From: alice@sender.test\r\nSubject: umlauts\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    message += body.encode()
+    results = await deliverer.deliver(
+        HostsTarget((("127.0.0.71", sink.port),)), "alice@sender.test", ["bob@pf.mailfleet.test"], message
+    )
+    assert results["bob@pf.mailfleet.test"].ok, results
+    [received] = sink.messages()
+    assert "BODY=8BITMIME" not in received["X-Mail-Args"]
+    raw = received.as_bytes()
+    assert raw.isascii()  # nothing 8-bit went over the wire
+    assert received["Content-Transfer-Encoding"] == "quoted-printable"
+    assert received.get_payload(decode=True).decode().rstrip("\n") == body.replace("\r\n", "\n").rstrip("\n")
+
+
+async def test_8bit_message_goes_unchanged_with_8bitmime(deliverer, postfix_sink) -> None:
+    sink = postfix_sink("127.0.0.71", free_port(["127.0.0.71"]))
+    message = "From: alice@sender.test\r\nSubject: umlauts\r\n\r\nGrüße\r\n".encode()
+    results = await deliverer.deliver(
+        HostsTarget((("127.0.0.71", sink.port),)), "alice@sender.test", ["bob@pf.mailfleet.test"], message
+    )
+    assert results["bob@pf.mailfleet.test"].ok
+    [received] = sink.messages()
+    assert "BODY=8BITMIME" in received["X-Mail-Args"]
+    assert received["Content-Transfer-Encoding"] is None
+    assert "Grüße".encode() in sink.dump_dir.joinpath(next(iter(sink.dump_dir.iterdir())).name).read_bytes()

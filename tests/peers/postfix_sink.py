@@ -51,14 +51,16 @@ def start_postfix_sink(
     *,
     hard_reject: Sequence[str] = (),
     soft_reject: Sequence[str] = (),
+    flags: Sequence[str] = (),
 ) -> PostfixSink:
-    """Start smtp-sink; `hard_reject` / `soft_reject` name commands it answers 5xx / 4xx (e.g. "ehlo")."""
+    """Start smtp-sink; `hard_reject` / `soft_reject` name commands it answers 5xx / 4xx (e.g. "ehlo");
+    `flags` are more smtp-sink options, e.g. ("-8",) to withhold 8BITMIME."""
     if not Path(SMTP_SINK).exists():
         raise RuntimeError(f"{SMTP_SINK} is missing: install Debian's postfix package")
     port = port or free_port([address])
     dump_dir = workdir / f"smtp-sink-{address}-{port}"
     dump_dir.mkdir(parents=True)
-    args = [SMTP_SINK, "-u", "root", "-d", f"{dump_dir}/"]
+    args = [SMTP_SINK, "-u", "root", "-d", f"{dump_dir}/", *flags]
     if hard_reject:
         args += ["-f", ",".join(hard_reject)]
     if soft_reject:

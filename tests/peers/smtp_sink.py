@@ -41,6 +41,7 @@ class SinkHandler:
     rcpt_replies: Mapping[str, str] = field(default_factory=dict)
     data_reply: str | None = None
     hold: float = 0.0
+    max_rcpts: int = 0  # >0: answer 452 4.5.3 beyond this many recipients per transaction
     messages: list[ReceivedMessage] = field(default_factory=list)
     sessions: int = 0
     active: int = 0
@@ -75,6 +76,8 @@ class SinkHandler:
         reply = self.rcpt_replies.get(address.lower())
         if reply:
             return reply
+        if self.max_rcpts and len(envelope.rcpt_tos) >= self.max_rcpts:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -139,12 +142,16 @@ def start_sink(
     rcpt_replies: Mapping[str, str] | None = None,
     data_reply: str | None = None,
     hold: float = 0.0,
+    max_rcpts: int = 0,
     hostname: str = "sink.test",
 ) -> Sink:
     """An aiosmtpd sink; `tls_context` offers STARTTLS; `size_limit` is announced in EHLO SIZE."""
     port = port or free_port([address])
     handler = SinkHandler(
-        rcpt_replies={k.lower(): v for k, v in (rcpt_replies or {}).items()}, data_reply=data_reply, hold=hold
+        rcpt_replies={k.lower(): v for k, v in (rcpt_replies or {}).items()},
+        data_reply=data_reply,
+        hold=hold,
+        max_rcpts=max_rcpts,
     )
     controller = _SinkController(
         handler,
