@@ -1,0 +1,118 @@
+"""Rendering of FETCH responses (RFC 3501 §7.4.2) for one message."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from appliance.imap.message import Message
+from appliance.imap.parser import FetchAtt
+from appliance.imap.response import literal, quote
+from appliance.store import MessageInfo
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+BODY_ITEMS = frozenset({"BODY", "BODYSTRUCTURE", "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT",
+                        "BINARY", "BINARY.SIZE"})
+
+
+def imap_date_time(when: datetime) -> str:
+    """INTERNALDATE form: "17-Jul-1996 02:44:25 -0700" (RFC 3501 §9 date-time)."""
+    offset = when.utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return (f'"{when.day:2d}-{MONTHS[when.month - 1]}-{when.year:04d} '
+            f'{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"')
+
+
+SYSTEM_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def flag_list(flags: frozenset[str] | set[str], recent: bool) -> str:
+    """Flags in Dovecot's order: system flags, \\Recent, then keywords."""
+    items = [f for f in SYSTEM_ORDER if f in flags]
+    if recent:
+        items.append("\\Recent")
+    items += sorted(f for f in flags if not f.startswith("\\"))
+    return "(" + " ".join(items) + ")"
+
+
+def needs_body(items: tuple[FetchAtt, ...]) -> bool:
+    return any(item.name in BODY_ITEMS for item in items)
+
+
+def sets_seen(items: tuple[FetchAtt, ...]) -> bool:
+    """Fetching a body section without .PEEK (or RFC822 / RFC822.TEXT) sets \\Seen (RFC 3501 §6.4.5)."""
+    for item in items:
+        if item.name in ("BODY", "BINARY") and item.section is not None and not item.peek:
+            return True
+        if item.name in ("RFC822", "RFC822.TEXT"):
+            return True
+    return False
+
+
+def render(
+    info: MessageInfo,
+    items: tuple[FetchAtt, ...],
+    recent: bool,
+    message: Message | None,
+) -> list[str]:
+    """The "name value" pairs of one FETCH response, in the order asked."""
+    out: list[str] = []
+    for item in items:
+        name = item.name
+        if name == "FLAGS":
+            out.append("FLAGS " + flag_list(info.flags, recent))
+        elif name == "UID":
+            out.append(f"UID {info.uid}")
+        elif name == "MODSEQ":
+            out.append(f"MODSEQ ({info.modseq})")
+        elif name == "INTERNALDATE":
+            out.append("INTERNALDATE " + imap_date_time(info.internal_date))
+        elif name == "RFC822.SIZE":
+            out.append(f"RFC822.SIZE {info.size}")
+        elif message is None:
+            continue
+        elif name == "ENVELOPE":
+            out.append("ENVELOPE " + message.envelope())
+        elif name == "BODYSTRUCTURE":
+            out.append("BODYSTRUCTURE " + message.bodystructure(True))
+        elif name == "BODY" and item.section is None:
+            out.append("BODY " + message.bodystructure(False))
+        elif name == "RFC822":
+            out.append("RFC822 " + literal(message.data))
+        elif name == "RFC822.HEADER":
+            out.append("RFC822.HEADER " + literal(message.root.header))
+        elif name == "RFC822.TEXT":
+            out.append("RFC822.TEXT " + literal(message.root.body))
+        elif name in ("BODY", "BINARY") and item.section is not None:
+            out.append(_section(name, item, message))
+        elif name == "BINARY.SIZE" and item.section is not None:
+            data = message.section(item.section) or b""
+            out.append(f"BINARY.SIZE[{item.section.spec}] {len(data)}")
+    return out
+
+
+def _section(name: str, item: FetchAtt, message: Message) -> str:
+    assert item.section is not None
+    data = message.section(item.section)
+    key = f"{name}[{_echo_spec(item.section.spec)}]"
+    if item.partial is not None:
+        start, length = item.partial
+        key += f"<{start}>"
+        if data is not None:
+            data = data[start:start + length]
+    if data is None:
+        return key + " NIL"
+    if not data:
+        return key + ' ""'
+    return key + " " + literal(data)
+
+
+def _echo_spec(spec: str) -> str:
+    """Header field names are echoed upper-case, as Dovecot does; quoted when not atoms."""
+    if "(" not in spec:
+        return spec
+    head, _, rest = spec.partition("(")
+    names = rest.rstrip(")").split()
+    echoed = [n.upper() if n.replace("-", "").isalnum() else quote(n) for n in names]
+    return head + "(" + " ".join(echoed) + ")"

@@ -1,0 +1,41 @@
+"""Encoding of IMAP response values (RFC 3501 §4 data formats).
+
+Responses are built as ``str`` in which every character stands for one byte (latin-1), so that
+message bytes pass through untouched; ``encode`` turns the finished line into bytes.
+"""
+
+from __future__ import annotations
+
+_QUOTABLE = frozenset(range(0x20, 0x7F))
+
+
+def as_wire(value: str | bytes) -> str:
+    """Bytes -> their latin-1 image; text -> its UTF-8 bytes' latin-1 image."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def literal(value: str | bytes) -> str:
+    wire = as_wire(value)
+    return f"{{{len(wire)}}}\r\n{wire}"
+
+
+def quote(value: str | bytes) -> str:
+    """A quoted string, or a literal when the value cannot be quoted (8-bit, CR, LF, long)."""
+    wire = as_wire(value)
+    if len(wire) > 4000 or any(ord(c) not in _QUOTABLE for c in wire):
+        return literal(wire)
+    return '"' + wire.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def nstring(value: str | bytes | None) -> str:
+    return "NIL" if value is None else quote(value)
+
+
+def astring_nil(value: str | bytes | None) -> str:
+    return nstring(value)
+
+
+def encode(line: str) -> bytes:
+    return line.encode("latin-1")

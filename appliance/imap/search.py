@@ -1,0 +1,154 @@
+"""Evaluation of SEARCH criteria (RFC 3501 §6.4.4) against one message."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+
+from appliance.imap.message import Message
+from appliance.store import MessageInfo
+
+SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
+
+
+class BadCharset(Exception):
+    """Unknown CHARSET: answered NO [BADCHARSET (...)] (RFC 3501 §6.4.4)."""
+
+
+def check_charset(charset: str | None) -> str:
+    """The Python codec for the SEARCH CHARSET; any codec Python knows is accepted."""
+    if charset is None:
+        return "utf-8"
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        raise BadCharset(charset) from None
+
+
+@dataclass
+class Candidate:
+    """What the evaluator knows about one message; the body is loaded only when a key needs it."""
+
+    seq: int
+    info: MessageInfo
+    recent: bool
+    largest_seq: int
+    largest_uid: int
+    load: Callable[[], Message]
+    _message: Message | None = field(default=None)
+
+    @property
+    def message(self) -> Message:
+        if self._message is None:
+            self._message = self.load()
+        return self._message
+
+
+def _text(value: bytes, codec: str) -> str:
+    return value.decode(codec, "replace").casefold()
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    return needle in haystack.casefold()
+
+
+def _sent_date(c: Candidate) -> date:
+    sent = c.message.sent_date()
+    return sent.date() if sent is not None else c.info.internal_date.date()
+
+
+FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False),
+}
+
+
+def matches(node: tuple, c: Candidate, codec: str) -> bool:
+    """True when the message satisfies the criteria tree built by the parser."""
+    key = node[0]
+    if key == "AND":
+        return all(matches(sub, c, codec) for sub in node[1])
+    if key == "OR":
+        return matches(node[1], c, codec) or matches(node[2], c, codec)
+    if key == "NOT":
+        return not matches(node[1], c, codec)
+    if key == "ALL":
+        return True
+    if key in FLAG_KEYS:
+        flag, wanted = FLAG_KEYS[key]
+        return (flag in c.info.flags) == wanted
+    if key == "RECENT":
+        return c.recent
+    if key == "NEW":
+        return c.recent and "\\Seen" not in c.info.flags
+    if key == "OLD":
+        return not c.recent
+    if key == "KEYWORD":
+        return node[1] in c.info.flags
+    if key == "UNKEYWORD":
+        return node[1] not in c.info.flags
+    if key == "SEQ":
+        return node[1].contains(c.seq, c.largest_seq)
+    if key == "UID":
+        return node[1].contains(c.info.uid, c.largest_uid)
+    if key == "LARGER":
+        return c.info.size > node[1]
+    if key == "SMALLER":
+        return c.info.size < node[1]
+    if key == "MODSEQ":
+        return c.info.modseq >= node[1]
+    if key in ("BEFORE", "ON", "SINCE"):
+        # RFC 3501: internal date, disregarding time and timezone
+        return _compare(key, c.info.internal_date.date(), node[1].date())
+    if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        return _compare(key[4:], _sent_date(c), node[1].date())
+    if key in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        needle = _text(node[1], codec)
+        return any(_contains(v, needle) for v in c.message.decoded_header(key.lower()))
+    if key == "HEADER":
+        needle = _text(node[2], codec)
+        values = c.message.decoded_header(node[1])
+        if not needle:
+            return bool(values) or node[1].lower() in {k for k, _ in c.message.root.fields}
+        return any(_contains(v, needle) for v in values)
+    if key == "BODY":
+        return _contains(c.message.body_text(), _text(node[1], codec))
+    if key == "TEXT":
+        needle = _text(node[1], codec)
+        return _contains(c.message.decoded_headers(), needle) or _contains(c.message.body_text(), needle)
+    raise ValueError(f"unknown search key {key}")
+
+
+def _compare(op: str, value: date, target: date) -> bool:
+    if op == "BEFORE":
+        return value < target
+    if op == "ON":
+        return value == target
+    return value >= target
+
+
+def needs_message(node: tuple) -> bool:
+    key = node[0]
+    if key == "AND":
+        return any(needs_message(n) for n in node[1])
+    if key == "OR":
+        return needs_message(node[1]) or needs_message(node[2])
+    if key == "NOT":
+        return needs_message(node[1])
+    return key in ("FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER", "BODY", "TEXT", "SENTBEFORE", "SENTON",
+                   "SENTSINCE")
+
+
+def uses_modseq(node: tuple) -> bool:
+    key = node[0]
+    if key == "AND":
+        return any(uses_modseq(n) for n in node[1])
+    if key == "OR":
+        return uses_modseq(node[1]) or uses_modseq(node[2])
+    if key == "NOT":
+        return uses_modseq(node[1])
+    return key == "MODSEQ"
