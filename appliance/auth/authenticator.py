@@ -69,31 +69,39 @@ class FailureCounter:
         self.window = window
         self.ban_duration = ban_duration
         self._clock = clock
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False, timeout=10.0)
+        # Separate read and write connections: is_banned() runs on the event loop at every connect and
+        # must never queue behind a writer waiting for SQLite's lock (WAL readers do not wait).
+        self._lock, self._read_lock = threading.Lock(), threading.Lock()
+        self._conn = self._connect(db_path)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(_SCHEMA)
+        self._read_conn = self._connect(db_path)
+
+    @staticmethod
+    def _connect(db_path: pathlib.Path | str) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
 
     def is_banned(self, ip: str) -> bool:
-        with self._lock:
-            row = self._conn.execute(
+        with self._read_lock:
+            row = self._read_conn.execute(
                 "SELECT 1 FROM auth_bans WHERE ip = ? AND until > ?", (canonical_ip(ip), self._clock())
             ).fetchone()
         return row is not None
 
     def ban_until(self, ip: str) -> float | None:
         """Epoch time the ban of ``ip`` ends, or None when it is not banned."""
-        with self._lock:
-            row = self._conn.execute(
+        with self._read_lock:
+            row = self._read_conn.execute(
                 "SELECT until FROM auth_bans WHERE ip = ? AND until > ?", (canonical_ip(ip), self._clock())
             ).fetchone()
         return None if row is None else row[0]
 
     def failures(self, ip: str) -> int:
         """Failures of ``ip`` inside the current window (reset when a ban starts)."""
-        with self._lock:
-            return self._conn.execute(
+        with self._read_lock:
+            return self._read_conn.execute(
                 "SELECT COUNT(*) FROM auth_failures WHERE ip = ? AND at > ?",
                 (canonical_ip(ip), self._clock() - self.window),
             ).fetchone()[0]
@@ -133,8 +141,9 @@ class FailureCounter:
             self._conn.execute("DELETE FROM auth_failures WHERE ip = ?", (canonical_ip(ip),))
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._conn.close()
+            self._read_conn.close()
 
 
 class Authenticator:

@@ -132,7 +132,7 @@ class Directory:
     ) -> None:
         self.db_path = pathlib.Path(db_path)
         self._hasher = password_hasher or argon2.PasswordHasher(type=argon2.Type.ID)
-        self._dummy_hash = self._hasher.hash("mailfleet timing equaliser")
+        self._dummy: str | None = None  # made on first need: hashing costs ~64 MiB and tens of ms
         self._config_domains = frozenset(_checked_domain(d) for d in config_domains)
         self._config_users: dict[str, _ConfigUser] = {}
         for user in config_users:
@@ -146,8 +146,11 @@ class Directory:
         self._config_catch_all = {
             _checked_domain(domain): _checked(target) for domain, target in config_catch_all.items()
         }
-        self._lock = threading.Lock()
+        # Two connections: WAL readers never wait for a writer, so a lookup from the event loop stays
+        # fast even while the CLI (or a rehash) holds the write lock.
+        self._write_lock, self._read_lock = threading.Lock(), threading.Lock()
         self._conn = self._open()
+        self._read_conn = self._connect()
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> Directory:
@@ -162,9 +165,14 @@ class Directory:
 
     # -- storage -------------------------------------------------------------------------------------
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
     def _open(self) -> sqlite3.Connection:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn = self._connect()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
@@ -180,14 +188,18 @@ class Directory:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """One fresh read (autocommit: WAL readers see every committed change)."""
-        with self._lock:
-            yield self._conn
+        """One fresh read transaction: a consistent snapshot of the latest committed state."""
+        with self._read_lock:
+            self._read_conn.execute("BEGIN")
+            try:
+                yield self._read_conn
+            finally:
+                self._read_conn.execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; BEGIN IMMEDIATE so check-then-insert cannot race another process."""
-        with self._lock:
+        with self._write_lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -197,8 +209,9 @@ class Directory:
             self._conn.execute("COMMIT")
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._read_lock:
             self._conn.close()
+            self._read_conn.close()
 
     # -- domains -------------------------------------------------------------------------------------
 
@@ -374,6 +387,11 @@ class Directory:
             stored = self._stored_user(conn, key)
         return None if stored is None else stored[0]
 
+    def _dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = self._hasher.hash("mailfleet timing equaliser")
+        return self._dummy
+
     def verify_password(self, address: str, password: str) -> str | None:
         """Canonical address when ``password`` matches, else None. Blocking (argon2): call from a thread.
 
@@ -385,7 +403,7 @@ class Directory:
             key = ""
         stored = self.password_hash(key) if key else None
         try:
-            self._hasher.verify(stored or self._dummy_hash, password)
+            self._hasher.verify(stored or self._dummy_hash(), password)
         except (VerifyMismatchError, VerificationError):
             return None
         except InvalidHashError:

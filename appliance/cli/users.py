@@ -1,5 +1,7 @@
 """`mailfleet user|alias|domain ...`: manage the SQLite directory while the server runs.
 
+user add|passwd|quota|del|list, alias add|del|list (``@domain`` = catch-all), domain add|del|list.
+
 Passwords are read from the terminal (getpass, asked twice) or from stdin with ``--password-stdin``,
 never from argv, where any local user could read them in the process list.
 """
@@ -112,6 +114,13 @@ def _user_del(args: argparse.Namespace, directory: Directory) -> int:
     return EXIT_OK
 
 
+def _user_quota(args: argparse.Namespace, directory: Directory) -> int:
+    quota = parse_quota(args.quota)
+    directory.set_quota(args.address, quota)
+    print(f"quota of {args.address.lower()} set to {'unlimited' if quota == 0 else f'{quota} bytes'}")
+    return EXIT_OK
+
+
 def _user_list(args: argparse.Namespace, directory: Directory) -> int:
     for user in directory.list_users():
         quota = "unlimited" if user.quota == 0 else str(user.quota)
@@ -180,6 +189,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete = user.add_parser("del", help="delete a user (stored mail is kept)")
     delete.add_argument("address")
     delete.set_defaults(func=_run(_user_del))
+    quota = user.add_parser("quota", help="set a user's mailbox quota")
+    quota.add_argument("address")
+    quota.add_argument("quota", help="bytes or 500M, 2G ... (0 = unlimited)")
+    quota.set_defaults(func=_run(_user_quota))
     user.add_parser("list", help="list users (config and directory)").set_defaults(func=_run(_user_list))
 
     alias = subparsers.add_parser("alias", help="manage aliases and catch-alls").add_subparsers(

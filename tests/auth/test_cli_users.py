@@ -58,9 +58,13 @@ def test_user_add_with_password_on_stdin_then_login(cli, tmp_path):
     directory = directory_of(tmp_path)
     assert directory.verify_password("dave@example.org", "d pw") == "dave@example.org"
     assert directory.quota("dave@example.org") == 100 * 1024 * 1024
+    assert cli("user", "quota", "dave@example.org", "2G")[1] == "quota of dave@example.org set to 2147483648 bytes\n"
+    assert directory.quota("dave@example.org") == 2 * 1024**3
+    assert cli("user", "quota", "dave@example.org", "0")[0] == 0
+    assert directory.quota("dave@example.org") == 0
     code, out, _ = cli("user", "list")
     assert out.splitlines() == ["carol@example.org\tquota=unlimited\tconfig",
-                                "dave@example.org\tquota=104857600\tdirectory"]
+                                "dave@example.org\tquota=unlimited\tdirectory"]
 
 
 def test_password_never_from_argv_and_not_from_a_pipe_without_the_flag(cli, capsys):

@@ -297,3 +297,23 @@ async def test_mail_arriving_and_imap_expunge_during_a_pop3_session(pop3):
         return subjects
 
     assert await run(session) == [b"Subject: late"]
+
+
+async def test_pipelined_commands_are_answered_in_order(pop3):
+    """RFC 2449 §6.6 PIPELINING: the client may send several commands without waiting."""
+    pop3.deliver(MESSAGE_2)
+
+    def session():
+        sock = socket.create_connection(("127.0.0.1", pop3.port), timeout=10)
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"USER alice@example.org\r\nPASS " + PASSWORD.encode() + b"\r\nSTAT\r\nLIST\r\nNOOP\r\nQUIT\r\n")
+        data = reader.read()
+        sock.close()
+        return data.split(b"\r\n")
+
+    lines = await run(session)
+    assert lines[0] == b"+OK send PASS" and lines[1].startswith(b"+OK logged in")
+    assert lines[2] == f"+OK 1 {len(MESSAGE_2)}".encode()
+    assert lines[3:6] == [b"+OK 1 messages", f"1 {len(MESSAGE_2)}".encode(), b"."]
+    assert lines[6] == b"+OK" and lines[7].startswith(b"+OK pop.example.org closing")
