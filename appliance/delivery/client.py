@@ -217,25 +217,38 @@ class Deliverer:
         unique = list(dict.fromkeys(rcpts))
         if not unique:
             return {}
-        header_utf8 = not _header_section(data).isascii()
+        # A CR or LF in an address would smuggle extra SMTP commands into the session: never send it.
+        if _has_control(mail_from):
+            return dict.fromkeys(unique, _local(553, "5.1.7", "sender address contains control characters"))
+        bad = {
+            r: _local(553, "5.1.3", "recipient address contains control characters") for r in unique if _has_control(r)
+        }
+        good = [r for r in unique if r not in bad]
+        if not good:
+            return bad
         msg = _Message(
             mail_from=mail_from,
             data=data,
             eight_bit=not data.isascii(),
-            needs_utf8=bool(smtputf8) or not mail_from.isascii() or header_utf8,
-            utf8_rcpts=frozenset(r for r in unique if not r.isascii()),
+            needs_utf8=bool(smtputf8) or not mail_from.isascii() or not _header_section(data).isascii(),
+            utf8_rcpts=frozenset(r for r in good if not r.isascii()),
         )
+        return {**await self._route_and_send(target, msg, good, queue_id), **bad}
+
+    async def _route_and_send(
+        self, target: Target, msg: _Message, rcpts: list[str], queue_id: str
+    ) -> dict[str, RcptResult]:
         try:
             hops = await self._hops(target)
         except NullMX as exc:
-            return dict.fromkeys(unique, _local(556, "5.1.10", str(exc)))
+            return dict.fromkeys(rcpts, _local(556, "5.1.10", str(exc)))
         except NoSuchDomain as exc:
-            return dict.fromkeys(unique, _local(550, "5.1.2", f"host or domain name not found: {exc}"))
+            return dict.fromkeys(rcpts, _local(550, "5.1.2", f"host or domain name not found: {exc}"))
         except _LoopError as exc:
-            return dict.fromkeys(unique, _local(554, "5.4.6", str(exc)))
+            return dict.fromkeys(rcpts, _local(554, "5.4.6", str(exc)))
         except DNSTemporaryError as exc:
-            return dict.fromkeys(unique, _local(451, "4.4.3", f"DNS lookup failed: {exc}"))
-        return await self._try_hops(hops, msg, unique, queue_id)
+            return dict.fromkeys(rcpts, _local(451, "4.4.3", f"DNS lookup failed: {exc}"))
+        return await self._try_hops(hops, msg, rcpts, queue_id)
 
     async def _hops(self, target: Target) -> list[_Hop]:
         if isinstance(target, HostsTarget):
@@ -552,6 +565,10 @@ def own_ip_addresses(listen_hosts: Collection[str]) -> OwnAddresses:
 
 class _LoopError(Exception):
     """The best MX is ourselves."""
+
+
+def _has_control(address: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in address)
 
 
 def _too_many_recipients(result: RcptResult) -> bool:

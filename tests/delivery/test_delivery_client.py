@@ -440,3 +440,19 @@ async def test_452_for_the_first_recipient_is_an_ordinary_deferral(deliverer, sm
         MESSAGE,
     )
     assert results["a@ordered.mailfleet.test"].temporary and results["b@ordered.mailfleet.test"].ok
+
+
+async def test_addresses_with_line_breaks_are_never_sent(deliverer, smtp_sink, port) -> None:
+    sink = smtp_sink("127.0.0.31", port)
+    evil = "x@ordered.mailfleet.test>\r\nRCPT TO:<victim@elsewhere.test"
+    results = await deliverer.deliver(
+        MXTarget("ordered.mailfleet.test", port), "a@sender.test", [evil, "bob@ordered.mailfleet.test"], MESSAGE
+    )
+    assert results[evil].permanent and results[evil].enhanced == "5.1.3"
+    assert results["bob@ordered.mailfleet.test"].ok
+    assert [m.rcpt_tos for m in sink.messages] == [("bob@ordered.mailfleet.test",)]
+    results = await deliverer.deliver(
+        MXTarget("ordered.mailfleet.test", port), "a@sender.test>\r\nRSET", ["bob@ordered.mailfleet.test"], MESSAGE
+    )
+    assert results["bob@ordered.mailfleet.test"].enhanced == "5.1.7"
+    assert len(sink.messages) == 1
