@@ -204,9 +204,24 @@ def setup_logging(level: str) -> None:
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's own chatter; our handler logs each transaction
 
 
+def raise_fd_limit(wanted: int) -> None:
+    """Each SMTP/IMAP session is a descriptor: lift the soft limit toward the hard one (max_sessions + room)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open-file limit is %d, below the %d that smtp.max_sessions needs; raise LimitNOFILE", soft,
+                    wanted)
+
+
 async def serve(config_path: Path) -> int:
     config = load_config(config_path)
     setup_logging(config.log_level)
+    raise_fd_limit(config.smtp.max_sessions * 2 + 1024)
     app = Appliance(config)
     await app.start()
     loop = asyncio.get_running_loop()
