@@ -96,6 +96,16 @@ def reply_result(code: int, message: str, remote_host: str | None) -> RcptResult
     return RcptResult(code, enhanced, text, remote_host)
 
 
+def _refused_to_talk(code: int, message: str, remote: str) -> RcptResult:
+    """A greeting or HELO refusal is a deferral, not a bounce: another MX or a later try may take the mail
+    (Postfix's smtp_skip_5xx_greeting). The peer's detail is kept in the 4.x.x enhanced code."""
+    reply = reply_result(code, message, remote)
+    detail = reply.enhanced.split(".", 1)[1]
+    return RcptResult(
+        421 if code >= 500 else code, f"4.{detail}", f"{remote} refused to talk to me: {code} {reply.text}", remote
+    )
+
+
 def _local(code: int, enhanced: str, text: str, remote_host: str | None = None) -> RcptResult:
     return RcptResult(code, enhanced, text, remote_host)
 
@@ -402,7 +412,7 @@ class Deliverer:
             await smtp.connect(timeout=self.connect_timeout)
         except SMTPConnectResponseError as exc:
             # RFC 5321 §3.8 / Postfix: a 4xx or 5xx greeting sends us to the next host.
-            raise _Failover(reply_result(exc.code, exc.message, remote)) from exc
+            raise _Failover(_refused_to_talk(exc.code, exc.message, remote)) from exc
         except (TimeoutError, SMTPException, OSError) as exc:
             raise _Failover(_local(421, "4.4.1", f"connect to {remote}:{port}: {exc}")) from exc
 
@@ -428,7 +438,7 @@ class Deliverer:
             try:
                 await smtp.helo()
             except SMTPHeloError as exc:
-                raise _Failover(reply_result(exc.code, exc.message, remote)) from exc
+                raise _Failover(_refused_to_talk(exc.code, exc.message, remote)) from exc
 
     async def _transaction(
         self, smtp: aiosmtplib.SMTP, remote: str, msg: _Message, rcpts: list[str]

@@ -456,3 +456,27 @@ async def test_addresses_with_line_breaks_are_never_sent(deliverer, smtp_sink, p
     )
     assert results["bob@ordered.mailfleet.test"].enhanced == "5.1.7"
     assert len(sink.messages) == 1
+
+
+async def test_5xx_greeting_everywhere_is_a_deferral(deliverer, refusing_smtp, port) -> None:
+    refusing_smtp("127.0.0.31", port, "554 5.7.1 go away")
+    refusing_smtp("127.0.0.32", port, "554 5.7.1 go away")
+    results = await deliverer.deliver(
+        MXTarget("ordered.mailfleet.test", port), "a@sender.test", ["bob@ordered.mailfleet.test"], MESSAGE
+    )
+    result = results["bob@ordered.mailfleet.test"]
+    assert result.temporary and result.enhanced == "4.7.1", result
+    assert "refused to talk to me: 554 go away" in result.text
+
+
+async def test_silent_mx_times_out_and_the_next_one_takes_the_mail(named, smtp_sink, port) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tarpit:  # accepts TCP, never greets
+        tarpit.bind(("127.0.0.31", port))
+        tarpit.listen(8)
+        backup = smtp_sink("127.0.0.32", port)
+        deliverer = Deliverer(HELO, named.resolver(), connect_timeout=0.5, command_timeout=5)
+        results = await deliverer.deliver(
+            MXTarget("ordered.mailfleet.test", port), "a@sender.test", ["bob@ordered.mailfleet.test"], MESSAGE
+        )
+    assert results["bob@ordered.mailfleet.test"].ok
+    assert len(backup.messages) == 1
