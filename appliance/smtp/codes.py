@@ -20,6 +20,8 @@ TOO_MANY_SESSIONS = "421 4.3.2 Too many connections, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 BARE_LINE_ENDING = ("550 5.6.0 Message refused: bare CR or LF in the data; lines must end in CRLF "
                     "(RFC 5321 2.3.8)")
+# RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter on MAIL (the wording is Postfix's).
+UNDECLARED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 AUTH_UNAVAILABLE = "502 5.5.1 AUTH is offered on the submission ports only"
 TEMP_QUEUE_FAILURE = "451 4.3.0 Could not queue the message; try again later"

@@ -83,6 +83,8 @@ class InboundHandler:
         if self.options.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         if address and address != "<>":  # aiosmtpd hands the null reverse-path over as "<>"
+            if not address.isascii() and not envelope.smtp_utf8:
+                return codes.UNDECLARED_SMTPUTF8
             try:
                 sender = str(parse_mailbox(address, forbid_routing=False))
             except AddressError as exc:
@@ -103,6 +105,14 @@ class InboundHandler:
         accepted: list = getattr(envelope, "mf_rcpts", [])
         if len(accepted) >= self.max_recipients:
             return codes.TOO_MANY_RECIPIENTS
+        if not address.isascii() and not envelope.smtp_utf8:
+            return codes.UNDECLARED_SMTPUTF8
+        if address.strip().lower() == "postmaster":
+            # RFC 5321 §4.5.1: RCPT TO:<Postmaster> without a domain MUST be accepted; it means our postmaster.
+            local_domains = self.policy.config.primary.domains if self.policy.config.primary else ()
+            if not local_domains:
+                return "550 5.1.1 <Postmaster>: this host keeps no mailboxes; write to the postmaster of a domain"
+            address = f"postmaster@{local_domains[0]}"
         try:
             mailbox = parse_mailbox(address)
         except AddressError as exc:

@@ -193,9 +193,9 @@ class Evidence:
     def everywhere(self, mark: str) -> list:
         return [*self.spool_files(mark), *self.mailbox_files(mark), *self.sink_messages(mark)]
 
-    def assert_nothing(self, mark: str, settle: float = 0.3) -> None:
+    def assert_nothing(self, mark: str, settle: float = 0.0) -> None:
         """A refused message leaves nothing behind: no spool file, no mailbox file, nothing at any sink."""
-        time.sleep(settle)  # a wrongly accepted message would be on its way: give it the time to show
+        time.sleep(settle)  # after DATA, a wrongly accepted message may still be on its way: let it show
         found = self.everywhere(mark)
         assert not found, f"refused message {mark} left traces: {found}"
 
