@@ -101,9 +101,7 @@ def _section(name: str, item: FetchAtt, message: Message) -> str:
         key += f"<{start}>"
         if data is not None:
             data = data[start:start + length]
-    if data is None:
-        return key + " NIL"
-    if not data:
+    if not data:  # a section that does not exist is empty, as Dovecot answers
         return key + ' ""'
     return key + " " + literal(data)
 

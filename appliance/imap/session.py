@@ -494,6 +494,9 @@ class Session:
             if cap == "CONDSTORE" and not self.condstore:
                 self.condstore = True
                 enabled.append(cap)
+                if self.view is not None and self.account is not None:
+                    highest = self.account.folder(self.view.name).highestmodseq
+                    self.send(f"* OK [HIGHESTMODSEQ {highest}] Highest")
         self.send("* ENABLED" + "".join(" " + c for c in enabled))
         self.send(f"{cmd.tag} OK Enabled.")
 
@@ -512,6 +515,8 @@ class Session:
         if cmd.qresync is not None:
             self.send(f"{cmd.tag} BAD QRESYNC is not enabled")
             return
+        if self.view is not None:
+            self.send("* OK [CLOSED] Previous mailbox closed.")  # RFC 7162 §3.2.11
         self.view = None
         self.state = AUTHENTICATED
         account = self.account

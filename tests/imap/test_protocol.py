@@ -1,0 +1,177 @@
+"""Byte-level protocol behaviour: literals, limits, malformed input, exact responses (RFC 3501 examples)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from tests.imap.conftest import ImapServer, RawClient
+
+MSG = (b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\nFrom: Terry Gray <gray@cac.washington.edu>\r\n"
+       b"Subject: IMAP4rev1 WG mtg summary and minutes\r\nTo: imap@cac.washington.edu\r\n"
+       b"cc: minutes@CNRI.Reston.VA.US, John Klensin <KLENSIN@MIT.EDU>\r\n"
+       b"Message-Id: <B27397-0100000@cac.washington.edu>\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\nHello Joe, do you think we can meet at 3:30 tomorrow?\r\n")
+
+
+def test_malformed_commands_get_bad_and_the_session_survives(raw: RawClient) -> None:
+    for junk in (b"", b"   ", b"*", b"a", b"a NOSUCH", b"a FETCH", b"a LOGIN \"x", b"\xff\xfe BOGUS",
+                 b"a SELECT", b"a LOGIN {2}"):
+        raw.send(junk + b"\r\n")
+        if junk == b"a LOGIN {2}":
+            assert raw.line() == b"+ OK\r\n"
+            raw.send(b"xy\r\n")
+        reply = raw.line()
+        assert b" BAD " in reply, (junk, reply)
+    raw.login()
+    assert raw.command("n1", "NOOP")[-1].startswith(b"n1 OK")
+
+
+def test_synchronising_and_non_synchronising_literals(raw: RawClient) -> None:
+    raw.send(b'a1 LOGIN {17}\r\n')
+    assert raw.line() == b"+ OK\r\n"
+    raw.send(b'alice@example.org {11+}\r\ns3cret pass\r\n')
+    assert raw.line().startswith(b"a1 OK")
+
+
+def test_too_big_synchronising_literal_is_refused_without_reading_it(raw: RawClient) -> None:
+    raw.login()
+    reply = raw.command("a2", "APPEND INBOX {999999999999}")
+    assert reply[-1].startswith(b"a2 NO [TOOBIG]")
+    assert raw.command("a3", "NOOP")[-1].startswith(b"a3 OK")
+
+
+def test_too_big_non_synchronising_literal_ends_the_connection(raw: RawClient) -> None:
+    raw.login()
+    raw.send(b"a2 APPEND INBOX {999999999999+}\r\nxxxx")
+    assert raw.line().startswith(b"* BYE")
+    assert raw.line() == b""
+
+
+def test_endless_line_is_cut_off(raw: RawClient) -> None:
+    try:
+        raw.send(b"a1 LOGIN " + b"x" * 200_000)
+    except OSError:
+        pass
+    assert raw.line().startswith(b"* BYE Line too long")
+
+
+def test_rfc3501_fetch_example_responses(imap_server: ImapServer) -> None:
+    imap_server.deliver(MSG)
+    client = RawClient(imap_server.host, imap_server.port)
+    client.login()
+    client.command("s", "SELECT INBOX")
+    reply = client.command("f", "FETCH 1 (ENVELOPE BODY RFC822.SIZE)")
+    assert reply[0] == (
+        b'* 1 FETCH (ENVELOPE ("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" "IMAP4rev1 WG mtg summary and minutes" '
+        b'(("Terry Gray" NIL "gray" "cac.washington.edu")) (("Terry Gray" NIL "gray" "cac.washington.edu")) '
+        b'(("Terry Gray" NIL "gray" "cac.washington.edu")) ((NIL NIL "imap" "cac.washington.edu")) '
+        b'((NIL NIL "minutes" "CNRI.Reston.VA.US")("John Klensin" NIL "KLENSIN" "MIT.EDU")) NIL NIL '
+        b'"<B27397-0100000@cac.washington.edu>") BODY ("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7bit" 55 1) '
+        b'RFC822.SIZE ' + str(len(MSG)).encode() + b')\r\n')
+    reply = client.command("g", "FETCH 1 (BODY[HEADER.FIELDS (date from)] FLAGS)")
+    assert reply[0] == (b"* 1 FETCH (BODY[HEADER.FIELDS (DATE FROM)] {96}\r\n"
+                        b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"
+                        b"From: Terry Gray <gray@cac.washington.edu>\r\n\r\n"
+                        b" FLAGS (\\Seen \\Recent))\r\n")
+    reply = client.command("h", "UID FETCH 1 (BODY.PEEK[TEXT]<0.5> INTERNALDATE)")
+    assert reply[0].startswith(b"* 1 FETCH (UID 1 BODY[TEXT]<0> {5}\r\nHello INTERNALDATE \"")
+    client.close()
+
+
+def test_select_response_shape(imap_server: ImapServer) -> None:
+    imap_server.deliver(MSG, flags=["\\Seen"])
+    imap_server.deliver(MSG, flags=["$Label1"])
+    client = RawClient(imap_server.host, imap_server.port)
+    client.login()
+    reply = client.command("s", "SELECT INBOX")
+    validity = imap_server.store.account("alice@example.org").folder("INBOX").uidvalidity
+    assert reply == [
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] Flags permitted.\r\n",
+        b"* 2 EXISTS\r\n",
+        b"* 2 RECENT\r\n",
+        b"* OK [UNSEEN 2] First unseen.\r\n",
+        b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % validity,
+        b"* OK [UIDNEXT 3] Predicted next UID\r\n",
+        b"* OK [HIGHESTMODSEQ 3] Highest\r\n",
+        b"s OK [READ-WRITE] Select completed.\r\n",
+    ]
+    # \Recent went to this session only (RFC 3501 §2.3.2)
+    other = RawClient(imap_server.host, imap_server.port)
+    other.login()
+    assert b"* 0 RECENT\r\n" in other.command("e", "EXAMINE INBOX")
+    assert other.command("x", "STORE 1 +FLAGS (\\Flagged)")[-1].startswith(b"x NO [READ-ONLY]")
+    client.close()
+    other.close()
+
+
+def test_condstore_unchangedsince_and_changedsince(imap_server: ImapServer) -> None:
+    for _ in range(3):
+        imap_server.deliver(MSG)
+    client = RawClient(imap_server.host, imap_server.port)
+    client.login()
+    reply = client.command("s", "SELECT INBOX (CONDSTORE)")
+    assert b"* OK [HIGHESTMODSEQ 4] Highest\r\n" in reply
+    reply = client.command("a", "STORE 1 +FLAGS (\\Flagged)")
+    assert reply[0] == b"* 1 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (5))\r\n"
+    reply = client.command("b", "STORE 1:2 (UNCHANGEDSINCE 4) +FLAGS (\\Seen)")
+    assert reply[-1] == b"b OK [MODIFIED 1] Conditional store failed.\r\n"
+    assert reply[0] == b"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (6))\r\n"
+    reply = client.command("c", "UID FETCH 1:* (FLAGS) (CHANGEDSINCE 4)")
+    assert reply[:-1] == [b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (5))\r\n",
+                          b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent) MODSEQ (6))\r\n"]
+    reply = client.command("d", "SEARCH MODSEQ 6")
+    assert reply[0] == b"* SEARCH 2 (MODSEQ 6)\r\n"
+    client.close()
+
+
+def test_esearch_return_options(imap_server: ImapServer) -> None:
+    for _ in range(5):
+        imap_server.deliver(MSG)
+    client = RawClient(imap_server.host, imap_server.port)
+    client.login()
+    client.command("s", "SELECT INBOX")
+    reply = client.command("x", "UID SEARCH RETURN (MIN MAX COUNT ALL) 2:4")
+    assert reply[0] == b'* ESEARCH (TAG "x") UID MIN 2 MAX 4 ALL 2:4 COUNT 3\r\n'
+    client.close()
+
+
+def test_starttls_discards_pipelined_plaintext(strict_imap_server: ImapServer) -> None:
+    sock = socket.create_connection((strict_imap_server.host, strict_imap_server.port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    # RFC 2595 §3.1 / CVE-2011-0411 style injection: a command pipelined after STARTTLS
+    sock.sendall(b"s STARTTLS\r\ninjected LOGIN alice@example.org x\r\n")
+    assert f.readline().startswith(b"s OK")
+    tls = strict_imap_server.client_context().wrap_socket(sock, server_hostname="localhost")
+    tf = tls.makefile("rb")
+    tls.sendall(b"n NOOP\r\n")
+    assert tf.readline() == b"n OK NOOP completed.\r\n"  # nothing answered to "injected"
+    tls.close()
+
+
+def test_idle_needs_done(imap_server: ImapServer) -> None:
+    client = RawClient(imap_server.host, imap_server.port)
+    client.login()
+    client.command("s", "SELECT INBOX")
+    client.send(b"i IDLE\r\n")
+    assert client.line().startswith(b"+ ")
+    client.send(b"FETCH 1 FLAGS\r\n")
+    assert client.line() == b"i BAD Expected DONE\r\n"
+    assert client.command("n", "NOOP")[-1].startswith(b"n OK")
+    client.close()
+
+
+def test_tls_listener_speaks_tls_only(strict_imap_server: ImapServer) -> None:
+    context = strict_imap_server.client_context()
+    with socket.create_connection((strict_imap_server.host, strict_imap_server.tls_port), timeout=10) as sock:
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            assert tls.recv(200).startswith(b"* OK [CAPABILITY IMAP4rev1")
+    with socket.create_connection((strict_imap_server.host, strict_imap_server.tls_port), timeout=10) as sock:
+        sock.sendall(b"a LOGIN x y\r\n")
+        try:
+            data = sock.recv(100)
+        except (ConnectionResetError, ssl.SSLError):
+            data = b""
+        assert not data.startswith(b"* OK")
