@@ -70,7 +70,7 @@ def test_rfc3501_fetch_example_responses(imap_server: ImapServer) -> None:
         b'"<B27397-0100000@cac.washington.edu>") BODY ("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7bit" 55 1) '
         b'RFC822.SIZE ' + str(len(MSG)).encode() + b')\r\n')
     reply = client.command("g", "FETCH 1 (BODY[HEADER.FIELDS (date from)] FLAGS)")
-    assert reply[0] == (b"* 1 FETCH (BODY[HEADER.FIELDS (DATE FROM)] {96}\r\n"
+    assert reply[0] == (b"* 1 FETCH (BODY[HEADER.FIELDS (DATE FROM)] {91}\r\n"
                         b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"
                         b"From: Terry Gray <gray@cac.washington.edu>\r\n\r\n"
                         b" FLAGS (\\Seen \\Recent))\r\n")
