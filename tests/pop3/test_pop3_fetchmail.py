@@ -33,7 +33,9 @@ async def fetchmail(tmp_path: Path, port: int, cert: Path, tls: str, keep: bool)
     )
     rc.chmod(0o600)
     proc = await asyncio.create_subprocess_exec(
-        FETCHMAIL, "-f", str(rc), "-i", str(tmp_path / "fetchids"), "--nosyslog", "-v",
+        # Own pid file: as root fetchmail would lock /var/run/fetchmail.pid, shared with any other run.
+        FETCHMAIL, "-f", str(rc), "-i", str(tmp_path / "fetchids"), "--pidfile", str(tmp_path / "fetchmail.pid"),
+        "--nosyslog", "-v",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)},
     )
