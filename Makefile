@@ -34,7 +34,19 @@ lint: venv ## ruff over the package and the tests
 pytest: apt venv ## Run the pytest suite (real servers on loopback)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
-test: pytest ## Everything: pytest, then every Molecule scenario
+image: apt venv ## Build the systemd container image from Debian packages (skipped when it exists)
+	molecule/scripts/build-image.sh
+
+molecule: apt venv ## Run every Molecule scenario listed in molecule/scenarios.txt (real mail, real containers)
+	molecule/scripts/run-scenarios.sh
+
+demo: apt venv ## Bring up the full fleet in containers, send mail through it, say where it went
+	molecule/scripts/demo.sh up
+
+demo-down: ## Remove the demo fleet's containers and network
+	molecule/scripts/demo.sh down
+
+test: pytest molecule ## Everything: pytest, then every Molecule scenario
 	@echo "make test: all green"
 
 bench: venv ## Mailfleet vs Postfix: msg/s (local Maildir, relay to smtp-sink) and idle-session memory; root

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build the test/demo container image from Debian packages (no registry is reachable): mmdebstrap a
+# bookworm rootfs with systemd as PID 1 and every real peer the scenarios use, then `docker import` it.
+# The tag carries a hash of this script, so the image is rebuilt only when its recipe changes.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+"$here/ensure-docker.sh"
+
+# Everything a target or a peer container needs: the targets get no network access beyond their own
+# docker network, so nothing can be installed later.
+packages=(
+  python3 python3-venv systemd systemd-sysv dbus iproute2 ca-certificates sudo   # Ansible target + systemd
+  swaks                                   # SMTP client for the verify steps
+  bind9 bind9-dnsutils                    # the fleet's DNS server (named) and dig
+  postfix                                 # foreign-primary scenario and the "internet" sink MX
+  procps less                             # for humans debugging a scenario
+)
+recipe_hash="$( { cat "$0"; } | sha256sum | cut -c1-12)"
+image="${MAILFLEET_IMAGE:-mailfleet-debian:bookworm-$recipe_hash}"
+
+if docker image inspect "$image" >/dev/null 2>&1; then
+  echo "$image"
+  exit 0
+fi
+
+workdir="$(mktemp -d)"
+trap 'rm -rf "$workdir"' EXIT
+echo "build-image: mmdebstrap bookworm for $image" >&2
+# Services that must not start on their own in every container: the scenarios start postfix/named
+# only where a host plays that part.
+mmdebstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
+  --customize-hook='chroot "$1" systemctl disable postfix.service named.service >/dev/null 2>&1 || true' \
+  --customize-hook='chroot "$1" systemctl mask systemd-resolved.service getty@tty1.service >/dev/null 2>&1 || true' \
+  --customize-hook='rm -f "$1"/etc/hostname "$1"/etc/machine-id && touch "$1"/etc/machine-id' \
+  bookworm "$workdir/rootfs.tar" >&2
+docker import -c 'CMD ["/lib/systemd/systemd"]' "$workdir/rootfs.tar" "$image" >/dev/null
+echo "$image"
