@@ -212,6 +212,11 @@ class Session:
 
     async def run(self) -> None:
         try:
+            is_banned = getattr(self.authenticator, "is_banned", None)
+            if is_banned is not None and is_banned(self.client_ip):
+                self.send("* BYE Too many authentication failures from your address, try again later")
+                await self.flush()
+                return
             self.send(f"* OK [CAPABILITY {self.capabilities()}] {self.hostname} Mailfleet IMAP ready")
             await self.flush()
             while self.state != LOGOUT:

@@ -32,6 +32,9 @@ class Argon2Authenticator:
         self.users: dict[str, str] = {}
         self.attempts: list[tuple[str, str]] = []
 
+    def is_banned(self, client_ip: str) -> bool:
+        return False
+
     def add(self, address: str, password: str) -> None:
         self.users[address.lower()] = self.hasher.hash(password)
 
