@@ -7,7 +7,7 @@ import re
 # The enhanced code a reply gets when the code that produced it gave none (RFC 2034 §3: every reply but the
 # greeting, the EHLO/HELO answer and intermediate 3xx replies carries one once ENHANCEDSTATUSCODES is offered).
 DEFAULT_ENHANCED = {
-    221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 251: "2.1.5", 252: "2.5.0",
+    220: "2.0.0", 221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 251: "2.1.5", 252: "2.5.0",
     421: "4.3.0", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
     500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0", 534: "5.7.9",
     535: "5.7.8", 538: "5.7.11", 550: "5.0.0", 551: "5.1.6", 552: "5.3.4", 553: "5.1.3", 554: "5.0.0",

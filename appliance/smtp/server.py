@@ -220,6 +220,7 @@ class SMTPProtocol(SMTP):
         super().__init__(handler, **kwargs)
         self._counter = counter
         self._plain = False
+        self._greeted = False
         self.__ident__ = "Mailfleet ESMTP"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -231,7 +232,11 @@ class SMTPProtocol(SMTP):
         super().connection_lost(error)
 
     async def push(self, status: str) -> None:
-        if not self._plain and not status.startswith(("220", "354", "334")):
+        # RFC 2034 §3: every reply but the greeting (and the HELO/EHLO answers, and the 3xx continuations)
+        # carries an enhanced code; STARTTLS's "220 Ready" is not the greeting and gets 2.0.0.
+        greeting = not self._greeted and status.startswith("220")
+        self._greeted = True
+        if not self._plain and not greeting and not status.startswith(("354", "334")):
             status = codes.with_enhanced(status)
         await super().push(status)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -111,6 +112,14 @@ class RawSession:
     def ehlo(self, name: str = "client.test") -> Reply:
         reply = self.cmd(f"EHLO {name}")
         assert reply.code == 250, reply
+        return reply
+
+    def starttls(self, context: ssl.SSLContext, server_hostname: str | None = None) -> Reply:
+        """STARTTLS, then the TLS handshake; bytes the server sent before it are kept for `pending()`."""
+        reply = self.cmd("STARTTLS")
+        assert reply.code == 220, reply
+        assert not self._buf, f"plaintext after the 220: {self._buf!r}"
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
         return reply
 
     def pending(self, wait: float = 0.3) -> bytes:
