@@ -57,7 +57,9 @@ def _per_message(reporting_mta: str, arrival: datetime | None, queue_id: str) ->
     return block
 
 
-def _per_recipient(address: str, result: RcptResult, action: str) -> Message:
+def _per_recipient(
+    address: str, result: RcptResult, action: str, last_attempt: datetime | None, will_retry_until: datetime | None
+) -> Message:
     block = Message()
     block["Final-Recipient"] = _address_field(address)
     block["Action"] = action
@@ -68,6 +70,10 @@ def _per_recipient(address: str, result: RcptResult, action: str) -> Message:
         block["Diagnostic-Code"] = f"smtp; {result.code} {result.enhanced} {_field(result.text)}".rstrip()
     else:
         block["Diagnostic-Code"] = f"X-Mailfleet; {_field(result.text)}"
+    if last_attempt is not None:
+        block["Last-Attempt-Date"] = format_datetime(last_attempt)  # RFC 3464 §2.3.7
+    if will_retry_until is not None and action == "delayed":
+        block["Will-Retry-Until"] = format_datetime(will_retry_until)  # RFC 3464 §2.3.8
     return block
 
 
@@ -96,6 +102,8 @@ def build_dsn(
     action: str = "failed",
     arrival: datetime | None = None,
     queue_id: str = "",
+    last_attempt: datetime | None = None,
+    will_retry_until: datetime | None = None,
 ) -> bytes:
     """A multipart/report DSN to `envelope_from`, sent by the caller with the null sender (RFC 5321 §6.1).
 
@@ -124,7 +132,7 @@ def build_dsn(
     status = MIMEBase("message", "delivery-status")
     status.set_payload(
         [_per_message(reporting_mta, arrival, queue_id)]
-        + [_per_recipient(address, result, action) for address, result in recipients]
+        + [_per_recipient(a, r, action, last_attempt, will_retry_until) for a, r in recipients]
     )
     report.attach(status)
 

@@ -42,6 +42,9 @@ selfbest         IN MX 10 us
 selfbest         IN MX 20 other
 selfsecond       IN MX 10 other
 selfsecond       IN MX 20 us
+dualstack        IN MX 10 mx.dualstack
+mx.dualstack     IN AAAA ::1
+mx.dualstack     IN A 127.0.0.32
 us               IN A 127.0.0.61
 other            IN A 127.0.0.62
 """
@@ -480,3 +483,16 @@ async def test_silent_mx_times_out_and_the_next_one_takes_the_mail(named, smtp_s
         )
     assert results["bob@ordered.mailfleet.test"].ok
     assert len(backup.messages) == 1
+
+
+@pytest.mark.skipif(not loopback_v6(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("listening", ["127.0.0.32", "::1"])
+async def test_one_mx_host_tries_each_of_its_addresses(named, smtp_sink, port, listening) -> None:
+    sink = smtp_sink(listening, port)  # the other address of the host refuses connections
+    deliverer = Deliverer(HELO, named.resolver(prefer_ipv6=True), connect_timeout=5)
+    results = await deliverer.deliver(
+        MXTarget("dualstack.mailfleet.test", port), "a@sender.test", ["bob@dualstack.mailfleet.test"], MESSAGE
+    )
+    assert results["bob@dualstack.mailfleet.test"].ok, results
+    assert results["bob@dualstack.mailfleet.test"].remote_host == f"mx.dualstack.mailfleet.test[{listening}]"
+    assert len(sink.messages) == 1

@@ -75,13 +75,23 @@ def test_original_headers_without_the_body() -> None:
 
 
 def test_delay_warning() -> None:
-    dsn = parse(
-        build_dsn(
-            "mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("carol@dest.test", UNREACHABLE)], action="delayed"
-        )
+    last = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+    until = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    raw = build_dsn(
+        "mx.mailfleet.test",
+        "alice@sender.test",
+        ORIGINAL,
+        [("carol@dest.test", UNREACHABLE)],
+        action="delayed",
+        last_attempt=last,
+        will_retry_until=until,
     )
+    dsn = parse(raw)
     assert dsn["Subject"].startswith("Delayed Mail")
-    assert status_blocks(dsn)[1]["Action"] == "delayed"
+    block = status_blocks(dsn)[1]
+    assert block["Action"] == "delayed" and block["Status"] == "4.4.1"
+    assert block["Last-Attempt-Date"] == "Wed, 25 Nov 2026 11:00:00 +0000"
+    assert block["Will-Retry-Until"] == "Mon, 30 Nov 2026 10:00:00 +0000"
     assert "will keep" in dsn.get_payload()[0].get_content()
 
 
