@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 import socket
 from dataclasses import dataclass
@@ -94,7 +95,12 @@ class Resolver:
         prefer_ipv6: bool | None = None,
     ) -> None:
         # An empty list means the system's resolv.conf.
-        self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+        try:
+            self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+        except dns.resolver.NoResolverConfiguration as exc:
+            # Keep running: every lookup fails as temporary, so mail waits in the queue and the log says why.
+            logging.getLogger("appliance.dns").error("no usable nameserver in the system configuration: %s", exc)
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
         if nameservers:
             self._resolver.nameservers = list(nameservers)
         self._resolver.port = port
