@@ -147,7 +147,9 @@ def test_auth_login_with_wrong_password(host):
 
 
 @pytest.mark.parametrize("command", ["AUTH PLAIN !!!notbase64", "AUTH PLAIN " + base64.b64encode(b"no-nuls").decode(),
-                                     "AUTH CRAM-MD5", "AUTH", "AUTH LOGIN\r\n*"])
+                                     "AUTH CRAM-MD5", "AUTH", "AUTH LOGIN\r\n*",
+                                     "AUTH PLAIN " + base64.b64encode(f"bob@example.org\0{ALICE}\0{PASSWORD}".encode()
+                                                                      ).decode()])
 def test_malformed_auth_gets_5xx_and_the_session_survives(host, command):
     with RawSession("127.0.0.1", port(host), "127.0.0.42") as session:
         session.ehlo()
