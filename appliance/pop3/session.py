@@ -267,6 +267,8 @@ class Pop3Session:
         assert drop is not None
         return [(i, m) for i, m in enumerate(drop.messages, 1) if i not in drop.deleted]
 
+    # Sizes are the store's: exact on the wire (RFC 1939 §5) because SMTP delivery and the importers both
+    # store CRLF line ends; RETR would still send a stray bare-LF file with CRLF (multiline.encode_message).
     async def _cmd_stat(self, cmd: Command) -> Reply:
         live = self._live()
         return ok(f"{len(live)} {sum(m.size for _, m in live)}")
