@@ -57,7 +57,10 @@ class Appliance:
             from appliance.store import MailStore
 
             self.directory = Directory.from_config(config)
-            self.authenticator = Authenticator(self.directory, state_path=config.data_dir / "auth-state.sqlite")
+            self.authenticator = Authenticator(
+                self.directory, ban_threshold=config.auth.ban_threshold, ban_window=config.auth.ban_window,
+                ban_duration=config.auth.ban_duration, exempt_loopback=config.auth.exempt_loopback,
+                state_path=config.data_dir / "auth-state.sqlite")
             self.store = MailStore(config.mail_dir)
         self.runner = QueueRunner(self.spool, self._router(config), self._deliverer(config).deliver,
                                   self._local(config), config.hostname, config.queue.lifetime)

@@ -14,6 +14,7 @@ import yaml
 
 from appliance.config.model import (
     ROLES,
+    AuthConfig,
     BackupDomain,
     BackupMXConfig,
     Config,
@@ -255,7 +256,7 @@ def _kind(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- sections
 
-TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "delivery", "queue",
+TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
             *ROLES)
 
 
@@ -287,6 +288,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         tls=_tls(top.get("tls"), base_dir),
         dns=_dns(top.get("dns")),
         smtp=_smtp(top.get("smtp")),
+        auth=_auth(top.get("auth")),
         delivery=_delivery(top.get("delivery")),
         queue=queue,
         primary=_primary(top.get("primary")) if "primary" in roles else None,
@@ -380,6 +382,16 @@ def _smtp(value: Any) -> SMTPConfig:
                               "smtp.max_message_size", 1024),
         max_recipients=_int(section.get("max_recipients", defaults.max_recipients), "smtp.max_recipients", 1),
         max_sessions=_int(section.get("max_sessions", defaults.max_sessions), "smtp.max_sessions", 1),
+    )
+
+
+def _auth(value: Any) -> AuthConfig:
+    section = _mapping(value, "auth", tuple(AuthConfig.__dataclass_fields__))
+    return AuthConfig(
+        ban_threshold=_int(section.get("ban_threshold", 10), "auth.ban_threshold", 1),
+        ban_window=parse_duration(section.get("ban_window", "10m"), "auth.ban_window"),
+        ban_duration=parse_duration(section.get("ban_duration", "1h"), "auth.ban_duration"),
+        exempt_loopback=_bool(section.get("exempt_loopback", False), "auth.exempt_loopback"),
     )
 
 

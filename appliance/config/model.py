@@ -54,6 +54,16 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Login-failure bans shared by SMTP submission, IMAP and POP3."""
+
+    ban_threshold: int = 10
+    ban_window: float = 600.0
+    ban_duration: float = 3600.0
+    exempt_loopback: bool = False
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     smarthost: HostPort | None = None
     source_addresses: tuple[str, ...] = ()
@@ -132,6 +142,7 @@ class Config:
     tls: TLSConfig = TLSConfig()
     dns: DNSConfig = DNSConfig()
     smtp: SMTPConfig = SMTPConfig()
+    auth: AuthConfig = AuthConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     queue: QueueConfig = QueueConfig()
     primary: PrimaryConfig | None = None
