@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 
 import pytest
@@ -288,3 +289,28 @@ def test_malformed_command_gets_a_reasoned_5xx_and_the_session_survives(host, li
         session.send(message(mark) + b".\r\n")
         assert session.reply().code == 250
     host.wait_mailbox("alice@example.org", mark)
+
+
+def _greeting(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        data = b""
+        while not data.endswith(b"\r\n"):
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_sessions_beyond_max_sessions_get_421_and_the_listener_recovers(module_mailfleet):
+    server = module_mailfleet({"roles": ["primary"], "primary": {"domains": ["example.org"]},
+                               "smtp": {"max_sessions": 3}}, name="max-sessions")
+    sessions = [RawSession("127.0.0.1", server.smtp_port) for _ in range(3)]
+    try:
+        assert [s.greeting.code for s in sessions] == [220] * 3
+        assert _greeting(server.smtp_port).startswith(b"421 4.3.2 "), "a fourth session was let in"
+        assert sessions[0].cmd("NOOP").code == 250, "the refusal disturbed the open sessions"
+    finally:
+        for session in sessions:
+            session.close()
+    server.wait_for(lambda: _greeting(server.smtp_port).startswith(b"220 "), what="a free session slot")

@@ -13,7 +13,7 @@ import pytest
 from peers.mailfleet import RunningMailfleet
 from peers.smtp_sink import Sink
 
-from .probes import Evidence, marker, needs_ipv6, send, world
+from .probes import Evidence, RawSession, marker, needs_ipv6, send, world
 
 
 @dataclass
@@ -346,3 +346,32 @@ def test_host_without_outgoing_role_refuses_relay_550_even_from_localhost(combin
     refused(combined_no_relay, "friend@remote.example", 550, "5.7.1", source="127.0.0.1")
     mark = accepted(combined_no_relay, ["alice@example.org", "bob@example.com", "x@example.net"])
     combined_no_relay.evidence.wait_mailbox("alice@example.org", mark)
+
+
+# ---------------------------------------------------------------------------------------------- reload
+
+
+def test_sighup_reload_changes_the_relay_policy_without_dropping_sessions(module_mailfleet, world_sink):
+    host = _outgoing(module_mailfleet, world_sink, None, "out-reload")
+    refused(host, "friend@remote.example", 554, "5.7.1", source="127.0.0.1")
+    with RawSession("127.0.0.1", host.port, "127.0.0.1") as open_session:
+        open_session.ehlo()
+        config = dict(host.server.config)
+        config["outgoing_gateway"] = {"relay_networks": ["127.0.0.1/32"]}
+        host.server.reload(config)
+        host.server.wait_for(lambda: "config reloaded" in host.server.log(), what="the reload")
+        assert open_session.cmd("NOOP").code == 250, "the reload dropped an open session"
+        assert open_session.cmd("MAIL FROM:<a@client.example>").code == 250
+        assert open_session.cmd("RCPT TO:<friend@remote.example>").code == 250
+    mark = accepted(host, ["friend@remote.example"], source="127.0.0.1")
+    host.evidence.wait_sink(world_sink, mark)
+    refused(host, "friend@remote.example", 554, "5.7.1", source="127.0.0.2")
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_policy(module_mailfleet, world_sink):
+    host = _outgoing(module_mailfleet, world_sink, None, "out-broken-reload")
+    broken = dict(host.server.config)
+    broken["outgoing_gateway"] = {"relay_networks": ["0.0.0.0/0", "not-a-cidr"]}
+    host.server.reload(broken)
+    host.server.wait_for(lambda: "reload refused" in host.server.log(), what="the refused reload")
+    refused(host, "friend@remote.example", 554, "5.7.1", source="127.0.0.1")
