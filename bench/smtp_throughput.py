@@ -98,6 +98,14 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), seconds."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def proc_pss(pid: int) -> int:
     """Proportional set size (kB): shared pages divided among the processes sharing them."""
     with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
@@ -310,9 +318,10 @@ class MailfleetInstance(Server):
     """`mailfleet serve` as a real process: roles primary (local Maildir) and outgoing_gateway (to the sink)."""
 
     def __init__(self, workdir: Path, users: list[str], sink: Sink, max_sessions: int,
-                 extra: dict | None = None) -> None:
+                 src: Path = REPO) -> None:
         super().__init__("Mailfleet", MAILFLEET_ADDR, free_port(MAILFLEET_ADDR), workdir, users)
         self.sink = sink
+        self.src = src  # the directory holding the `appliance` package to run (another checkout for A/B runs)
         self.proc: subprocess.Popen | None = None
         self.config_path = workdir / "mailfleet.yml"
         self.data_dir = workdir / "data"
@@ -328,8 +337,6 @@ class MailfleetInstance(Server):
                         "users": [{"address": f"{u}@{LOCAL_DOMAIN}", "password_hash": None} for u in users]},
             "outgoing_gateway": {"relay_networks": ["127.0.0.0/8"]},
         }
-        for key, value in (extra or {}).items():
-            config[key] = value
         self.config = config
 
     def setup(self) -> None:
@@ -340,7 +347,7 @@ class MailfleetInstance(Server):
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli.main", "--config", str(self.config_path), "serve"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=lambda: raise_nofile(20000))
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.src, preexec_fn=lambda: raise_nofile(20000))
         log.close()
 
         def up() -> bool:
@@ -385,6 +392,7 @@ class Result:
     accept_s: float  # smtp-source done: every message answered 250
     total_s: float  # every message in the Maildir / at the sink
     errors: str = ""
+    cpu_s: float | None = None  # Mailfleet only: its process's CPU time over the measurement
 
     @property
     def rate(self) -> float:
@@ -420,6 +428,7 @@ def run_load(server: Server, sink: Sink, case: str, user: str, size_kb: int, ses
         profiler = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", "-r", "200", "-o", str(svg),
                                      "--pid", str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(1.0)
+    cpu_before = proc_cpu_seconds(server.pid) if isinstance(server, MailfleetInstance) else None
     start = time.monotonic()
     source = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = start + timeout
@@ -458,7 +467,8 @@ def run_load(server: Server, sink: Sink, case: str, user: str, size_kb: int, ses
     got = arrived()
     if got < messages and not errors:
         errors = f"only {got}/{messages} arrived"
-    return Result(server.name, case, size_kb, sessions, messages, accept_end - start, end - start, errors)
+    cpu = proc_cpu_seconds(server.pid) - cpu_before if cpu_before is not None else None
+    return Result(server.name, case, size_kb, sessions, messages, accept_end - start, end - start, errors, cpu)
 
 
 def open_idle_sessions(address: str, port: int, count: int, timeout: float) -> tuple[list[socket.socket], int]:
@@ -514,7 +524,7 @@ def close_all(socks: list[socket.socket]) -> None:
 def print_table(results: list[Result]) -> None:
     keyed = {(r.server, r.case, r.size_kb, r.sessions): r for r in results}
     cases = sorted({(r.case, r.size_kb, r.sessions) for r in results}, key=lambda c: (c[0] != "local", c[1], c[2]))
-    header = (f"{'case':<34} {'msgs':>6} {'Postfix msg/s':>14} {'Mailfleet msg/s':>16} {'ratio MF/PF':>12}"
+    header = (f"{'case':<44} {'msgs':>6} {'Postfix msg/s':>14} {'Mailfleet msg/s':>16} {'ratio MF/PF':>12}"
               f"   {'accept-only msg/s PF / MF':>26}")
     print(header)
     print("-" * len(header))
@@ -528,7 +538,7 @@ def print_table(results: list[Result]) -> None:
         mf_rate = f"{mf.rate:,.0f}" if mf and not mf.errors else ("FAILED" if mf else "-")
         ratio = f"{mf.rate / pf.rate:.2f}x" if pf and mf and pf.rate and not pf.errors and not mf.errors else "-"
         acc = f"{pf.accept_rate:,.0f} / {mf.accept_rate:,.0f}" if pf and mf else "-"
-        print(f"{label:<34} {msgs:>6} {pf_rate:>14} {mf_rate:>16} {ratio:>12}   {acc:>26}")
+        print(f"{label:<44} {msgs:>6} {pf_rate:>14} {mf_rate:>16} {ratio:>12}   {acc:>26}")
     for r in results:
         if r.errors:
             print(f"  ! {r.server} {r.case} {r.size_kb} KB {r.sessions} sessions: {r.errors}")
@@ -548,6 +558,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300, help="bound on each measurement, seconds (default 300)")
     p.add_argument("--only", choices=["postfix", "mailfleet"], help="run one server only")
     p.add_argument("--profile", type=Path, help="record a py-spy flame graph of Mailfleet per measurement here")
+    p.add_argument("--mailfleet-src", type=Path, default=REPO,
+                   help="run the `appliance` package found in this directory (A/B runs against another checkout)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, Maildirs) for inspection")
     return p.parse_args(argv)
 
@@ -582,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sink.start()
         if args.only != "postfix":
-            servers.append(MailfleetInstance(tmp / "mailfleet", users, sink, max_sessions=args.idle + 1000))
+            servers.append(MailfleetInstance(tmp / "mailfleet", users, sink, max_sessions=args.idle + 1000,
+                                             src=args.mailfleet_src.resolve()))
         if args.only != "mailfleet":
             servers.append(PostfixInstance(tmp / "postfix", users, sink, max_smtpd=max(args.idle + 100, 200)))
         print(f"bench: {os.cpu_count()} CPUs, {args.messages} messages per measurement, work dir {tmp}",
@@ -594,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_load(server, sink, case, user, size, sess, args.messages, args.timeout, args.profile)
                 results.append(result)
                 note = f"  ({result.errors})" if result.errors else ""
+                if result.cpu_s is not None:
+                    note = f", {result.cpu_s * 1000 / args.messages:.2f} CPU ms/msg{note}"
                 print(f"  {server.name:<9} {case:<5} {size:>3} KB {sess:>2} sessions: {result.rate:8,.0f} msg/s "
                       f"end to end, {result.accept_rate:8,.0f} msg/s accepted{note}", flush=True)
             if args.idle:
