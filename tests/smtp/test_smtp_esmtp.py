@@ -314,3 +314,28 @@ def test_sessions_beyond_max_sessions_get_421_and_the_listener_recovers(module_m
         for session in sessions:
             session.close()
     server.wait_for(lambda: _greeting(server.smtp_port).startswith(b"220 "), what="a free session slot")
+
+
+def test_null_sender_is_accepted_for_bounces(host):
+    """RFC 5321 §4.5.5: DSNs come from the null reverse-path; refusing it loses every bounce."""
+    mark = marker()
+    result = send(host.server.smtp_port, ["alice@example.org"], mark, mail_from="")
+    assert result.mail.code == 250 and result.data is not None and result.data.code == 250, result
+    host.assert_on_disk(result.queue_id, mark)
+    [stored] = host.wait_mailbox("alice@example.org", mark)
+    assert stored.read_bytes().startswith(b"Return-Path: <>\r\n")
+
+
+def test_plain_helo_session_without_extensions(host):
+    mark = marker()
+    with RawSession("127.0.0.1", host.server.smtp_port) as session:
+        assert session.cmd("HELO old.client.test").code == 250
+        reply = session.cmd("MAIL FROM:<sender@client.example> SIZE=100")
+        assert reply.code == 501, "ESMTP parameters accepted after HELO"
+        assert session.cmd("MAIL FROM:<sender@client.example>").code == 250
+        assert session.cmd("RCPT TO:<alice@example.org>").code == 250
+        assert session.cmd("DATA").code == 354
+        session.send(message(mark) + b".\r\n")
+        assert session.reply().code == 250
+    [stored] = host.wait_mailbox("alice@example.org", mark)
+    assert b"from old.client.test" in stored.read_bytes() and b"with SMTP id" in stored.read_bytes()
