@@ -22,12 +22,13 @@ export MAILFLEET_WHEELHOUSE="$root/.cache/wheelhouse"
 mkdir -p "$MAILFLEET_WHEELHOUSE"
 echo "run-scenarios: wheelhouse $MAILFLEET_WHEELHOUSE"
 "$venv/bin/pip" wheel --quiet --disable-pip-version-check --find-links "$MAILFLEET_WHEELHOUSE" \
-  --wheel-dir "$MAILFLEET_WHEELHOUSE" "$root" 2> >(grep -v '^WARNING: Location' >&2)
+  --wheel-dir "$MAILFLEET_WHEELHOUSE" "$root" pip 2> >(grep -v '^WARNING: Location' >&2)
 
 PIP="$venv/bin/pip" molecule/scripts/collections.sh "$root/.cache/ansible-collections"
 export ANSIBLE_COLLECTIONS_PATH="$root/.cache/ansible-collections"
 export ANSIBLE_ROLES_PATH="$root/roles"
 export ANSIBLE_FILTER_PLUGINS="$root/playbooks/filter_plugins"
+export ANSIBLE_PIPELINING=1
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
 export ANSIBLE_NOCOLOR="${ANSIBLE_NOCOLOR:-1}"
 # Molecule keeps its state under $HOME/.ansible and .cache: a scratch HOME keeps the machine clean.
