@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Debian packages the tests and benchmarks use as real peers.
-APT_PACKAGES := swaks bind9 bind9-utils dnsutils isync fetchmail
+APT_PACKAGES := swaks bind9 bind9-utils dnsutils isync fetchmail postfix
 MOLECULE_APT_PACKAGES := docker.io mmdebstrap
 
 .PHONY: help venv apt test pytest lint molecule image demo demo-down bench clean
@@ -19,6 +19,9 @@ apt: ## Install the Debian packages the tests need (skipped when all are present
 	if [ -n "$$missing" ]; then echo "apt: installing$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+	@# Postfix is here for its smtp-sink/smtp-source tools and the benchmark's private instance: the system
+	@# instance must not hold port 25, where the tests run their own MX peers.
+	@postfix stop >/dev/null 2>&1 || true
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
