@@ -91,8 +91,9 @@ class InboundHandler:
         if self.options.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         if address and address != "<>":  # aiosmtpd hands the null reverse-path over as "<>"
-            if not address.isascii() and not envelope.smtp_utf8:
-                return codes.UNDECLARED_SMTPUTF8
+            refusal = _charset_refusal(address, envelope, "5.1.7")
+            if refusal:
+                return refusal
             try:
                 sender = str(parse_mailbox(address, forbid_routing=False))
             except AddressError as exc:
@@ -113,8 +114,9 @@ class InboundHandler:
         accepted: list = getattr(envelope, "mf_rcpts", [])
         if len(accepted) >= self.max_recipients:
             return codes.TOO_MANY_RECIPIENTS
-        if not address.isascii() and not envelope.smtp_utf8:
-            return codes.UNDECLARED_SMTPUTF8
+        refusal = _charset_refusal(address, envelope, "5.1.3")
+        if refusal:
+            return refusal
         if address.strip().lower() == "postmaster":
             # RFC 5321 §4.5.1: RCPT TO:<Postmaster> without a domain MUST be accepted; it means our postmaster.
             local_domains = self.policy.config.primary.domains if self.policy.config.primary else ()
@@ -167,6 +169,14 @@ class InboundHandler:
                  "result=250", queue_id, ip, session.host_name, envelope.mail_from, len(recipients), len(data),
                  "yes" if session.ssl else "no", _login(session) or "-", self.options.name)
         return f"250 2.0.0 OK queued as {queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's default answers '500 Error: (ExceptionName) text': permanent, and it leaks internals.
+
+        A fault on our side is temporary for the sender (it retries); the traceback goes to our log once.
+        """
+        log.error("SMTP session error; answering 451", exc_info=error)
+        return codes.TEMP_INTERNAL_ERROR
 
     def _received(self, session: Session, envelope: Envelope, queue_id: str) -> bytes:
         # RFC 5321 §4.4 trace field; "with" keywords per RFC 3848.
@@ -341,6 +351,23 @@ async def _challenge(server: SMTP, prompt: str) -> str | None:
         await server.push("501 5.7.0 Authentication cancelled")
         return None
     return text
+
+
+def _charset_refusal(address: str, envelope: Envelope, enhanced: str) -> str | None:
+    """RFC 6531: a non-ASCII address needs SMTPUTF8 on MAIL, and must be UTF-8.
+
+    aiosmtpd decodes arguments with surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates;
+    let through, they would reach the spool, the logs and the next hop as something no one can encode.
+    """
+    if address.isascii():
+        return None
+    if not envelope.smtp_utf8:
+        return codes.UNDECLARED_SMTPUTF8
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"553 {enhanced} Address is not valid UTF-8 (RFC 6531)"
+    return None
 
 
 def _auth_allowed(server: SMTP, session: Session, options: ListenerOptions) -> bool:

@@ -24,7 +24,8 @@ def host(module_mailfleet, sinks, password_hash) -> Evidence:
         "roles": ["primary"],
         "primary": {"domains": ["example.org", "catch.example"],
                     "users": [{"address": "alice@example.org", "password_hash": password_hash},
-                              {"address": "jöran@example.org", "password_hash": None}],
+                              {"address": "jöran@example.org", "password_hash": None},
+                              {"address": "carol@example.org", "password_hash": None, "quota": 10_000_000}],
                     "aliases": {"postmaster@example.org": ["alice@example.org"]},
                     "catch_all": {"catch.example": "alice@example.org"}},
         "smtp": {"max_message_size": MAX_SIZE, "max_recipients": MAX_RCPTS},
@@ -339,3 +340,42 @@ def test_plain_helo_session_without_extensions(host):
         assert session.reply().code == 250
     [stored] = host.wait_mailbox("alice@example.org", mark)
     assert b"from old.client.test" in stored.read_bytes() and b"with SMTP id" in stored.read_bytes()
+
+
+@pytest.mark.parametrize("command", [b"MAIL FROM:<caf\xe9@client.example> SMTPUTF8",
+                                     b"RCPT TO:<caf\xe9@example.org>", b"RCPT TO:<x@b\xfccher.example>",
+                                     b"RCPT TO:<\xff@example.org>"],
+                         ids=["mail", "rcpt-local", "rcpt-domain", "rcpt-ff"])
+def test_addresses_that_are_not_utf8_are_refused_even_with_smtputf8(host, command):
+    """Latin-1 bytes where RFC 6531 requires UTF-8 must not reach the spool (nor crash the session)."""
+    mark = marker()
+    with RawSession("127.0.0.1", host.server.smtp_port) as session:
+        session.ehlo()
+        if command.startswith(b"RCPT"):
+            assert session.cmd("MAIL FROM:<sender@client.example> SMTPUTF8").code == 250
+        reply = session.cmd(command)
+        assert reply.code == 553 and reply.has_enhanced_code() and "UTF-8" in reply.text, reply
+        assert session.cmd("NOOP").code == 250
+        session.cmd("RSET")
+        assert session.cmd("MAIL FROM:<sender@client.example> SMTPUTF8").code == 250
+        assert session.cmd("RCPT TO:<alice@example.org>").code == 250
+        assert session.cmd("DATA").code == 354
+        session.send(message(mark) + b".\r\n")
+        assert session.reply().code == 250
+    host.wait_mailbox("alice@example.org", mark)
+
+
+def test_an_internal_fault_answers_451_without_internals_and_the_session_goes_on(host):
+    """A corrupt mailbox index (carol has a quota, so RCPT reads it) is our fault: 451, not aiosmtpd's 500."""
+    index = host.server.data_dir / "mail" / "example.org" / "carol" / "mailfleet.sqlite"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_bytes(b"this is not an SQLite database\n" * 200)
+    mark = marker()
+    result = send(host.server.smtp_port, ["carol@example.org", "alice@example.org"], mark)
+    reply = result.rcpts["carol@example.org"]
+    assert (reply.code, reply.lines[-1][:5]) == (451, "4.3.0"), reply
+    assert "Error" not in reply.text and "sqlite" not in reply.text.lower(), f"internals leaked: {reply}"
+    assert result.rcpts["alice@example.org"].code == 250
+    assert result.data is not None and result.data.code == 250
+    host.wait_mailbox("alice@example.org", mark)
+    assert "answering 451" in host.server.log()
