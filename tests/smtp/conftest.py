@@ -55,6 +55,9 @@ def module_mailfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
         config.setdefault("hostname", f"{name}.test.example")
         config.setdefault("data_dir", str(workdir / "data"))
         config.setdefault("tls", {"plaintext_auth_on_loopback": True})
+        # Should anything ever be routed by MX, ask a loopback port where no DNS server listens: the tests
+        # never send a query beyond this host.
+        config.setdefault("dns", {"nameservers": ["127.0.0.1"], "port": free_port(["127.0.0.1"]), "timeout": "1s"})
         listen = dict(config.get("listen") or {})
         ports = {}
         for service in services:
