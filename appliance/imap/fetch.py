@@ -20,7 +20,7 @@ def imap_date_time(when: datetime) -> str:
     minutes = int(offset.total_seconds() // 60) if offset is not None else 0
     sign = "-" if minutes < 0 else "+"
     minutes = abs(minutes)
-    return (f'"{when.day:2d}-{MONTHS[when.month - 1]}-{when.year:04d} '
+    return (f'"{when.day:02d}-{MONTHS[when.month - 1]}-{when.year:04d} '
             f'{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"')
 
 
@@ -101,9 +101,7 @@ def _section(name: str, item: FetchAtt, message: Message) -> str:
         key += f"<{start}>"
         if data is not None:
             data = data[start:start + length]
-    if not data:  # a section that does not exist is empty, as Dovecot answers
-        return key + ' ""'
-    return key + " " + literal(data)
+    return key + " " + literal(data or b"")  # an absent section is an empty literal, as Dovecot answers
 
 
 def _echo_spec(spec: str) -> str:

@@ -97,6 +97,7 @@ class Part:
     params: list[tuple[str, str]] = field(default_factory=list)
     children: list[Part] = field(default_factory=list)
     message: Part | None = None  # message/rfc822: the encapsulated message
+    shown_type: tuple[str, str] | None = None  # type/subtype as written (BODYSTRUCTURE keeps the case)
     fields: list[tuple[str, bytes]] = field(default_factory=list)
 
     def get(self, name: str) -> bytes | None:
@@ -121,6 +122,9 @@ def parse_part(data: bytes, default_type: tuple[str, str] = ("text", "plain"), d
         main, slash, sub = full.partition("/")
         if slash and main.strip() and sub.strip():
             ctype, csub, params = main.strip().lower(), sub.strip().lower(), parsed
+            part.shown_type = (main.strip(), sub.strip())
+            if ctype == "text" and not params:
+                params = [("charset", "us-ascii")]  # RFC 2045 §5.2 default, shown as Dovecot does
     part.ctype, part.subtype, part.params = ctype, csub, params
     if depth >= MAX_DEPTH:
         return part
@@ -128,28 +132,37 @@ def parse_part(data: bytes, default_type: tuple[str, str] = ("text", "plain"), d
         boundary = next((v for k, v in params if k.lower() == "boundary"), None)
         if boundary:
             child_default = ("message", "rfc822") if csub == "digest" else ("text", "plain")
-            part.children = [parse_part(chunk, child_default, depth + 1)
-                             for chunk in split_multipart(body, boundary.encode("latin-1"))]
+            for start, end in split_multipart(body, boundary.encode("latin-1")):
+                child = parse_part(body[start:end], child_default, depth + 1)
+                if child.ctype == "multipart" and _ends_with_close(child) and body[end:end + 2] == b"\r\n":
+                    # Dovecot gives the line end after a nested close-delimiter to the nested part
+                    child = parse_part(body[start:end + 2], child_default, depth + 1)
+                part.children.append(child)
     elif ctype == "message" and csub in ("rfc822", "global"):
         part.message = parse_part(body, ("text", "plain"), depth + 1)
     return part
 
 
-def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
-    """Bodies of the parts between "--boundary" lines (RFC 2046 §5.1.1: the CRLF before a
+def split_multipart(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
+    """(start, end) of the parts between "--boundary" lines (RFC 2046 §5.1.1: the CRLF before a
     delimiter belongs to the delimiter)."""
     delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)")
-    parts: list[bytes] = []
+    parts: list[tuple[int, int]] = []
     start: int | None = None
     for match in delimiter.finditer(body):
         if start is not None:
-            parts.append(body[start:match.start()])
+            parts.append((start, match.start()))
         if match.group(1):
             return parts
         start = match.end()
     if start is not None:
-        parts.append(body[start:])
+        parts.append((start, len(body)))
     return parts
+
+
+def _ends_with_close(part: Part) -> bool:
+    boundary = next((v for k, v in part.params if k.lower() == "boundary"), None)
+    return boundary is not None and part.body.rstrip(b" \t").endswith(b"--" + boundary.encode("latin-1") + b"--")
 
 
 class Message:
@@ -270,9 +283,12 @@ def _q(value: str) -> str:
     return quote(value.encode("latin-1", "replace"))
 
 
-def _param_list(params: list[tuple[str, str]]) -> str:
+def _param_list(params: list[tuple[str, str]], normalise: bool = False) -> str:
+    """Parameters as written; BODY (normalise=True) lower-cases names and the charset, as Dovecot."""
     if not params:
         return "NIL"
+    if normalise:
+        params = [(k.lower(), v.lower() if k.lower() == "charset" else v) for k, v in params]
     return "(" + " ".join(f"{_q(k)} {_q(v)}" for k, v in params) + ")"
 
 
@@ -304,7 +320,8 @@ def _text_value(part: Part, name: str) -> str:
 
 
 def _line_count(data: bytes) -> int:
-    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    """Body lines = line breaks in the body (a last line without CRLF is not counted, as Dovecot)."""
+    return data.count(b"\n")
 
 
 def _structure(part: Part, extended: bool) -> str:
@@ -316,14 +333,16 @@ def _structure(part: Part, extended: bool) -> str:
             inner += " NIL NIL NIL NIL)" if extended else ")"
         else:
             inner = "".join(_structure(c, extended) for c in part.children)
-        out = f"({inner} {_q(part.subtype)}"
+        out = f"({inner} {_q(part.shown_type[1] if part.shown_type and extended else part.subtype)}"
         if extended:
             out += f" {_param_list(part.params)} {_disposition(part)} {_language(part)}"
             out += f" {_text_value(part, 'content-location')}"
         return out + ")"
     encoding = part.get("content-transfer-encoding")
     enc = encoding.decode("latin-1").strip() if encoding else "7bit"
-    fields = [_q(part.ctype), _q(part.subtype), _param_list(part.params),
+    # Dovecot: BODYSTRUCTURE keeps the header's case, BODY is lower-cased
+    shown = part.shown_type if part.shown_type and extended else (part.ctype, part.subtype)
+    fields = [_q(shown[0]), _q(shown[1]), _param_list(part.params, normalise=not extended),
               _text_value(part, "content-id"), _text_value(part, "content-description"),
               _q(enc or "7bit"), str(len(part.body))]
     if part.ctype == "text":

@@ -362,7 +362,7 @@ class Cursor:
 
     def mailbox(self) -> str:
         raw = self.astring()
-        return _decode_mailbox(raw)
+        return _decode_mailbox(raw, allow_empty=True)  # the session answers NO [CANNOT] (as Dovecot)
 
     def list_mailbox(self) -> str:
         c = self.peek()

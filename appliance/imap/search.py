@@ -55,8 +55,9 @@ def _contains(haystack: str, needle: str) -> bool:
 
 
 def _sent_date(c: Candidate) -> date:
+    """The Date: header's date; a message without (valid) Date: counts as sent at the epoch, as Dovecot."""
     sent = c.message.sent_date()
-    return sent.date() if sent is not None else c.info.internal_date.date()
+    return sent.date() if sent is not None else date(1970, 1, 1)
 
 
 FLAG_KEYS = {

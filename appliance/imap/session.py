@@ -52,6 +52,7 @@ from appliance.store import (
     DELIMITER,
     Account,
     FolderExists,
+    FolderInfo,
     FolderNotFound,
     InvalidFolderName,
     MailStore,
@@ -104,6 +105,7 @@ class View:
     modseq: int
     keywords: set[str] = field(default_factory=set)
     dirty: bool = False  # expunges seen but not yet reported
+    recent_reported: int = 0
 
     def seq_of(self) -> dict[int, int]:
         return {uid: i + 1 for i, uid in enumerate(self.uids)}
@@ -255,6 +257,10 @@ class Session:
         if problem:
             self.send(f"{tag} BAD {problem}")
             return
+        names = [getattr(command, a) for a in ("mailbox", "old", "new") if hasattr(command, a)]
+        if any(name == "" for name in names):
+            self.send(f"{tag} NO [CANNOT] Invalid mailbox name: Name is empty")
+            return
         try:
             handler = getattr(self, "cmd_" + command.name.lower())
             await handler(command)
@@ -377,7 +383,9 @@ class Session:
             if not view.readonly:
                 view.recent |= account.claim_recent(view.name) & set(new)
             self.send(f"* {len(view.uids)} EXISTS")
+        if new or len(view.recent) != view.recent_reported:
             self.send(f"* {len(view.recent)} RECENT")
+            view.recent_reported = len(view.recent)
         seqs = view.seq_of()
         new_set = set(new)
         new_keywords = set()
@@ -397,12 +405,17 @@ class Session:
             self.send(f"* {seqs[msg.uid]} FETCH ({' '.join(parts)})")
         if new_keywords - view.keywords:
             view.keywords |= new_keywords
-            self.send_flags(view)
+            self.send_flags(view, permanent=True)
         view.modseq = info.highestmodseq
 
-    def send_flags(self, view: View) -> None:
+    def send_flags(self, view: View, permanent: bool = False) -> None:
         flags = " ".join([*SYSTEM_FLAGS, *sorted(view.keywords)])
         self.send(f"* FLAGS ({flags})")
+        if permanent:
+            if view.readonly:
+                self.send("* OK [PERMANENTFLAGS ()] Read-only mailbox.")
+            else:
+                self.send(f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.")
 
     # ------------------------------------------------------------------ any state
 
@@ -528,20 +541,19 @@ class Session:
         try:
             info = account.folder(cmd.mailbox)
         except FolderNotFound:
-            self.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.mailbox}")
+            self._no_such_mailbox(cmd.tag, cmd.mailbox)
             return
         if cmd.condstore:
             self.condstore = True
-        recent = set() if readonly else account.claim_recent(info.name)
+        recent = account.recent_uids(info.name) if readonly else account.claim_recent(info.name)
         messages = account.messages(info.name)
-        recent_count = account.status(info.name).recent if readonly else len(recent)
+        recent_count = len(recent)
         view = View(info.name, readonly, info.uidvalidity, [m.uid for m in messages],
-                    {m.uid: m.flags for m in messages}, recent, info.highestmodseq)
+                    {m.uid: m.flags for m in messages}, recent, info.highestmodseq,
+                    recent_reported=len(recent))
         for m in messages:
             view.keywords |= {f for f in m.flags if not f.startswith("\\")}
-        self.send_flags(view)
-        perm = " ".join([*SYSTEM_FLAGS, *sorted(view.keywords), "\\*"])
-        self.send(f"* OK [PERMANENTFLAGS ({perm if not readonly else ''})] Flags permitted.")
+        self.send_flags(view, permanent=True)
         self.send(f"* {len(view.uids)} EXISTS")
         self.send(f"* {recent_count} RECENT")
         first_unseen = next((i + 1 for i, m in enumerate(messages) if "\\Seen" not in m.flags), None)
@@ -579,6 +591,9 @@ class Session:
 
     async def cmd_delete(self, cmd: MailboxCommand) -> None:
         assert self.account is not None
+        if cmd.mailbox.upper() == "INBOX":
+            self.send(f"{cmd.tag} NO INBOX can't be deleted.")
+            return
         try:
             self.account.delete_folder(cmd.mailbox)
         except FolderNotFound:
@@ -643,7 +658,16 @@ class Session:
         regexes = [_pattern(cmd.reference, p) for p in cmd.patterns]
         names = {f.name for f in folders}
         status_items = sorted(r[7:] for r in cmd.returns if r.startswith("STATUS:"))
-        for folder in folders:
+        entries: list[FolderInfo | str] = list(folders)
+        # parents that exist only through their children are listed \Noselect (as Dovecot does)
+        virtual = {DELIMITER.join(n.split(DELIMITER)[:i]) for n in names for i in range(1, n.count(DELIMITER) + 1)}
+        entries += sorted(virtual - names)
+        for folder in entries:
+            if isinstance(folder, str):
+                if lsub or cmd.selection or not any(r.fullmatch(folder) for r in regexes):
+                    continue
+                self.send(f'* {cmd.name} (\\Noselect \\HasChildren) "{DELIMITER}" {self.wire_name(folder)}')
+                continue
             if not any(r.fullmatch(folder.name) for r in regexes):
                 continue
             if (lsub or "SUBSCRIBED" in cmd.selection) and not folder.subscribed:
@@ -651,8 +675,9 @@ class Session:
             if "SPECIAL-USE" in cmd.selection and not folder.special_use:
                 continue
             attrs = []
-            has_children = any(n.startswith(folder.name + DELIMITER) for n in names)
-            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            if not lsub:  # Dovecot answers LSUB without CHILDREN attributes
+                has_children = any(n.startswith(folder.name + DELIMITER) for n in names)
+                attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
             if folder.special_use:
                 attrs.append(folder.special_use)
             if folder.subscribed and ("SUBSCRIBED" in cmd.returns or "SUBSCRIBED" in cmd.selection):
@@ -667,20 +692,29 @@ class Session:
         try:
             self.account.folder(cmd.mailbox)
         except FolderNotFound:
-            self.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.mailbox}")
+            self._no_such_mailbox(cmd.tag, cmd.mailbox)
             return
         self._send_status(cmd.mailbox, list(cmd.items))
         self.send(f"{cmd.tag} OK Status completed.")
+
+    def _no_such_mailbox(self, tag: str, name: str) -> None:
+        """NO for a missing mailbox; a parent that exists only through children is "not selectable"."""
+        assert self.account is not None
+        if any(f.name.startswith(name + DELIMITER) for f in self.account.folders()):
+            self.send(f"{tag} NO Mailbox isn't selectable: {name}")
+        else:
+            self.send(f"{tag} NO Mailbox doesn't exist: {name}")  # no [NONEXISTENT] here, as Dovecot
 
     def _send_status(self, name: str, items: list[str]) -> None:
         assert self.account is not None
         status = self.account.status(name)
         values = {"MESSAGES": status.messages, "RECENT": status.recent, "UIDNEXT": status.uidnext,
-                  "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
-                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size}
+                  "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen, "SIZE": status.size,
+                  "HIGHESTMODSEQ": status.highestmodseq}
         if self.view is not None and self.view.name == self.account.folder(name).name:
             values["RECENT"] = len(self.view.recent) + status.recent
-        body = " ".join(f"{item} {values[item]}" for item in items)
+        order = list(values)  # a fixed order, whatever the request's (as Dovecot)
+        body = " ".join(f"{item} {values[item]}" for item in sorted(set(items), key=order.index))
         self.send(f"* STATUS {self.wire_name(self.account.folder(name).name)} ({body})")
 
     async def cmd_append(self, cmd: Append) -> None:
@@ -774,8 +808,7 @@ class Session:
         try:
             codec = searchmod.check_charset(cmd.charset)
         except searchmod.BadCharset:
-            self.send(f"{cmd.tag} NO [BADCHARSET ({' '.join(searchmod.SUPPORTED_CHARSETS)})] "
-                      f"Unknown charset {cmd.charset}")
+            self.send(f"{cmd.tag} NO [BADCHARSET] Unknown charset {cmd.charset}")
             return
         self.sync(allow_expunge=cmd.uid)
         view = self.view
@@ -890,7 +923,7 @@ class Session:
         new_keywords = {f for f in cmd.flags if not f.startswith("\\")} - view.keywords
         if new_keywords and cmd.mode != "remove":
             view.keywords |= new_keywords
-            self.send_flags(view)
+            self.send_flags(view, permanent=True)
         seqs = view.seq_of()
         failed_set = set(failed)
         report = [u for u in uids if u not in failed_set]
@@ -969,9 +1002,11 @@ def _no_message() -> Message:
 
 
 def _with_flags(items: tuple[FetchAtt, ...], uid: bool) -> tuple[FetchAtt, ...]:
+    """Add FLAGS when a fetch set \\Seen (RFC 3501 §6.4.5), first (after UID), where Dovecot puts it."""
     if any(i.name == "FLAGS" for i in items):
         return items
-    return (*items, FetchAtt("FLAGS"))
+    at = 1 if items and items[0].name == "UID" else 0
+    return (*items[:at], FetchAtt("FLAGS"), *items[at:])
 
 
 def _exists(account: Account, name: str) -> bool:

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS folders(
     uidnext INTEGER NOT NULL,
     highestmodseq INTEGER NOT NULL,
     special_use TEXT,
-    subscribed INTEGER NOT NULL DEFAULT 1
+    subscribed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages(
     folder_id INTEGER NOT NULL,
@@ -179,7 +179,8 @@ class Account:
                 self._db.execute(statement)
             for name, special in DEFAULT_FOLDERS:
                 if self._folder_row(name) is None:
-                    self._create_folder_locked(name, special)
+                    # like Dovecot's "auto = subscribe" for the special-use folders
+                    self._create_folder_locked(name, special, subscribed=special is not None)
         self._recover()
 
     # ------------------------------------------------------------------ plumbing
@@ -265,7 +266,7 @@ class Account:
         self._set_meta("last_uidvalidity", value)
         return value
 
-    def _create_folder_locked(self, name: str, special_use: str | None) -> None:
+    def _create_folder_locked(self, name: str, special_use: str | None, subscribed: bool = False) -> None:
         dirname = maildir.folder_dirname(name)
         base = dirname
         n = 1
@@ -274,9 +275,9 @@ class Account:
             dirname = f"{base}%{n}"
         maildir.make_maildir(self.path / dirname if dirname else self.path)
         self._db.execute(
-            "INSERT INTO folders(name, dirname, uidvalidity, uidnext, highestmodseq, special_use)"
-            " VALUES(?, ?, ?, 1, 1, ?)",
-            (name, dirname, self._new_uidvalidity(), special_use),
+            "INSERT INTO folders(name, dirname, uidvalidity, uidnext, highestmodseq, special_use, subscribed)"
+            " VALUES(?, ?, ?, 1, 1, ?, ?)",
+            (name, dirname, self._new_uidvalidity(), special_use, int(subscribed)),
         )
 
     def _folder_dir(self, dirname: str) -> Path:
@@ -380,16 +381,12 @@ class Account:
         return FolderInfo(row[1], row[3], row[4], row[5], row[6], bool(row[7]))
 
     def create_folder(self, name: str, special_use: str | None = None) -> None:
-        """Create ``name`` and any missing parents (RFC 3501 §6.3.3)."""
+        """Create ``name``. Missing parents are not created: IMAP shows them as \\Noselect
+        (what Dovecot does with Maildir++; RFC 3501 §6.3.3 allows either)."""
         name = validate_folder_name(name)
         with self._write():
             if self._folder_row(name) is not None:
                 raise FolderExists(f"folder {name!r} already exists")
-            parts = name.split(DELIMITER)
-            for i in range(1, len(parts)):
-                parent = DELIMITER.join(parts[:i])
-                if self._folder_row(parent) is None:
-                    self._create_folder_locked(parent, None)
             self._create_folder_locked(name, special_use)
 
     def delete_folder(self, name: str) -> None:
@@ -402,14 +399,21 @@ class Account:
             child = db.execute(
                 "SELECT 1 FROM folders WHERE substr(name, 1, ?) = ?", (len(name) + 1, name + DELIMITER)
             ).fetchone()
-            if child:
-                raise InvalidFolderName(f"folder {name!r} has children, delete them first")
             files = [r[0] for r in db.execute("SELECT filename FROM messages WHERE folder_id = ?", (row[0],))]
             size = db.execute("SELECT COALESCE(SUM(size),0) FROM messages WHERE folder_id = ?", (row[0],))
             self._set_meta("used", self._meta("used") - size.fetchone()[0])
-            db.execute("DELETE FROM messages WHERE folder_id = ?", (row[0],))
-            db.execute("DELETE FROM expunged WHERE folder_id = ?", (row[0],))
-            db.execute("DELETE FROM folders WHERE id = ?", (row[0],))
+            if child:
+                # RFC 3501 §6.3.4: the messages go, the name stays for its children (Dovecot keeps it
+                # selectable and empty)
+                uids = [(r[0],) for r in db.execute("SELECT uid FROM messages WHERE folder_id = ?", (row[0],))]
+                modseq = self._bump_modseq(row[0])
+                db.executemany("INSERT OR REPLACE INTO expunged(folder_id, uid, modseq) VALUES(?, ?, ?)",
+                               [(row[0], u[0], modseq) for u in uids])
+                db.execute("DELETE FROM messages WHERE folder_id = ?", (row[0],))
+            else:
+                db.execute("DELETE FROM messages WHERE folder_id = ?", (row[0],))
+                db.execute("DELETE FROM expunged WHERE folder_id = ?", (row[0],))
+                db.execute("DELETE FROM folders WHERE id = ?", (row[0],))
             db.executemany("INSERT OR IGNORE INTO pending_unlink VALUES(?)", [(f,) for f in files])
         self._unlink(files)
         self._notify(name)
@@ -419,28 +423,27 @@ class Account:
         old = canonical_folder(old)
         new = validate_folder_name(new)
         with self._write() as db:
-            row = self._require_folder(old)
+            row = self._folder_row(old)
+            children = db.execute(
+                "SELECT id, name FROM folders WHERE substr(name, 1, ?) = ?",
+                (len(old) + 1, old + DELIMITER),
+            ).fetchall()
+            if row is None and not children:
+                raise FolderNotFound(f"no folder {old!r}")
             if self._folder_row(new) is not None:
                 raise FolderExists(f"folder {new!r} already exists")
             if new.startswith(old + DELIMITER):
                 raise InvalidFolderName("cannot rename a folder into itself")
-            parts = new.split(DELIMITER)
-            for i in range(1, len(parts)):
-                parent = DELIMITER.join(parts[:i])
-                if self._folder_row(parent) is None:
-                    self._create_folder_locked(parent, None)
-            if old == "INBOX":
+            if row is None:  # a \Noselect parent: only its children move
+                for child_id, child_name in children:
+                    db.execute("UPDATE folders SET name = ? WHERE id = ?", (new + child_name[len(old):], child_id))
+            elif old == "INBOX":
                 self._create_folder_locked(new, None)
                 target = self._folder_row(new)
                 uids = [r[0] for r in db.execute("SELECT uid FROM messages WHERE folder_id = ?", (row[0],))]
                 self._move_locked(row, uids, target)
             else:
-                children = db.execute(
-                    "SELECT id, name FROM folders WHERE substr(name, 1, ?) = ?",
-                    (len(old) + 1, old + DELIMITER),
-                ).fetchall()
-                db.execute("UPDATE folders SET name = ?, uidvalidity = ? WHERE id = ?",
-                           (new, self._new_uidvalidity(), row[0]))
+                db.execute("UPDATE folders SET name = ? WHERE id = ?", (new, row[0]))
                 for child_id, child_name in children:
                     db.execute("UPDATE folders SET name = ? WHERE id = ?", (new + child_name[len(old):], child_id))
         self._notify(old, new)
@@ -517,6 +520,13 @@ class Account:
             row = self._require_folder(folder)
             return [r[0] for r in self._db.execute(
                 "SELECT uid FROM expunged WHERE folder_id = ? AND modseq > ? ORDER BY uid", (row[0], modseq))]
+
+    def recent_uids(self, folder: str) -> set[int]:
+        """Messages no session has claimed yet (EXAMINE shows them \\Recent without claiming)."""
+        with self._lock:
+            row = self._require_folder(folder)
+            return {r[0] for r in self._db.execute(
+                "SELECT uid FROM messages WHERE folder_id = ? AND recent = 1", (row[0],))}
 
     def claim_recent(self, folder: str) -> set[int]:
         """Take the \\Recent messages for the calling session; no other session will see them recent

@@ -67,7 +67,7 @@ def test_rfc3501_fetch_example_responses(imap_server: ImapServer) -> None:
         b'(("Terry Gray" NIL "gray" "cac.washington.edu")) (("Terry Gray" NIL "gray" "cac.washington.edu")) '
         b'(("Terry Gray" NIL "gray" "cac.washington.edu")) ((NIL NIL "imap" "cac.washington.edu")) '
         b'((NIL NIL "minutes" "CNRI.Reston.VA.US")("John Klensin" NIL "KLENSIN" "MIT.EDU")) NIL NIL '
-        b'"<B27397-0100000@cac.washington.edu>") BODY ("text" "plain" ("CHARSET" "US-ASCII") NIL NIL "7bit" 55 1) '
+        b'"<B27397-0100000@cac.washington.edu>") BODY ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 55 1) '
         b'RFC822.SIZE ' + str(len(MSG)).encode() + b')\r\n')
     reply = client.command("g", "FETCH 1 (BODY[HEADER.FIELDS (date from)] FLAGS)")
     assert reply[0] == (b"* 1 FETCH (BODY[HEADER.FIELDS (DATE FROM)] {91}\r\n"
