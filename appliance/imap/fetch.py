@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from appliance.imap.message import Message
+from appliance.imap.message import Message, cached_envelope, cached_structure
 from appliance.imap.parser import FetchAtt
 from appliance.imap.response import literal, quote
 from appliance.store import MessageInfo
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-BODY_ITEMS = frozenset({"BODY", "BODYSTRUCTURE", "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT",
-                        "BINARY", "BINARY.SIZE"})
+BODY_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
 
 
 def imap_date_time(when: datetime) -> str:
@@ -37,7 +36,8 @@ def flag_list(flags: frozenset[str] | set[str], recent: bool) -> str:
 
 
 def needs_body(items: tuple[FetchAtt, ...]) -> bool:
-    return any(item.name in BODY_ITEMS for item in items)
+    """True when the whole file must be read (ENVELOPE and BODYSTRUCTURE come from a cache)."""
+    return any(item.name in BODY_ITEMS or (item.name == "BODY" and item.section is not None) for item in items)
 
 
 def sets_seen(items: tuple[FetchAtt, ...]) -> bool:
@@ -70,20 +70,20 @@ def render(
             out.append("INTERNALDATE " + imap_date_time(info.internal_date))
         elif name == "RFC822.SIZE":
             out.append(f"RFC822.SIZE {info.size}")
+        elif name == "ENVELOPE":
+            out.append("ENVELOPE " + cached_envelope(str(info.path)))
+        elif name == "BODYSTRUCTURE":
+            out.append("BODYSTRUCTURE " + cached_structure(str(info.path), True))
+        elif name == "BODY" and item.section is None:
+            out.append("BODY " + cached_structure(str(info.path), False))
         elif message is None:
             continue
-        elif name == "ENVELOPE":
-            out.append("ENVELOPE " + message.envelope())
-        elif name == "BODYSTRUCTURE":
-            out.append("BODYSTRUCTURE " + message.bodystructure(True))
-        elif name == "BODY" and item.section is None:
-            out.append("BODY " + message.bodystructure(False))
         elif name == "RFC822":
             out.append("RFC822 " + literal(message.data))
         elif name == "RFC822.HEADER":
-            out.append("RFC822.HEADER " + literal(message.root.header))
+            out.append("RFC822.HEADER " + literal(message.top.header))
         elif name == "RFC822.TEXT":
-            out.append("RFC822.TEXT " + literal(message.root.body))
+            out.append("RFC822.TEXT " + literal(message.top.body))
         elif name in ("BODY", "BINARY") and item.section is not None:
             out.append(_section(name, item, message))
         elif name == "BINARY.SIZE" and item.section is not None:

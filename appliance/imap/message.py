@@ -10,7 +10,9 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
+import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -143,18 +145,45 @@ def parse_part(data: bytes, default_type: tuple[str, str] = ("text", "plain"), d
     return part
 
 
+def _delimiters(body: bytes, boundary: bytes) -> Iterator[tuple[int, int, bool]]:
+    """(start of the delimiter incl. its leading CRLF, end incl. trailing CRLF, is close-delimiter)."""
+    marker = b"--" + boundary
+    pos = 0
+    while True:
+        at = body.find(marker, pos)
+        if at < 0:
+            return
+        pos = at + len(marker)
+        if at == 0:
+            start = 0
+        elif body[at - 1:at] == b"\n":
+            start = at - 2 if body[at - 2:at] == b"\r\n" else at - 1
+        else:
+            continue  # not at the start of a line
+        close = body[pos:pos + 2] == b"--"
+        end = pos + 2 if close else pos
+        while body[end:end + 1] in (b" ", b"\t"):
+            end += 1
+        if body[end:end + 2] == b"\r\n":
+            end += 2
+        elif body[end:end + 1] == b"\n":
+            end += 1
+        elif end != len(body):
+            continue  # "--boundary" followed by other text is not a delimiter
+        yield start, end, close
+
+
 def split_multipart(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
     """(start, end) of the parts between "--boundary" lines (RFC 2046 §5.1.1: the CRLF before a
     delimiter belongs to the delimiter)."""
-    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)")
     parts: list[tuple[int, int]] = []
     start: int | None = None
-    for match in delimiter.finditer(body):
+    for d_start, d_end, close in _delimiters(body, boundary):
         if start is not None:
-            parts.append((start, match.start()))
-        if match.group(1):
+            parts.append((start, max(start, d_start)))
+        if close:
             return parts
-        start = match.end()
+        start = d_end
     if start is not None:
         parts.append((start, len(body)))
     return parts
@@ -171,6 +200,7 @@ class Message:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._root: Part | None = None
+        self._top: Part | None = None
 
     @property
     def root(self) -> Part:
@@ -178,12 +208,22 @@ class Message:
             self._root = parse_part(self.data)
         return self._root
 
+    @property
+    def top(self) -> Part:
+        """The top-level header only (no MIME tree): enough for ENVELOPE and header SEARCH keys."""
+        if self._root is not None:
+            return self._root
+        if self._top is None:
+            header, body = split_header(self.data)
+            self._top = Part(header, body, fields=header_fields(header))
+        return self._top
+
     # ---------------------------------------------------------------- sections (RFC 3501 §6.4.5)
 
     def section(self, section: Section) -> bytes | None:
         """Bytes of BODY[section], or None when the part does not exist."""
         if not section.parts:
-            return self._text_of(self.root, section, whole=self.data)
+            return self._text_of(self.top, section, whole=self.data)
         part = self.find(section.parts)
         if part is None:
             return None
@@ -227,10 +267,10 @@ class Message:
         return _structure(self.root, extended)
 
     def envelope(self) -> str:
-        return envelope_of(self.root)
+        return envelope_of(self.top)
 
     def sent_date(self) -> datetime | None:
-        value = self.root.get("date")
+        value = self.top.get("date")
         if not value:
             return None
         try:
@@ -241,10 +281,10 @@ class Message:
     # ---------------------------------------------------------------- SEARCH helpers
 
     def decoded_header(self, name: str) -> list[str]:
-        return [decode_words(v) for v in self.root.get_all(name.lower())]
+        return [decode_words(v) for v in self.top.get_all(name.lower())]
 
     def decoded_headers(self) -> str:
-        return "\n".join(f"{k}: {decode_words(v)}" for k, v in self.root.fields)
+        return "\n".join(f"{k}: {decode_words(v)}" for k, v in self.top.fields)
 
     def body_text(self) -> str:
         """All text parts decoded (transfer encoding and charset), for SEARCH BODY/TEXT."""
@@ -484,3 +524,28 @@ def _split_addr(parts: list[bytes]) -> tuple[bytes | None, bytes | None]:
         return b"".join(parts[:at]) or None, b"".join(parts[at + 1:]) or None
     # RFC 3501 §7.4.2: no host -> "MISSING_DOMAIN"-less form; Dovecot reports the host as NIL
     return b"".join(parts) or None, None
+
+
+def read_header(path: str, chunk: int = 16384) -> bytes:
+    """The first bytes of a message file up to (and including) the end of its header."""
+    with open(path, "rb") as handle:
+        data = handle.read(chunk)
+        while _HEADER_END.search(data) is None and not data.startswith((b"\r\n", b"\n")):
+            more = handle.read(chunk * 4)
+            if not more:
+                break
+            data += more
+    return data
+
+
+@functools.lru_cache(maxsize=100_000)
+def cached_envelope(path: str) -> str:
+    """ENVELOPE of a stored message. Message files are written once and never change, so the
+    path is a safe cache key (a new message always gets a new file name)."""
+    return Message(read_header(path)).envelope()
+
+
+@functools.lru_cache(maxsize=20_000)
+def cached_structure(path: str, extended: bool) -> str:
+    with open(path, "rb") as handle:
+        return Message(handle.read()).bodystructure(extended)

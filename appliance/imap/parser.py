@@ -8,6 +8,7 @@ tested on its own with hypothesis; the session (``session.py``) holds the state.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -66,11 +67,27 @@ class SequenceSet:
         return False
 
     def resolve_within(self, present: list[int]) -> list[int]:
-        """Members of the sorted ``present`` list in the set (UID sets: gaps are simply absent)."""
+        """Members of the sorted ``present`` list in the set (UID sets: gaps are simply absent).
+
+        Merged spans and binary search keep a 1,000-range set over 10,000 UIDs cheap."""
         if not present:
             return []
         largest = present[-1]
-        return [n for n in present if self.contains(n, largest)]
+        spans = []
+        for r in self.ranges:
+            a = largest if r.start is None else r.start
+            b = largest if r.end is None else r.end
+            spans.append((min(a, b), max(a, b)))
+        spans.sort()
+        out: list[int] = []
+        last = 0
+        for lo, hi in spans:
+            lo = max(lo, last + 1)
+            if lo > hi:
+                continue
+            out += present[bisect.bisect_left(present, lo):bisect.bisect_right(present, hi)]
+            last = hi
+        return out
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ message bytes pass through untouched; ``encode`` turns the finished line into by
 
 from __future__ import annotations
 
-_QUOTABLE = frozenset(range(0x20, 0x7F))
+import re
+
+_UNQUOTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def as_wire(value: str | bytes) -> str:
@@ -24,7 +26,7 @@ def literal(value: str | bytes) -> str:
 def quote(value: str | bytes) -> str:
     """A quoted string, or a literal when the value cannot be quoted (8-bit, CR, LF, long)."""
     wire = as_wire(value)
-    if len(wire) > 4000 or any(ord(c) not in _QUOTABLE for c in wire):
+    if len(wire) > 4000 or _UNQUOTABLE.search(wire):
         return literal(wire)
     return '"' + wire.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -114,7 +114,7 @@ def matches(node: tuple, c: Candidate, codec: str) -> bool:
         needle = _text(node[2], codec)
         values = c.message.decoded_header(node[1])
         if not needle:
-            return bool(values) or node[1].lower() in {k for k, _ in c.message.root.fields}
+            return bool(values) or node[1].lower() in {k for k, _ in c.message.top.fields}
         return any(_contains(v, needle) for v in values)
     if key == "BODY":
         return _contains(c.message.body_text(), _text(node[1], codec))
@@ -153,3 +153,15 @@ def uses_modseq(node: tuple) -> bool:
     if key == "NOT":
         return uses_modseq(node[1])
     return key == "MODSEQ"
+
+
+def needs_text(node: tuple) -> bool:
+    """True when a key looks at the body (BODY, TEXT), so the whole file must be read."""
+    key = node[0]
+    if key == "AND":
+        return any(needs_text(n) for n in node[1])
+    if key == "OR":
+        return needs_text(node[1]) or needs_text(node[2])
+    if key == "NOT":
+        return needs_text(node[1])
+    return key in ("BODY", "TEXT")

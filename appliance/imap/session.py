@@ -16,14 +16,16 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.auth.sasl import SaslCancelled, SaslError, decode_plain
 from appliance.imap import fetch as fetchmod
 from appliance.imap import mutf7
 from appliance.imap import search as searchmod
-from appliance.imap.message import Message
+from appliance.imap.message import Message, read_header
 from appliance.imap.parser import (
     Append,
     Authenticate,
@@ -814,6 +816,7 @@ class Session:
         view = self.view
         infos = {m.uid: m for m in self.account.messages(view.name)}
         need_body = searchmod.needs_message(cmd.criteria)
+        header_only = not searchmod.needs_text(cmd.criteria)
         largest_uid = view.uids[-1] if view.uids else 0
         hits: list[tuple[int, MessageInfo]] = []
         for seq, uid in enumerate(view.uids, start=1):
@@ -822,7 +825,7 @@ class Session:
                 continue
             candidate = searchmod.Candidate(
                 seq, info, uid in view.recent, len(view.uids), largest_uid,
-                (lambda p=info.path: Message(p.read_bytes())) if need_body else _no_message,
+                _loader(info.path, header_only) if need_body else _no_message,
             )
             try:
                 if searchmod.matches(cmd.criteria, candidate, codec):
@@ -874,7 +877,10 @@ class Session:
         body = fetchmod.needs_body(fetch_items)
         set_seen = fetchmod.sets_seen(fetch_items) and not view.readonly
         wanted = set(uids)
-        infos = [m for m in self.account.messages(view.name) if m.uid in wanted]
+        if len(wanted) * 4 < len(view.uids):
+            infos = self.account.messages(view.name, wanted)
+        else:
+            infos = [m for m in self.account.messages(view.name) if m.uid in wanted]
         if cmd.changed_since is not None:
             infos = [m for m in infos if m.modseq > cmd.changed_since]
         if set_seen:
@@ -889,14 +895,12 @@ class Session:
         seqs = view.seq_of()
         missing = len(wanted) - len(infos) if cmd.changed_since is None else 0
         for info in infos:
-            message = None
-            if body:
-                try:
-                    message = Message(info.path.read_bytes())
-                except FileNotFoundError:
-                    missing += 1
-                    continue
-            parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message)
+            try:
+                message = Message(info.path.read_bytes()) if body else None
+                parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message)
+            except FileNotFoundError:  # expunged by another session meanwhile
+                missing += 1
+                continue
             self.send(f"* {seqs[info.uid]} FETCH ({' '.join(parts)})")
             await self.maybe_flush()
         if missing and not cmd.uid:
@@ -995,6 +999,13 @@ def _valid_flag(flag: str) -> bool:
     if not flag.startswith("\\"):
         return True
     return flag.lower() in {f.lower() for f in SYSTEM_FLAGS} or flag.lower() == "\\recent"
+
+
+def _loader(path: Path, header_only: bool) -> Callable[[], Message]:
+    """Header keys need only the header: read that much of the file, not the whole message."""
+    if header_only:
+        return lambda: Message(read_header(str(path)))
+    return lambda: Message(path.read_bytes())
 
 
 def _no_message() -> Message:

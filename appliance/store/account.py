@@ -475,13 +475,23 @@ class Account:
 
     _COLUMNS = "uid, filename, flags, internal_date, tz_offset, size, modseq"
 
-    def messages(self, folder: str) -> list[MessageInfo]:
-        """Every message of the folder in UID order (the IMAP sequence order)."""
+    def messages(self, folder: str, uids: Iterable[int] | None = None) -> list[MessageInfo]:
+        """Messages of the folder in UID order (the IMAP sequence order); only ``uids`` when given."""
         with self._lock:
             row = self._require_folder(folder)
-            rows = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM messages WHERE folder_id = ? ORDER BY uid", (row[0],)
-            ).fetchall()
+            if uids is None:
+                rows = self._db.execute(
+                    f"SELECT {self._COLUMNS} FROM messages WHERE folder_id = ? ORDER BY uid", (row[0],)
+                ).fetchall()
+            else:
+                rows = []
+                for chunk in _chunks(sorted(set(uids)), 500):
+                    marks = ",".join("?" * len(chunk))
+                    rows += self._db.execute(
+                        f"SELECT {self._COLUMNS} FROM messages WHERE folder_id = ? AND uid IN ({marks})",
+                        (row[0], *chunk),
+                    ).fetchall()
+                rows.sort()
         return [self._info(r) for r in rows]
 
     def message(self, folder: str, uid: int) -> MessageInfo:

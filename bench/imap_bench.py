@@ -1,0 +1,173 @@
+"""IMAP benchmark: Mailfleet vs Dovecot (Debian's dovecot-imapd) on the same 10,000-message mailbox.
+
+    .venv/bin/python bench/imap_bench.py [--messages 10000] [--bodies 1000]
+
+Both servers get the same messages (ours through MailStore.deliver, Dovecot's as Maildir files),
+run on loopback in their own processes, and are driven by the same imaplib client. Printed per
+operation: Mailfleet seconds, Dovecot seconds and the ratio (Mailfleet / Dovecot). Each operation
+is measured cold (first time, indexes being built) and warm (best of 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from imap.dovecot_peer import free_port, start_dovecot  # noqa: E402
+
+from appliance.store import MailStore  # noqa: E402
+
+USER, PASSWORD = "bench@example.org", "bench password"
+SERVER = """
+import asyncio, ssl, sys
+from pathlib import Path
+from appliance.imap.server import start_imap
+from appliance.store import MailStore
+
+class Auth:
+    async def authenticate(self, username, password, client_ip):
+        return username.lower() if (username.lower(), password) == (sys.argv[3], sys.argv[4]) else None
+
+async def main():
+    store = MailStore(Path(sys.argv[1]))
+    await start_imap([("127.0.0.1", int(sys.argv[2]))], [], store, Auth(), ssl.create_default_context(),
+                     "bench.example.org", True)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+def make_message(i: int, rng: random.Random) -> bytes:
+    subject = " ".join(rng.choices(WORDS, k=5)) + f" #{i}"
+    body_lines = [" ".join(rng.choices(WORDS, k=12)) for _ in range(rng.randint(5, 200))]
+    head = (f"From: Sender {i % 97} <sender{i % 97}@example.net>\r\nTo: {USER}\r\n"
+            f"Subject: {subject}\r\nDate: Mon, 1 Jan 2024 10:{i % 60:02d}:00 +0000\r\n"
+            f"Message-ID: <{i}.bench@example.net>\r\nMIME-Version: 1.0\r\n")
+    if i % 5 == 0:
+        return (head + 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+                "Content-Type: text/plain; charset=utf-8\r\n\r\n" + "\r\n".join(body_lines)
+                + "\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                + "QUJD" * 500 + "\r\n--b--\r\n").encode()
+    return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + "\r\n".join(body_lines) + "\r\n").encode()
+
+
+def load(messages: list[bytes], base: Path) -> tuple[Path, Path]:
+    ours = base / "mailfleet" / "mail"
+    store = MailStore(ours)
+    dovecot_mail = base / "dovecot-mail"
+    maildir = dovecot_mail / "example.org" / "bench"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    started = time.monotonic()
+    for i, data in enumerate(messages):
+        flags = ["\\Seen"] if i % 3 else []
+        store.deliver(USER, data, flags=flags)
+    ours_load = time.monotonic() - started
+    store.close()
+    for i, data in enumerate(messages):
+        (maildir / "cur" / f"{1700000000 + i}.M{i}P1.bench:2,{'S' if i % 3 else ''}").write_bytes(data)
+    print(f"loaded {len(messages)} messages; Mailfleet deliver(): {len(messages) / ours_load:.0f} msg/s (fsynced)")
+    return ours, dovecot_mail
+
+
+def connect(port: int) -> imaplib.IMAP4:
+    return imaplib.IMAP4("127.0.0.1", port, timeout=600)
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def operations(port: int, bodies: list[int], needle: str) -> dict[str, float]:
+    """Each operation once cold, then the best of three warm runs."""
+    results: dict[str, float] = {}
+
+    def login_select() -> None:
+        conn = connect(port)
+        conn.login(USER, PASSWORD)
+        typ, _ = conn.select("INBOX")
+        assert typ == "OK"
+        conn.logout()
+
+    conn = connect(port)
+    conn.login(USER, PASSWORD)
+    conn.select("INBOX")
+
+    def fetch_all() -> None:
+        typ, data = conn.uid("FETCH", "1:*", "(FLAGS ENVELOPE RFC822.SIZE)")
+        assert typ == "OK" and len(data) > 1000
+
+    def header_search() -> None:
+        typ, data = conn.uid("SEARCH", "HEADER", "Subject", needle)
+        assert typ == "OK" and data[0].split(), data
+
+    def fetch_bodies() -> None:
+        typ, data = conn.uid("FETCH", ",".join(map(str, bodies)), "(BODY.PEEK[])")
+        assert typ == "OK" and sum(1 for d in data if isinstance(d, tuple)) == len(bodies)
+
+    for name, fn in (("LOGIN+SELECT", login_select), ("UID FETCH 1:* (FLAGS ENVELOPE RFC822.SIZE)", fetch_all),
+                     ("UID SEARCH HEADER Subject", header_search), (f"UID FETCH {len(bodies)} x BODY[]", fetch_bodies)):
+        results[name + " (cold)"] = timed(fn)
+        results[name + " (warm)"] = min(timed(fn) for _ in range(3))
+    conn.logout()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--bodies", type=int, default=1_000)
+    args = parser.parse_args()
+    rng = random.Random(42)
+    messages = [make_message(i, rng) for i in range(args.messages)]
+    base = Path(tempfile.mkdtemp(prefix="mailfleet-imap-bench-"))
+    os.chmod(base, 0o755)
+    ours_proc = None
+    dovecot = None
+    try:
+        ours_root, dovecot_mail = load(messages, base)
+        port = free_port()
+        ours_proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ours_root), str(port), USER, PASSWORD],
+                                     cwd=ROOT, stdout=subprocess.PIPE)
+        assert ours_proc.stdout is not None and ours_proc.stdout.readline().strip() == b"ready"
+        dovecot = start_dovecot(base / "dovecot", dovecot_mail, {USER: PASSWORD})
+        bodies = rng.sample(range(1, args.messages + 1), min(args.bodies, args.messages))
+        needle = f'"#{args.messages // 2 + 7}"'
+        mine = operations(port, bodies, needle)
+        theirs = operations(dovecot.port, bodies, needle)
+        print(f"\n{args.messages} messages, same client (imaplib), loopback\n")
+        print(f"{'operation':<55} {'Mailfleet s':>12} {'Dovecot s':>10} {'ratio':>7}")
+        for name in mine:
+            ratio = mine[name] / theirs[name] if theirs[name] else float("inf")
+            print(f"{name:<55} {mine[name]:>12.3f} {theirs[name]:>10.3f} {ratio:>7.1f}")
+    finally:
+        if ours_proc is not None:
+            ours_proc.terminate()
+            ours_proc.wait(10)
+        if dovecot is not None:
+            dovecot.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
