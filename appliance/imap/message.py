@@ -538,6 +538,19 @@ def read_header(path: str, chunk: int = 16384) -> bytes:
     return data
 
 
+@functools.lru_cache(maxsize=50_000)
+def cached_header(path: str) -> bytes:
+    """The header of a stored (immutable) message file, for header SEARCH keys."""
+    header, _ = split_header(read_header(path))
+    return header
+
+
+@functools.lru_cache(maxsize=100_000)
+def cached_decoded_header(path: str, name: str) -> tuple[str, ...]:
+    """Decoded, case-folded values of one header field of a stored message (header SEARCH keys)."""
+    return tuple(v.casefold() for v in Message(cached_header(path)).decoded_header(name))
+
+
 @functools.lru_cache(maxsize=100_000)
 def cached_envelope(path: str) -> str:
     """ENVELOPE of a stored message. Message files are written once and never change, so the

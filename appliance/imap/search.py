@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from appliance.imap.message import Message
+from appliance.imap.message import Message, cached_decoded_header
 from appliance.store import MessageInfo
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
@@ -109,13 +109,13 @@ def matches(node: tuple, c: Candidate, codec: str) -> bool:
         return _compare(key[4:], _sent_date(c), node[1].date())
     if key in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
         needle = _text(node[1], codec)
-        return any(_contains(v, needle) for v in c.message.decoded_header(key.lower()))
+        return any(needle in v for v in cached_decoded_header(str(c.info.path), key.lower()))
     if key == "HEADER":
         needle = _text(node[2], codec)
-        values = c.message.decoded_header(node[1])
+        values = cached_decoded_header(str(c.info.path), node[1].lower())
         if not needle:
             return bool(values) or node[1].lower() in {k for k, _ in c.message.top.fields}
-        return any(_contains(v, needle) for v in values)
+        return any(needle in v for v in values)
     if key == "BODY":
         return _contains(c.message.body_text(), _text(node[1], codec))
     if key == "TEXT":

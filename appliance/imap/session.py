@@ -25,7 +25,7 @@ from appliance.auth.sasl import SaslCancelled, SaslError, decode_plain
 from appliance.imap import fetch as fetchmod
 from appliance.imap import mutf7
 from appliance.imap import search as searchmod
-from appliance.imap.message import Message, read_header
+from appliance.imap.message import Message, cached_header
 from appliance.imap.parser import (
     Append,
     Authenticate,
@@ -548,17 +548,16 @@ class Session:
         if cmd.condstore:
             self.condstore = True
         recent = account.recent_uids(info.name) if readonly else account.claim_recent(info.name)
-        messages = account.messages(info.name)
+        messages = account.flag_list(info.name)
         recent_count = len(recent)
-        view = View(info.name, readonly, info.uidvalidity, [m.uid for m in messages],
-                    {m.uid: m.flags for m in messages}, recent, info.highestmodseq,
-                    recent_reported=len(recent))
-        for m in messages:
-            view.keywords |= {f for f in m.flags if not f.startswith("\\")}
+        view = View(info.name, readonly, info.uidvalidity, [uid for uid, _ in messages],
+                    dict(messages), recent, info.highestmodseq, recent_reported=len(recent))
+        for flags in {flags for _, flags in messages}:
+            view.keywords |= {f for f in flags if not f.startswith("\\")}
         self.send_flags(view, permanent=True)
         self.send(f"* {len(view.uids)} EXISTS")
         self.send(f"* {recent_count} RECENT")
-        first_unseen = next((i + 1 for i, m in enumerate(messages) if "\\Seen" not in m.flags), None)
+        first_unseen = next((i + 1 for i, (_, flags) in enumerate(messages) if "\\Seen" not in flags), None)
         if first_unseen is not None:
             self.send(f"* OK [UNSEEN {first_unseen}] First unseen.")
         self.send(f"* OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
@@ -1004,7 +1003,7 @@ def _valid_flag(flag: str) -> bool:
 def _loader(path: Path, header_only: bool) -> Callable[[], Message]:
     """Header keys need only the header: read that much of the file, not the whole message."""
     if header_only:
-        return lambda: Message(read_header(str(path)))
+        return lambda: Message(cached_header(str(path)))
     return lambda: Message(path.read_bytes())
 
 

@@ -141,6 +141,9 @@ def validate_folder_name(name: str) -> str:
     return name
 
 
+_ZONES: dict[int, timezone] = {}
+
+
 def _encode_flags(flags: Iterable[str]) -> str:
     return " ".join(sorted({f for f in flags if f and f != "\\Recent"}))
 
@@ -468,10 +471,18 @@ class Account:
 
     def _info(self, row: tuple) -> MessageInfo:
         uid, filename, flags, idate, tz, size, modseq = row
-        zone = timezone(timedelta(seconds=tz))
+        zone = _ZONES.get(tz) or _ZONES.setdefault(tz, timezone(timedelta(seconds=tz)))
         return MessageInfo(
             uid, _decode_flags(flags), datetime.fromtimestamp(idate, zone), size, modseq, self.path / filename
         )
+
+    def flag_list(self, folder: str) -> list[tuple[int, frozenset[str]]]:
+        """(UID, flags) of every message in UID order: what SELECT needs, without building MessageInfo."""
+        with self._lock:
+            row = self._require_folder(folder)
+            rows = self._db.execute(
+                "SELECT uid, flags FROM messages WHERE folder_id = ? ORDER BY uid", (row[0],)).fetchall()
+        return [(uid, _decode_flags(flags)) for uid, flags in rows]
 
     _COLUMNS = "uid, filename, flags, internal_date, tz_offset, size, modseq"
 
