@@ -9,6 +9,8 @@ message reach a mailbox or the next hop; it refuses data with bare CR or LF outr
 from __future__ import annotations
 
 import smtplib
+import socket
+import time
 
 import pytest
 
@@ -122,3 +124,53 @@ def test_a_dot_line_inside_a_message_is_transparent_not_an_end(host):
     [relayed] = host.wait_sink(downstream, mark)
     assert b"\r\nbefore\r\n.\r\nMAIL FROM:<evil@attacker.example>\r\n..two dots\r\n.leading dot\r\n" in relayed.data
     assert len(downstream.messages) == before + 1
+
+
+def _one_message(session: RawSession, data: bytes, pieces: tuple[int, ...] = ()) -> None:
+    """DATA with `data` (already ending in CRLF) and the end marker, cut into TCP segments at `pieces`."""
+    assert session.cmd("MAIL FROM:<sender@client.example>").code == 250
+    assert session.cmd("RCPT TO:<bob@example.org>").code == 250
+    assert session.cmd("DATA").code == 354
+    wire = data + b".\r\n"
+    start = 0
+    for cut in (*pieces, len(wire)):
+        session.send(wire[start:cut])
+        start = cut
+        time.sleep(0.02)  # separate segments, separate reads on the server
+    reply = session.reply()
+    assert reply.code == 250, reply
+    assert session.pending(0.05) == b"", "more than one answer to one message"
+
+
+def test_end_marker_split_across_segments_at_every_offset(host):
+    """Only <CRLF>.<CRLF> ends the data, wherever the TCP segments happen to cut it."""
+    marks = []
+    with RawSession("127.0.0.1", host.server.smtp_port) as session:
+        session.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session.ehlo()
+        for back in range(1, 7):  # cut 1..6 bytes before the end: inside "\r\n.\r\n" and just before it
+            mark = marker()
+            data = message(mark) + b"line before the end\r\n"
+            _one_message(session, data, (len(data) + 3 - back,))
+            marks.append((mark, data))
+    for mark, data in marks:
+        [stored] = host.wait_mailbox("bob@example.org", mark)
+        assert stored.read_bytes().endswith(data), "the message was cut or extended"
+
+
+def test_messages_around_the_line_buffer_size_arrive_whole(host):
+    """Bodies whose end marker falls on either side of 1001-byte reads, with '.' lines and long-ish lines."""
+    marks = []
+    with RawSession("127.0.0.1", host.server.smtp_port) as session:
+        session.ehlo()
+        for filler in [*range(985, 1010, 3), *range(1985, 2010, 4)]:
+            mark = marker()
+            head = message(mark)
+            line = b"x" * (filler % 900 + 50) + b"\r\n"
+            body = head + (line * (filler // len(line) + 1))[: filler - len(head)]
+            body = body.rstrip(b"\r\n.") + b"\r\n..stuffed\r\n"  # a dot-stuffed last line
+            _one_message(session, body, (len(body) // 2,))
+            marks.append((mark, body.replace(b"\r\n..", b"\r\n.")))
+    for mark, unstuffed in marks:
+        [stored] = host.wait_mailbox("bob@example.org", mark)
+        assert stored.read_bytes().endswith(unstuffed)
