@@ -83,7 +83,7 @@ SELECTED_STATE = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "
                             "MOVE"})
 BASE_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE"
 AUTH_CAPS = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
-             " CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE")
+             " CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE")
 
 
 class Authenticator(Protocol):
@@ -140,6 +140,7 @@ class Session:
         self.account: Account | None = None
         self.view: View | None = None
         self.condstore = False
+        self.qresync = False
         self.changed = asyncio.Event()
         self._unsubscribe: Any = None
         self._loop = asyncio.get_running_loop()
@@ -364,9 +365,12 @@ class Session:
         gone = [u for u in view.uids if u not in present]
         if gone:
             if allow_expunge:
-                seqs = view.seq_of()
-                for uid in reversed(gone):
-                    self.send(f"* {seqs[uid]} EXPUNGE")
+                if self.qresync:
+                    self.send(f"* VANISHED {_compress(gone)}")  # RFC 7162 §3.2.10
+                else:
+                    seqs = view.seq_of()
+                    for uid in reversed(gone):
+                        self.send(f"* {seqs[uid]} EXPUNGE")
                 gone_set = set(gone)
                 view.uids = [u for u in view.uids if u not in gone_set]
                 for uid in gone:
@@ -511,6 +515,11 @@ class Session:
     async def cmd_enable(self, cmd: Enable) -> None:
         enabled = []
         for cap in cmd.capabilities:
+            if cap == "QRESYNC" and not self.qresync:
+                self.qresync = True  # RFC 7162 §3.2.3: implies CONDSTORE
+                enabled.append(cap)
+                self.condstore = True
+                continue
             if cap == "CONDSTORE" and not self.condstore:
                 self.condstore = True
                 enabled.append(cap)
@@ -532,8 +541,8 @@ class Session:
 
     async def _select(self, cmd: Select, readonly: bool) -> None:
         assert self.account is not None
-        if cmd.qresync is not None:
-            self.send(f"{cmd.tag} BAD QRESYNC is not enabled")
+        if cmd.qresync is not None and not self.qresync:
+            self.send(f"{cmd.tag} BAD QRESYNC is not enabled")  # RFC 7162 §3.2.5: ENABLE QRESYNC first
             return
         if self.view is not None:
             self.send("* OK [CLOSED] Previous mailbox closed.")  # RFC 7162 §3.2.11
@@ -565,8 +574,26 @@ class Session:
         self.send(f"* OK [HIGHESTMODSEQ {info.highestmodseq}] Highest")
         self.view = view
         self.state = SELECTED
+        if cmd.qresync is not None and cmd.qresync[0] == info.uidvalidity:
+            self._qresync_report(cmd.qresync[1], cmd.qresync[2])
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         self.send(f"{cmd.tag} OK [{mode}] {'Examine' if readonly else 'Select'} completed.")
+
+    def _qresync_report(self, modseq: int, known: SequenceSet | None) -> None:
+        """RFC 7162 §3.2.5.2: what changed since the client's MODSEQ: VANISHED (EARLIER), then FETCH."""
+        assert self.view is not None and self.account is not None
+        view = self.view
+        vanished = self.account.expunged_since(view.name, modseq)
+        if known is not None and vanished:
+            vanished = known.resolve_within(vanished)
+        if vanished:
+            self.send(f"* VANISHED (EARLIER) {_compress(vanished)}")
+        seqs = view.seq_of()
+        for msg in self.account.changed_since(view.name, modseq):
+            if msg.uid not in seqs or (known is not None and not known.resolve_within([msg.uid])):
+                continue
+            flags = fetchmod.flag_list(msg.flags, msg.uid in view.recent)
+            self.send(f"* {seqs[msg.uid]} FETCH (UID {msg.uid} FLAGS {flags} MODSEQ ({msg.modseq}))")
 
     async def cmd_create(self, cmd: MailboxCommand) -> None:
         assert self.account is not None
@@ -882,6 +909,14 @@ class Session:
             infos = [m for m in self.account.messages(view.name) if m.uid in wanted]
         if cmd.changed_since is not None:
             infos = [m for m in infos if m.modseq > cmd.changed_since]
+        if cmd.vanished:
+            if not (cmd.uid and self.qresync):
+                self.send(f"{cmd.tag} BAD VANISHED needs UID FETCH and ENABLE QRESYNC")
+                return
+            assert cmd.changed_since is not None
+            gone = cmd.sequence.resolve_within(self.account.expunged_since(view.name, cmd.changed_since))
+            if gone:
+                self.send(f"* VANISHED (EARLIER) {_compress(gone)}")
         if set_seen:
             unseen = [m.uid for m in infos if "\\Seen" not in m.flags]
             if unseen:

@@ -175,3 +175,34 @@ def test_tls_listener_speaks_tls_only(strict_imap_server: ImapServer) -> None:
         except (ConnectionResetError, ssl.SSLError):
             data = b""
         assert not data.startswith(b"* OK")
+
+
+def test_qresync_resynchronisation(imap_server: ImapServer) -> None:
+    for _ in range(4):
+        imap_server.deliver(MSG)
+    validity = imap_server.store.account("alice@example.org").folder("INBOX").uidvalidity
+    client = RawClient(imap_server.host, imap_server.port)
+    client.login()
+    assert client.command("q", "SELECT INBOX (QRESYNC (1 1))")[-1].startswith(b"q BAD")  # not enabled
+    assert client.command("e", "ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
+    reply = client.command("s", "SELECT INBOX")
+    known_modseq = int(next(r for r in reply if b"HIGHESTMODSEQ" in r).split(b" ")[3].rstrip(b"]"))
+    # another client changes flags and expunges while we are away
+    other = RawClient(imap_server.host, imap_server.port)
+    other.login()
+    other.command("s", "SELECT INBOX")
+    other.command("a", "STORE 1 +FLAGS (\\Flagged)")
+    other.command("b", "STORE 2:3 +FLAGS (\\Deleted)")
+    reply = client.command("n", "NOOP")
+    other.command("c", "EXPUNGE")
+    reply = client.command("n2", "NOOP")
+    assert b"* VANISHED 2:3\r\n" in reply  # expunges are reported as VANISHED once QRESYNC is on
+    client.command("u", "UNSELECT")
+    reply = client.command("r", f"SELECT INBOX (QRESYNC ({validity} {known_modseq} 1:4))")
+    assert b"* VANISHED (EARLIER) 2:3\r\n" in reply
+    assert any(line.startswith(b"* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (") for line in reply)
+    reply = client.command("f", f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {known_modseq} VANISHED)")
+    assert reply[0] == b"* VANISHED (EARLIER) 2:3\r\n"
+    assert reply[1].startswith(b"* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (")
+    client.close()
+    other.close()
