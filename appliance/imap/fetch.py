@@ -10,7 +10,7 @@ from appliance.imap.response import literal, quote
 from appliance.store import MessageInfo
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-BODY_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
+BODY_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 
 
 def imap_date_time(when: datetime) -> str:
@@ -43,7 +43,7 @@ def needs_body(items: tuple[FetchAtt, ...]) -> bool:
 def sets_seen(items: tuple[FetchAtt, ...]) -> bool:
     """Fetching a body section without .PEEK (or RFC822 / RFC822.TEXT) sets \\Seen (RFC 3501 §6.4.5)."""
     for item in items:
-        if item.name in ("BODY", "BINARY") and item.section is not None and not item.peek:
+        if item.name == "BODY" and item.section is not None and not item.peek:
             return True
         if item.name in ("RFC822", "RFC822.TEXT"):
             return True
@@ -84,11 +84,8 @@ def render(
             out.append("RFC822.HEADER " + literal(message.top.header))
         elif name == "RFC822.TEXT":
             out.append("RFC822.TEXT " + literal(message.top.body))
-        elif name in ("BODY", "BINARY") and item.section is not None:
+        elif name == "BODY" and item.section is not None:
             out.append(_section(name, item, message))
-        elif name == "BINARY.SIZE" and item.section is not None:
-            data = message.section(item.section) or b""
-            out.append(f"BINARY.SIZE[{item.section.spec}] {len(data)}")
     return out
 
 

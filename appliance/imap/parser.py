@@ -835,7 +835,7 @@ def _fetch(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
 
 def _fetch_att(cur: Cursor) -> FetchAtt:
     word = cur.take(ATOM_CHARS - {ord("["), ord("<")}).decode("ascii").upper()
-    if word in ("BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE") and cur.peek() == ord("["):
+    if word in ("BODY", "BODY.PEEK") and cur.peek() == ord("["):
         section = _section(cur)
         partial = None
         if cur.peek() == ord("<"):
@@ -845,8 +845,7 @@ def _fetch_att(cur: Cursor) -> FetchAtt:
             length = cur.number(nonzero=True)
             cur.expect(b">", "'>' closing partial")
             partial = (start, length)
-        base = word.split(".")[0] if word != "BINARY.SIZE" else word
-        return FetchAtt(base, section, partial, word.endswith(".PEEK"))
+        return FetchAtt("BODY", section, partial, word.endswith(".PEEK"))
     if word in SIMPLE_FETCH:
         return FetchAtt(word)
     if not word:

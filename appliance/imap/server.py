@@ -38,6 +38,8 @@ async def start_imap(
 
         return on_connect
 
+    if listen_tls and ssl_context is None:
+        raise ValueError("IMAP: implicit-TLS listeners (imaps) need a TLS certificate (tls.cert / tls.key)")
     servers: list[asyncio.base_events.Server] = []
     try:
         for host, port in listen:

@@ -698,19 +698,25 @@ class Session:
                 continue
             if not any(r.fullmatch(folder.name) for r in regexes):
                 continue
-            if (lsub or "SUBSCRIBED" in cmd.selection) and not folder.subscribed:
+            childinfo = ""
+            if "RECURSIVEMATCH" in cmd.selection and any(
+                    f.subscribed and f.name.startswith(folder.name + DELIMITER) for f in folders):
+                childinfo = ' (CHILDINFO ("SUBSCRIBED"))'  # RFC 5258 §3.5
+            if (lsub or "SUBSCRIBED" in cmd.selection) and not folder.subscribed and not childinfo:
                 continue
             if "SPECIAL-USE" in cmd.selection and not folder.special_use:
                 continue
             attrs = []
-            if not lsub:  # Dovecot answers LSUB without CHILDREN attributes
+            # LSUB has no CHILDREN attributes; extended LIST only on RETURN (CHILDREN) (RFC 5258 §4)
+            if not lsub and (not cmd.extended or "CHILDREN" in cmd.returns):
                 has_children = any(n.startswith(folder.name + DELIMITER) for n in names)
                 attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
-            if folder.special_use:
+            show_use = not cmd.extended or "SPECIAL-USE" in cmd.returns or "SPECIAL-USE" in cmd.selection
+            if folder.special_use and show_use:  # RFC 6154 §2
                 attrs.append(folder.special_use)
             if folder.subscribed and ("SUBSCRIBED" in cmd.returns or "SUBSCRIBED" in cmd.selection):
                 attrs.append("\\Subscribed")
-            self.send(f'* {cmd.name} ({" ".join(attrs)}) "{DELIMITER}" {self.wire_name(folder.name)}')
+            self.send(f'* {cmd.name} ({" ".join(attrs)}) "{DELIMITER}" {self.wire_name(folder.name)}{childinfo}')
             if status_items:
                 self._send_status(folder.name, status_items)
         self.send(f"{cmd.tag} OK {cmd.name.title()} completed.")

@@ -82,6 +82,8 @@ _CODE = re.compile(rb"^(\S+) (OK|NO|BAD|BYE|PREAUTH)( \[[^\]]*\])?.*$", re.S)
 
 
 def normalise(lines: list[bytes]) -> list[bytes]:
+    if any(line.startswith((b"* LIST", b"* LSUB")) for line in lines):
+        lines = sorted(lines[:-1]) + lines[-1:]  # LIST (and LIST-STATUS) answers have no order
     out: list[bytes] = []
     listing: list[bytes] = []
     for line in lines:
@@ -253,4 +255,25 @@ def test_errors_like_dovecot(pair) -> None:
         "FROB",
         "COPY 1:* \"\"",
         "APPEND INBOX {0+}\r\n",
+    ])
+
+
+def test_list_extended_like_dovecot(pair) -> None:
+    compare(pair, [
+        "CREATE Lists",
+        "CREATE Lists/python",
+        "SUBSCRIBE Lists/python",
+        'LIST (SPECIAL-USE) "" *',
+        'LIST "" * RETURN (SPECIAL-USE)',
+        'LIST "" * RETURN (CHILDREN)',
+        'LIST (SUBSCRIBED) "" *',
+        'LIST "" * RETURN (SUBSCRIBED)',
+        'LIST "" (INBOX Lists/*)',
+        'LIST "" % RETURN (STATUS (MESSAGES UNSEEN))',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" %',
+        "STATUS INBOX (SIZE MESSAGES)",
+        "SELECT INBOX",
+        "UID SEARCH RETURN (MIN MAX COUNT) ALL",
+        "SEARCH RETURN () SEEN",
+        "SEARCH RETURN (COUNT) NOT ALL",
     ])
