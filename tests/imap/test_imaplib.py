@@ -363,3 +363,26 @@ def test_namespace_id_enable_capability(imap_server: ImapServer) -> None:
                 b"SPECIAL-USE", b"CHILDREN", b"UNSELECT", b"CONDSTORE"):
         assert cap in caps
     conn.logout()
+
+
+def test_idle_sees_delivery_from_another_process(imap_server: ImapServer) -> None:
+    """Another process (an importer, a second server) delivers: IDLE notices it at its next poll."""
+    import subprocess
+    import sys
+
+    conn = imap_server.imaplib()
+    conn.select("INBOX")
+    tag = conn._new_tag()
+    conn.send(tag + b" IDLE\r\n")
+    assert conn.readline().startswith(b"+ ")
+    code = ("import sys; from pathlib import Path; from appliance.store import MailStore; "
+            "MailStore(Path(sys.argv[1])).deliver('alice@example.org', b'Subject: x\\r\\n\\r\\nfrom afar\\r\\n')")
+    subprocess.run([sys.executable, "-c", code, str(imap_server.store.root)], check=True, timeout=60)
+    assert conn.readline() == b"* 1 EXISTS\r\n"
+    conn.send(b"DONE\r\n")
+    while not (line := conn.readline()).startswith(tag):
+        pass
+    assert b"OK" in line
+    typ, data = conn.fetch("1", "(BODY.PEEK[TEXT])")
+    assert data[0][1] == b"from afar\r\n"
+    conn.logout()
