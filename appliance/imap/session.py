@@ -830,11 +830,8 @@ class Session:
         uids = None
         if cmd.sequence is not None:
             uids = self.resolve(cmd.sequence, uid=True)
-        removed = self.account.expunge(self.view.name, uids)
-        self.sync(allow_expunge=True)
-        if cmd.uid and not removed:
-            self.send(f"{cmd.tag} OK Expunge completed.")
-            return
+        self.account.expunge(self.view.name, uids)
+        self.sync(allow_expunge=True)  # reports ours and anyone else's expunges
         self.send(f"{cmd.tag} OK Expunge completed.")
 
     async def cmd_search(self, cmd: Search) -> None:
