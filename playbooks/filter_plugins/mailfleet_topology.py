@@ -186,11 +186,13 @@ def mailfleet_mta_sts_id(policy: str) -> str:
 
 
 def mailfleet_rrsets(records: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
-    """Group records into RRsets ({name, type, values}) for RFC 2136 updates."""
+    """Group records into RRsets ({name, type, values}) for RFC 2136 updates, addresses first: BIND's
+    integrity check refuses an MX whose target has no A/AAAA record yet."""
     sets: dict[tuple[str, str], list[str]] = {}
     for r in records:
         sets.setdefault((r["name"], r["type"]), []).append(r["value"])
-    return [{"name": n, "type": t, "values": v} for (n, t), v in sets.items()]
+    ordered = sorted(sets.items(), key=lambda kv: kv[0][1] not in ("A", "AAAA"))
+    return [{"name": n, "type": t, "values": v} for (n, t), v in ordered]
 
 
 class FilterModule:
