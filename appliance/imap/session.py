@@ -389,7 +389,7 @@ class Session:
             if not view.readonly:
                 view.recent |= account.claim_recent(view.name) & set(new)
             self.send(f"* {len(view.uids)} EXISTS")
-        if new or len(view.recent) != view.recent_reported:
+        if len(view.recent) != view.recent_reported:  # only when it changed, as Dovecot
             self.send(f"* {len(view.recent)} RECENT")
             view.recent_reported = len(view.recent)
         seqs = view.seq_of()
@@ -413,6 +413,11 @@ class Session:
             view.keywords |= new_keywords
             self.send_flags(view, permanent=True)
         view.modseq = info.highestmodseq
+
+    def _expunges_after_uid_command(self, uid: bool) -> None:
+        """Changes by others are reported after the command's own data, as Dovecot does; EXPUNGE only
+        for UID commands (RFC 3501 §7.4.1)."""
+        self.sync(allow_expunge=uid, uid_fetch=uid)
 
     def send_flags(self, view: View, permanent: bool = False) -> None:
         flags = " ".join([*SYSTEM_FLAGS, *sorted(view.keywords)])
@@ -841,7 +846,6 @@ class Session:
         except searchmod.BadCharset:
             self.send(f"{cmd.tag} NO [BADCHARSET] Unknown charset {cmd.charset}")
             return
-        self.sync(allow_expunge=cmd.uid)
         view = self.view
         infos = {m.uid: m for m in self.account.messages(view.name)}
         need_body = searchmod.needs_message(cmd.criteria)
@@ -871,6 +875,7 @@ class Session:
             self._esearch(cmd, numbers)
         else:
             self.send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq_part)
+        self._expunges_after_uid_command(cmd.uid)
         self.send(f"{cmd.tag} OK Search completed.")
 
     def _esearch(self, cmd: Search, numbers: list[int]) -> None:
@@ -892,7 +897,6 @@ class Session:
 
     async def cmd_fetch(self, cmd: Fetch) -> None:
         assert self.view is not None and self.account is not None
-        self.sync(allow_expunge=cmd.uid, uid_fetch=cmd.uid)
         view = self.view
         uids = self.resolve(cmd.sequence, cmd.uid)
         items = list(cmd.items)
@@ -943,6 +947,7 @@ class Session:
         if missing and not cmd.uid:
             self.send(f"{cmd.tag} NO [EXPUNGEISSUED] Some of the requested messages no longer exist.")
             return
+        self._expunges_after_uid_command(cmd.uid)
         self.send(f"{cmd.tag} OK Fetch completed.")
 
     async def cmd_store(self, cmd: StoreCommand) -> None:
@@ -955,7 +960,6 @@ class Session:
             if not _valid_flag(flag):
                 self.send(f"{cmd.tag} BAD Invalid system flag {flag}")
                 return
-        self.sync(allow_expunge=cmd.uid, uid_fetch=cmd.uid)
         uids = self.resolve(cmd.sequence, cmd.uid)
         if cmd.unchanged_since is not None:
             self.condstore = True
@@ -988,6 +992,7 @@ class Session:
             numbers = failed if cmd.uid else [seqs[u] for u in failed if u in seqs]
             self.send(f"{cmd.tag} OK [MODIFIED {_compress(numbers)}] Conditional store failed.")
             return
+        self._expunges_after_uid_command(cmd.uid)
         self.send(f"{cmd.tag} OK Store completed.")
 
     async def cmd_copy(self, cmd: CopyMove) -> None:

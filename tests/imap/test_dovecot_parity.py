@@ -6,7 +6,9 @@ after status codes, UIDVALIDITY values, MODSEQ numbering, capability lists, LIST
 
 Deliberate differences (not in the scripts): we create no keyword on SEARCH KEYWORD, refuse STORE
 in an EXAMINEd mailbox with NO [READ-ONLY] (RFC 3501 §6.3.2; Dovecot answers OK), refuse RENAME onto
-an existing name, and evaluate NOT (a b) as RFC 3501 says.
+an existing name, evaluate NOT (a b) as RFC 3501 says, and answer a FETCH of a message another
+session expunged (not yet reported) with NO [EXPUNGEISSUED] (RFC 2180 §4.1.2, RFC 5530) where
+Dovecot returns its last known data.
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ def test_select_and_fetch_like_dovecot(pair) -> None:
         "FETCH 1:4 (BODY.PEEK[HEADER.FIELDS (Subject From)] BODY.PEEK[HEADER.FIELDS.NOT (Subject From Date)])",
         "FETCH 4 (RFC822.HEADER RFC822.TEXT)",
         "FETCH 1 (BODY[]<0.10> BODY.PEEK[HEADER]<5.5>)",
+        "FETCH 4 (BODY.PEEK[]<1000.10> BODY.PEEK[TEXT]<2.100> BODY.PEEK[1]<0.3>)",
+        "FETCH 2 (BODY.PEEK[3.1.MIME] BODY.PEEK[3.HEADER.FIELDS (SUBJECT)] BODY.PEEK[1.HEADER])",
         "FETCH 4 RFC822",
         "FETCH 1:* FLAGS",
         "UID FETCH 2:3 (FLAGS)",
@@ -277,3 +281,43 @@ def test_list_extended_like_dovecot(pair) -> None:
         "SEARCH RETURN () SEEN",
         "SEARCH RETURN (COUNT) NOT ALL",
     ])
+
+
+def run_pair(port: int, script: list[tuple[int, str]]) -> list[list[bytes]]:
+    """Two sessions on the same INBOX; each step is (session 0 or 1, command)."""
+    clients = [RawClient("127.0.0.1", port), RawClient("127.0.0.1", port)]
+    for client in clients:
+        client.login()
+    replies = [normalise(clients[who].command(f"p{i}", command.encode())) for i, (who, command) in enumerate(script)]
+    for client in clients:
+        client.close()
+    return replies
+
+
+def test_two_sessions_like_dovecot(pair) -> None:
+    """What one session sees of another's changes: EXISTS, RECENT, FETCH FLAGS, EXPUNGE, at the right time."""
+    script = [
+        (0, "SELECT INBOX"),
+        (1, "SELECT INBOX"),
+        (0, "STORE 1 +FLAGS (\\Flagged)"),
+        (1, "NOOP"),
+        (0, "APPEND INBOX (\\Seen) {5+}\r\nhello"),
+        (1, "NOOP"),
+        (0, "STORE 2 +FLAGS (\\Deleted)"),
+        (0, "EXPUNGE"),
+        (1, "NOOP"),
+        (1, "FETCH 1:* (UID FLAGS)"),
+        (0, "STORE 3 +FLAGS (\\Deleted)"),
+        (0, "EXPUNGE"),
+        (1, "UID STORE 5 +FLAGS (\\Answered)"),
+        (1, "UID FETCH 1:* (FLAGS)"),
+        (1, "STORE 1 -FLAGS (\\Flagged)"),
+        (0, "FETCH 1 FLAGS"),
+        (0, "UID SEARCH ALL"),
+        (1, "SEARCH ALL"),
+    ]
+    ours, dovecot = pair
+    mine = run_pair(ours.port, script)
+    theirs = run_pair(dovecot.port, script)
+    for (who, command), a, b in zip(script, mine, theirs, strict=True):
+        assert a == b, f"session {who} {command!r}:\n  mailfleet: {a}\n  dovecot:   {b}"
