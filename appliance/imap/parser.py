@@ -48,13 +48,19 @@ class SeqRange:
 class SequenceSet:
     ranges: tuple[SeqRange, ...]
 
+    def highest(self, largest: int) -> int:
+        """The largest number the set names, with "*" = ``largest``."""
+        return max(max(largest if r.start is None else r.start, largest if r.end is None else r.end)
+                   for r in self.ranges)
+
     def resolve(self, largest: int) -> set[int]:
-        """The numbers in the set, with "*" = ``largest`` (RFC 3501 §9 seq-range: order is irrelevant)."""
+        """The numbers in the set that are <= ``largest``, with "*" = ``largest`` (RFC 3501 §9
+        seq-range: order is irrelevant). Never expands beyond ``largest`` ("1:4294967295")."""
         out: set[int] = set()
         for r in self.ranges:
             a = largest if r.start is None else r.start
             b = largest if r.end is None else r.end
-            lo, hi = min(a, b), max(a, b)
+            lo, hi = min(a, b), min(max(a, b), largest)
             out.update(range(lo, hi + 1))
         return out
 

@@ -333,10 +333,9 @@ class Session:
             return sequence.resolve_within(uids)
         if not uids:
             raise ParseError("Invalid messageset (mailbox is empty)")
-        numbers = sequence.resolve(len(uids))
-        if max(numbers) > len(uids):
+        if sequence.highest(len(uids)) > len(uids):
             raise ParseError("Invalid messageset (sequence number beyond the last message)")
-        return [uids[n - 1] for n in sorted(numbers)]
+        return [uids[n - 1] for n in sorted(sequence.resolve(len(uids)))]
 
     # ------------------------------------------------------------------ mailbox synchronisation
 

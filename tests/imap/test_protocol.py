@@ -206,3 +206,15 @@ def test_qresync_resynchronisation(imap_server: ImapServer) -> None:
     assert reply[1].startswith(b"* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (")
     client.close()
     other.close()
+
+
+def test_huge_sequence_sets_are_cheap(raw: RawClient, imap_server: ImapServer) -> None:
+    imap_server.deliver(MSG)
+    raw.login()
+    raw.command("s", "SELECT INBOX")
+    assert raw.command("a", "FETCH 1:4294967295 FLAGS")[-1].startswith(b"a BAD")
+    assert raw.command("b", "UID FETCH 1:4294967295 FLAGS")[-1].startswith(b"b OK")
+    assert raw.command("c", "SEARCH 1:4294967295")[-1].startswith(b"c OK")
+    assert raw.command("d", "UID STORE 1:4294967295 +FLAGS (\\Seen)")[-1].startswith(b"d OK")
+    assert raw.command("e", "UID COPY 1:4294967295 Trash")[-1].startswith(b"e OK")
+    assert raw.command("f", "UID EXPUNGE 1:4294967295")[-1].startswith(b"f OK")
