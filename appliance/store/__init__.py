@@ -4,10 +4,15 @@ Public API (see ``MailStore`` for a usage sketch):
 
 - ``MailStore(root)``: ``deliver(address, data, folder="INBOX", flags=(), internal_date=None) -> uid``,
   ``set_quota(address, bytes)``, ``quota(address)``, ``account(address) -> Account``, ``subscribe``.
-- ``Account``: folders (``folders``, ``create_folder``, ``delete_folder``, ``rename_folder``, ``status``),
-  messages (``messages``, ``message``, ``read``, ``uids``, ``store_flags``, ``expunge``,
-  ``delete_messages``, ``copy``, ``move``, ``changed_since``, ``expunged_since``, ``claim_recent``),
+- ``Account``: folders (``folders``, ``folder``, ``create_folder``, ``delete_folder``, ``rename_folder``,
+  ``set_subscribed``, ``status``), messages (``messages(folder, uids=None)``, ``message``, ``read``,
+  ``uids``, ``flag_list``, ``deliver``, ``store_flags``, ``expunge``, ``delete_messages``, ``copy``,
+  ``move``, ``changed_since``, ``expunged_since``, ``recent_uids``, ``claim_recent``),
   ``exclusive_lock(name)`` and ``subscribe(callback)``.
+- ``appliance.store.importing``: Maildir / mbox import used by ``mailfleet import``.
+
+Folder names use "/" as hierarchy delimiter; missing parents are not created (IMAP lists them
+\\Noselect). Message files never change once written, so a file path is a stable cache key.
 - Errors: ``QuotaExceeded`` (``.permanent``), ``FolderNotFound``, ``FolderExists``, ``InvalidFolderName``,
   ``InvalidAddress``, ``MailboxLocked``, ``MessageNotFound``, all ``StoreError``.
 """

@@ -218,3 +218,35 @@ def test_huge_sequence_sets_are_cheap(raw: RawClient, imap_server: ImapServer) -
     assert raw.command("d", "UID STORE 1:4294967295 +FLAGS (\\Seen)")[-1].startswith(b"d OK")
     assert raw.command("e", "UID COPY 1:4294967295 Trash")[-1].startswith(b"e OK")
     assert raw.command("f", "UID EXPUNGE 1:4294967295")[-1].startswith(b"f OK")
+
+
+def test_authenticate_plain_forms(imap_server: ImapServer) -> None:
+    import base64
+
+    good = base64.b64encode(b"\0alice@example.org\0s3cret pass").decode()
+    client = RawClient(imap_server.host, imap_server.port)
+    client.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert client.line() == b"+ \r\n"
+    client.send(b"*\r\n")
+    assert client.line().startswith(b"a BAD")  # RFC 3501 §6.2.2: cancelled
+    client.send(b"b AUTHENTICATE PLAIN\r\n")
+    assert client.line() == b"+ \r\n"
+    client.send(b"!!notbase64\r\n")
+    assert client.line().startswith(b"b BAD")
+    assert client.command("c", "AUTHENTICATE CRAM-MD5")[-1].startswith(b"c NO")
+    bad = base64.b64encode(b"\0alice@example.org\0wrong").decode()
+    assert client.command("d", f"AUTHENTICATE PLAIN {bad}")[-1].startswith(b"d NO [AUTHENTICATIONFAILED]")
+    assert client.command("e", f"AUTHENTICATE PLAIN {good}")[-1].startswith(b"e OK")  # RFC 4959 SASL-IR
+    assert client.command("f", "LOGIN x y")[-1].startswith(b"f BAD")  # already authenticated
+    client.close()
+
+
+def test_authenticate_refused_before_tls(strict_imap_server: ImapServer) -> None:
+    import base64
+
+    good = base64.b64encode(b"\0alice@example.org\0s3cret pass").decode()
+    client = RawClient(strict_imap_server.host, strict_imap_server.port)
+    assert b"LOGINDISABLED" in client.greeting and b"AUTH=PLAIN" not in client.greeting
+    assert client.command("a", f"AUTHENTICATE PLAIN {good}")[-1].startswith(b"a NO [PRIVACYREQUIRED]")
+    assert strict_imap_server.authenticator.attempts == []  # the password never reached the authenticator
+    client.close()
