@@ -415,6 +415,8 @@ def envelope_of(part: Part) -> str:
         parsed = []
         for raw in raws:
             parsed += parse_addresses(raw)
+        if not parsed and fallback:  # an empty Sender:/Reply-To: also falls back to From:
+            return addresses(fallback)
         if not parsed:
             return "NIL"
         return "(" + "".join(
@@ -431,10 +433,11 @@ _TOKEN = re.compile(rb'\s+|"(?:[^"\\]|\\.)*"?|[<>,:;@]|[^\s"<>,:;@()]+|\(|\)')
 
 
 def _tokens(raw: bytes) -> list[tuple[str, bytes]]:
-    """Tokens of an address header; comments dropped."""
+    """Tokens of an address header; a comment becomes one ("c", text) token."""
     out: list[tuple[str, bytes]] = []
     pos = 0
     depth = 0
+    comment_start = 0
     while pos < len(raw):
         match = _TOKEN.match(raw, pos)
         if not match:
@@ -443,8 +446,12 @@ def _tokens(raw: bytes) -> list[tuple[str, bytes]]:
         tok = match.group(0)
         pos = match.end()
         if tok == b"(":
+            if depth == 0:
+                comment_start = pos
             depth += 1
         elif tok == b")":
+            if depth == 1:
+                out.append(("c", raw[comment_start:pos - 1].strip()))
             depth = max(0, depth - 1)
         elif depth or tok.isspace():
             continue
@@ -463,7 +470,9 @@ Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 
 def parse_addresses(raw: bytes) -> list[Address]:
     """Address list -> [(name, adl, mailbox, host)], groups as RFC 3501 §7.4.2 describes."""
-    tokens = _tokens(raw)
+    all_tokens = _tokens(raw)
+    tokens = [t for t in all_tokens if t[0] != "c"]
+    comments = _trailing_comments(all_tokens)
     out: list[Address] = []
     i = 0
     in_group = False
@@ -509,11 +518,24 @@ def parse_addresses(raw: bytes) -> list[Address]:
             continue
         mailbox, host = _split_addr(phrase)
         if mailbox is not None or host is not None:
-            out.append((None, None, mailbox, host))
+            # "user@domain (Real Name)": the old comment form names the mailbox (as Dovecot shows it)
+            out.append((comments.get(len(out)) or None, None, mailbox, host))
         i = j if j > i else i + 1
     if in_group:
         out.append((None, None, None, None))
     return out
+
+
+def _trailing_comments(tokens: list[tuple[str, bytes]]) -> dict[int, bytes]:
+    """Comment text after the n-th comma-separated element, keyed by element index."""
+    found: dict[int, bytes] = {}
+    index = 0
+    for kind, value in tokens:
+        if kind == ",":
+            index += 1
+        elif kind == "c" and value and index not in found:
+            found[index] = value
+    return found
 
 
 def _split_addr(parts: list[bytes]) -> tuple[bytes | None, bytes | None]:

@@ -250,3 +250,43 @@ def test_authenticate_refused_before_tls(strict_imap_server: ImapServer) -> None
     assert client.command("a", f"AUTHENTICATE PLAIN {good}")[-1].startswith(b"a NO [PRIVACYREQUIRED]")
     assert strict_imap_server.authenticator.attempts == []  # the password never reached the authenticator
     client.close()
+
+
+def test_search_sets_after_expunge(raw: RawClient, imap_server: ImapServer) -> None:
+    """Sequence sets and UID sets once the seq=UID mapping is broken (cases as imaptest's search-sets)."""
+    for _ in range(6):
+        imap_server.deliver(MSG)
+    raw.login()
+    raw.command("s", "SELECT INBOX")
+    raw.command("d", "STORE 2 +FLAGS \\Deleted")
+    assert raw.command("e", "EXPUNGE")[0] == b"* 2 EXPUNGE\r\n"
+    cases = {
+        "SEARCH ALL": b"1 2 3 4 5", "UID SEARCH ALL": b"1 3 4 5 6", "SEARCH 1:3,5": b"1 2 3 5",
+        "SEARCH 4:2": b"2 3 4", "SEARCH UID 1:3,5": b"1 2 4", "SEARCH UID 4:2": b"2 3",
+        "SEARCH 1:3 NOT UID 3": b"1 3", "SEARCH NOT 2,4": b"1 3 5", "SEARCH OR 1 UID 3": b"1 2",
+        "SEARCH *": b"5", "SEARCH UID *": b"5", "SEARCH 6:*": b"5", "SEARCH *:6": b"5",
+        "SEARCH UID 7:*": b"5", "SEARCH *:3": b"3 4 5", "SEARCH 1,4,*": b"1 4 5",
+    }
+    for i, (command, expected) in enumerate(cases.items()):
+        reply = raw.command(f"c{i}", command)
+        assert reply[0] == b"* SEARCH " + expected + b"\r\n", (command, reply)
+
+
+def test_envelopes_like_imaptest(imap_server: ImapServer) -> None:
+    """Comment names, empty Sender:/Reply-To:, groups and source routes (imaptest's fetch-envelope)."""
+    head = b"Date: Sat, 01 Feb 2007 01:02:03 +0200\r\n"
+    imap_server.deliver(head + b"From: user@domain (Real Name)\r\nSender: \r\nReply-To: \r\n\r\nbody\r\n")
+    groups = b"To: group: g1@d1.org, g2@d2.org;, group2: g3@d3.org;\r\n"
+    imap_server.deliver(head + b"From: user@domain\r\n" + groups + b"\r\nb\r\n")
+    imap_server.deliver(head + b"From: <@route:user@domain>\r\n\r\nbody\r\n")
+    client = RawClient(imap_server.host, imap_server.port)
+    client.login()
+    client.command("s", "SELECT INBOX")
+    reply = client.command("f", "FETCH 1:* ENVELOPE")
+    date = b'"Sat, 01 Feb 2007 01:02:03 +0200"'
+    assert reply[0] == b"* 1 FETCH (ENVELOPE (" + date + b' NIL (("Real Name" NIL "user" "domain")) '\
+        b'(("Real Name" NIL "user" "domain")) (("Real Name" NIL "user" "domain")) NIL NIL NIL NIL NIL))\r\n'
+    assert b'((NIL NIL "group" NIL)(NIL NIL "g1" "d1.org")(NIL NIL "g2" "d2.org")(NIL NIL NIL NIL)' \
+           b'(NIL NIL "group2" NIL)(NIL NIL "g3" "d3.org")(NIL NIL NIL NIL))' in reply[1]
+    assert b'((NIL "@route" "user" "domain"))' in reply[2]
+    client.close()
