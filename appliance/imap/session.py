@@ -676,54 +676,74 @@ class Session:
         await self._list(cmd, lsub=True)
 
     async def _list(self, cmd: ListCommand, lsub: bool) -> None:
+        """LIST / LSUB (RFC 3501 §6.3.8-9) with LIST-EXTENDED (RFC 5258), SPECIAL-USE and LIST-STATUS."""
         assert self.account is not None
-        folders = self.account.folders()
         if len(cmd.patterns) == 1 and cmd.patterns[0] == "" and not cmd.extended:
             # RFC 3501 §6.3.8: empty pattern -> hierarchy delimiter and root
             self.send(f'* {cmd.name} (\\Noselect) "{DELIMITER}" ""')
             self.send(f"{cmd.tag} OK {cmd.name.title()} completed.")
             return
-        unknown = cmd.selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
-        if unknown or ("RECURSIVEMATCH" in cmd.selection and len(cmd.selection) == 1):
-            self.send(f"{cmd.tag} BAD Invalid LIST selection options")
+        problem = _list_options_problem(cmd)
+        if problem:
+            self.send(f"{cmd.tag} BAD {problem}")
             return
-        regexes = [_pattern(cmd.reference, p) for p in cmd.patterns]
-        names = {f.name for f in folders}
+        folders = {f.name: f for f in self.account.folders()}
+        subscribed = set(self.account.subscriptions())
+        by_subscription = lsub or "SUBSCRIBED" in cmd.selection
+        candidates = subscribed if by_subscription else set(folders)
+        parents = {p for name in candidates for p in _ancestors(name)} - candidates
+        patterns = [(p, _pattern(cmd.reference, p)) for p in cmd.patterns]
         status_items = sorted(r[7:] for r in cmd.returns if r.startswith("STATUS:"))
-        entries: list[FolderInfo | str] = list(folders)
-        # parents that exist only through their children are listed \Noselect (as Dovecot does)
-        virtual = {DELIMITER.join(n.split(DELIMITER)[:i]) for n in names for i in range(1, n.count(DELIMITER) + 1)}
-        entries += sorted(virtual - names)
-        for folder in entries:
-            if isinstance(folder, str):
-                if lsub or cmd.selection or not any(r.fullmatch(folder) for r in regexes):
-                    continue
-                self.send(f'* {cmd.name} (\\Noselect \\HasChildren) "{DELIMITER}" {self.wire_name(folder)}')
+        for name in sorted(candidates | parents):
+            matched = [p for p, regex in patterns if regex.fullmatch(name)]
+            if not matched:
                 continue
-            if not any(r.fullmatch(folder.name) for r in regexes):
+            entry = self._list_entry(cmd, lsub, name, name in candidates, matched, folders, subscribed)
+            if entry is None:
                 continue
-            childinfo = ""
-            if "RECURSIVEMATCH" in cmd.selection and any(
-                    f.subscribed and f.name.startswith(folder.name + DELIMITER) for f in folders):
-                childinfo = ' (CHILDINFO ("SUBSCRIBED"))'  # RFC 5258 §3.5
-            if (lsub or "SUBSCRIBED" in cmd.selection) and not folder.subscribed and not childinfo:
-                continue
-            if "SPECIAL-USE" in cmd.selection and not folder.special_use:
-                continue
-            attrs = []
-            # LSUB has no CHILDREN attributes; extended LIST only on RETURN (CHILDREN) (RFC 5258 §4)
-            if not lsub and (not cmd.extended or "CHILDREN" in cmd.returns):
-                has_children = any(n.startswith(folder.name + DELIMITER) for n in names)
-                attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
-            show_use = not cmd.extended or "SPECIAL-USE" in cmd.returns or "SPECIAL-USE" in cmd.selection
-            if folder.special_use and show_use:  # RFC 6154 §2
-                attrs.append(folder.special_use)
-            if folder.subscribed and ("SUBSCRIBED" in cmd.returns or "SUBSCRIBED" in cmd.selection):
-                attrs.append("\\Subscribed")
-            self.send(f'* {cmd.name} ({" ".join(attrs)}) "{DELIMITER}" {self.wire_name(folder.name)}{childinfo}')
-            if status_items:
-                self._send_status(folder.name, status_items)
+            attrs, suffix = entry
+            self.send(f'* {cmd.name} ({" ".join(attrs)}) "{DELIMITER}" {self.wire_name(name)}{suffix}')
+            if status_items and name in folders:
+                self._send_status(name, status_items)
         self.send(f"{cmd.tag} OK {cmd.name.title()} completed.")
+
+    def _list_entry(self, cmd: ListCommand, lsub: bool, name: str, candidate: bool, matched: list[str],
+                    folders: dict[str, FolderInfo], subscribed: set[str]) -> tuple[list[str], str] | None:
+        """Attributes (and CHILDINFO) for one listed name, or None when it is not listed."""
+        exists = name in folders
+        wildcard = any("%" in p or "*" in p for p in matched)
+        subscribed_child = any(s.startswith(name + DELIMITER) for s in subscribed)
+        if not candidate:  # a parent that only has (subscribed) children
+            if lsub:
+                # RFC 3501 §6.3.9: "%" matching a non-subscribed parent of subscribed names
+                return (["\\Noselect"], "") if any("%" in p for p in matched) else None
+            if "RECURSIVEMATCH" in cmd.selection:
+                attrs = ["\\NonExistent"] if not exists else []
+                if "CHILDREN" in cmd.returns:
+                    attrs.append("\\HasChildren")
+                return attrs, ' (CHILDINFO ("SUBSCRIBED"))'
+            if "SUBSCRIBED" in cmd.selection or cmd.selection or not wildcard:
+                return None
+            return (["\\NonExistent" if cmd.extended else "\\Noselect", "\\HasChildren"], "")
+        folder = folders.get(name)
+        if "SPECIAL-USE" in cmd.selection and not (folder and folder.special_use):
+            return None
+        attrs: list[str] = []
+        if folder is None:
+            attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
+        elif not lsub and (not cmd.extended or "CHILDREN" in cmd.returns):
+            # LSUB has no CHILDREN attributes; extended LIST only on RETURN (CHILDREN) (RFC 5258 §4)
+            has_children = any(n.startswith(name + DELIMITER) for n in folders)
+            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+        show_use = not cmd.extended or "SPECIAL-USE" in cmd.returns or "SPECIAL-USE" in cmd.selection
+        if folder is not None and folder.special_use and show_use:  # RFC 6154 §2
+            attrs.append(folder.special_use)
+        if name in subscribed and ("SUBSCRIBED" in cmd.returns or "SUBSCRIBED" in cmd.selection):
+            attrs.append("\\Subscribed")
+        suffix = ""
+        if "RECURSIVEMATCH" in cmd.selection and subscribed_child:
+            suffix = ' (CHILDINFO ("SUBSCRIBED"))'  # RFC 5258 §3.5
+        return attrs, suffix
 
     async def cmd_status(self, cmd: Status) -> None:
         assert self.account is not None
@@ -1067,6 +1087,26 @@ def _exists(account: Account, name: str) -> bool:
         return True
     except FolderNotFound:
         return False
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(DELIMITER)
+    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
+
+
+LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
+def _list_options_problem(cmd: ListCommand) -> str | None:
+    """RFC 5258 §3: unknown options and a RECURSIVEMATCH without a base option are BAD."""
+    if cmd.selection - LIST_SELECTION:
+        return "Invalid LIST selection options"
+    if "RECURSIVEMATCH" in cmd.selection and not cmd.selection - {"RECURSIVEMATCH", "REMOTE"}:
+        return "RECURSIVEMATCH needs another selection option"
+    if {r for r in cmd.returns if not r.startswith("STATUS:")} - LIST_RETURNS:
+        return "Invalid LIST return options"
+    return None
 
 
 def _pattern(reference: str, pattern: str) -> re.Pattern[str]:

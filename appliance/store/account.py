@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS expunged(
     PRIMARY KEY(folder_id, uid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_unlink(filename TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS subscriptions(name TEXT PRIMARY KEY);
 """
 
 
@@ -270,6 +271,8 @@ class Account:
         return value
 
     def _create_folder_locked(self, name: str, special_use: str | None, subscribed: bool = False) -> None:
+        if subscribed:
+            self._db.execute("INSERT OR IGNORE INTO subscriptions(name) VALUES(?)", (name,))
         dirname = maildir.folder_dirname(name)
         base = dirname
         n = 1
@@ -373,15 +376,21 @@ class Account:
     def folders(self) -> list[FolderInfo]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, uidvalidity, uidnext, highestmodseq, special_use, subscribed FROM folders"
-                " ORDER BY name"
+                "SELECT name, uidvalidity, uidnext, highestmodseq, special_use,"
+                " name IN (SELECT name FROM subscriptions) FROM folders ORDER BY name"
             ).fetchall()
         return [FolderInfo(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
 
     def folder(self, name: str) -> FolderInfo:
         with self._lock:
             row = self._require_folder(name)
-        return FolderInfo(row[1], row[3], row[4], row[5], row[6], bool(row[7]))
+            subscribed = self._db.execute("SELECT 1 FROM subscriptions WHERE name = ?", (row[1],)).fetchone()
+        return FolderInfo(row[1], row[3], row[4], row[5], row[6], subscribed is not None)
+
+    def subscriptions(self) -> list[str]:
+        """Subscribed names; a name stays subscribed when its folder is deleted (RFC 3501 §6.3.9)."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT name FROM subscriptions ORDER BY name")]
 
     def create_folder(self, name: str, special_use: str | None = None) -> None:
         """Create ``name``. Missing parents are not created: IMAP shows them as \\Noselect
@@ -437,6 +446,10 @@ class Account:
                 raise FolderExists(f"folder {new!r} already exists")
             if new.startswith(old + DELIMITER):
                 raise InvalidFolderName("cannot rename a folder into itself")
+            for (sub,) in db.execute("SELECT name FROM subscriptions").fetchall():
+                if sub == old or sub.startswith(old + DELIMITER):
+                    db.execute("UPDATE OR IGNORE subscriptions SET name = ? WHERE name = ?",
+                               (new + sub[len(old):], sub))
             if row is None:  # a \Noselect parent: only its children move
                 for child_id, child_name in children:
                     db.execute("UPDATE folders SET name = ? WHERE id = ?", (new + child_name[len(old):], child_id))
@@ -452,9 +465,13 @@ class Account:
         self._notify(old, new)
 
     def set_subscribed(self, name: str, subscribed: bool) -> None:
+        """Subscribe or unsubscribe a name, whether or not the folder exists (as Dovecot allows)."""
+        name = canonical_folder(name)
         with self._write():
-            row = self._require_folder(name)
-            self._db.execute("UPDATE folders SET subscribed = ? WHERE id = ?", (int(subscribed), row[0]))
+            if subscribed:
+                self._db.execute("INSERT OR IGNORE INTO subscriptions(name) VALUES(?)", (name,))
+            else:
+                self._db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
 
     def status(self, name: str) -> FolderStatus:
         with self._read() as db:

@@ -290,3 +290,43 @@ def test_envelopes_like_imaptest(imap_server: ImapServer) -> None:
            b'(NIL NIL "group2" NIL)(NIL NIL "g3" "d3.org")(NIL NIL NIL NIL))' in reply[1]
     assert b'((NIL "@route" "user" "domain"))' in reply[2]
     client.close()
+
+
+def _listing(reply: list[bytes]) -> set[bytes]:
+    return {line.rstrip(b"\r\n") for line in reply[:-1]}
+
+
+def test_subscriptions_are_names_not_folders(raw: RawClient) -> None:
+    """RFC 3501 §6.3.9: LSUB returns \\Noselect parents for "%", names stay subscribed after DELETE."""
+    raw.login()
+    for name in ("m/", "m/test", "m/test2/", "m/test3/", "m/test2/test", "m/test3/test3"):
+        assert raw.command("c", f"CREATE {name}")[-1].startswith(b"c OK"), name
+    for name in ("m/test", "m/test2/test", "m/test3/test3"):
+        assert raw.command("s", f"SUBSCRIBE {name}")[-1].startswith(b"s OK")
+    assert _listing(raw.command("l1", 'LSUB "" m/%')) == {
+        b'* LSUB () "/" m/test', b'* LSUB (\\Noselect) "/" m/test2', b'* LSUB (\\Noselect) "/" m/test3'}
+    assert _listing(raw.command("l2", 'LSUB "" *test')) == {b'* LSUB () "/" m/test', b'* LSUB () "/" m/test2/test'}
+    raw.command("u", "UNSUBSCRIBE m/test2/test")
+    assert _listing(raw.command("l3", 'LSUB "" m/*')) == {b'* LSUB () "/" m/test', b'* LSUB () "/" m/test3/test3'}
+    assert raw.command("n", "SUBSCRIBE never/created")[-1].startswith(b"n OK")
+    raw.command("d", "DELETE m/test")
+    assert _listing(raw.command("l4", 'LIST (SUBSCRIBED) "" m/*')) == {
+        b'* LIST (\\NonExistent \\Subscribed) "/" m/test', b'* LIST (\\Subscribed) "/" m/test3/test3'}
+
+
+def test_list_extended_options(raw: RawClient) -> None:
+    raw.login()
+    for name in ("x/t1", "x/t2/", "x/t2/t1", "x/t7/t7", "x/t8/t8", "x/t8/t9"):
+        raw.command("c", f"CREATE {name}")
+    for name in ("x/t1", "x/t2/t1", "x/t7/t7", "x/t8/t8", "x/t8/t9"):
+        raw.command("s", f"SUBSCRIBE {name}")
+    for bad in ('LIST (imaptest) "" ""', 'LIST (RECURSIVEMATCH) "" ""', 'LIST (RECURSIVEMATCH REMOTE) "" ""',
+                'LIST "" "" RETURN (imaptest)'):
+        assert raw.command("b", bad)[-1].startswith(b"b BAD"), bad
+    assert raw.command("r", 'LIST (REMOTE) "" %')[-1].startswith(b"r OK")
+    assert _listing(raw.command("a", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" x/t2% RETURN (CHILDREN)')) == {
+        b'* LIST (\\HasChildren) "/" x/t2 (CHILDINFO ("SUBSCRIBED"))'}
+    assert _listing(raw.command("b2", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" *t8')) == {
+        b'* LIST (\\NonExistent) "/" x/t8 (CHILDINFO ("SUBSCRIBED"))', b'* LIST (\\Subscribed) "/" x/t8/t8'}
+    assert _listing(raw.command("c2", 'LIST "" (x/t7 x/t7/t7)')) == {b'* LIST () "/" x/t7/t7'}
+    assert _listing(raw.command("d2", 'LIST "" (x/*2 x/t1)')) == {b'* LIST () "/" x/t1', b'* LIST () "/" x/t2'}
