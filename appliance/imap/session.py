@@ -890,29 +890,47 @@ class Session:
         modseq_part = ""
         if searchmod.uses_modseq(cmd.criteria) and hits:
             modseq_part = f" (MODSEQ {max(info.modseq for _, info in hits)})"
+        if searchmod.uses_modseq(cmd.criteria):
+            self._enable_condstore()
         if cmd.returns is not None:
-            self._esearch(cmd, numbers)
+            self._esearch(cmd, numbers, [info.modseq for _, info in hits])
         else:
             self.send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq_part)
         self._expunges_after_uid_command(cmd.uid)
         self.send(f"{cmd.tag} OK Search completed.")
 
-    def _esearch(self, cmd: Search, numbers: list[int]) -> None:
-        # RFC 4731 ESEARCH: RETURN () means ALL
+    def _esearch(self, cmd: Search, numbers: list[int], modseqs: list[int]) -> None:
+        """RFC 4731 ESEARCH (RETURN () means ALL), with MODSEQ when the criteria use it (RFC 7162 §3.1.5)."""
         opts = set(cmd.returns or ()) or {"ALL"}
         parts = [f'(TAG "{cmd.tag}")']
         if cmd.uid:
             parts.append("UID")
+        relevant: list[int] = []
         if numbers:
             if "MIN" in opts:
                 parts.append(f"MIN {min(numbers)}")
+                relevant.append(modseqs[numbers.index(min(numbers))])
             if "MAX" in opts:
                 parts.append(f"MAX {max(numbers)}")
+                relevant.append(modseqs[numbers.index(max(numbers))])
             if "ALL" in opts:
                 parts.append("ALL " + _compress(numbers))
+                relevant += modseqs
         if "COUNT" in opts:
             parts.append(f"COUNT {len(numbers)}")
+            relevant += modseqs
+        if searchmod.uses_modseq(cmd.criteria) and relevant:
+            parts.append(f"MODSEQ {max(relevant)}")
         self.send("* ESEARCH " + " ".join(parts))
+
+    def _enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1): announce HIGHESTMODSEQ the first time."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.view is not None and self.account is not None:
+            highest = self.account.folder(self.view.name).highestmodseq
+            self.send(f"* OK [HIGHESTMODSEQ {highest}] Highest")
 
     async def cmd_fetch(self, cmd: Fetch) -> None:
         assert self.view is not None and self.account is not None
@@ -921,10 +939,10 @@ class Session:
         items = list(cmd.items)
         if cmd.uid and not any(i.name == "UID" for i in items):
             items.insert(0, FetchAtt("UID"))
-        if (self.condstore or cmd.changed_since is not None) and not any(i.name == "MODSEQ" for i in items):
+        if cmd.changed_since is not None or any(i.name == "MODSEQ" for i in items):
+            self._enable_condstore()
+        if self.condstore and not any(i.name == "MODSEQ" for i in items):
             items.append(FetchAtt("MODSEQ"))
-        if cmd.changed_since is not None:
-            self.condstore = True
         fetch_items = tuple(items)
         body = fetchmod.needs_body(fetch_items)
         set_seen = fetchmod.sets_seen(fetch_items) and not view.readonly
@@ -981,7 +999,7 @@ class Session:
                 return
         uids = self.resolve(cmd.sequence, cmd.uid)
         if cmd.unchanged_since is not None:
-            self.condstore = True
+            self._enable_condstore()
         changed, failed = self.account.store_flags(view.name, uids, cmd.flags, cmd.mode, cmd.unchanged_since)
         changed_by_uid = {m.uid: m for m in changed}
         new_keywords = {f for f in cmd.flags if not f.startswith("\\")} - view.keywords

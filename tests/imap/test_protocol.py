@@ -330,3 +330,28 @@ def test_list_extended_options(raw: RawClient) -> None:
         b'* LIST (\\NonExistent) "/" x/t8 (CHILDINFO ("SUBSCRIBED"))', b'* LIST (\\Subscribed) "/" x/t8/t8'}
     assert _listing(raw.command("c2", 'LIST "" (x/t7 x/t7/t7)')) == {b'* LIST () "/" x/t7/t7'}
     assert _listing(raw.command("d2", 'LIST "" (x/*2 x/t1)')) == {b'* LIST () "/" x/t1', b'* LIST () "/" x/t2'}
+
+
+def test_esearch_with_modseq_and_condstore_enabling_fetch(raw: RawClient, imap_server: ImapServer) -> None:
+    for _ in range(4):
+        imap_server.deliver(MSG)
+    raw.login()
+    raw.command("s", "SELECT INBOX")
+    reply = raw.command("f", "FETCH 1 MODSEQ")  # a CONDSTORE-enabling command (RFC 7162 §3.1)
+    assert reply[0].startswith(b"* OK [HIGHESTMODSEQ ")
+    modseq = {}
+    for n in (1, 3, 2, 4):
+        line = raw.command(f"t{n}", f"STORE {n} +FLAGS \\Seen")[0]
+        modseq[n] = int(line.split(b"MODSEQ (")[1].split(b")")[0])
+    cases = {
+        'SEARCH RETURN (MIN) 1:3 MODSEQ "/flags/\\\\seen" all 1': f"MIN 1 MODSEQ {modseq[1]}",
+        'SEARCH RETURN (MAX) 1:3 MODSEQ "/flags/\\\\seen" all 1': f"MAX 3 MODSEQ {modseq[3]}",
+        'SEARCH RETURN () 1:3 MODSEQ "/flags/\\\\seen" all 1': f"ALL 1:3 MODSEQ {modseq[2]}",
+        'SEARCH RETURN (MIN MAX) 2:3 MODSEQ "/flags/\\\\seen" all 1': f"MIN 2 MAX 3 MODSEQ {modseq[2]}",
+        f'SEARCH RETURN (ALL) 2:3 MODSEQ {modseq[2]}': f"ALL 2 MODSEQ {modseq[2]}",
+    }
+    for i, (command, expected) in enumerate(cases.items()):
+        reply = raw.command(f"e{i}", command)
+        assert reply[0] == f'* ESEARCH (TAG "e{i}") {expected}\r\n'.encode(), (command, reply)
+    reply = raw.command("z", f"SEARCH RETURN (ALL) 2:3 MODSEQ {modseq[4]}")
+    assert reply[0] == b'* ESEARCH (TAG "z")\r\n'
