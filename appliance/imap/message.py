@@ -574,6 +574,23 @@ def cached_decoded_header(path: str, name: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=100_000)
+def cached_address_text(path: str, name: str) -> tuple[str, ...]:
+    """FROM/TO/CC/BCC search text: the decoded header plus each parsed "name mailbox@host", so that
+    "a (c)@ (c) b.org" is found as "a@b.org" (as Dovecot searches addresses)."""
+    message = Message(cached_header(path))
+    out = []
+    for raw in message.top.get_all(name):
+        text = decode_words(raw)
+        for display, _, mailbox, host in parse_addresses(raw):
+            parts = [decode_words(display) if display else "", (mailbox or b"").decode("utf-8", "replace")]
+            if host:
+                parts[-1] += "@" + host.decode("utf-8", "replace")
+            text += "\n" + " ".join(p for p in parts if p)
+        out.append(text.casefold())
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=100_000)
 def cached_envelope(path: str) -> str:
     """ENVELOPE of a stored message. Message files are written once and never change, so the
     path is a safe cache key (a new message always gets a new file name)."""

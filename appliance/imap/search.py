@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from appliance.imap.message import Message, cached_decoded_header
+from appliance.imap.message import Message, cached_address_text, cached_decoded_header
 from appliance.store import MessageInfo
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
@@ -107,9 +107,12 @@ def matches(node: tuple, c: Candidate, codec: str) -> bool:
         return _compare(key, c.info.internal_date.date(), node[1].date())
     if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         return _compare(key[4:], _sent_date(c), node[1].date())
-    if key in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+    if key == "SUBJECT":
         needle = _text(node[1], codec)
-        return any(needle in v for v in cached_decoded_header(str(c.info.path), key.lower()))
+        return any(needle in v for v in cached_decoded_header(str(c.info.path), "subject"))
+    if key in ("FROM", "TO", "CC", "BCC"):
+        needle = _text(node[1], codec)
+        return any(needle in v for v in cached_address_text(str(c.info.path), key.lower()))
     if key == "HEADER":
         needle = _text(node[2], codec)
         values = cached_decoded_header(str(c.info.path), node[1].lower())

@@ -355,3 +355,29 @@ def test_esearch_with_modseq_and_condstore_enabling_fetch(raw: RawClient, imap_s
         assert reply[0] == f'* ESEARCH (TAG "e{i}") {expected}\r\n'.encode(), (command, reply)
     reply = raw.command("z", f"SEARCH RETURN (ALL) 2:3 MODSEQ {modseq[4]}")
     assert reply[0] == b'* ESEARCH (TAG "z")\r\n'
+
+
+SEARCH_ADDRESSES = [
+    b"From: user-from@domain.org\r\nTo: user-to@domain.org\r\nCc: user-cc@domain.org\r\nBcc: user-bcc@domain.org\r\n",
+    b"From: RealFrom <user-from@domain.org>\r\nTo: RealTo <user-to@domain.org>\r\n",
+    b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: <user-to@domain.org>\r\n",
+    b"From: user-from@domain.org (RealFrom)\r\nTo: user-to@domain.org (RealTo)\r\n",
+    b"From: user-from1@domain.org, user-from2@domain.org\r\nCc: user-cc@domain.org\r\n",
+    b"To: groupname: groupuser1@domain.org, groupuser2@domain.org;,\r\n  groupname2: groupuser3@domain.org;\r\n",
+]
+
+
+def test_address_searches(raw: RawClient, imap_server: ImapServer) -> None:
+    """Addresses are searched as parsed (comments removed) and as written (cases as imaptest's)."""
+    for head in SEARCH_ADDRESSES:
+        imap_server.deliver(head + b"\r\nbody\r\n")
+    raw.login()
+    raw.command("s", "SELECT INBOX")
+    cases = {"FROM user-from@domain.org": b" 1 2 3 4", "TO user-to@domain.org": b" 1 2 3 4",
+             "FROM realfrom": b" 2 4", "TO realto": b" 2 4", 'HEADER FROM ""': b" 1 2 3 4 5",
+             'HEADER TO ""': b" 1 2 3 4 6", "FROM ser-fro": b" 1 2 3 4 5", "FROM ealfro": b" 2 4",
+             "FROM user-from2": b" 5", "TO groupname": b" 6", "TO groupname2": b" 6", "TO groupuser3": b" 6",
+             "TO groupuser4": b"", 'NOT HEADER CC ""': b" 2 3 4 6"}
+    for i, (command, expected) in enumerate(cases.items()):
+        reply = raw.command(f"c{i}", "SEARCH " + command)
+        assert reply[0] == b"* SEARCH" + expected + b"\r\n", (command, reply)
