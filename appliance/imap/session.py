@@ -1051,9 +1051,8 @@ class Session:
         except FolderNotFound:
             self.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {cmd.mailbox}")
             return
-        same = self.account.folder(cmd.mailbox).name == view.name
         try:
-            if move and not same:
+            if move:  # also into the selected mailbox itself: new UIDs, old ones expunged (as Dovecot)
                 validity, pairs = self.account.move(view.name, uids, cmd.mailbox)
             else:
                 validity, pairs = self.account.copy(view.name, uids, cmd.mailbox)

@@ -381,3 +381,20 @@ def test_address_searches(raw: RawClient, imap_server: ImapServer) -> None:
     for i, (command, expected) in enumerate(cases.items()):
         reply = raw.command(f"c{i}", "SEARCH " + command)
         assert reply[0] == b"* SEARCH" + expected + b"\r\n", (command, reply)
+
+
+def test_move_responses_and_move_into_the_same_mailbox(raw: RawClient, imap_server: ImapServer) -> None:
+    for _ in range(3):
+        imap_server.deliver(MSG)
+    account = imap_server.store.account("alice@example.org")
+    raw.login()
+    raw.command("s", "SELECT INBOX")
+    reply = raw.command("m", "MOVE 1 Archive")
+    archive = account.folder("Archive").uidvalidity
+    assert reply[:2] == [b"* OK [COPYUID %d 1 1] Moved UIDs.\r\n" % archive, b"* 1 EXPUNGE\r\n"]
+    reply = raw.command("u", "UID MOVE 2 Archive")
+    assert reply[:2] == [b"* OK [COPYUID %d 2 2] Moved UIDs.\r\n" % archive, b"* 1 EXPUNGE\r\n"]
+    inbox = account.folder("INBOX").uidvalidity
+    reply = raw.command("x", "MOVE 1 INBOX")  # RFC 6851: a new UID, the old one expunged
+    assert reply[:3] == [b"* OK [COPYUID %d 3 4] Moved UIDs.\r\n" % inbox, b"* 1 EXPUNGE\r\n", b"* 1 EXISTS\r\n"]
+    assert account.uids("INBOX") == [4]
