@@ -108,6 +108,7 @@ class View:
     keywords: set[str] = field(default_factory=set)
     dirty: bool = False  # expunges seen but not yet reported
     recent_reported: int = 0
+    high: int = 0  # the highest UID ever announced to the client
 
     def seq_of(self) -> dict[int, int]:
         return {uid: i + 1 for i, uid in enumerate(self.uids)}
@@ -359,6 +360,9 @@ class Session:
             return
         if info.highestmodseq == view.modseq and not view.dirty:
             return
+        claimed: set[int] = set()
+        if not view.readonly and info.uidnext - 1 > view.high:
+            claimed = account.claim_recent(view.name)  # before reading the UIDs: no new message missed
         current = account.uids(view.name)
         present = set(current)
         gone = [u for u in view.uids if u not in present]
@@ -380,13 +384,12 @@ class Session:
                 view.dirty = True
         else:
             view.dirty = False
-        highest = view.uids[-1] if view.uids else 0
-        new = [u for u in current if u > highest]
+        new = [u for u in current if u > view.high]
         changes = account.changed_since(view.name, view.modseq)
+        view.recent |= claimed & present
         if new:
             view.uids.extend(new)
-            if not view.readonly:
-                view.recent |= account.claim_recent(view.name) & set(new)
+            view.high = new[-1]
             self.send(f"* {len(view.uids)} EXISTS")
         if len(view.recent) != view.recent_reported:  # only when it changed, as Dovecot
             self.send(f"* {len(view.recent)} RECENT")
@@ -564,7 +567,8 @@ class Session:
         messages = account.flag_list(info.name)
         recent_count = len(recent)
         view = View(info.name, readonly, info.uidvalidity, [uid for uid, _ in messages],
-                    dict(messages), recent, info.highestmodseq, recent_reported=len(recent))
+                    dict(messages), recent, info.highestmodseq, recent_reported=len(recent),
+                    high=messages[-1][0] if messages else 0)
         for flags in {flags for _, flags in messages}:
             view.keywords |= {f for f in flags if not f.startswith("\\")}
         self.send_flags(view, permanent=True)
