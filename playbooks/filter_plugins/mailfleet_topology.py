@@ -151,7 +151,7 @@ def mailfleet_dns_records(domain: str, fleet: Mapping[str, Any], settings: Mappi
         records.append({"name": "@", "type": "MX", "value": f"{settings['mx_preference']} {fqdn(host)}"})
     for host in info["backup"]:
         records.append({"name": "@", "type": "MX", "value": f"{settings['backup_mx_preference']} {fqdn(host)}"})
-    for host, entry in sorted(hosts.items(), key=lambda kv: kv[1]["name"]):
+    for entry in sorted(hosts.values(), key=lambda e: e["name"]):
         name = entry["name"]
         if name == zone or name.endswith("." + zone):
             label = "@" if name == zone else name[: -len(zone) - 1]
@@ -162,8 +162,8 @@ def mailfleet_dns_records(domain: str, fleet: Mapping[str, Any], settings: Mappi
     records.append({"name": "@", "type": "TXT", "value": f'"v=spf1 {mechanisms} {settings["spf_all"]}"'})
     records.append({"name": "_dmarc", "type": "TXT",
                     "value": f'"v=DMARC1; p={settings["dmarc_policy"]}; rua=mailto:{settings["dmarc_rua"]}@{zone}"'})
-    records.append({"name": "_mta-sts", "type": "TXT",
-                    "value": f'"v=STSv1; id={mailfleet_mta_sts_id(mailfleet_mta_sts_policy(domain, fleet, settings))}"'})
+    policy_id = mailfleet_mta_sts_id(mailfleet_mta_sts_policy(domain, fleet, settings))
+    records.append({"name": "_mta-sts", "type": "TXT", "value": f'"v=STSv1; id={policy_id}"'})
     records.append({"name": "_smtp._tls", "type": "TXT",
                     "value": f'"v=TLSRPTv1; rua=mailto:{settings["tlsrpt_rua"]}@{zone}"'})
     return records
