@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from appliance.imap.message import Message
+from appliance.imap.message import Message, parse_addresses
 from appliance.imap.parser import Section
 
 
@@ -149,3 +151,38 @@ def test_bodystructure_of_digest_defaults_to_message_rfc822() -> None:
     structure = Message(DIGEST).bodystructure(False)
     assert structure.count('"message" "rfc822"') == 3  # the root part and both digest entries
     assert '"digest")' in structure
+
+
+# ---------------------------------------------------------------------------------------------- hostile input
+
+PIECES = [b"From: a@b\r\n", b"To: x:y@z;\r\n", b"Content-Type: multipart/mixed; boundary=b\r\n",
+          b"Content-Type: message/rfc822\r\n", b"Content-Type: text/plain; charset=\"x\r\n", b"\r\n", b"--b\r\n",
+          b"--b--\r\n", b"body\r\n", b"\n", b" folded\r\n", b"Subject: =?utf-8?q?=E2=82?=\r\n", b"\xff\xfe",
+          b"Content-Type: multipart/digest; boundary=\"\"\r\n", b"(((", b"<@a,@b:c@d>", b"\"unterminated"]
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map(b"".join) | st.binary(max_size=400))
+def test_hostile_messages_never_break_fetch(data: bytes) -> None:
+    message = Message(data)
+    assert message.envelope().startswith("(")
+    assert message.bodystructure(True).startswith("(")
+    assert message.bodystructure(False).startswith("(")
+    for spec in ("1", "1.MIME", "2.1", "1.HEADER", "TEXT", "HEADER.FIELDS (FROM)", "3.2.1.TEXT"):
+        result = message.section(section(spec))
+        assert result is None or isinstance(result, bytes)
+    message.decoded_header("subject")
+    message.body_text()
+
+
+@given(st.binary(max_size=200))
+def test_address_parser_never_crashes(raw: bytes) -> None:
+    for address in parse_addresses(raw):
+        assert len(address) == 4
+
+
+def test_deeply_nested_multiparts_are_bounded() -> None:
+    depth = 500
+    data = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(depth))
+    message = Message(data + b"\r\nleaf\r\n")
+    assert message.bodystructure(True).count("(") < 2000  # cut off at MAX_DEPTH, no RecursionError
