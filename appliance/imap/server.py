@@ -11,6 +11,31 @@ from appliance.store import MailStore
 
 log = logging.getLogger("appliance.imap")
 
+MAX_CONNECTIONS = 2000  # all IMAP connections of this process
+MAX_PER_IP = 100  # Dovecot's mail_max_userip_connections is 10 per user and IP; this caps a flood
+
+
+class ConnectionLimits:
+    """Counts open connections so that one address cannot exhaust the process's descriptors."""
+
+    def __init__(self, total: int = MAX_CONNECTIONS, per_ip: int = MAX_PER_IP) -> None:
+        self.total = total
+        self.per_ip = per_ip
+        self.open: dict[str, int] = {}
+
+    def admit(self, ip: str) -> bool:
+        if sum(self.open.values()) >= self.total or self.open.get(ip, 0) >= self.per_ip:
+            return False
+        self.open[ip] = self.open.get(ip, 0) + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        left = self.open.get(ip, 1) - 1
+        if left:
+            self.open[ip] = left
+        else:
+            self.open.pop(ip, None)
+
 
 async def start_imap(
     listen: list[tuple[str, int]],
@@ -23,8 +48,17 @@ async def start_imap(
 ) -> list[asyncio.base_events.Server]:
     """Start one asyncio server per address; the caller closes them (``server.close()``)."""
 
+    limits = ConnectionLimits()
+
     def factory(tls: bool):
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername") or ("unknown", 0)
+            ip = str(peer[0])
+            if not limits.admit(ip):
+                log.warning("IMAP: refusing a connection from %s: too many connections", ip)
+                writer.write(b"* BYE Too many connections, try again later\r\n")
+                writer.close()
+                return
             session = Session(reader, writer, store, authenticator, ssl_context, hostname,
                               plaintext_auth_on_loopback, tls)
             try:
@@ -35,6 +69,8 @@ async def start_imap(
             except Exception:
                 # exceptions stop at the session boundary: log once, keep the listener alive
                 log.exception("IMAP session from %s crashed", session.client_ip)
+            finally:
+                limits.release(ip)
 
         return on_connect
 

@@ -398,3 +398,17 @@ def test_move_responses_and_move_into_the_same_mailbox(raw: RawClient, imap_serv
     reply = raw.command("x", "MOVE 1 INBOX")  # RFC 6851: a new UID, the old one expunged
     assert reply[:3] == [b"* OK [COPYUID %d 3 4] Moved UIDs.\r\n" % inbox, b"* 1 EXPUNGE\r\n", b"* 1 EXISTS\r\n"]
     assert account.uids("INBOX") == [4]
+
+
+def test_connection_flood_from_one_address_is_capped(imap_server: ImapServer) -> None:
+    from appliance.imap import server as server_module
+
+    limits = server_module.ConnectionLimits(total=10, per_ip=3)
+    assert [limits.admit("192.0.2.1") for _ in range(4)] == [True, True, True, False]
+    assert limits.admit("192.0.2.2")
+    limits.release("192.0.2.1")
+    assert limits.admit("192.0.2.1")
+    clients = [RawClient(imap_server.host, imap_server.port) for _ in range(5)]
+    assert all(c.greeting.startswith(b"* OK") for c in clients)  # the default cap is far above this
+    for c in clients:
+        c.close()
