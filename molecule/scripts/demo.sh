@@ -17,12 +17,14 @@ fi
 
 # shellcheck source=molecule/scripts/controller-env.sh
 source molecule/scripts/controller-env.sh
-molecule destroy -s demo >/dev/null
-molecule create -s demo
-molecule prepare -s demo
-molecule converge -s demo
+echo "demo: creating the containers and converging them with playbooks/site.yml (log: .molecule-home/demo.log)"
+molecule destroy -s demo >/dev/null 2>&1
+for step in create prepare converge; do
+  molecule "$step" -s demo >>"$HOME/demo.log" 2>&1 || { tail -40 "$HOME/demo.log"; echo "demo: $step failed" >&2; exit 1; }
+done
 
 x() { docker exec "$@"; }
+mp() { docker exec "$1" python3 /usr/local/bin/mailprobe "${@:2}"; }
 ip() { "$root/molecule/scripts/container-ip.sh" "$1"; }
 for h in in.demo.test mail.demo.test backup.demo.test out.demo.test world.internet.test; do
   docker cp molecule/shared/files/mailprobe.py "$h:/usr/local/bin/mailprobe" >/dev/null
@@ -45,7 +47,7 @@ printf 'From: carol@internet.test\nTo: alice@demo.test\nSubject: %s-1 via MX\n\n
 sleep 2
 x world.internet.test journalctl -q -t postfix/smtp --no-pager | grep 'to=<alice@demo.test>' | tail -1 \
   | sed -E 's/.*(relay=[^,]*).*(status=.*)/   postfix on world: \1 \2/'
-echo "   stored: $(x mail.demo.test mailprobe maildir --root /var/lib/mailfleet/mail --subject "$tag-1 via MX") (mail.demo.test)"
+echo "   stored: $(mp mail.demo.test maildir --root /var/lib/mailfleet/mail --subject "$tag-1 via MX") (mail.demo.test)"
 
 echo; echo "2. The incoming gateway is stopped; the same sender falls back to the backup MX (MX 20)"
 x in.demo.test systemctl stop mailfleet
@@ -54,13 +56,13 @@ printf 'From: carol@internet.test\nTo: bob@demo.test\nSubject: %s-2 via backup\n
 sleep 3
 x world.internet.test journalctl -q -t postfix/smtp --no-pager | grep 'to=<bob@demo.test>' | tail -1 \
   | sed -E 's/.*(relay=[^,]*).*(status=.*)/   postfix on world: \1 \2/'
-echo "   stored: $(x mail.demo.test mailprobe maildir --root /var/lib/mailfleet/mail --subject "$tag-2 via backup") (mail.demo.test)"
+echo "   stored: $(mp mail.demo.test maildir --root /var/lib/mailfleet/mail --subject "$tag-2 via backup") (mail.demo.test)"
 x in.demo.test systemctl start mailfleet
 
 echo; echo "3. alice submits (587, STARTTLS, AUTH) to carol@internet.test: primary -> outgoing gateway -> MX"
-echo "   $(x mail.demo.test mailprobe send --port 587 --starttls --auth alice@demo.test alice-secret \
+echo "   $(mp mail.demo.test send --port 587 --starttls --auth alice@demo.test alice-secret \
   --sender alice@demo.test --to carol@internet.test --subject "$tag-3 outbound") (mail.demo.test)"
-found="$(x world.internet.test mailprobe maildir --root /home/carol/Maildir --subject "$tag-3 outbound" --timeout 60)"
+found="$(mp world.internet.test maildir --root /home/carol/Maildir --subject "$tag-3 outbound" --timeout 60)"
 echo "   stored: $found (world.internet.test)"
 echo "   trace:"; x world.internet.test grep -h '^Received: from' "$found" | sed 's/^/     /'
 
