@@ -412,7 +412,7 @@ def envelope_of(part: Part) -> str:
             raws = part.get_all(fallback)
         if not raws:
             return "NIL"
-        parsed = []
+        parsed: list[Address] = []
         for raw in raws:
             parsed += parse_addresses(raw)
         if not parsed and fallback:  # an empty Sender:/Reply-To: also falls back to From:
@@ -422,9 +422,12 @@ def envelope_of(part: Part) -> str:
         return "(" + "".join(
             "(" + " ".join(astring_nil(x) for x in addr) + ")" for addr in parsed) + ")"
 
+    from_ = addresses("from")
+    sender = addresses("sender") if part.get("sender") is not None else "NIL"
+    reply_to = addresses("reply-to") if part.get("reply-to") is not None else "NIL"
     return "(" + " ".join([
-        value("date"), value("subject"), addresses("from"), addresses("sender", "from"),
-        addresses("reply-to", "from"), addresses("to"), addresses("cc"), addresses("bcc"),
+        value("date"), value("subject"), from_, from_ if sender == "NIL" else sender,
+        from_ if reply_to == "NIL" else reply_to, addresses("to"), addresses("cc"), addresses("bcc"),
         value("in-reply-to"), value("message-id"),
     ]) + ")"
 
@@ -468,7 +471,13 @@ def _tokens(raw: bytes) -> list[tuple[str, bytes]]:
 Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 
 
-def parse_addresses(raw: bytes) -> list[Address]:
+@functools.lru_cache(maxsize=8192)
+def parse_addresses(raw: bytes) -> tuple[Address, ...]:
+    """Cached: the same senders and recipients come back in many messages."""
+    return tuple(_parse_addresses(raw))
+
+
+def _parse_addresses(raw: bytes) -> list[Address]:
     """Address list -> [(name, adl, mailbox, host)], groups as RFC 3501 §7.4.2 describes."""
     all_tokens = _tokens(raw)
     tokens = [t for t in all_tokens if t[0] != "c"]
@@ -594,7 +603,7 @@ def cached_address_text(path: str, name: str) -> tuple[str, ...]:
 def cached_envelope(path: str) -> str:
     """ENVELOPE of a stored message. Message files are written once and never change, so the
     path is a safe cache key (a new message always gets a new file name)."""
-    return Message(read_header(path)).envelope()
+    return Message(cached_header(path)).envelope()  # shares the header cache with header SEARCH
 
 
 @functools.lru_cache(maxsize=20_000)
