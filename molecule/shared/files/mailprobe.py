@@ -6,6 +6,7 @@
   mailprobe maildir --root DIR --subject S [--timeout 60] [--absent]
   mailprobe imap|pop3 --host H --user U --password P --subject S [--timeout 30]
   mailprobe sinkdir --root DIR --subject S [--timeout 60]
+  mailprobe tls-name --host H [--port 25]
 
 Prints one line (the server's final reply, or the file found); exit 0 when the expectation holds.
 """
@@ -56,6 +57,22 @@ def send(a: argparse.Namespace) -> int:
     except (OSError, smtplib.SMTPException) as exc:
         print(f"send: {a.host}:{a.port}: {exc}")
         return 1
+
+
+def tls_name(a: argparse.Namespace) -> int:
+    """Print the subject common name of the certificate the server presents after STARTTLS."""
+    import tempfile
+
+    with smtplib.SMTP(a.host, a.port, local_hostname="probe.test", timeout=30) as smtp:
+        smtp.starttls(context=_tls())
+        der = smtp.sock.getpeercert(binary_form=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
+        pem.write(ssl.DER_cert_to_PEM_cert(der))
+        pem.flush()
+        decoded = ssl._ssl._test_decode_cert(pem.name)  # stdlib has no public parser for a peer's DER
+    names = [value for rdn in decoded["subject"] for key, value in rdn if key == "commonName"]
+    print(" ".join(names))
+    return 0 if names else 1
 
 
 def _verdict(a: argparse.Namespace, code: int, msg: bytes, step: str) -> int:
@@ -169,6 +186,9 @@ def main() -> int:
     m.add_argument("--subject", required=True)
     m.add_argument("--timeout", type=float, default=60)
     m.add_argument("--absent", action="store_true")
+    t = sub.add_parser("tls-name")
+    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--port", type=int, default=25)
     k = sub.add_parser("sinkdir")
     k.add_argument("--root", required=True)
     k.add_argument("--subject", required=True)
@@ -182,7 +202,9 @@ def main() -> int:
         p.add_argument("--subject", required=True)
         p.add_argument("--timeout", type=float, default=30)
     args = parser.parse_args()
-    return {"send": send, "maildir": maildir, "sinkdir": sinkdir, "imap": imap, "pop3": pop3}[args.cmd](args)
+    commands = {"send": send, "maildir": maildir, "sinkdir": sinkdir, "imap": imap, "pop3": pop3,
+                "tls-name": tls_name}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":
