@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from appliance.store import MailStore, QuotaExceeded, StoreError
 from appliance.store.importing import (
     ImportSummary,
     SourceError,
+    SourceMessage,
+    count_mbox_messages,
     import_messages,
     maildir_messages,
     mbox_messages,
@@ -94,9 +97,13 @@ def run_import(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         if args.import_kind == "maildir":
-            messages = maildir_messages(args.path)
+            found = maildir_messages(args.path)
+            messages: Iterable[SourceMessage] = found
+            total = len(found)
         else:
-            messages = list(mbox_messages(args.path, args.folder))
+            total = count_mbox_messages(args.path)
+            first = next(iter(mbox_messages(args.path, args.folder)), None)  # fails early on a non-mbox
+            messages = mbox_messages(args.path, args.folder) if first is not None else []
     except SourceError as exc:
         print(f"mailfleet import: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -107,7 +114,7 @@ def run_import(args: argparse.Namespace) -> int:
     started = time.monotonic()
     summary = ImportSummary()
     try:
-        summary = import_messages(store, args.user, messages, _ProgressBar())
+        summary = import_messages(store, args.user, messages, total, _ProgressBar())
     except QuotaExceeded as exc:
         print(f"\nmailfleet import: stopped: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -222,13 +222,26 @@ def _header_date(header: bytes) -> datetime | None:
 # ----------------------------------------------------------------------------------- importing
 
 
-def import_messages(store: MailStore, address: str, messages: list[SourceMessage],
+def count_mbox_messages(path: Path) -> int:
+    """Messages in an mbox file, read as a stream (for the progress bar of a multi-GB import)."""
+    count = 0
+    previous_blank = True
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.startswith(b"From ") and previous_blank and _is_from_line(line):
+                count += 1
+            previous_blank = line.strip() == b""
+    return count
+
+
+def import_messages(store: MailStore, address: str, messages: Iterable[SourceMessage], total: int,
                     progress: Progress | None = None) -> ImportSummary:
-    """Deliver every message (durably, as any delivery); raises QuotaExceeded when the account is full."""
+    """Deliver every message (durably, as any delivery); raises QuotaExceeded when the account is full.
+
+    ``messages`` may be a generator (an mbox is streamed, never held in memory at once)."""
     account: Account = store.account(address)
     existing = {f.name for f in account.folders()}
     summary = ImportSummary()
-    total = len(messages)
     for done, msg in enumerate(messages, start=1):
         if msg.folder not in existing:
             try:
