@@ -232,6 +232,14 @@ class IdCommand(Command):
 
 
 @dataclass(frozen=True)
+class QuotaCommand(Command):
+    """GETQUOTA / GETQUOTAROOT / SETQUOTA (RFC 9208); ``target`` is the quota root or the mailbox."""
+
+    target: str
+    limits: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Enable(Command):
     capabilities: tuple[str, ...]
 
@@ -956,6 +964,25 @@ def _id(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
     return IdCommand(tag, name, tuple(params))
 
 
+def _quota(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
+    if name == "GETQUOTAROOT":
+        return QuotaCommand(tag, name, cur.mailbox())
+    root = cur.text_astring()
+    limits: list[tuple[str, int]] = []
+    if name == "SETQUOTA":
+        cur.sp()
+        cur.expect(b"(", "resource limit list")
+        if not cur.maybe(b")"):
+            while True:
+                resource = cur.atom("resource name").upper()
+                cur.sp()
+                limits.append((resource, cur.number(limit=MAX_NUMBER64)))
+                if cur.maybe(b")"):
+                    break
+                cur.sp()
+    return QuotaCommand(tag, name, root, tuple(limits))
+
+
 def _enable(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
     caps = [cur.atom("capability").upper()]
     while cur.maybe(b" "):
@@ -985,4 +1012,7 @@ _HANDLERS = {
     "EXPUNGE": None,
     "ID": _id,
     "ENABLE": _enable,
+    "GETQUOTA": _quota,
+    "GETQUOTAROOT": _quota,
+    "SETQUOTA": _quota,
 }

@@ -40,6 +40,7 @@ from appliance.imap.parser import (
     Login,
     MailboxCommand,
     ParseError,
+    QuotaCommand,
     Rename,
     Search,
     Select,
@@ -78,12 +79,13 @@ NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authe
 ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
 PREAUTH_ONLY = frozenset({"STARTTLS", "AUTHENTICATE", "LOGIN"})
 AUTH_STATE = frozenset({"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-                        "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE"})
+                        "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA",
+                        "GETQUOTAROOT", "SETQUOTA"})
 SELECTED_STATE = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                             "MOVE"})
 BASE_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE"
 AUTH_CAPS = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
-             " CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE")
+             " CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE QUOTA QUOTA=RES-STORAGE")
 
 
 class Authenticator(Protocol):
@@ -799,6 +801,41 @@ class Session:
             return
         self.sync(allow_expunge=True)
         self.send(f"{cmd.tag} OK [APPENDUID {validity} {uid}] Append completed.")
+
+    # ------------------------------------------------------------------ QUOTA (RFC 9208)
+
+    def _quota_line(self) -> str | None:
+        """The account's one quota root "" in 1024-octet units; None when the account is unlimited."""
+        assert self.account is not None
+        used, limit = self.account.quota()
+        if not limit:
+            return None
+        return f'* QUOTA "" (STORAGE {(used + 1023) // 1024} {limit // 1024})'
+
+    async def cmd_getquotaroot(self, cmd: QuotaCommand) -> None:
+        assert self.account is not None
+        try:
+            name = self.account.folder(cmd.target).name
+        except FolderNotFound:
+            self._no_such_mailbox(cmd.tag, cmd.target)
+            return
+        line = self._quota_line()
+        self.send(f"* QUOTAROOT {self.wire_name(name)}" + (' ""' if line else ""))
+        if line:
+            self.send(line)
+        self.send(f"{cmd.tag} OK Getquotaroot completed.")
+
+    async def cmd_getquota(self, cmd: QuotaCommand) -> None:
+        line = self._quota_line()
+        if cmd.target != "" or line is None:
+            self.send(f"{cmd.tag} NO [NONEXISTENT] Quota root doesn't exist.")
+            return
+        self.send(line)
+        self.send(f"{cmd.tag} OK Getquota completed.")
+
+    async def cmd_setquota(self, cmd: QuotaCommand) -> None:
+        # quotas are the administrator's: `mailfleet user quota` (RFC 9208 §4.3 allows refusing)
+        self.send(f"{cmd.tag} NO [NOPERM] Quotas are set by the administrator.")
 
     async def cmd_idle(self, cmd: Command) -> None:
         # RFC 2177

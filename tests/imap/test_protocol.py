@@ -412,3 +412,16 @@ def test_connection_flood_from_one_address_is_capped(imap_server: ImapServer) ->
     assert all(c.greeting.startswith(b"* OK") for c in clients)  # the default cap is far above this
     for c in clients:
         c.close()
+
+
+def test_quota_extension(raw: RawClient, imap_server: ImapServer) -> None:
+    raw.login()
+    assert raw.command("a", "GETQUOTAROOT INBOX")[0] == b"* QUOTAROOT INBOX\r\n"  # unlimited: no root
+    imap_server.store.set_quota("alice@example.org", 10 * 1024 * 1024)
+    imap_server.deliver(b"Subject: q\r\n\r\n" + b"x" * 5000 + b"\r\n")
+    reply = raw.command("b", "GETQUOTAROOT INBOX")
+    assert reply[:2] == [b'* QUOTAROOT INBOX ""\r\n', b'* QUOTA "" (STORAGE 5 10240)\r\n']
+    assert raw.command("c", 'GETQUOTA ""')[0] == b'* QUOTA "" (STORAGE 5 10240)\r\n'
+    assert raw.command("d", "GETQUOTA other")[-1].startswith(b"d NO")
+    assert raw.command("e", 'SETQUOTA "" (STORAGE 1)')[-1].startswith(b"e NO [NOPERM]")
+    assert raw.command("f", "GETQUOTAROOT Nope")[-1].startswith(b"f NO")
