@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from appliance.auth.sasl import SaslCancelled, SaslError, decode_plain
 from appliance.imap import fetch as fetchmod
-from appliance.imap import mutf7
+from appliance.imap import listing, mutf7
 from appliance.imap import search as searchmod
 from appliance.imap.message import Message, cached_header
 from appliance.imap.parser import (
@@ -55,7 +55,6 @@ from appliance.store import (
     DELIMITER,
     Account,
     FolderExists,
-    FolderInfo,
     FolderNotFound,
     InvalidFolderName,
     MailStore,
@@ -689,67 +688,17 @@ class Session:
             self.send(f'* {cmd.name} (\\Noselect) "{DELIMITER}" ""')
             self.send(f"{cmd.tag} OK {cmd.name.title()} completed.")
             return
-        problem = _list_options_problem(cmd)
+        problem = listing.options_problem(cmd)
         if problem:
             self.send(f"{cmd.tag} BAD {problem}")
             return
         folders = {f.name: f for f in self.account.folders()}
-        subscribed = set(self.account.subscriptions())
-        by_subscription = lsub or "SUBSCRIBED" in cmd.selection
-        candidates = subscribed if by_subscription else set(folders)
-        parents = {p for name in candidates for p in _ancestors(name)} - candidates
-        patterns = [(p, _pattern(cmd.reference, p)) for p in cmd.patterns]
         status_items = sorted(r[7:] for r in cmd.returns if r.startswith("STATUS:"))
-        for name in sorted(candidates | parents):
-            matched = [p for p, regex in patterns if regex.fullmatch(name)]
-            if not matched:
-                continue
-            entry = self._list_entry(cmd, lsub, name, name in candidates, matched, folders, subscribed)
-            if entry is None:
-                continue
-            attrs, suffix = entry
+        for name, attrs, suffix in listing.entries(cmd, lsub, folders, set(self.account.subscriptions())):
             self.send(f'* {cmd.name} ({" ".join(attrs)}) "{DELIMITER}" {self.wire_name(name)}{suffix}')
             if status_items and name in folders:
                 self._send_status(name, status_items)
         self.send(f"{cmd.tag} OK {cmd.name.title()} completed.")
-
-    def _list_entry(self, cmd: ListCommand, lsub: bool, name: str, candidate: bool, matched: list[str],
-                    folders: dict[str, FolderInfo], subscribed: set[str]) -> tuple[list[str], str] | None:
-        """Attributes (and CHILDINFO) for one listed name, or None when it is not listed."""
-        exists = name in folders
-        wildcard = any("%" in p or "*" in p for p in matched)
-        subscribed_child = any(s.startswith(name + DELIMITER) for s in subscribed)
-        if not candidate:  # a parent that only has (subscribed) children
-            if lsub:
-                # RFC 3501 §6.3.9: "%" matching a non-subscribed parent of subscribed names
-                return (["\\Noselect"], "") if any("%" in p for p in matched) else None
-            if "RECURSIVEMATCH" in cmd.selection:
-                attrs = ["\\NonExistent"] if not exists else []
-                if "CHILDREN" in cmd.returns:
-                    attrs.append("\\HasChildren")
-                return attrs, ' (CHILDINFO ("SUBSCRIBED"))'
-            if "SUBSCRIBED" in cmd.selection or cmd.selection or not wildcard:
-                return None
-            return (["\\NonExistent" if cmd.extended else "\\Noselect", "\\HasChildren"], "")
-        folder = folders.get(name)
-        if "SPECIAL-USE" in cmd.selection and not (folder and folder.special_use):
-            return None
-        attrs: list[str] = []
-        if folder is None:
-            attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
-        elif not lsub and (not cmd.extended or "CHILDREN" in cmd.returns):
-            # LSUB has no CHILDREN attributes; extended LIST only on RETURN (CHILDREN) (RFC 5258 §4)
-            has_children = any(n.startswith(name + DELIMITER) for n in folders)
-            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
-        show_use = not cmd.extended or "SPECIAL-USE" in cmd.returns or "SPECIAL-USE" in cmd.selection
-        if folder is not None and folder.special_use and show_use:  # RFC 6154 §2
-            attrs.append(folder.special_use)
-        if name in subscribed and ("SUBSCRIBED" in cmd.returns or "SUBSCRIBED" in cmd.selection):
-            attrs.append("\\Subscribed")
-        suffix = ""
-        if "RECURSIVEMATCH" in cmd.selection and subscribed_child:
-            suffix = ' (CHILDINFO ("SUBSCRIBED"))'  # RFC 5258 §3.5
-        return attrs, suffix
 
     async def cmd_status(self, cmd: Status) -> None:
         assert self.account is not None
@@ -1145,37 +1094,6 @@ def _exists(account: Account, name: str) -> bool:
         return True
     except FolderNotFound:
         return False
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(DELIMITER)
-    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
-
-
-LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
-
-
-def _list_options_problem(cmd: ListCommand) -> str | None:
-    """RFC 5258 §3: unknown options and a RECURSIVEMATCH without a base option are BAD."""
-    if cmd.selection - LIST_SELECTION:
-        return "Invalid LIST selection options"
-    if "RECURSIVEMATCH" in cmd.selection and not cmd.selection - {"RECURSIVEMATCH", "REMOTE"}:
-        return "RECURSIVEMATCH needs another selection option"
-    if {r for r in cmd.returns if not r.startswith("STATUS:")} - LIST_RETURNS:
-        return "Invalid LIST return options"
-    return None
-
-
-def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
-    """LIST reference + mailbox pattern -> regex; "*" any, "%" no delimiter (RFC 3501 §6.3.8)."""
-    full = pattern if pattern.startswith(DELIMITER) or not reference else reference + pattern
-    if full.upper().startswith("INBOX") and (len(full) == 5 or full[5] in (DELIMITER, "*", "%")):
-        full = "INBOX" + full[5:]
-    regex = "".join(
-        ".*" if ch == "*" else f"[^{re.escape(DELIMITER)}]*" if ch == "%" else re.escape(ch) for ch in full
-    )
-    return re.compile(regex, re.S)
 
 
 def _compress(numbers: list[int]) -> str:
