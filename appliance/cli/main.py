@@ -22,6 +22,17 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(Path(args.config)))
 
 
+def _smtp_worker(args: argparse.Namespace) -> int:
+    from appliance.cli.serve import run_acceptor
+
+    fds: dict[str, list[int]] = {}
+    for item in args.fds.split(","):
+        name, _, fd = item.partition(":")
+        fds.setdefault(name, []).append(int(fd))
+    return asyncio.run(run_acceptor(Path(args.config), Path(args.snapshot), args.index, fds, Path(args.notify),
+                                    args.workers))
+
+
 def _check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config
     config = load_config(path, check_host=not args.no_host_check)
@@ -62,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw = sub.add_parser("hash-password", help="print an argon2id hash for primary.users[].password_hash")
     hashpw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     hashpw.set_defaults(func=_hash_password)
+    worker = sub.add_parser("smtp-worker", help=argparse.SUPPRESS)  # started by serve, never by hand
+    worker.add_argument("--snapshot", required=True, help="the config text serve validated")
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--workers", type=int, required=True)
+    worker.add_argument("--fds", required=True, help="name:fd,... listening sockets inherited from serve")
+    worker.add_argument("--notify", required=True)
+    worker.set_defaults(func=_smtp_worker)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

@@ -78,6 +78,11 @@ def load_config(path: str | os.PathLike[str], check_host: bool = True) -> Config
     `check_host` verifies that listen and source addresses exist on this host's interfaces; tests that build
     configs for other hosts turn it off.
     """
+    return load_config_with_text(path, check_host)[0]
+
+
+def load_config_with_text(path: str | os.PathLike[str], check_host: bool = True) -> tuple[Config, str]:
+    """`load_config`, also returning the exact text validated (so other processes can use that very text)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -85,7 +90,7 @@ def load_config(path: str | os.PathLike[str], check_host: bool = True) -> Config
         raise ConfigError("file", "does not exist", source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("file", f"cannot be read ({exc.__class__.__name__}: {exc})", source) from None
-    return parse_config(text, source=source, base_dir=Path(path).resolve().parent, check_host=check_host)
+    return parse_config(text, source=source, base_dir=Path(path).resolve().parent, check_host=check_host), text
 
 
 def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None,
@@ -382,7 +387,16 @@ def _smtp(value: Any) -> SMTPConfig:
                               "smtp.max_message_size", 1024),
         max_recipients=_int(section.get("max_recipients", defaults.max_recipients), "smtp.max_recipients", 1),
         max_sessions=_int(section.get("max_sessions", defaults.max_sessions), "smtp.max_sessions", 1),
+        workers=_workers(section.get("workers", "auto")),
     )
+
+
+def _workers(value: Any) -> int:
+    """'auto': one acceptor process per CPU when there are several CPUs, else everything in one process."""
+    if value == "auto":
+        cpus = os.cpu_count() or 1
+        return cpus if cpus > 1 else 0
+    return _int(value, "smtp.workers", 0, 64)
 
 
 def _auth(value: Any) -> AuthConfig:

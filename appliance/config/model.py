@@ -51,6 +51,7 @@ class SMTPConfig:
     max_message_size: int = 26214400
     max_recipients: int = 100
     max_sessions: int = 5000
+    workers: int = 0  # SMTP acceptor processes beside the queue process; 0: everything in one process
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,9 @@ class QueueRunner:
             count += 1
         return count
 
+    def knows(self, queue_id: str) -> bool:
+        return queue_id in self._messages
+
     def enqueue(self, message: QueuedMessage) -> None:
         """A message just committed to the spool: deliver it now."""
         self._add(message)

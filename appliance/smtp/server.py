@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
+import os
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -54,10 +59,51 @@ class ListenerOptions:
     plaintext_auth_on_loopback: bool = False
 
 
+class SessionTable:
+    """Open-session counts of every acceptor process, one 8-byte slot each in a shared memory-mapped file.
+
+    Each process writes only its own slot and sums all of them, so smtp.max_sessions holds for the whole
+    service however the kernel shares connections out among the processes.
+    """
+
+    def __init__(self, path: Path, slots: int, index: int) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8 * slots:
+                os.ftruncate(fd, 8 * slots)
+            self._map = mmap.mmap(fd, 8 * slots)
+        finally:
+            os.close(fd)
+        self._slots = slots
+        self._offset = 8 * index
+        self.set(0)
+
+    def set(self, count: int) -> None:
+        struct.pack_into("q", self._map, self._offset, count)
+
+    def total(self) -> int:
+        return sum(struct.unpack_from(f"{self._slots}q", self._map))
+
+
 @dataclass
 class SessionCounter:
     limit: int
     active: set = field(default_factory=set)
+    table: SessionTable | None = None  # set in acceptor processes: the limit is for all of them together
+
+    def full(self) -> bool:
+        count = self.table.total() if self.table is not None else len(self.active)
+        return count >= self.limit
+
+    def add(self, protocol: object) -> None:
+        self.active.add(protocol)
+        if self.table is not None:
+            self.table.set(len(self.active))
+
+    def discard(self, protocol: object) -> None:
+        self.active.discard(protocol)
+        if self.table is not None:
+            self.table.set(len(self.active))
 
 
 class InboundHandler:
@@ -242,11 +288,11 @@ class SMTPProtocol(SMTP):
         self.__ident__ = "Mailfleet ESMTP"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._counter.active.add(self)
+        self._counter.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        self._counter.active.discard(self)
+        self._counter.discard(self)
         super().connection_lost(error)
 
     async def push(self, status: str) -> None:
@@ -404,15 +450,39 @@ class SMTPListeners:
                 proto.transport.close()
 
 
+def bind_listeners(addresses: tuple[HostPort, ...], listen: bool = True) -> list[socket.socket]:
+    """Sockets bound before the acceptor processes start, so that they all accept on the same ones.
+
+    With `listen=False` the caller calls listen() itself once the rest of the service is up.
+    """
+    sockets = []
+    for hp in addresses:
+        family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((hp.host, hp.port))
+            if listen:
+                sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot listen on {hp}: {exc.strerror}") from None
+        sockets.append(sock)
+    return sockets
+
+
 async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[ListenerOptions], InboundHandler],
                      options: ListenerOptions, counter: SessionCounter, hostname: str, max_message_size: int,
-                     tls_context: ssl.SSLContext | None) -> list[asyncio.Server]:
-    """One asyncio server per listen address, all sharing `counter` for the session limit."""
+                     tls_context: ssl.SSLContext | None,
+                     sockets: list[socket.socket] | None = None) -> list[asyncio.Server]:
+    """One asyncio server per listen address (or per inherited socket), all sharing `counter`."""
     loop = asyncio.get_running_loop()
     handler = handler_factory(options)
 
     def factory() -> asyncio.Protocol:
-        if len(counter.active) >= counter.limit:
+        if counter.full():
             return _Refuse()
         return SMTPProtocol(
             handler, counter, hostname=hostname, data_size_limit=max_message_size, enable_SMTPUTF8=True,
@@ -422,10 +492,14 @@ async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[Li
             auth_required=False, auth_require_tls=False, timeout=300, loop=loop)
 
     servers = []
+    ssl_arg = tls_context if options.implicit_tls else None
+    if sockets is not None:
+        for sock in sockets:
+            servers.append(await loop.create_server(factory, sock=sock, ssl=ssl_arg))
+        return servers
     for hp in listen:
-        servers.append(await loop.create_server(
-            factory, host=hp.host, port=hp.port, reuse_address=True, backlog=1024,
-            ssl=tls_context if options.implicit_tls else None))
+        servers.append(await loop.create_server(factory, host=hp.host, port=hp.port, reuse_address=True,
+                                                backlog=1024, ssl=ssl_arg))
         log.info("listening for %s on %s", options.name, hp)
     return servers
 

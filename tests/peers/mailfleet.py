@@ -44,8 +44,9 @@ class RunningMailfleet:
 
     def start(self, timeout: float = 20.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        # Its own process group, as systemd gives a service its own cgroup: kill() takes the SMTP workers too.
         self.proc = subprocess.Popen([*MAILFLEET, "--config", str(self.config_path), "serve"], stdout=log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         for port in self.ports.values():
@@ -68,10 +69,21 @@ class RunningMailfleet:
         return self.proc.wait(timeout)
 
     def kill(self) -> None:
-        """SIGKILL: the crash the durability promise is about."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL to every process of the service: the crash the durability promise is about."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the workers, reaped by init, may take a moment more
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
 
     def restart(self) -> None:
         self.stop()
