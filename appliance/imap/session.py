@@ -741,7 +741,7 @@ class Session:
                 return
         try:
             validity, uid = await asyncio.to_thread(
-                self.account.deliver, cmd.mailbox, cmd.message, cmd.flags, cmd.date)
+                self.account.deliver, cmd.mailbox, _crlf(cmd.message), cmd.flags, cmd.date)
         except FolderNotFound:
             self.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {cmd.mailbox}")
             return
@@ -1060,6 +1060,15 @@ class Session:
             return
         self.sync(allow_expunge=cmd.uid)
         self.send(f"{cmd.tag} OK {code}Copy completed.")
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _crlf(message: bytes) -> bytes:
+    """Bare LF line ends become CRLF (RFC 3501 §2.2: messages are CRLF; Dovecot serves them so too),
+    so that RFC822.SIZE, BODY[] and every section agree with what clients expect."""
+    return _BARE_LF.sub(b"\r\n", message) if b"\n" in message else message
 
 
 def _valid_flag(flag: str) -> bool:

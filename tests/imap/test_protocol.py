@@ -425,3 +425,11 @@ def test_quota_extension(raw: RawClient, imap_server: ImapServer) -> None:
     assert raw.command("d", "GETQUOTA other")[-1].startswith(b"d NO")
     assert raw.command("e", 'SETQUOTA "" (STORAGE 1)')[-1].startswith(b"e NO [NOPERM]")
     assert raw.command("f", "GETQUOTAROOT Nope")[-1].startswith(b"f NO")
+
+
+def test_append_with_bare_line_feeds_is_stored_with_crlf(raw: RawClient, imap_server: ImapServer) -> None:
+    raw.login()
+    message = b"Subject: lf\n\nline 1\nline 2\r\n"
+    raw.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(message), message))
+    assert raw.until("a")[-1].startswith(b"a OK")
+    assert imap_server.store.account("alice@example.org").read("INBOX", 1) == b"Subject: lf\r\n\r\nline 1\r\nline 2\r\n"
