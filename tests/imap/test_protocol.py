@@ -433,3 +433,11 @@ def test_append_with_bare_line_feeds_is_stored_with_crlf(raw: RawClient, imap_se
     raw.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(message), message))
     assert raw.until("a")[-1].startswith(b"a OK")
     assert imap_server.store.account("alice@example.org").read("INBOX", 1) == b"Subject: lf\r\n\r\nline 1\r\nline 2\r\n"
+
+
+def test_create_special_use(raw: RawClient) -> None:
+    raw.login()
+    assert raw.command("a", "CREATE MyFlagged (USE (\\Flagged))")[-1].startswith(b"a OK")
+    assert raw.command("b", "CREATE Bad (USE (\\Bogus))")[-1].startswith(b"b NO [USEATTR]")
+    reply = raw.command("l", 'LIST (SPECIAL-USE) "" My*')
+    assert reply[0] == b'* LIST (\\Flagged) "/" MyFlagged\r\n'
