@@ -119,7 +119,7 @@ def _delete(args: argparse.Namespace) -> int:
     if args.queue_id not in spool.ids():
         print(f"mailfleet: no message {args.queue_id} in the queue", file=sys.stderr)
         return 1
-    spool.remove(args.queue_id)
+    spool.remove_now(args.queue_id)
     print(f"deleted {args.queue_id}")
     return 0
 

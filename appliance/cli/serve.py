@@ -148,7 +148,7 @@ class Appliance:
         except SpoolCorrupt as exc:
             log.warning("spool: %s", exc)
             return
-        self.runner.enqueue(message)
+        self.runner.adopt(message)
 
     async def rescan(self, every: float = 10.0) -> None:
         """Queue process: pick up messages whose notification was lost (acceptor busy, queue restarting)."""

@@ -67,14 +67,15 @@ class QueueRunner:
     def load_spool(self) -> int:
         """At start-up: everything the spool holds is scheduled again, at its recorded next attempt."""
         self.spool.recover()
-        count = 0
-        for message in self.spool.messages():
-            if not message.pending() and not self._unreported(message):
-                self.spool.remove(message.queue_id)
-                continue
-            self._add(message)
-            count += 1
-        return count
+        return sum(self.adopt(message) for message in self.spool.messages())
+
+    def adopt(self, message: QueuedMessage) -> bool:
+        """Take over a message found in the spool; one whose recipients are all final is only cleaned up."""
+        if not message.pending() and not self._unreported(message):
+            self.spool.remove(message.queue_id)
+            return False
+        self._add(message)
+        return True
 
     def knows(self, queue_id: str) -> bool:
         return queue_id in self._messages
@@ -111,7 +112,7 @@ class QueueRunner:
         message = self._messages.pop(queue_id, None)
         if message is None:
             return False
-        self.spool.remove(queue_id)
+        self.spool.remove_now(queue_id)
         log.info("queue_id=%s removed by the administrator", queue_id)
         return True
 

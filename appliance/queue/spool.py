@@ -17,6 +17,7 @@ import ctypes.util
 import json
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -141,6 +142,30 @@ class _Syncer:
         os.close(self._fd)
 
 
+class _Reaper:
+    """Unlinks finished spool files in order, off the event loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Path, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="spool-reaper", daemon=True)
+        self._thread.start()
+
+    def put(self, *paths: Path) -> None:
+        self._queue.put(paths)
+
+    def _run(self) -> None:
+        while (paths := self._queue.get()) is not None:
+            for path in paths:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # pragma: no cover - disk failure
+                    log.warning("spool: cannot remove %s: %s", path, exc)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     if future.done():
         return
@@ -174,6 +199,7 @@ class Spool:
         for d in (self.tmp_dir, self.msg_dir, self.state_dir, self.corrupt_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._syncer: _Syncer | None = None
+        self._reaper: _Reaper | None = None
 
     # ------------------------------------------------------------------ accepting
 
@@ -224,12 +250,19 @@ class Spool:
             fh.write(lines)
 
     def remove(self, queue_id: str) -> None:
-        """Forget a message whose every recipient reached a final state."""
+        """Forget a message whose every recipient reached a final state.
+
+        The unlinks run on a background thread: under delivery load ext4 makes an unlink wait for the journal,
+        and the event loop must not. One lost to a crash is harmless: at start-up a message whose recipients
+        are all final is removed again.
+        """
+        if self._reaper is None:
+            self._reaper = _Reaper()
+        self._reaper.put(self.msg_dir / queue_id, self.state_dir / queue_id)
+
+    def remove_now(self, queue_id: str) -> None:
         for path in (self.msg_dir / queue_id, self.state_dir / queue_id):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ reading back
 
@@ -309,6 +342,9 @@ class Spool:
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
 
 
 def _fsync_dir(path: Path) -> None:
