@@ -246,8 +246,11 @@ class Spool:
             "rcpt": r.address, "status": r.status, "attempts": r.attempts, "next": r.next_attempt,
             "code": r.last_code, "text": r.last_text, "host": r.remote_host,
         }, separators=(",", ":")).encode() + b"\n" for r in recipients)
-        with open(self.state_dir / message.queue_id, "ab") as fh:
-            fh.write(lines)
+        fd = os.open(self.state_dir / message.queue_id, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, lines)  # one write(2) of whole lines: a crash leaves at most a torn last line
+        finally:
+            os.close(fd)
 
     def remove(self, queue_id: str) -> None:
         """Forget a message whose every recipient reached a final state.
