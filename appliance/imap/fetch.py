@@ -71,11 +71,11 @@ def render(
         elif name == "RFC822.SIZE":
             out.append(f"RFC822.SIZE {info.size}")
         elif name == "ENVELOPE":
-            out.append("ENVELOPE " + cached_envelope(str(info.path)))
+            out.append("ENVELOPE " + cached_envelope(info.file))
         elif name == "BODYSTRUCTURE":
-            out.append("BODYSTRUCTURE " + cached_structure(str(info.path), True))
+            out.append("BODYSTRUCTURE " + cached_structure(info.file, True))
         elif name == "BODY" and item.section is None:
-            out.append("BODY " + cached_structure(str(info.path), False))
+            out.append("BODY " + cached_structure(info.file, False))
         elif message is None:
             continue
         elif name == "RFC822":

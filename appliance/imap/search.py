@@ -109,13 +109,13 @@ def matches(node: tuple, c: Candidate, codec: str) -> bool:
         return _compare(key[4:], _sent_date(c), node[1].date())
     if key == "SUBJECT":
         needle = _text(node[1], codec)
-        return any(needle in v for v in cached_decoded_header(str(c.info.path), "subject"))
+        return any(needle in v for v in cached_decoded_header(c.info.file, "subject"))
     if key in ("FROM", "TO", "CC", "BCC"):
         needle = _text(node[1], codec)
-        return any(needle in v for v in cached_address_text(str(c.info.path), key.lower()))
+        return any(needle in v for v in cached_address_text(c.info.file, key.lower()))
     if key == "HEADER":
         needle = _text(node[2], codec)
-        values = cached_decoded_header(str(c.info.path), node[1].lower())
+        values = cached_decoded_header(c.info.file, node[1].lower())
         if not needle:
             return bool(values) or node[1].lower() in {k for k, _ in c.message.top.fields}
         return any(needle in v for v in values)

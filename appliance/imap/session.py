@@ -18,7 +18,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.auth.sasl import SaslCancelled, SaslError, decode_plain
@@ -868,7 +867,7 @@ class Session:
                 continue
             candidate = searchmod.Candidate(
                 seq, info, uid in view.recent, len(view.uids), largest_uid,
-                _loader(info.path, header_only) if need_body else _no_message,
+                _loader(info.file, header_only) if need_body else _no_message,
             )
             try:
                 if searchmod.matches(cmd.criteria, candidate, codec):
@@ -965,7 +964,7 @@ class Session:
         missing = len(wanted) - len(infos) if cmd.changed_since is None else 0
         for info in infos:
             try:
-                message = Message(info.path.read_bytes()) if body else None
+                message = Message(_read(info.file)) if body else None
                 parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message)
             except FileNotFoundError:  # expunged by another session meanwhile
                 missing += 1
@@ -1079,11 +1078,16 @@ def _valid_flag(flag: str) -> bool:
     return flag.lower() in {f.lower() for f in SYSTEM_FLAGS} or flag.lower() == "\\recent"
 
 
-def _loader(path: Path, header_only: bool) -> Callable[[], Message]:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _loader(path: str, header_only: bool) -> Callable[[], Message]:
     """Header keys need only the header: read that much of the file, not the whole message."""
     if header_only:
-        return lambda: Message(cached_header(str(path)))
-    return lambda: Message(path.read_bytes())
+        return lambda: Message(cached_header(path))
+    return lambda: Message(_read(path))
 
 
 def _no_message() -> Message:

@@ -84,14 +84,19 @@ CREATE TABLE IF NOT EXISTS subscriptions(name TEXT PRIMARY KEY);
 
 @dataclass(frozen=True, slots=True)
 class MessageInfo:
-    """Metadata of one stored message; ``path`` is the file holding its exact bytes."""
+    """Metadata of one stored message; ``path`` (``file`` as a string) holds its exact bytes."""
 
     uid: int
     flags: frozenset[str]
     internal_date: datetime
     size: int
     modseq: int
-    path: Path
+    file: str
+
+    @property
+    def path(self) -> Path:
+        """Built on demand: listing 10,000 messages should not build 10,000 Path objects."""
+        return Path(self.file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +174,7 @@ class Account:
     def __init__(self, address: str, path: Path) -> None:
         self.address = address
         self.path = path
+        self._root = str(path) + os.sep
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str], None]] = []
         maildir.make_maildir(path)
@@ -490,7 +496,7 @@ class Account:
         uid, filename, flags, idate, tz, size, modseq = row
         zone = _ZONES.get(tz) or _ZONES.setdefault(tz, timezone(timedelta(seconds=tz)))
         return MessageInfo(
-            uid, _decode_flags(flags), datetime.fromtimestamp(idate, zone), size, modseq, self.path / filename
+            uid, _decode_flags(flags), datetime.fromtimestamp(idate, zone), size, modseq, self._root + filename
         )
 
     def flag_list(self, folder: str) -> list[tuple[int, frozenset[str]]]:
