@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -46,7 +47,9 @@ class Candidate:
         return self._message
 
 
+@functools.lru_cache(maxsize=256)
 def _text(value: bytes, codec: str) -> str:
+    """A search string in the command's charset, case-folded (computed once per SEARCH, not per message)."""
     return value.decode(codec, "replace").casefold()
 
 

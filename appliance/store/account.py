@@ -88,10 +88,18 @@ class MessageInfo:
 
     uid: int
     flags: frozenset[str]
-    internal_date: datetime
+    timestamp: int  # INTERNALDATE as Unix time, with the zone it was given in (seconds east of UTC)
+    tz_offset: int
     size: int
     modseq: int
     file: str
+
+    @property
+    def internal_date(self) -> datetime:
+        zone = _ZONES.get(self.tz_offset)
+        if zone is None:
+            zone = _ZONES.setdefault(self.tz_offset, timezone(timedelta(seconds=self.tz_offset)))
+        return datetime.fromtimestamp(self.timestamp, zone)
 
     @property
     def path(self) -> Path:
@@ -494,10 +502,7 @@ class Account:
 
     def _info(self, row: tuple) -> MessageInfo:
         uid, filename, flags, idate, tz, size, modseq = row
-        zone = _ZONES.get(tz) or _ZONES.setdefault(tz, timezone(timedelta(seconds=tz)))
-        return MessageInfo(
-            uid, _decode_flags(flags), datetime.fromtimestamp(idate, zone), size, modseq, self._root + filename
-        )
+        return MessageInfo(uid, _decode_flags(flags), idate, tz, size, modseq, self._root + filename)
 
     def flag_list(self, folder: str) -> list[tuple[int, frozenset[str]]]:
         """(UID, flags) of every message in UID order: what SELECT needs, without building MessageInfo."""
