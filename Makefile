@@ -22,6 +22,8 @@ apt: ## Install the Debian packages the tests need (skipped when all are present
 	@# Postfix is here for its smtp-sink/smtp-source tools and the benchmark's private instance: the system
 	@# instance must not hold port 25, where the tests run their own MX peers.
 	@postfix stop >/dev/null 2>&1 || true
+	@# Likewise Dovecot is a reference peer that the tests start with their own config, never the system one.
+	@service dovecot stop >/dev/null 2>&1 || true
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
