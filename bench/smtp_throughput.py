@@ -146,6 +146,8 @@ class Sink:
         self.address = address
         self.port = free_port(address)
         self.count = 0
+        self._offset = 0  # what earlier smtp-sink processes counted
+        self.last_output = b""
         self.proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
 
@@ -157,16 +159,25 @@ class Sink:
         self._thread.start()
         wait_until(lambda: listening(self.address, self.port), 10, "smtp-sink to listen")
 
+    def ensure_running(self) -> None:
+        """Start the sink again (same port, count carried on) if it died since the last measurement."""
+        if self.proc is not None and self.proc.poll() is not None:
+            print(f"  bench: smtp-sink had exited (status {self.proc.returncode}, last output "
+                  f"{self.last_output!r}); started again", flush=True)
+            self._offset = self.count
+            self.start()
+
     def _follow(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         buf = b""
         while chunk := self.proc.stdout.read1(65536):
+            self.last_output = (self.last_output + chunk)[-300:]
             buf += chunk
             *records, buf = buf.split(b"\r")
             for record in reversed(records):
                 _, sep, value = record.rpartition(b"mesg=")
                 if sep and value.strip().isdigit():
-                    self.count = int(value.strip())
+                    self.count = self._offset + int(value.strip())
                     break
 
     def stop(self) -> None:
@@ -440,6 +451,7 @@ def run_load(server: Server, sink: Sink, case: str, user: str, size_kb: int, ses
             return server.delivered(user) - before
     else:
         rcpt = RELAY_RCPT
+        sink.ensure_running()
         before = sink.count
 
         def arrived() -> int:
