@@ -88,7 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # a command group not shipped in this build
         module.register(sub)
+    _accept_config_everywhere(parser)
     return parser
+
+
+def _accept_config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`mailfleet serve --config F` as well as `mailfleet --config F serve`, at every level of subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                                       help=f"config file (default {DEFAULT_CONFIG})")
+                _accept_config_everywhere(child)
 
 
 def main(argv: list[str] | None = None) -> int:

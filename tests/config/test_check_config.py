@@ -183,3 +183,18 @@ def test_errors_are_config_errors_in_process() -> None:
         parse_config("hostname: a.example\nroles: [primary]\nprimary: {domains: []}\n", source="x.yml",
                      check_host=False)
     assert str(info.value) == "x.yml: primary.domains: must list at least one domain"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "{path}", "check-config"],
+    ["check-config", "--config", "{path}"],
+    ["-c", "{path}", "queue", "list"],
+    ["queue", "list", "--config", "{path}"],
+])
+def test_config_option_before_or_after_the_command(tmp_path: Path, argv: list[str]) -> None:
+    path = tmp_path / "mailfleet.yml"
+    path.write_text(yaml.safe_dump({**BASE, "data_dir": str(tmp_path / "data")}))
+    result = subprocess.run([sys.executable, "-m", "appliance.cli.main", *(a.format(path=path) for a in argv)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout or "queue is empty" in result.stdout
