@@ -629,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/smtp_throughput.py: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return 2
     raise_nofile(20000)
+    # SIGTERM (timeout(1), a CI limit) unwinds like an error, so the finally below stops Postfix and Mailfleet.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     sizes = [int(s) for s in args.sizes.split(",") if s]
     session_counts = [int(s) for s in args.sessions.split(",") if s]
     cases = [c for c in args.cases.split(",") if c]
