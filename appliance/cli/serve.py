@@ -151,7 +151,7 @@ class Appliance:
         self.runner.adopt(message)
 
     async def rescan(self, every: float = 10.0) -> None:
-        """Queue process: pick up messages whose notification was lost (acceptor busy, queue restarting)."""
+        """Queue process: pick up messages whose notification was lost (e.g. an acceptor restarting)."""
         while True:
             await asyncio.sleep(every)
             for queue_id in self.spool.ids():
@@ -358,7 +358,7 @@ async def _serve_with_acceptors(config_path: Path, config: Config, text: str) ->
         task.add_done_callback(reloads.discard)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
-    transport = await notify.listen(pool.notify_path, app.on_committed, pool.on_reloaded)
+    notices = await notify.listen(pool.notify_path, app.on_committed, pool.on_reloaded)
     await app.start()
     for socks in sockets.values():
         for sock in socks:
@@ -369,7 +369,7 @@ async def _serve_with_acceptors(config_path: Path, config: Config, text: str) ->
     rescan.cancel()
     await pool.stop(DRAIN_SECONDS)
     await app.stop()
-    transport.close()
+    notices.close()
     return 0
 
 
@@ -385,7 +385,7 @@ async def run_acceptor(config_path: Path, snapshot: Path, index: int, fds: dict[
     setup_logging(config.log_level, f"smtp-worker-{index}")
     raise_fd_limit(config.smtp.max_sessions * 2 + 1024)
     inherited = {name: [socket.socket(fileno=fd) for fd in numbers] for name, numbers in fds.items()}
-    notifier = Notifier(notify_path)
+    notifier = await Notifier.connect(notify_path)
     app = Appliance(config, mode="acceptor", inherited=inherited, notifier=notifier, workers=workers,
                     worker_index=index)
     await app.start()

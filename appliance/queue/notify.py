@@ -1,8 +1,10 @@
-"""How SMTP acceptor processes tell the queue process about new mail: one datagram per committed message.
+"""How SMTP acceptor processes tell the queue process about new mail: one line per committed message.
 
-The spool stays the only source of truth. A datagram is a hint that saves the queue process from polling; a
-lost one (queue process busy, restarting) costs only latency, because the queue process also rescans the
-spool periodically and at start-up.
+Each acceptor holds one Unix stream connection to the queue process. A stream, not datagrams: Linux queues
+only net.unix.max_dgram_qlen (10) datagrams per socket, so under load most notices would be dropped and the
+mail would wait for the rescan. The spool stays the only source of truth: a notice lost anyway (the queue
+process restarting) costs only latency, because the queue process also rescans the spool periodically and at
+start-up.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,21 +19,29 @@ log = logging.getLogger("appliance.queue")
 
 COMMITTED = b"Q"
 RELOADED = b"R"
+MAX_LINE = 256
 
 
 class Notifier:
-    """The acceptor's end: fire-and-forget datagrams to the queue process."""
+    """The acceptor's end: buffered writes on one stream connection; never blocks the event loop."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+    def __init__(self, writer: asyncio.StreamWriter | None) -> None:
+        self._writer = writer
 
-    def _send(self, payload: bytes) -> None:
+    @classmethod
+    async def connect(cls, path: Path) -> Notifier:
         try:
-            self._sock.sendto(payload, self.path)
-        except OSError as exc:  # queue process down or its buffer full: the rescan finds the message
-            log.debug("notify %s: %s", self.path, exc)
+            _, writer = await asyncio.open_unix_connection(str(path))
+        except OSError as exc:
+            log.warning("notify: cannot reach the queue process at %s (%s); it will find mail by rescanning",
+                        path, exc)
+            writer = None
+        return cls(writer)
+
+    def _send(self, line: bytes) -> None:
+        if self._writer is None or self._writer.is_closing():
+            return  # the rescan finds the message
+        self._writer.write(line + b"\n")
 
     def committed(self, queue_id: str) -> None:
         self._send(COMMITTED + b" " + queue_id.encode())
@@ -41,35 +50,39 @@ class Notifier:
         self._send(RELOADED + b" %d %d" % (worker, ok))
 
     def close(self) -> None:
-        self._sock.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, on_committed: Callable[[str], None], on_reloaded: Callable[[int, bool], None]) -> None:
-        self._on_committed = on_committed
-        self._on_reloaded = on_reloaded
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        kind, _, rest = data.partition(b" ")
-        try:
-            if kind == COMMITTED:
-                self._on_committed(rest.decode("ascii"))
-            elif kind == RELOADED:
-                worker, ok = rest.split()
-                self._on_reloaded(int(worker), ok == b"1")
-        except (ValueError, UnicodeDecodeError):
-            log.warning("notify: ignored a malformed datagram %r", data[:80])
+def _dispatch(line: bytes, on_committed: Callable[[str], None], on_reloaded: Callable[[int, bool], None]) -> None:
+    kind, _, rest = line.strip().partition(b" ")
+    try:
+        if kind == COMMITTED:
+            on_committed(rest.decode("ascii"))
+        elif kind == RELOADED:
+            worker, ok = rest.split()
+            on_reloaded(int(worker), ok == b"1")
+        else:
+            raise ValueError(kind)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("notify: ignored a malformed line %r", line[:80])
 
 
 async def listen(path: Path, on_committed: Callable[[str], None],
-                 on_reloaded: Callable[[int, bool], None]) -> asyncio.DatagramTransport:
-    """The queue process's end, bound at `path` (mode 0600)."""
+                 on_reloaded: Callable[[int, bool], None]) -> asyncio.AbstractServer:
+    """The queue process's end, a Unix socket at `path` (mode 0600)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                _dispatch(line[:MAX_LINE], on_committed, on_reloaded)
+        except (ConnectionError, ValueError) as exc:  # ValueError: a line over the reader's limit
+            log.warning("notify: connection dropped: %s", exc)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(path))
     path.chmod(0o600)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(on_committed, on_reloaded), sock=sock)
-    return transport
+    return server
