@@ -495,7 +495,8 @@ async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[Li
     ssl_arg = tls_context if options.implicit_tls else None
     if sockets is not None:
         for sock in sockets:
-            servers.append(await loop.create_server(factory, sock=sock, ssl=ssl_arg))
+            # backlog: asyncio calls listen() again on the socket; its default of 100 would shrink the queue.
+            servers.append(await loop.create_server(factory, sock=sock, ssl=ssl_arg, backlog=1024))
         return servers
     for hp in listen:
         servers.append(await loop.create_server(factory, host=hp.host, port=hp.port, reuse_address=True,
