@@ -358,7 +358,7 @@ async def _serve_with_acceptors(config_path: Path, config: Config, text: str) ->
         task.add_done_callback(reloads.discard)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
-    notices = await notify.listen(pool.notify_path, app.on_committed, pool.on_reloaded)
+    notices = await notify.listen(pool.notify_path, app.on_committed, pool)
     await app.start()
     for socks in sockets.values():
         for sock in socks:
@@ -401,8 +401,9 @@ async def run_acceptor(config_path: Path, snapshot: Path, index: int, fds: dict[
         notifier.reloaded(index, True)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
-    if hup_before_start:  # the queue process reloaded while we were starting: our config may be stale
+    if hup_before_start:  # a stray SIGHUP while starting: read the snapshot again to be sure
         on_hup()
+    notifier.ready(index)  # from now on the queue process sends us its reloads
     await done.wait()
     await app.stop()
     notifier.close()

@@ -14,11 +14,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger("appliance.queue")
 
 COMMITTED = b"Q"
 RELOADED = b"R"
+READY = b"U"
 MAX_LINE = 256
 
 
@@ -49,27 +51,36 @@ class Notifier:
     def reloaded(self, worker: int, ok: bool) -> None:
         self._send(RELOADED + b" %d %d" % (worker, ok))
 
+    def ready(self, worker: int) -> None:
+        self._send(READY + b" %d" % worker)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
 
 
-def _dispatch(line: bytes, on_committed: Callable[[str], None], on_reloaded: Callable[[int, bool], None]) -> None:
+class Listener(Protocol):
+    def on_reloaded(self, worker: int, ok: bool) -> None: ...
+    def on_ready(self, worker: int) -> None: ...
+
+
+def _dispatch(line: bytes, on_committed: Callable[[str], None], pool: Listener) -> None:
     kind, _, rest = line.strip().partition(b" ")
     try:
         if kind == COMMITTED:
             on_committed(rest.decode("ascii"))
         elif kind == RELOADED:
             worker, ok = rest.split()
-            on_reloaded(int(worker), ok == b"1")
+            pool.on_reloaded(int(worker), ok == b"1")
+        elif kind == READY:
+            pool.on_ready(int(rest))
         else:
             raise ValueError(kind)
     except (ValueError, UnicodeDecodeError):
         log.warning("notify: ignored a malformed line %r", line[:80])
 
 
-async def listen(path: Path, on_committed: Callable[[str], None],
-                 on_reloaded: Callable[[int, bool], None]) -> asyncio.AbstractServer:
+async def listen(path: Path, on_committed: Callable[[str], None], pool: Listener) -> asyncio.AbstractServer:
     """The queue process's end, a Unix socket at `path` (mode 0600)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -77,7 +88,7 @@ async def listen(path: Path, on_committed: Callable[[str], None],
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                _dispatch(line[:MAX_LINE], on_committed, on_reloaded)
+                _dispatch(line[:MAX_LINE], on_committed, pool)
         except (ConnectionError, ValueError) as exc:  # ValueError: a line over the reader's limit
             log.warning("notify: connection dropped: %s", exc)
         finally:

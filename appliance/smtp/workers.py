@@ -51,6 +51,10 @@ class AcceptorPool:
         self._stopping = False
         self._acks: dict[int, bool] = {}
         self._acked = asyncio.Event()
+        # Config generations: an acceptor that was still starting when a reload came is told once it is ready.
+        self._generation = 0
+        self._started_at: dict[int, int] = {}
+        self._ready: set[int] = set()
 
     async def start(self) -> None:
         for index in range(self.count):
@@ -64,6 +68,8 @@ class AcceptorPool:
                 "--fds", spec, "--notify", str(self.notify_path)]
         proc = await asyncio.create_subprocess_exec(*argv, pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         self._procs[index] = proc
+        self._ready.discard(index)
+        self._started_at[index] = self._generation  # it reads the snapshot current now
         watcher = asyncio.create_task(self._watch(index, proc), name=f"smtp-worker-{index}")
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -77,21 +83,28 @@ class AcceptorPool:
         if not self._stopping:
             await self._spawn(index)
 
-    def _signal(self, signum: int) -> None:
-        for proc in self._procs.values():
-            if proc.returncode is None:
+    def _signal(self, signum: int, only: set[int] | None = None) -> None:
+        for index, proc in self._procs.items():
+            if proc.returncode is None and (only is None or index in only):
                 proc.send_signal(signum)
 
+    def on_ready(self, index: int) -> None:
+        self._ready.add(index)
+        if self._started_at.get(index, 0) < self._generation:
+            self._signal(signal.SIGHUP, {index})
+
     def on_reloaded(self, index: int, ok: bool) -> None:
+        self._started_at[index] = self._generation
         self._acks[index] = ok
         if len(self._acks) >= self.count:
             self._acked.set()
 
     async def reload(self, timeout: float = 10.0) -> int:
-        """SIGHUP every acceptor and wait for their answers; returns how many reloaded."""
+        """SIGHUP every ready acceptor (the others on arrival) and wait for all answers; how many reloaded."""
+        self._generation += 1
         self._acks = {}
         self._acked.clear()
-        self._signal(signal.SIGHUP)
+        self._signal(signal.SIGHUP, set(self._ready))
         try:
             await asyncio.wait_for(self._acked.wait(), timeout)
         except TimeoutError:

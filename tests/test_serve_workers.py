@@ -1,0 +1,98 @@
+"""The queue process with its SMTP acceptor processes (smtp.workers): what differs from one process."""
+
+from __future__ import annotations
+
+import os
+import resource
+import selectors
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+
+CLIENTS = 1500
+
+
+def gateway(sink_port: int, **smtp: object) -> dict:
+    return {"roles": ["incoming_gateway"], "smtp": {"workers": 2, **smtp},
+            "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{sink_port}"]}}}}
+
+
+def workers_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "smtp-worker"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_many_clients_at_once_are_all_greeted(mailfleet_factory, smtp_sink) -> None:
+    """The acceptors share the listening socket and its full backlog: a burst of connects is all served."""
+    server = mailfleet_factory(gateway(smtp_sink().port))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, CLIENTS + 512)), hard))
+    selector = selectors.DefaultSelector()
+    socks = []
+    try:
+        for _ in range(CLIENTS):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", server.smtp_port))
+            selector.register(sock, selectors.EVENT_READ)
+            socks.append(sock)
+        greetings: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(greetings) < CLIENTS and time.monotonic() < deadline:
+            for key, _ in selector.select(1):
+                greetings.append(key.fileobj.recv(512)[:4])
+                selector.unregister(key.fileobj)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert len(greetings) == CLIENTS
+    assert set(greetings) == {b"220 "}
+
+
+def test_sighup_reaches_every_acceptor(mailfleet_factory, smtp_sink) -> None:
+    sink = smtp_sink()
+    server = mailfleet_factory(gateway(sink.port))
+    config = dict(server.config)
+    config["incoming_gateway"] = {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{sink.port}"]},
+                                              "added.test": {"destinations": [f"127.0.0.1:{sink.port}"]}}}
+    server.reload(config)
+    server.wait_for(lambda: "(2 of 2 SMTP workers)" in server.log(), what="both acceptors to reload")
+    for _ in range(4):  # new connections land on either acceptor: each must know the new domain
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as conn:
+            conn.sendmail("s@outside.test", ["x@added.test"], b"Subject: new domain\r\n\r\nx\r\n")
+    server.wait_for(lambda: len(sink.messages) == 4, what="delivery of the four messages")
+
+
+def test_a_killed_acceptor_is_replaced_and_mail_keeps_flowing(mailfleet_factory, smtp_sink) -> None:
+    sink = smtp_sink()
+    server = mailfleet_factory(gateway(sink.port))
+    assert server.proc is not None
+    server.wait_for(lambda: len(workers_of(server.proc.pid)) == 2, what="two acceptors")
+    victim = workers_of(server.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for(lambda: "exited with -9; starting it again" in server.log(), what="the restart")
+    server.wait_for(lambda: len(workers_of(server.proc.pid)) == 2 and victim not in workers_of(server.proc.pid),
+                    what="a replacement acceptor")
+    for _ in range(6):
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as conn:
+            conn.sendmail("s@outside.test", ["x@fwd.test"], b"Subject: still flowing\r\n\r\nx\r\n")
+    server.wait_for(lambda: len(sink.messages) == 6, what="delivery after the restart")
+
+
+def test_stopping_the_service_stops_the_acceptors(mailfleet_factory, smtp_sink) -> None:
+    server = mailfleet_factory(gateway(smtp_sink().port))
+    assert server.proc is not None
+    server.wait_for(lambda: len(workers_of(server.proc.pid)) == 2, what="two acceptors")
+    children = workers_of(server.proc.pid)
+    assert server.stop() == 0
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    server.wait_for(lambda: all(gone(pid) for pid in children), what="the acceptors to exit")
