@@ -127,9 +127,6 @@ class QueueRunner:
         await self._finish(message)
         return True
 
-    def snapshot(self) -> list[QueuedMessage]:
-        return sorted(self._messages.values(), key=lambda m: m.queue_id)
-
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:

@@ -109,10 +109,6 @@ class _Syncer:
             self._cond.notify()
         return future
 
-    def flush_now(self) -> None:
-        """Synchronous flush for callers outside the event loop (CLI, start-up recovery)."""
-        self._flush()
-
     def _flush(self) -> None:
         if self._syncfs is not None and self._syncfs(self._fd) == 0:
             return
@@ -223,16 +219,6 @@ class Spool:
         message.path = final
         message.size = len(data)
         message.data_offset = len(header) + len(envelope) + 1
-
-    def commit_sync(self, message: QueuedMessage, data: bytes) -> None:
-        """`commit()` for code without an event loop (CLI tools, bounces created at start-up)."""
-        self.write(message, data)
-        fd = os.open(message.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(self.msg_dir)
 
     # ------------------------------------------------------------------ state
 
@@ -348,11 +334,3 @@ class Spool:
         if self._reaper is not None:
             self._reaper.stop()
             self._reaper = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
