@@ -13,9 +13,10 @@ import sys
 import time
 from email.parser import BytesHeaderParser
 
-from appliance.config import load_config
+from appliance.config import Config, load_config
 from appliance.queue import control
-from appliance.queue.spool import FAILED, PENDING, Spool, SpoolCorrupt
+from appliance.queue.runner import return_to_sender
+from appliance.queue.spool import PENDING, Spool, SpoolCorrupt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,13 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=func)
 
 
-def _spool(args: argparse.Namespace) -> tuple[Spool, object]:
-    config = load_config(args.config, check_host=False)
-    return Spool(config.spool_dir), config
+def _spool(args: argparse.Namespace) -> Spool:
+    return Spool(load_config(args.config, check_host=False).spool_dir)
 
 
 def _list(args: argparse.Namespace) -> int:
-    spool, _ = _spool(args)
+    spool = _spool(args)
     rows = []
     for message in spool.messages():
         pending = message.pending()
@@ -70,7 +70,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    spool, _ = _spool(args)
+    spool = _spool(args)
     try:
         message = spool.load(args.queue_id)
     except FileNotFoundError:
@@ -90,8 +90,7 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(args: argparse.Namespace, payload: dict) -> dict | None:
-    config = load_config(args.config, check_host=False)
+def _ask(config: Config, payload: dict) -> dict | None:
     return control.request(config.data_dir / "control.sock", payload)
 
 
@@ -104,7 +103,7 @@ def _answer(answer: dict, success: str) -> int:
 
 
 def _flush(args: argparse.Namespace) -> int:
-    answer = _ask(args, {"cmd": "flush", "id": args.queue_id})
+    answer = _ask(load_config(args.config, check_host=False), {"cmd": "flush", "id": args.queue_id})
     if answer is None:
         print("mailfleet: no server is running; queued mail is tried when it starts", file=sys.stderr)
         return 1
@@ -112,10 +111,11 @@ def _flush(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    answer = _ask(args, {"cmd": "delete", "id": args.queue_id})
+    config = load_config(args.config, check_host=False)
+    answer = _ask(config, {"cmd": "delete", "id": args.queue_id})
     if answer is not None:
         return _answer(answer, f"deleted {args.queue_id}")
-    spool, _ = _spool(args)
+    spool = Spool(config.spool_dir)
     if args.queue_id not in spool.ids():
         print(f"mailfleet: no message {args.queue_id} in the queue", file=sys.stderr)
         return 1
@@ -125,19 +125,16 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _bounce(args: argparse.Namespace) -> int:
-    answer = _ask(args, {"cmd": "bounce", "id": args.queue_id})
+    config = load_config(args.config, check_host=False)
+    answer = _ask(config, {"cmd": "bounce", "id": args.queue_id})
     if answer is not None:
         return _answer(answer, f"bounced {args.queue_id}")
-    spool, _ = _spool(args)
+    spool = Spool(config.spool_dir)
     try:
         message = spool.load(args.queue_id)
     except (FileNotFoundError, SpoolCorrupt):
         print(f"mailfleet: no message {args.queue_id} in the queue", file=sys.stderr)
         return 1
-    pending = message.pending()
-    for rcpt in pending:
-        rcpt.status = FAILED
-        rcpt.last_code, rcpt.last_text = 550, "5.0.0 returned to sender by the administrator"
-    spool.record(message, pending)
+    spool.record(message, return_to_sender(message))
     print(f"{args.queue_id}: marked failed; the bounce is sent when the server starts")
     return 0

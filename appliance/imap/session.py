@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import re
 import ssl
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslCancelled, SaslError, decode_plain
 from appliance.imap import fetch as fetchmod
 from appliance.imap import listing, mutf7
@@ -308,12 +308,7 @@ class Session:
     def plaintext_allowed(self) -> bool:
         if self.tls:
             return True
-        if not self.plaintext_loopback:
-            return False
-        try:
-            return ipaddress.ip_address(self.client_ip.split("%")[0]).is_loopback
-        except ValueError:
-            return False
+        return self.plaintext_loopback and is_loopback(self.client_ip)
 
     def _notified(self, folder: str) -> None:
         """Store callback (any thread): wake IDLE when our mailbox changed."""

@@ -120,10 +120,7 @@ class QueueRunner:
         message = self._messages.get(queue_id)
         if message is None or queue_id in self._in_flight:
             return False
-        for rcpt in message.pending():
-            rcpt.status = FAILED
-            rcpt.last_code, rcpt.last_text = 550, "5.0.0 returned to sender by the administrator"
-        self.spool.record(message, message.recipients)
+        self.spool.record(message, return_to_sender(message))
         await self._finish(message)
         return True
 
@@ -274,6 +271,15 @@ class QueueRunner:
         for rcpt in failed:
             rcpt.status = BOUNCED
         self.spool.record(message, failed)
+
+
+def return_to_sender(message: QueuedMessage) -> list[Recipient]:
+    """`mailfleet queue bounce`: fail every pending recipient; the next report sends the DSN."""
+    pending = message.pending()
+    for rcpt in pending:
+        rcpt.status = FAILED
+        rcpt.last_code, rcpt.last_text = 550, "5.0.0 returned to sender by the administrator"
+    return pending
 
 
 def _missing_result(rcpt: Recipient) -> RcptResult:

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslError, decode_login_field, decode_plain
 from appliance.config import HostPort
 from appliance.queue.spool import QueuedMessage, Recipient, new_queue_id
@@ -537,11 +538,7 @@ def _auth_allowed(server: SMTP, session: Session, options: ListenerOptions) -> b
     """RFC 4954 §4 / RFC 8314: credentials only over TLS, except on loopback when the config allows it."""
     if options.implicit_tls or session.ssl is not None or getattr(server, "_tls_protocol", None) is not None:
         return True
-    return options.plaintext_auth_on_loopback and _is_loopback(_ip(session))
-
-
-def _is_loopback(ip: str) -> bool:
-    return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")
+    return options.plaintext_auth_on_loopback and is_loopback(_ip(session))
 
 
 def _ip(session: Session) -> str:
