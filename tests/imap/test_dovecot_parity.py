@@ -26,8 +26,12 @@ import pytest
 from tests.imap.conftest import PASSWORD, ImapServer, RawClient
 from tests.imap.dovecot_peer import DOVECOT, Dovecot, start_dovecot
 
-pytestmark = pytest.mark.skipif(not os.path.exists(DOVECOT), reason="dovecot-imapd is not installed; "
-                                "`make apt` installs it")
+
+@pytest.fixture(autouse=True)
+def _dovecot_installed() -> None:
+    """A missing reference server is an install fault to report, not a test to skip."""
+    if not os.path.exists(DOVECOT):
+        pytest.fail("dovecot-imapd is not installed; `make apt` installs it")
 
 CORPUS: list[tuple[bytes, str, datetime]] = [
     (b"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\nFrom: Fred Foobar <foobar@Blurdybloop.example>\r\n"

@@ -12,8 +12,13 @@ import pytest
 from tests.imap.conftest import PASSWORD, ImapServer
 
 MBSYNC = shutil.which("mbsync")
-pytestmark = pytest.mark.skipif(MBSYNC is None, reason="mbsync (Debian package isync) is not installed; "
-                                "`make apt` installs it")
+
+
+@pytest.fixture(autouse=True)
+def _mbsync_installed() -> None:
+    """A missing client is an install fault to report, not a test to skip."""
+    if MBSYNC is None:
+        pytest.fail("mbsync (Debian package isync) is not installed; `make apt` installs it")
 
 MSG = b"From: ann@example.net\r\nTo: alice@example.org\r\nSubject: sync %d\r\nMessage-ID: <%d@x>\r\n\r\nbody\r\n"
 

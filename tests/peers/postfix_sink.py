@@ -96,7 +96,7 @@ def postfix_sink(tmp_path: Path) -> Iterator[Callable[..., PostfixSink]]:
 
     def start(address: str = "127.0.0.1", port: int | None = None, **kwargs) -> PostfixSink:
         if not Path(SMTP_SINK).exists():
-            pytest.skip(f"{SMTP_SINK} missing: add Debian's postfix to the Makefile's APT_PACKAGES")
+            pytest.fail(f"{SMTP_SINK} missing: `make apt` installs Debian's postfix")
         sink = start_postfix_sink(tmp_path, address, port, **kwargs)
         sinks.append(sink)
         return sink
