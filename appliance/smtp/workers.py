@@ -92,9 +92,14 @@ class AcceptorPool:
         self._ready.add(index)
         if self._started_at.get(index, 0) < self._generation:
             self._signal(signal.SIGHUP, {index})
+        else:
+            self._acknowledge(index, True)  # started on the current snapshot: already up to date
 
     def on_reloaded(self, index: int, ok: bool) -> None:
         self._started_at[index] = self._generation
+        self._acknowledge(index, ok)
+
+    def _acknowledge(self, index: int, ok: bool) -> None:
         self._acks[index] = ok
         if len(self._acks) >= self.count:
             self._acked.set()
