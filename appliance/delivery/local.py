@@ -27,26 +27,42 @@ class LocalDelivery:
 
     async def __call__(self, message: QueuedMessage, rcpts: Sequence[Recipient],
                        data: bytes) -> dict[str, RcptResult]:
+        """Deliver to every recipient at once: deliveries to one mailbox share a commit (MailStore.submit)."""
+        pending: dict[str, asyncio.Future] = {}
         results: dict[str, RcptResult] = {}
         for rcpt in rcpts:
-            results[rcpt.address] = await asyncio.to_thread(self._deliver_one, message, rcpt, data)
+            # RFC 5321 §4.4: the delivering MTA records the envelope sender as Return-Path.
+            headers = f"Return-Path: <{message.mail_from}>\r\nDelivered-To: {rcpt.address}\r\n".encode()
+            try:
+                await self._apply_quota(rcpt.address)
+                pending[rcpt.address] = asyncio.wrap_future(self.store.submit(rcpt.address, headers + data))
+            except Exception as exc:
+                results[rcpt.address] = self._failure(message, rcpt.address, exc)
+        for address, future in pending.items():
+            try:
+                uid = (await future)[1]
+            except Exception as exc:
+                results[address] = self._failure(message, address, exc)
+            else:
+                results[address] = RcptResult(250, "2.0.0", f"delivered to mailbox (uid {uid})", None)
         return results
 
-    def _deliver_one(self, message: QueuedMessage, rcpt: Recipient, data: bytes) -> RcptResult:
-        # RFC 5321 §4.4: the delivering MTA records the envelope sender as Return-Path.
-        headers = f"Return-Path: <{message.mail_from}>\r\nDelivered-To: {rcpt.address}\r\n".encode()
-        try:
-            if self._quota_of is not None:
-                quota = self._quota_of(rcpt.address)
-                if self._quota_set.get(rcpt.address) != quota:
-                    self.store.set_quota(rcpt.address, quota)
-                    self._quota_set[rcpt.address] = quota
-            uid = self.store.deliver(rcpt.address, headers + data)
-        except QuotaExceeded as exc:
+    async def _apply_quota(self, address: str) -> None:
+        """Tell the store the directory's quota for ``address`` when it changed since the last delivery."""
+        if self._quota_of is None:
+            return
+        quota = self._quota_of(address)
+        if self._quota_set.get(address) != quota:
+            await asyncio.to_thread(self.store.set_quota, address, quota)
+            self._quota_set[address] = quota
+
+    @staticmethod
+    def _failure(message: QueuedMessage, address: str, exc: Exception) -> RcptResult:
+        if isinstance(exc, QuotaExceeded):
             if exc.permanent:
-                return RcptResult(552, "5.2.2", f"message larger than the mailbox quota of {rcpt.address}", None)
-            return RcptResult(452, "4.2.2", f"mailbox {rcpt.address} is full", None)
-        except (StoreError, OSError) as exc:
-            log.error("queue_id=%s local delivery to %s failed: %s", message.queue_id, rcpt.address, exc)
+                return RcptResult(552, "5.2.2", f"message larger than the mailbox quota of {address}", None)
+            return RcptResult(452, "4.2.2", f"mailbox {address} is full", None)
+        if isinstance(exc, StoreError | OSError):
+            log.error("queue_id=%s local delivery to %s failed: %s", message.queue_id, address, exc)
             return RcptResult(451, "4.3.0", f"mailbox unavailable: {exc.__class__.__name__}", None)
-        return RcptResult(250, "2.0.0", f"delivered to mailbox (uid {uid})", None)
+        raise exc

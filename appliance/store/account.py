@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -105,6 +105,16 @@ class MessageInfo:
     def path(self) -> Path:
         """Built on demand: listing 10,000 messages should not build 10,000 Path objects."""
         return Path(self.file)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for ``Account.deliver_batch``."""
+
+    folder: str
+    data: bytes
+    flags: tuple[str, ...] = ()
+    internal_date: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,40 +606,95 @@ class Account:
         internal_date: datetime | None = None,
     ) -> tuple[int, int]:
         """Store ``data`` durably in ``folder``; returns (UIDVALIDITY, UID). Raises QuotaExceeded."""
-        flags_text = _encode_flags(_normalise_flag(f) for f in flags)
-        if internal_date is None:
-            internal_date = datetime.now(UTC).astimezone()
-        elif internal_date.tzinfo is None:
-            internal_date = internal_date.replace(tzinfo=UTC)
-        offset = int(internal_date.utcoffset().total_seconds())  # type: ignore[union-attr]
+        result = self.deliver_batch([Delivery(folder, data, tuple(flags), internal_date)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def deliver_batch(self, items: Sequence[Delivery]) -> list[tuple[int, int] | Exception]:
+        """Store several messages with one directory sync and one commit: the group commit of deliveries.
+
+        Each item gets (UIDVALIDITY, UID) or the exception that refused it (QuotaExceeded, FolderNotFound,
+        OSError); the others are stored all the same. Durable on return, like ``deliver``.
+        """
+        results: list[tuple[int, int] | Exception | None] = [None] * len(items)
+        rows: dict[int, tuple] = {}
         with self._lock:
-            row = self._require_folder(folder)
-            self._check_quota(len(data))  # early refusal, before paying for the write
-        base = self._folder_dir(row[2])
-        tmp = maildir.write_tmp(base, data)
-        rel = f"{row[2]}/cur/{tmp.name}:2," if row[2] else f"cur/{tmp.name}:2,"
-        final = self.path / rel
-        committed = False
+            for i, item in enumerate(items):
+                try:
+                    rows[i] = self._require_folder(item.folder)
+                    self._check_quota(len(item.data))  # early refusal, before paying for the write
+                except (FolderNotFound, QuotaExceeded) as exc:
+                    results[i] = exc
+        written: dict[int, Path] = {}
+        try:
+            for i in rows:
+                if results[i] is None:
+                    try:
+                        written[i] = maildir.write_tmp(self._folder_dir(rows[i][2]), items[i].data, sync=False)
+                    except OSError as exc:
+                        results[i] = exc
+            for i, tmp in list(written.items()):  # one flush per file, after all writes: the disk batches them
+                try:
+                    maildir.fsync_file(tmp)
+                except OSError as exc:
+                    results[i] = exc
+                    tmp.unlink(missing_ok=True)
+                    del written[i]
+            self._commit_batch(items, rows, written, results)
+        finally:
+            for i, tmp in written.items():
+                if not isinstance(results[i], tuple):
+                    tmp.unlink(missing_ok=True)
+        for folder in dict.fromkeys(rows[i][1] for i in written if isinstance(results[i], tuple)):
+            self._notify(folder)
+        return [r if r is not None else OSError("not stored") for r in results]
+
+    def _commit_batch(self, items: Sequence[Delivery], rows: dict[int, tuple], written: dict[int, Path],
+                      results: list) -> None:
+        """Rename the written files into cur/ and index them, in one write transaction (the durability point)."""
+        if not written:
+            return
+        moved: list[Path] = []
         try:
             with self._write() as db:
-                row = self._require_folder(folder)
-                self._check_quota(len(data))
-                uid, modseq = self._allocate(row[0])
-                os.rename(tmp, final)
-                maildir.fsync_dir(final.parent)
-                db.execute(
-                    "INSERT INTO messages(folder_id, uid, filename, flags, internal_date, tz_offset, size, modseq)"
-                    " VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
-                    (row[0], uid, rel, flags_text, int(internal_date.timestamp()), offset, len(data), modseq),
-                )
-                self._set_meta("used", self._meta("used") + len(data))
-            committed = True
-        finally:
-            if not committed:
-                tmp.unlink(missing_ok=True)
+                used = self._meta("used")
+                quota = self._meta("quota")
+                dirs: set[Path] = set()
+                staged: list[tuple[int, tuple]] = []
+                for i, tmp in written.items():
+                    item = items[i]
+                    row = self._require_folder(item.folder)
+                    if quota and used + len(item.data) > quota:
+                        results[i] = QuotaExceeded(self.address, used, quota, len(item.data))
+                        continue
+                    used += len(item.data)
+                    uid, modseq = self._allocate(row[0])
+                    rel = f"{row[2]}/cur/{tmp.name}:2," if row[2] else f"cur/{tmp.name}:2,"
+                    final = self.path / rel
+                    os.rename(tmp, final)
+                    moved.append(final)
+                    dirs.add(final.parent)
+                    when = item.internal_date or datetime.now(UTC).astimezone()
+                    if when.tzinfo is None:
+                        when = when.replace(tzinfo=UTC)
+                    offset = int(when.utcoffset().total_seconds())  # type: ignore[union-attr]
+                    flags_text = _encode_flags(_normalise_flag(f) for f in item.flags)
+                    db.execute(
+                        "INSERT INTO messages(folder_id, uid, filename, flags, internal_date, tz_offset, size, modseq)"
+                        " VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                        (row[0], uid, rel, flags_text, int(when.timestamp()), offset, len(item.data), modseq),
+                    )
+                    staged.append((i, (row[3], uid)))
+                for directory in dirs:
+                    maildir.fsync_dir(directory)
+                self._set_meta("used", used)
+            for i, result in staged:
+                results[i] = result
+        except BaseException:
+            for final in moved:
                 final.unlink(missing_ok=True)
-        self._notify(row[1])
-        return row[3], uid
+            raise
 
     def store_flags(
         self,

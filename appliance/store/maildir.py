@@ -56,8 +56,17 @@ def make_maildir(path: Path) -> None:
         fsync_dir(path.parent)
 
 
-def write_tmp(maildir: Path, data: bytes) -> Path:
-    """Write ``data`` to a new file in maildir/tmp and fsync it; the caller renames it into cur/."""
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
+    """Write ``data`` to a new file in maildir/tmp and fsync it (unless the caller flushes it later with
+    ``fsync_file``); the caller renames it into cur/."""
     path = maildir / "tmp" / unique_name(len(data))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -65,7 +74,8 @@ def write_tmp(maildir: Path, data: bytes) -> Path:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)

@@ -91,6 +91,43 @@ def test_quota_enforced_at_delivery(store: MailStore) -> None:
         store.deliver(ADDR, MSG)
 
 
+def test_batch_stores_what_fits_and_refuses_the_rest(store: MailStore, tmp_path: Path) -> None:
+    from appliance.store.account import Delivery
+
+    store.set_quota(ADDR, len(MSG) * 2 + 5)
+    results = store.account(ADDR).deliver_batch(
+        [Delivery("INBOX", MSG), Delivery("Nope", MSG), Delivery("INBOX", MSG + b"2"), Delivery("INBOX", MSG)])
+    assert [r[1] for r in (results[0], results[2])] == [1, 2]
+    assert isinstance(results[1], FolderNotFound)
+    assert isinstance(results[3], QuotaExceeded) and not results[3].permanent
+    infos = store.account(ADDR).messages("INBOX")
+    assert [i.path.read_bytes() for i in infos] == [MSG, MSG + b"2"]
+    assert store.quota(ADDR)[0] == len(MSG) * 2 + 1
+    base = tmp_path / "mail" / "example.org" / "bob"
+    assert len(list((base / "cur").iterdir())) == 2 and not list((base / "tmp").iterdir())
+
+
+def test_parallel_submits_get_distinct_uids_and_all_land(store: MailStore) -> None:
+    futures = []
+    lock = threading.Lock()
+
+    def submit(n: int) -> None:
+        for i in range(50):
+            future = store.submit(ADDR, MSG + f"{n}-{i}".encode())
+            with lock:
+                futures.append(future)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    uids = sorted(f.result(timeout=60)[1] for f in futures)
+    assert uids == list(range(1, 401))
+    bodies = {i.path.read_bytes() for i in store.account(ADDR).messages("INBOX")}
+    assert bodies == {MSG + f"{n}-{i}".encode() for n in range(8) for i in range(50)}
+
+
 def test_flags_modseq_and_expunge(store: MailStore) -> None:
     for _ in range(3):
         store.deliver(ADDR, MSG)
