@@ -11,7 +11,6 @@ from pathlib import Path
 from appliance.store.account import Account, Delivery
 from appliance.store.errors import InvalidAddress
 
-
 BATCH_MAX = 256  # deliveries per group commit of one account
 
 
