@@ -95,3 +95,36 @@ def test_wrong_password_is_refused_everywhere(primary) -> None:
     with smtplib.SMTP("127.0.0.1", primary.ports["submission"], timeout=10) as conn, \
             pytest.raises(smtplib.SMTPAuthenticationError):
         conn.login("alice@home.test", "wrong")
+
+
+def test_local_mail_is_in_the_mailbox_when_the_250_arrives(primary) -> None:
+    with smtplib.SMTP("127.0.0.1", primary.smtp_port, timeout=10) as conn:
+        refused = conn.sendmail("friend@far.test", ["alice@home.test", "bob@home.test"],
+                                b"From: friend@far.test\r\nSubject: at once\r\n\r\nHi both\r\n")
+        assert refused == {}
+        # No waiting: the 250 came after the mailboxes had the message, and the queue never held it.
+        for user in ("alice@home.test", "bob@home.test"):
+            files = primary.mailbox_files(user)
+            assert len(files) == 1
+            assert files[0].read_bytes().startswith(b"Return-Path: <friend@far.test>\r\nDelivered-To: " + user.encode())
+        assert primary.queue_ids() == []
+
+
+def test_a_mailbox_that_fails_leaves_its_copy_in_the_queue(primary) -> None:
+    bob = primary.data_dir / "mail" / "home.test" / "bob"
+    bob.mkdir(parents=True)
+    (bob / "cur").write_text("not a directory: the store cannot open this mailbox")
+    with smtplib.SMTP("127.0.0.1", primary.smtp_port, timeout=10) as conn:
+        assert conn.sendmail("friend@far.test", ["alice@home.test", "bob@home.test"],
+                             b"Subject: one fails\r\n\r\nx\r\n") == {}
+    assert len(primary.mailbox_files("alice@home.test")) == 1
+    ids = primary.queue_ids()
+    assert len(ids) == 1
+    shown = primary.cli("queue", "show", ids[0]).stdout
+    assert "bob@home.test" in shown and "alice@home.test" not in shown
+
+    (bob / "cur").unlink()
+    primary.cli("queue", "flush")
+    primary.wait_for(lambda: len(primary.mailbox_files("bob@home.test")) == 1, what="bob's copy after the repair")
+    primary.wait_for(lambda: primary.queue_ids() == [], what="an empty queue")
+    assert len(primary.mailbox_files("alice@home.test")) == 1  # not delivered twice

@@ -14,6 +14,7 @@ the policy, routing and delivery settings in place, so open connections carry on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -26,7 +27,7 @@ from typing import Any
 from appliance.config import Config, ConfigError, load_config, load_config_with_text, parse_config
 from appliance.config.tls import server_tls_context
 from appliance.delivery.client import Deliverer
-from appliance.delivery.router import Router
+from appliance.delivery.router import LOCAL, Router
 from appliance.dns.resolver import Resolver
 from appliance.queue import notify
 from appliance.queue.control import ControlServer
@@ -68,6 +69,8 @@ class Appliance:
     authenticator: Any = None
     store: Any = None
     control: ControlServer | None = None
+    router: Router = field(init=False)
+    local: Any = field(init=False, default=None)  # LocalDelivery on a primary: mail for its own mailboxes
     _runner_task: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
@@ -85,9 +88,11 @@ class Appliance:
                 ban_duration=config.auth.ban_duration, exempt_loopback=config.auth.exempt_loopback,
                 state_path=config.data_dir / "auth-state.sqlite")
             self.store = MailStore(config.mail_dir)
+        self.router = self._router(config)
+        self.local = self._local(config)
         if self.mode != "acceptor":
-            self.runner = QueueRunner(self.spool, self._router(config), self._deliverer(config).deliver,
-                                      self._local(config), config.hostname, config.queue.lifetime)
+            self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver,
+                                      self.local, config.hostname, config.queue.lifetime)
 
     # ------------------------------------------------------------------ parts built from the config
 
@@ -130,11 +135,32 @@ class Appliance:
         return bool(targets) and login.lower() in (t.lower() for t in targets)
 
     async def _commit(self, message: QueuedMessage, data: bytes) -> None:
+        if self.local is not None and message.recipients and all(
+                self.router.route(r.address).kind == LOCAL for r in message.recipients):
+            message = await self._deliver_at_once(message, data)
+            if not message.recipients:
+                return
         await self.spool.commit(message, data)
         if self.runner is not None:
             self.runner.enqueue(message)
         elif self.notifier is not None:
             self.notifier.committed(message.queue_id)
+
+    async def _deliver_at_once(self, message: QueuedMessage, data: bytes) -> QueuedMessage:
+        """A message only for this host's mailboxes goes straight into them before the 250, as Mox and Maddy
+        do: the store's commit is as durable as the spool's, and the queue never sees it. Whatever a mailbox
+        refuses (full, store error) goes through the spool as usual: retried, or bounced by the queue."""
+        assert self.local is not None
+        results = await self.local(message, message.recipients, data)
+        left = []
+        for rcpt in message.recipients:
+            result = results[rcpt.address]
+            if result.code == 250:
+                log.info("queue_id=%s rcpt=%s route=local attempt=0 status=delivered code=250 host=- text=%r",
+                         message.queue_id, rcpt.address, result.text)
+            else:
+                left.append(rcpt)
+        return dataclasses.replace(message, recipients=left)
 
     def on_committed(self, queue_id: str) -> None:
         """Queue process: an acceptor (or the rescan) names a message in the spool."""
@@ -246,9 +272,11 @@ class Appliance:
             # Users, aliases and catch-alls rendered into the config change with it.
             self.directory = Directory.from_config(new)
             self.authenticator.directory = self.directory
+        self.router = self._router(new)
+        self.local = self._local(new)
         if self.runner is not None:
-            self.runner.router = self._router(new)
-            self.runner._local = self._local(new)
+            self.runner.router = self.router
+            self.runner._local = self.local
             self.runner._remote = self._deliverer(new).deliver
             self.runner.lifetime = new.queue.lifetime
         for handler in self.handlers:
