@@ -105,7 +105,8 @@ class Appliance:
         return Deliverer(config.hostname, resolver, source_addresses=config.delivery.source_addresses,
                          concurrency_per_destination=config.delivery.concurrency_per_destination,
                          connect_timeout=config.delivery.connect_timeout,
-                         command_timeout=config.delivery.command_timeout, own_addresses=own)
+                         command_timeout=config.delivery.command_timeout, own_addresses=own,
+                         connection_idle=config.delivery.connection_reuse_time)
 
     def _local(self, config: Config):  # noqa: ANN202 - LocalDelivery or None
         if self.store is None:

@@ -157,13 +157,13 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def parse_duration(value: Any, where: str) -> float:
+def parse_duration(value: Any, where: str, allow_zero: bool = False) -> float:
     """'10m' -> 600.0. Bare numbers are refused: minutes and seconds are too easy to confuse."""
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
             seconds = float(match.group(1)) * _UNITS[match.group(2)]
-            if seconds <= 0:
+            if seconds < 0 or (seconds == 0 and not allow_zero):
                 raise ConfigError(where, f"duration must be positive, got {value!r}")
             return seconds
     raise ConfigError(where, f"expected a duration such as '30s', '10m', '2h' or '5d', got {value!r}")
@@ -420,6 +420,8 @@ def _delivery(value: Any) -> DeliveryConfig:
                                          "delivery.concurrency_per_destination", 1, 1000),
         connect_timeout=parse_duration(section.get("connect_timeout", "30s"), "delivery.connect_timeout"),
         command_timeout=parse_duration(section.get("command_timeout", "5m"), "delivery.command_timeout"),
+        connection_reuse_time=parse_duration(section.get("connection_reuse_time", "2s"),
+                                             "delivery.connection_reuse_time", allow_zero=True),
     )
 
 

@@ -71,6 +71,7 @@ class DeliveryConfig:
     concurrency_per_destination: int = 10
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
+    connection_reuse_time: float = 2.0
 
 
 @dataclass(frozen=True)

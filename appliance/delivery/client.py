@@ -184,6 +184,67 @@ def _smtp_address(addr: str) -> bytes:
     return b"<" + addr.encode("utf-8") + b">"
 
 
+@dataclass(eq=False)
+class _Idle:
+    """A connection that finished its transaction cleanly and may carry the next message to the same address."""
+
+    smtp: aiosmtplib.SMTP
+    tls: bool
+    uses: int = 1
+    timer: asyncio.TimerHandle | None = None
+
+
+class _ConnectionCache:
+    """Open sessions kept between messages to one address and port, as Postfix's scache does: the next message
+    skips connect, EHLO and STARTTLS. An idle session is closed (QUIT) after ``idle`` seconds; one session
+    carries at most ``max_uses`` messages. The per-destination limit still counts only sessions in use."""
+
+    def __init__(self, idle: float = 2.0, max_uses: int = 100) -> None:
+        self.idle = idle
+        self.max_uses = max_uses
+        self._idle: dict[tuple, list[_Idle]] = {}
+        self._closing: set[asyncio.Task] = set()
+
+    def take(self, key: tuple) -> _Idle | None:
+        entries = self._idle.get(key)
+        while entries:
+            entry = entries.pop()
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if entry.smtp.is_connected:
+                entry.uses += 1
+                return entry
+            entry.smtp.close()
+        return None
+
+    def give_back(self, key: tuple, entry: _Idle) -> None:
+        if entry.uses >= self.max_uses or self.idle <= 0 or not entry.smtp.is_connected:
+            self._retire(entry)
+            return
+        entry.timer = asyncio.get_running_loop().call_later(self.idle, self._expire, key, entry)
+        self._idle.setdefault(key, []).append(entry)
+
+    def _expire(self, key: tuple, entry: _Idle) -> None:
+        entries = self._idle.get(key, [])
+        if entry in entries:
+            entries.remove(entry)
+            if not entries:
+                del self._idle[key]
+            self._retire(entry)
+
+    def _retire(self, entry: _Idle) -> None:
+        task = asyncio.get_running_loop().create_task(_quit(entry.smtp))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+async def _quit(smtp: aiosmtplib.SMTP, timeout: float = 10.0) -> None:
+    if smtp.is_connected:
+        with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
+            await smtp.quit(timeout=timeout)
+    smtp.close()
+
+
 class Deliverer:
     """Delivers one message to one destination (the caller groups recipients by destination)."""
 
@@ -197,9 +258,11 @@ class Deliverer:
         command_timeout: float = 300,
         log: logging.Logger | None = None,
         own_addresses: Collection[str] = (),
+        connection_idle: float = 2.0,
     ) -> None:
         """`own_addresses`: IPs our SMTP listener answers on at the MX port; an MX resolving to one of
-        them is ourselves (RFC 5321 §5.1 loop avoidance)."""
+        them is ourselves (RFC 5321 §5.1 loop avoidance). `connection_idle`: seconds a session waits open for
+        the next message to the same host (0: one session per delivery)."""
         self.hostname = hostname
         self.resolver = resolver
         self._sources = {address_family(a): str(ipaddress.ip_address(a)) for a in source_addresses}
@@ -209,6 +272,7 @@ class Deliverer:
         self.log = log or logging.getLogger("appliance.delivery")
         self._own = own_ip_addresses(own_addresses)
         self._tls_context = _opportunistic_tls_context()
+        self._cache = _ConnectionCache(idle=connection_idle)
 
     async def deliver(
         self,
@@ -394,18 +458,33 @@ class Deliverer:
         self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], use_tls: bool
     ) -> tuple[dict[str, RcptResult], bool]:
         remote = hop.name if hop.name == address else f"{hop.name}[{address}]"
+        key = (address, hop.port, use_tls)
+        cached = self._cache.take(key)
+        if cached is not None:
+            try:
+                results = await self._transaction(cached.smtp, remote, msg, rcpts)
+            except (_Failover, TimeoutError, SMTPException, OSError):
+                # The kept session died while idle (or the peer closed it with 421): the peer took no message
+                # on it in this transaction (a lost DATA is a result, not an exception), so start afresh.
+                cached.smtp.close()
+            else:
+                self._cache.give_back(key, cached)
+                return results, cached.tls
         smtp = self._client(address, hop.port)
+        kept: _Idle | None = None
         try:
             await self._connect(smtp, remote, address, hop.port)
             tls = await self._greet(smtp, remote, hop, use_tls)
-            return await self._transaction(smtp, remote, msg, rcpts), tls
+            results = await self._transaction(smtp, remote, msg, rcpts)
+            kept = _Idle(smtp, tls)
+            return results, tls
         except (TimeoutError, SMTPException, OSError) as exc:
             raise _Failover(_local(421, "4.4.2", f"lost connection with {remote}: {exc}")) from exc
         finally:
-            if smtp.is_connected:
-                with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
-                    await smtp.quit(timeout=min(10.0, self.command_timeout))
-            smtp.close()
+            if kept is not None:
+                self._cache.give_back(key, kept)
+            else:
+                await _quit(smtp, min(10.0, self.command_timeout))
 
     async def _connect(self, smtp: aiosmtplib.SMTP, remote: str, address: str, port: int) -> None:
         try:

@@ -497,3 +497,33 @@ async def test_one_mx_host_tries_each_of_its_addresses(named, smtp_sink, port, l
     assert results["bob@dualstack.mailfleet.test"].ok, results
     assert results["bob@dualstack.mailfleet.test"].remote_host == f"mx.dualstack.mailfleet.test[{listening}]"
     assert len(sink.messages) == 1
+
+
+async def test_the_next_message_to_a_host_reuses_the_open_session(named, smtp_sink, port) -> None:
+    deliverer = Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10, connection_idle=0.5)
+    sink = smtp_sink("127.0.0.51", port)
+    for n in range(3):
+        results = await deliverer.deliver(HostsTarget((("127.0.0.51", port),)), "a@sender.test",
+                                          [f"r{n}@dest.test"], MESSAGE)
+        assert results[f"r{n}@dest.test"].ok
+    assert [m.rcpt_tos for m in sink.messages] == [("r0@dest.test",), ("r1@dest.test",), ("r2@dest.test",)]
+    assert sink.handler.sessions == 1
+    # Idle beyond connection_idle: the session is closed with QUIT, nothing stays open.
+    for _ in range(100):
+        if sink.handler.active == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert sink.handler.active == 0
+
+
+async def test_a_kept_session_the_peer_dropped_is_replaced(named, smtp_sink, port) -> None:
+    deliverer = Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10, connection_idle=30)
+    first = smtp_sink("127.0.0.51", port)
+    target = HostsTarget((("127.0.0.51", port),))
+    assert (await deliverer.deliver(target, "a@sender.test", ["r1@dest.test"], MESSAGE))["r1@dest.test"].ok
+    first.stop()  # the peer restarts: the kept session is dead
+    second = smtp_sink("127.0.0.51", port)
+    results = await deliverer.deliver(target, "a@sender.test", ["r2@dest.test"], MESSAGE)
+    assert results["r2@dest.test"].ok
+    assert [m.rcpt_tos for m in second.messages] == [("r2@dest.test",)]
+    assert second.handler.sessions == 1

@@ -128,8 +128,13 @@ class Sink:
     def messages(self) -> list[ReceivedMessage]:
         return self.handler.messages
 
+    stopped: bool = False
+
     def stop(self) -> None:
-        self.controller.stop()
+        """Stop listening and drop open sessions; a second call does nothing."""
+        if not self.stopped:
+            self.stopped = True
+            self.controller.stop()
 
 
 def start_sink(
