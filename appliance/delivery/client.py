@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 from aiosmtplib.errors import (
     SMTPConnectResponseError,
+    SMTPDataError,
     SMTPException,
     SMTPHeloError,
     SMTPResponseException,
@@ -612,12 +613,38 @@ class Deliverer:
         """DATA; its reply applies to every accepted recipient. A lost connection here is never failed over:
         the peer may already hold the message, another host would duplicate it."""
         try:
-            reply = await smtp.data(data)
+            reply = await _send_data(smtp, data, self.command_timeout)
         except SMTPResponseException as exc:
             return reply_result(exc.code, exc.message, remote)
         except (TimeoutError, SMTPException, OSError) as exc:
             return _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}", remote)
         return reply_result(reply.code, reply.message, remote)
+
+
+def _needs_line_ending_repair(data: bytes) -> bool:
+    """True when ``data`` has a CR or LF outside a CRLF pair (the spool never holds such a message)."""
+    return data.count(b"\r") != data.count(b"\r\n") or data.count(b"\n") != data.count(b"\r\n")
+
+
+async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+    """DATA with the message as it is: aiosmtplib rewrites every line ending with a regular expression, a
+    fifth of the delivery time for a 100 KB message; messages from our spool have CRLF line endings only and
+    need just the dot-stuffing of RFC 5321 §4.5.2."""
+    protocol = getattr(smtp, "protocol", None)
+    if _needs_line_ending_repair(data) or protocol is None or not hasattr(protocol, "read_response"):
+        return await smtp.data(data)
+    payload = data.replace(b"\r\n.", b"\r\n..")
+    if payload.startswith(b"."):
+        payload = b"." + payload
+    end = b".\r\n" if payload.endswith(b"\r\n") or not payload else b"\r\n.\r\n"
+    start = await smtp.execute_command(b"DATA", timeout=timeout)
+    if start.code != 354:
+        raise SMTPDataError(start.code, start.message)
+    protocol.write(payload + end)
+    reply = await protocol.read_response(timeout=timeout)
+    if reply.code != 250:
+        raise SMTPDataError(reply.code, reply.message)
+    return reply
 
 
 @dataclass(frozen=True)

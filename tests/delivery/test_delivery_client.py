@@ -527,3 +527,15 @@ async def test_a_kept_session_the_peer_dropped_is_replaced(named, smtp_sink, por
     assert results["r2@dest.test"].ok
     assert [m.rcpt_tos for m in second.messages] == [("r2@dest.test",)]
     assert second.handler.sessions == 1
+
+
+@pytest.mark.parametrize("body, arrives", [
+    (b".first line\r\n.\r\n..two\r\nlast . line\r\n", b".first line\r\n.\r\n..two\r\nlast . line\r\n"),
+    (b"Subject: no final line end\r\n\r\n.x", b"Subject: no final line end\r\n\r\n.x\r\n"),
+    (b"Subject: bare LF\n\n.dot\nend\n", b"Subject: bare LF\r\n\r\n.dot\r\nend\r\n"),  # repaired, then stuffed
+])
+async def test_data_is_dot_stuffed_and_arrives_unchanged(deliverer, smtp_sink, port, body, arrives) -> None:
+    sink = smtp_sink("127.0.0.51", port)
+    results = await deliverer.deliver(HostsTarget((("127.0.0.51", port),)), "a@sender.test", ["r@dest.test"], body)
+    assert results["r@dest.test"].ok
+    assert sink.messages[0].data == arrives
