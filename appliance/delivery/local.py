@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 
 from appliance.delivery.client import RcptResult
@@ -62,7 +63,7 @@ class LocalDelivery:
             if exc.permanent:
                 return RcptResult(552, "5.2.2", f"message larger than the mailbox quota of {address}", None)
             return RcptResult(452, "4.2.2", f"mailbox {address} is full", None)
-        if isinstance(exc, StoreError | OSError):
+        if isinstance(exc, StoreError | OSError | sqlite3.Error):
             log.error("queue_id=%s local delivery to %s failed: %s", message.queue_id, address, exc)
             return RcptResult(451, "4.3.0", f"mailbox unavailable: {exc.__class__.__name__}", None)
         raise exc

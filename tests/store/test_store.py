@@ -128,6 +128,32 @@ def test_parallel_submits_get_distinct_uids_and_all_land(store: MailStore) -> No
     assert bodies == {MSG + f"{n}-{i}".encode() for n in range(8) for i in range(50)}
 
 
+def _first_delivery(root: str, start: float, results) -> None:  # runs in a child process
+    while time.time() < start:
+        pass
+    try:
+        results.put(MailStore(Path(root)).deliver(ADDR, MSG))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_mailbox_at_once_all_deliver(tmp_path: Path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(5):
+        root = tmp_path / f"mail{trial}"
+        results = ctx.Queue()
+        start = time.time() + 0.3
+        procs = [ctx.Process(target=_first_delivery, args=(str(root), start, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        got = sorted(results.get(timeout=10) for _ in procs)
+        assert got == [1, 2, 3, 4], got
+
+
 def test_flags_modseq_and_expunge(store: MailStore) -> None:
     for _ in range(3):
         store.deliver(ADDR, MSG)
