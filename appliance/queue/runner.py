@@ -90,7 +90,8 @@ class QueueRunner:
 
     def _schedule(self, message: QueuedMessage) -> None:
         pending = message.pending()
-        due = min((r.next_attempt for r in pending), default=0.0)
+        # A failure not reported yet (the process stopped before the DSN went out) is reported now.
+        due = 0.0 if self._unreported(message) else min((r.next_attempt for r in pending), default=0.0)
         heapq.heappush(self._heap, (due, message.queue_id))
         self._wake.set()
 
@@ -134,7 +135,7 @@ class QueueRunner:
                 message = self._messages.get(queue_id)
                 if message is None or queue_id in self._in_flight:
                     continue
-                if not any(r.next_attempt <= now for r in message.pending()):
+                if not self._unreported(message) and not any(r.next_attempt <= now for r in message.pending()):
                     continue  # a stale heap entry; the message has a later one
                 await self._slots.acquire()
                 self._in_flight.add(queue_id)

@@ -98,6 +98,30 @@ def test_5xx_bounces_at_once_with_a_dsn(mailfleet_factory, smtp_sink) -> None:
     server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
 
 
+def test_a_failure_recorded_before_a_crash_is_still_bounced(mailfleet_factory) -> None:
+    import asyncio
+
+    from appliance.queue.spool import FAILED, QueuedMessage, Recipient, Spool, new_queue_id
+
+    server = mailfleet_factory(primary_and_gateway(free_port(["127.0.0.1"])))
+    server.stop()
+    # What a crash between recording a 5xx and sending the DSN leaves behind.
+    spool = Spool(server.data_dir / "spool")
+    rcpt = Recipient(address="gone@fwd.test", original="gone@fwd.test")
+    message = QueuedMessage(queue_id=new_queue_id(), mail_from="alice@home.test", recipients=[rcpt],
+                            arrival=time.time(), client="127.0.0.1")
+    asyncio.run(spool.commit(message, b"Subject: before the crash\r\n\r\nx\r\n"))
+    rcpt.status, rcpt.attempts, rcpt.last_code, rcpt.last_text = FAILED, 1, 550, "5.1.1 mailbox gone"
+    spool.record(message, [rcpt])
+    spool.close()
+
+    server.start()
+    server.wait_for(lambda: len(server.mailbox_files("alice@home.test")) == 1, what="the bounce after the restart")
+    raw = server.mailbox_files("alice@home.test")[0].read_bytes()
+    assert b"Final-Recipient: rfc822; gone@fwd.test" in raw and b"Status: 5.1.1" in raw
+    server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
+
+
 def test_queue_lifetime_expiry_bounces_with_4_4_7(mailfleet_factory) -> None:
     dead = free_port(["127.0.0.1"])
     server = mailfleet_factory(primary_and_gateway(dead, lifetime="3s"))
