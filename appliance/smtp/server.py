@@ -26,11 +26,13 @@ from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslError, decode_login_field, decode_plain
 from appliance.config import HostPort
 from appliance.queue.spool import QueuedMessage, Recipient, new_queue_id
-from appliance.smtp import codes
+from appliance.smtp import codes, method_tables
 from appliance.smtp.address import AddressError, parse_mailbox
 from appliance.smtp.policy import Client, RecipientPolicy
 
 log = logging.getLogger("appliance.smtp")
+
+method_tables.install()
 
 
 # RFC 5321 §2.3.8: only CRLF ends a line. A lone CR or LF is how SMTP smuggling hides a second message from
