@@ -18,7 +18,7 @@ import logging
 import pathlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +151,8 @@ class Directory:
         self._write_lock, self._read_lock = threading.Lock(), threading.Lock()
         self._conn = self._open()
         self._read_conn = self._connect()
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._cache_version: int | None = None
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> Directory:
@@ -185,6 +187,25 @@ class Directory:
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return conn
+
+    def _cached(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
+        """Answers of the per-message lookups (local domain? who gets this address? quota?), kept until any
+        connection, from any process (the CLI), commits a change: SQLite's data_version tells, in one
+        statement, where the lookup itself takes a transaction of three."""
+        with self._read_lock:
+            version = self._read_conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._cache_version:
+                self._cache.clear()
+                self._cache_version = version
+            if (kind, key) in self._cache:
+                return self._cache[(kind, key)]
+        value = compute()
+        with self._read_lock:
+            if self._cache_version == version:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[(kind, key)] = value
+        return value
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -223,6 +244,9 @@ class Directory:
             return False
         if name in self._config_domains:
             return True
+        return self._cached("domain", name, lambda: self._stored_domain(name))
+
+    def _stored_domain(self, name: str) -> bool:
         with self._read() as conn:
             return conn.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone() is not None
 
@@ -364,6 +388,9 @@ class Directory:
             return 0
         if key in self._config_users:
             return self._config_users[key].quota
+        return self._cached("quota", key, lambda: self._stored_quota(key))
+
+    def _stored_quota(self, key: str) -> int:
         with self._read() as conn:
             stored = self._stored_user(conn, key)
         return 0 if stored is None else stored[1]
@@ -543,11 +570,15 @@ class Directory:
             key = normalize_address(address)
         except AddressError:
             return None
+        found = self._cached("resolve", key, lambda: self._resolve_stored(key))
+        return None if found is None else list(found)
+
+    def _resolve_stored(self, key: str) -> tuple[str, ...] | None:
         with self._read() as conn:
             found = self._expand(conn, key, (), 0)
         if not found:
             return None
-        return list(dict.fromkeys(found))[:MAX_EXPANSION]
+        return tuple(dict.fromkeys(found))[:MAX_EXPANSION]
 
     def _expand(self, conn: sqlite3.Connection, key: str, path: tuple[str, ...], depth: int) -> list[str]:
         if depth > MAX_ALIAS_DEPTH:

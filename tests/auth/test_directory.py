@@ -194,6 +194,20 @@ def test_changes_from_another_process_are_seen_at_the_next_lookup(directory, tmp
     assert directory.verify_password("eve@example.net", "eve-pw") == "eve@example.net"
 
 
+def test_domains_and_quotas_changed_elsewhere_are_seen_at_the_next_lookup(directory, tmp_path):
+    # Asked twice first: the second answer comes from the lookup cache, which the change must empty.
+    for _ in range(2):
+        assert not directory.is_local_domain("new.test")
+        assert directory.quota("bob@example.net") == 0
+    script = (
+        "import sys; from appliance.auth.directory import Directory; "
+        "d = Directory(sys.argv[1]); d.add_domain('new.test'); d.set_quota('bob@example.net', 5000)"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "directory.sqlite")], check=True)
+    assert directory.is_local_domain("new.test")
+    assert directory.quota("bob@example.net") == 5000
+
+
 def test_list_aliases_shows_catch_all(directory):
     directory.add_alias("team@example.org", ["bob@example.net", "alice@example.org"])
     directory.add_alias("@example.net", ["bob@example.net"])
