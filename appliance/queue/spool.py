@@ -12,8 +12,6 @@ and is moved aside at start-up, never delivered half.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -24,6 +22,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from appliance.store.maildir import sync_filesystem
 
 log = logging.getLogger("appliance.queue")
 
@@ -97,7 +97,6 @@ class _Syncer:
         self._cond = threading.Condition()
         self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._stopped = False
-        self._syncfs = _load_syncfs()
         self._thread = threading.Thread(target=self._run, name="spool-syncer", daemon=True)
         self._thread.start()
 
@@ -110,9 +109,7 @@ class _Syncer:
         return future
 
     def _flush(self) -> None:
-        if self._syncfs is not None and self._syncfs(self._fd) == 0:
-            return
-        os.sync()
+        sync_filesystem(self._fd)
 
     def _run(self) -> None:
         while True:
@@ -169,18 +166,6 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
-
-
-def _load_syncfs():  # noqa: ANN202 - ctypes function or None
-    """syncfs(2) flushes one filesystem; os.sync() (all filesystems) is the fallback."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
-        fn.argtypes = [ctypes.c_int]
-        fn.restype = ctypes.c_int
-        return fn
-    except (OSError, AttributeError):  # pragma: no cover - non-Linux
-        return None
 
 
 class Spool:

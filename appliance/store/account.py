@@ -651,13 +651,14 @@ class Account:
                         written[i] = maildir.write_tmp(self._folder_dir(rows[i][2]), items[i].data, sync=False)
                     except OSError as exc:
                         results[i] = exc
-            for i, tmp in list(written.items()):  # one flush per file, after all writes: the disk batches them
+            if written:
                 try:
-                    maildir.fsync_file(tmp)
-                except OSError as exc:
-                    results[i] = exc
-                    tmp.unlink(missing_ok=True)
-                    del written[i]
+                    maildir.fsync_files(list(written.values()))
+                except OSError as exc:  # the disk failed: nothing in this batch is known to be safe
+                    for i, tmp in written.items():
+                        results[i] = exc
+                        tmp.unlink(missing_ok=True)
+                    written.clear()
             self._commit_batch(items, rows, written, results)
         finally:
             for i, tmp in written.items():
