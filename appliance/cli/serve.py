@@ -159,9 +159,17 @@ class Appliance:
             if result.code == 250:
                 log.info("queue_id=%s rcpt=%s route=local attempt=0 status=delivered code=250 host=- text=%r",
                          message.queue_id, rcpt.address, result.text)
+                if self.notifier is not None:
+                    self.notifier.delivered(rcpt.address)
             else:
                 left.append(rcpt)
         return dataclasses.replace(message, recipients=left)
+
+    def on_delivered(self, address: str) -> None:
+        """Queue process: an acceptor put mail into this mailbox; IMAP sessions idling on it hear it now
+        instead of at their next poll."""
+        if self.store is not None:
+            self.store.changed_elsewhere(address, "INBOX")
 
     def on_committed(self, queue_id: str) -> None:
         """Queue process: an acceptor (or the rescan) names a message in the spool."""
@@ -387,7 +395,7 @@ async def _serve_with_acceptors(config_path: Path, config: Config, text: str) ->
         task.add_done_callback(reloads.discard)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
-    notices = await notify.listen(pool.notify_path, app.on_committed, pool)
+    notices = await notify.listen(pool.notify_path, app.on_committed, pool, app.on_delivered)
     await app.start()
     for socks in sockets.values():
         for sock in socks:

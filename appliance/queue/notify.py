@@ -19,6 +19,7 @@ from typing import Protocol
 log = logging.getLogger("appliance.queue")
 
 COMMITTED = b"Q"
+DELIVERED = b"M"  # mail went straight into a mailbox: wake the IMAP sessions watching it (IDLE)
 RELOADED = b"R"
 READY = b"U"
 MAX_LINE = 256
@@ -48,6 +49,9 @@ class Notifier:
     def committed(self, queue_id: str) -> None:
         self._send(COMMITTED + b" " + queue_id.encode())
 
+    def delivered(self, address: str) -> None:
+        self._send(DELIVERED + b" " + address.encode("utf-8"))
+
     def reloaded(self, worker: int, ok: bool) -> None:
         self._send(RELOADED + b" %d %d" % (worker, ok))
 
@@ -64,11 +68,15 @@ class Listener(Protocol):
     def on_ready(self, worker: int) -> None: ...
 
 
-def _dispatch(line: bytes, on_committed: Callable[[str], None], pool: Listener) -> None:
+def _dispatch(line: bytes, on_committed: Callable[[str], None], pool: Listener,
+              on_delivered: Callable[[str], None] | None = None) -> None:
     kind, _, rest = line.strip().partition(b" ")
     try:
         if kind == COMMITTED:
             on_committed(rest.decode("ascii"))
+        elif kind == DELIVERED:
+            if on_delivered is not None:
+                on_delivered(rest.decode("utf-8"))
         elif kind == RELOADED:
             worker, ok = rest.split()
             pool.on_reloaded(int(worker), ok == b"1")
@@ -80,7 +88,8 @@ def _dispatch(line: bytes, on_committed: Callable[[str], None], pool: Listener) 
         log.warning("notify: ignored a malformed line %r", line[:80])
 
 
-async def listen(path: Path, on_committed: Callable[[str], None], pool: Listener) -> asyncio.AbstractServer:
+async def listen(path: Path, on_committed: Callable[[str], None], pool: Listener,
+                 on_delivered: Callable[[str], None] | None = None) -> asyncio.AbstractServer:
     """The queue process's end, a Unix socket at `path` (mode 0600)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -88,7 +97,7 @@ async def listen(path: Path, on_committed: Callable[[str], None], pool: Listener
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                _dispatch(line[:MAX_LINE], on_committed, pool)
+                _dispatch(line[:MAX_LINE], on_committed, pool, on_delivered)
         except (ConnectionError, ValueError) as exc:  # ValueError: a line over the reader's limit
             log.warning("notify: connection dropped: %s", exc)
         finally:

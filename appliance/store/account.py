@@ -272,6 +272,10 @@ class Account:
 
         return unsubscribe
 
+    def announce(self, folder: str) -> None:
+        """Signal subscribers that ``folder`` changed (in another process: they re-read it)."""
+        self._notify(folder)
+
     def _notify(self, *folders: str) -> None:
         with self._lock:
             listeners = list(self._listeners)

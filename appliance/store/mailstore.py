@@ -140,6 +140,18 @@ class MailStore:
                 writer = self._writers[account.address] = _AccountWriter(account, self._pool)
         return writer.submit(Delivery(folder, data, tuple(flags), internal_date))
 
+    def changed_elsewhere(self, address: str, folder: str) -> None:
+        """Another process changed ``folder`` of ``address``: tell this process's subscribers (IMAP IDLE) now.
+        An account no session here has opened is left alone."""
+        try:
+            key = canonical_address(address)
+        except InvalidAddress:
+            return
+        with self._lock:
+            account = self._accounts.get(key)
+        if account is not None:
+            account.announce(folder)
+
     def set_quota(self, address: str, quota_bytes: int) -> None:
         """Quota in bytes for the whole account; 0 = unlimited."""
         self.account(address).set_quota(quota_bytes)

@@ -1,0 +1,63 @@
+"""The acceptors' notices to the queue process, over a real Unix stream socket."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from appliance.queue import notify
+from appliance.store import MailStore
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_reloaded(self, worker: int, ok: bool) -> None:
+        self.events.append(("reloaded", worker, ok))
+
+    def on_ready(self, worker: int) -> None:
+        self.events.append(("ready", worker))
+
+
+async def _exchange(path: Path) -> tuple[list[str], list[str], list[tuple]]:
+    committed: list[str] = []
+    delivered: list[str] = []
+    pool = _Pool()
+    server = await notify.listen(path, committed.append, pool, delivered.append)
+    notifier = await notify.Notifier.connect(path)
+    notifier.committed("18EB5102B1F8D1D8683B35")
+    notifier.delivered("jörg@example.org")
+    notifier._send(b"X nonsense")  # a malformed line is logged and skipped, the stream goes on
+    notifier.reloaded(1, True)
+    notifier.ready(1)
+    for _ in range(100):
+        if len(pool.events) == 2:
+            break
+        await asyncio.sleep(0.02)
+    notifier.close()
+    server.close()
+    return committed, delivered, pool.events
+
+
+def test_notices_arrive_in_order_and_a_bad_line_is_skipped(tmp_path: Path) -> None:
+    committed, delivered, events = asyncio.run(_exchange(tmp_path / "notify.sock"))
+    assert committed == ["18EB5102B1F8D1D8683B35"]
+    assert delivered == ["jörg@example.org"]
+    assert events == [("reloaded", 1, True), ("ready", 1)]
+
+
+def test_a_delivery_elsewhere_wakes_the_subscribers_of_an_open_mailbox(tmp_path: Path) -> None:
+    here = MailStore(tmp_path / "mail")
+    woken: list[str] = []
+    here.subscribe("alice@example.org", woken.append)
+    elsewhere = MailStore(tmp_path / "mail")  # stands for the acceptor process
+    elsewhere.deliver("alice@example.org", b"Subject: hi\r\n\r\nx\r\n")
+    assert woken == []  # another process's commit is not seen by itself...
+    here.changed_elsewhere("alice@example.org", "INBOX")  # ...the acceptor's notice makes it so
+    here.changed_elsewhere("nobody@example.org", "INBOX")  # no open mailbox: nothing to wake, nothing opened
+    assert woken == ["INBOX"]
+    assert here.account("alice@example.org").status("INBOX").messages == 1
+    assert not (tmp_path / "mail" / "example.org" / "nobody").exists()
+    here.close()
+    elsewhere.close()
