@@ -10,6 +10,7 @@ import asyncio
 import logging
 import mmap
 import os
+import re
 import socket
 import ssl
 import struct
@@ -280,6 +281,11 @@ class InboundHandler:
         return AuthResult(success=True, handled=False, auth_data=LoginPassword(login.encode(), b""))
 
 
+# The path almost every client sends: <dot-atom@domain> and then the parameters, if any.
+_PLAIN_PATH = re.compile(r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                         r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*")
+
+
 class SMTPProtocol(SMTP):
     """aiosmtpd's engine with enhanced status codes on every final reply and a session count."""
 
@@ -289,6 +295,21 @@ class SMTPProtocol(SMTP):
         self._plain = False
         self._greeted = False
         self.__ident__ = "Mailfleet ESMTP"
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parsing goes through the email package's header parser and defines a class per
+        call: a twentieth of an acceptor's time. The plain form is matched here, with the same answer (a
+        hypothesis test compares the two); anything else (quotes, comments, literals, routes) goes to it."""
+        match = _PLAIN_PATH.match(arg)
+        if match is None or arg.startswith("(", match.end()):
+            try:
+                return super()._getaddr(arg)
+            except (IndexError, ValueError):  # the email parser trips over some fragments, e.g. a lone "<"
+                return None, None  # aiosmtpd then answers 501 with the command's syntax
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, arg[match.end():]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._counter.add(self)

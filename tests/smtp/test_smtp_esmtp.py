@@ -271,6 +271,8 @@ MALFORMED = [
     b"MAIL FROM:<" + b"a" * 70 + b"@client.example>",
     b"RSET extra",
     b"QUIT now",
+    b"MAIL FROM:<",  # the email package's parser (inside aiosmtpd) raises IndexError on these
+    b"RCPT TO:<",
 ]
 
 
