@@ -211,6 +211,7 @@ class Account:
         self.path = path
         self._root = str(path) + os.sep
         self._lock = threading.RLock()
+        self._lock_fd: int | None = None  # write.lock, see _write
         self._listeners: list[Callable[[str], None]] = []
         maildir.make_maildir(path)
         self._db = sqlite3.connect(
@@ -232,15 +233,27 @@ class Account:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: thread lock, then SQLite's cross-process write lock."""
+        """One write transaction: thread lock, then a cross-process lock, then SQLite's write lock.
+
+        The flock on ``write.lock`` queues writers of other processes (the SMTP acceptors delivering, the IMAP
+        and POP3 sessions) in the kernel, which wakes the next one the moment the lock is free. Left to SQLite
+        alone, a writer that finds the database locked sleeps 1, 2, 5, 10... ms before it looks again, and two
+        processes delivering to one mailbox spent much of their time asleep.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.path / "write.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")  # the durability point
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")  # the durability point
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -255,6 +268,9 @@ class Account:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(folder_name)`` (from any thread) after each committed change in this process.
