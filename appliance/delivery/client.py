@@ -558,6 +558,7 @@ class Deliverer:
                 if not delivered_once:
                     raise
                 # A copy already went out on this connection: the rest waits for the queue, not another host.
+                smtp.close()  # in an unknown state: never kept for the next message
                 reason = exc.result if isinstance(exc, _Failover) else _local(451, "4.4.2", str(exc), remote)
                 results.update(dict.fromkeys(sendable, reason))
                 break
@@ -589,8 +590,10 @@ class Deliverer:
             else:
                 results[rcpt] = result
         if not accepted:
-            with contextlib.suppress(SMTPException, OSError, TimeoutError):
+            try:
                 await smtp.rset()
+            except (SMTPException, OSError, TimeoutError):
+                smtp.close()  # the transaction may still be open there: not a session to keep
             return results, []
         outcome = await self._data(smtp, remote, data)
         results.update(dict.fromkeys(accepted, outcome))
@@ -617,6 +620,8 @@ class Deliverer:
         except SMTPResponseException as exc:
             return reply_result(exc.code, exc.message, remote)
         except (TimeoutError, SMTPException, OSError) as exc:
+            # The peer's answer may still come: a session out of step must never carry another message.
+            smtp.close()
             return _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}", remote)
         return reply_result(reply.code, reply.message, remote)
 

@@ -539,3 +539,17 @@ async def test_data_is_dot_stuffed_and_arrives_unchanged(deliverer, smtp_sink, p
     results = await deliverer.deliver(HostsTarget((("127.0.0.51", port),)), "a@sender.test", ["r@dest.test"], body)
     assert results["r@dest.test"].ok
     assert sink.messages[0].data == arrives
+
+
+async def test_a_session_whose_data_answer_timed_out_is_not_kept(named, smtp_sink, port) -> None:
+    deliverer = Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=1, connection_idle=30)
+    sink = smtp_sink("127.0.0.51", port, hold=2.0)
+    target = HostsTarget((("127.0.0.51", port),))
+    first = await deliverer.deliver(target, "a@sender.test", ["r1@dest.test"], MESSAGE)
+    assert first["r1@dest.test"].temporary  # no answer in time: retried later, maybe a duplicate, never lost
+    sink.handler.hold = 0.0
+    second = await deliverer.deliver(target, "a@sender.test", ["r2@dest.test"], MESSAGE)
+    assert second["r2@dest.test"].ok
+    # The late answer to the first DATA must not be read as an answer in the second transaction.
+    assert sink.handler.sessions == 2
+    assert ("r2@dest.test",) in [m.rcpt_tos for m in sink.messages]
