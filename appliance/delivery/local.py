@@ -65,5 +65,7 @@ class LocalDelivery:
             return RcptResult(452, "4.2.2", f"mailbox {address} is full", None)
         if isinstance(exc, StoreError | OSError | sqlite3.Error):
             log.error("queue_id=%s local delivery to %s failed: %s", message.queue_id, address, exc)
-            return RcptResult(451, "4.3.0", f"mailbox unavailable: {exc.__class__.__name__}", None)
-        raise exc
+        else:  # a bug: this recipient waits in the queue, the others are delivered and accounted for
+            log.error("queue_id=%s local delivery to %s failed unexpectedly", message.queue_id, address,
+                      exc_info=exc)
+        return RcptResult(451, "4.3.0", f"mailbox unavailable: {exc.__class__.__name__}", None)
