@@ -141,6 +141,7 @@ class _Message:
     eight_bit: bool
     needs_utf8: bool  # the whole message needs SMTPUTF8 (sender or headers are UTF-8, or the caller says so)
     utf8_rcpts: frozenset[str] = field(default_factory=frozenset)
+    crlf_only: bool = False  # the caller checked: every line ends with CRLF (the SMTP listener refuses others)
 
 
 class _DestinationLimits:
@@ -283,11 +284,13 @@ class Deliverer:
         data: bytes,
         queue_id: str = "",
         smtputf8: bool | None = None,
+        crlf_only: bool = False,
     ) -> dict[str, RcptResult]:
         """Try the target's hosts in order until one gives final answers; a result for every recipient.
 
         `smtputf8`: True when the message was received with SMTPUTF8; None detects it from the envelope
-        and the header section (RFC 6531 §3.4).
+        and the header section (RFC 6531 §3.4). `crlf_only`: the message is known to have CRLF line endings
+        only, so DATA need not look for others.
         """
         unique = list(dict.fromkeys(rcpts))
         if not unique:
@@ -307,6 +310,7 @@ class Deliverer:
             eight_bit=not data.isascii(),
             needs_utf8=bool(smtputf8) or not mail_from.isascii() or not _header_section(data).isascii(),
             utf8_rcpts=frozenset(r for r in good if not r.isascii()),
+            crlf_only=crlf_only,
         )
         return {**await self._route_and_send(target, msg, good, queue_id), **bad}
 
@@ -553,7 +557,8 @@ class Deliverer:
         delivered_once = False
         while sendable:
             try:
-                final, sendable = await self._send_once(smtp, remote, msg.mail_from, options, sendable, payload)
+                final, sendable = await self._send_once(smtp, remote, msg.mail_from, options, sendable, payload,
+                                                        msg.crlf_only and payload is msg.data)
             except (_Failover, SMTPException, OSError, TimeoutError) as exc:
                 if not delivered_once:
                     raise
@@ -567,7 +572,8 @@ class Deliverer:
         return results
 
     async def _send_once(
-        self, smtp: aiosmtplib.SMTP, remote: str, mail_from: str, options: list[bytes], rcpts: list[str], data: bytes
+        self, smtp: aiosmtplib.SMTP, remote: str, mail_from: str, options: list[bytes], rcpts: list[str], data: bytes,
+        crlf_only: bool = False,
     ) -> tuple[dict[str, RcptResult], list[str]]:
         """One MAIL transaction: final results, and the recipients to send again (RFC 5321 §4.5.3.1.10)."""
         results: dict[str, RcptResult] = {}
@@ -595,7 +601,7 @@ class Deliverer:
             except (SMTPException, OSError, TimeoutError):
                 smtp.close()  # the transaction may still be open there: not a session to keep
             return results, []
-        outcome = await self._data(smtp, remote, data)
+        outcome = await self._data(smtp, remote, data, crlf_only)
         results.update(dict.fromkeys(accepted, outcome))
         if not outcome.ok:
             results.update(dict.fromkeys(again, outcome))  # the peer refuses the message itself
@@ -612,11 +618,11 @@ class Deliverer:
             options.append(b"SMTPUTF8")
         return options
 
-    async def _data(self, smtp: aiosmtplib.SMTP, remote: str, data: bytes) -> RcptResult:
+    async def _data(self, smtp: aiosmtplib.SMTP, remote: str, data: bytes, crlf_only: bool = False) -> RcptResult:
         """DATA; its reply applies to every accepted recipient. A lost connection here is never failed over:
         the peer may already hold the message, another host would duplicate it."""
         try:
-            reply = await _send_data(smtp, data, self.command_timeout)
+            reply = await _send_data(smtp, data, self.command_timeout, crlf_only)
         except SMTPResponseException as exc:
             return reply_result(exc.code, exc.message, remote)
         except (TimeoutError, SMTPException, OSError) as exc:
@@ -631,12 +637,14 @@ def _needs_line_ending_repair(data: bytes) -> bool:
     return data.count(b"\r") != data.count(b"\r\n") or data.count(b"\n") != data.count(b"\r\n")
 
 
-async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float,
+                     crlf_only: bool = False) -> aiosmtplib.SMTPResponse:
     """DATA with the message as it is: aiosmtplib rewrites every line ending with a regular expression, a
     fifth of the delivery time for a 100 KB message; messages from our spool have CRLF line endings only and
     need just the dot-stuffing of RFC 5321 §4.5.2."""
     protocol = getattr(smtp, "protocol", None)
-    if _needs_line_ending_repair(data) or protocol is None or not hasattr(protocol, "read_response"):
+    if protocol is None or not hasattr(protocol, "read_response") or (
+            not crlf_only and _needs_line_ending_repair(data)):
         return await smtp.data(data)
     payload = data.replace(b"\r\n.", b"\r\n..")
     if payload.startswith(b"."):

@@ -206,7 +206,8 @@ class QueueRunner:
                       else MXTarget(route.domain))
             # RFC 6531 §3.4: mail received with SMTPUTF8 must only leave to peers that offer it.
             return await self._remote(target, message.mail_from, addresses, data, queue_id=message.queue_id,
-                                      smtputf8=True if message.smtputf8 else None)
+                                      smtputf8=True if message.smtputf8 else None,
+                                      crlf_only=bool(message.meta.get("crlf_only")))
         except Exception as exc:  # noqa: BLE001 - a delivery bug is a temporary failure, never a lost message
             log.exception("queue_id=%s: delivery to %s failed unexpectedly", message.queue_id, route.key)
             return {a: RcptResult(451, "4.3.0", f"internal error: {exc.__class__.__name__}", None)

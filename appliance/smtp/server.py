@@ -209,7 +209,8 @@ class InboundHandler:
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
         message = QueuedMessage(queue_id=queue_id, mail_from=sender, recipients=recipients,
                                 arrival=time.time(), client=ip, helo=session.host_name or "",
-                                smtputf8="SMTPUTF8" in (o.upper() for o in envelope.mail_options))
+                                smtputf8="SMTPUTF8" in (o.upper() for o in envelope.mail_options),
+                                meta={"crlf_only": True})  # checked above: the next hop gets it as it is
         try:
             await self._commit(message, data)
         except OSError as exc:
