@@ -193,7 +193,10 @@ class InboundHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
         ip = _ip(session)
-        if _has_bare_cr_or_lf(raw):
+        bare = getattr(envelope, "mf_bare", None)  # found while reading DATA (SMTPProtocol._read_data)
+        if bare is None:
+            bare = _has_bare_cr_or_lf(raw)
+        if bare:
             log.warning("client=%s from=<%s> refused: bare CR/LF in DATA (possible SMTP smuggling)", ip,
                         envelope.mail_from)
             return codes.BARE_LINE_ENDING
@@ -433,8 +436,11 @@ class SMTPProtocol(SMTP):
             if ended:
                 break
         body = b"".join(parts) if refusal is None else b""
-        if refusal is None and len(body) > _MAX_LINE and _longest_line(body) > _MAX_LINE:
-            refusal = _LINE_TOO_LONG
+        if refusal is None:
+            bare, too_long = _scan_lines(body)
+            self.envelope.mf_bare = bare  # type: ignore[attr-defined]  # dot-unstuffing keeps every CR and LF
+            if too_long:
+                refusal = _LINE_TOO_LONG
         return body, refusal
 
 
@@ -446,6 +452,16 @@ _TOO_MUCH_DATA = "552 Error: Too much mail data"
 
 def _longest_line(data: bytes) -> int:
     return max(map(len, data.split(b"\r\n")), default=0)
+
+
+def _scan_lines(data: bytes) -> tuple[bool, bool]:
+    """(has a bare CR or LF, has a line over the limit) in one split: the pieces between CRLFs give both the
+    number of CRLF pairs and the line lengths, where the two checks apart cost twice the passes."""
+    if len(data) <= _MAX_LINE:
+        return _has_bare_cr_or_lf(data), False
+    lines = data.split(b"\r\n")
+    pairs = len(lines) - 1
+    return data.count(b"\r") != pairs or data.count(b"\n") != pairs, max(map(len, lines)) > _MAX_LINE
 
 
 class _Refuse(asyncio.Protocol):

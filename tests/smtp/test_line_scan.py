@@ -1,0 +1,24 @@
+"""The one-pass DATA check answers as the two separate checks it replaces (bare CR/LF, line length)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.smtp.server import _MAX_LINE, _has_bare_cr_or_lf, _longest_line, _scan_lines
+
+_PIECES = [b"\r\n", b"\r", b"\n", b".", b"a", b"\r\r\n", b"\n\r", b"a" * 500, b"b" * 999]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map(b"".join))
+def test_scan_matches_the_separate_checks(data: bytes) -> None:
+    assert _scan_lines(data) == (_has_bare_cr_or_lf(data), _longest_line(data) > _MAX_LINE)
+
+
+def test_examples() -> None:
+    line = b"x" * _MAX_LINE + b"\r\n"
+    assert _scan_lines(line * 3) == (False, False)
+    assert _scan_lines(b"x" * (_MAX_LINE + 1) + b"\r\n") == (False, True)
+    assert _scan_lines(line * 2 + b"smuggled\n.\r\n") == (True, False)
+    assert _scan_lines(b"short\rline\r\n") == (True, False)
