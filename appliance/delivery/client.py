@@ -37,6 +37,7 @@ from appliance.dns.resolver import (
     interface_addresses,
     ip_literal,
 )
+from appliance.smtp.server import has_bare_cr_or_lf
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 
@@ -632,11 +633,6 @@ class Deliverer:
         return reply_result(reply.code, reply.message, remote)
 
 
-def _needs_line_ending_repair(data: bytes) -> bool:
-    """True when ``data`` has a CR or LF outside a CRLF pair (the spool never holds such a message)."""
-    return data.count(b"\r") != data.count(b"\r\n") or data.count(b"\n") != data.count(b"\r\n")
-
-
 async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float,
                      crlf_only: bool = False) -> aiosmtplib.SMTPResponse:
     """DATA with the message as it is: aiosmtplib rewrites every line ending with a regular expression, a
@@ -644,7 +640,7 @@ async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float,
     need just the dot-stuffing of RFC 5321 §4.5.2."""
     protocol = getattr(smtp, "protocol", None)
     if protocol is None or not hasattr(protocol, "read_response") or (
-            not crlf_only and _needs_line_ending_repair(data)):
+            not crlf_only and has_bare_cr_or_lf(data)):
         return await smtp.data(data)
     payload = data.replace(b"\r\n.", b"\r\n..")
     if payload.startswith(b"."):

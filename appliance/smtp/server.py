@@ -38,7 +38,7 @@ method_tables.install()
 
 # RFC 5321 §2.3.8: only CRLF ends a line. A lone CR or LF is how SMTP smuggling hides a second message from
 # one server and shows it to the next, so such data is refused rather than passed on.
-def _has_bare_cr_or_lf(data: bytes) -> bool:
+def has_bare_cr_or_lf(data: bytes) -> bool:
     """True when some CR is not followed by LF or some LF not preceded by CR.
 
     Counting is exact (a CRLF holds one CR and one LF and cannot overlap another) and about 8x faster than a
@@ -191,15 +191,8 @@ class InboundHandler:
         return decision.reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw: bytes = envelope.original_content or b""
+        raw: bytes = envelope.original_content or b""  # CRLF line endings only: SMTPProtocol._read_data refused others
         ip = _ip(session)
-        bare = getattr(envelope, "mf_bare", None)  # found while reading DATA (SMTPProtocol._read_data)
-        if bare is None:
-            bare = _has_bare_cr_or_lf(raw)
-        if bare:
-            log.warning("client=%s from=<%s> refused: bare CR/LF in DATA (possible SMTP smuggling)", ip,
-                        envelope.mail_from)
-            return codes.BARE_LINE_ENDING
         queue_id = new_queue_id()
         recipients: list[Recipient] = []
         seen: set[str] = set()
@@ -213,7 +206,7 @@ class InboundHandler:
         message = QueuedMessage(queue_id=queue_id, mail_from=sender, recipients=recipients,
                                 arrival=time.time(), client=ip, helo=session.host_name or "",
                                 smtputf8="SMTPUTF8" in (o.upper() for o in envelope.mail_options),
-                                meta={"crlf_only": True})  # checked above: the next hop gets it as it is
+                                meta={"crlf_only": True})  # checked in _read_data: the next hop gets it as it is
         try:
             await self._commit(message, data)
         except OSError as exc:
@@ -438,9 +431,12 @@ class SMTPProtocol(SMTP):
         body = b"".join(parts) if refusal is None else b""
         if refusal is None:
             bare, too_long = _scan_lines(body)
-            self.envelope.mf_bare = bare  # type: ignore[attr-defined]  # dot-unstuffing keeps every CR and LF
             if too_long:
                 refusal = _LINE_TOO_LONG
+            elif bare:
+                log.warning("client=%s from=<%s> refused: bare CR/LF in DATA (possible SMTP smuggling)",
+                            _ip(self.session), self.envelope.mail_from)
+                refusal = codes.BARE_LINE_ENDING
         return body, refusal
 
 
@@ -458,7 +454,7 @@ def _scan_lines(data: bytes) -> tuple[bool, bool]:
     """(has a bare CR or LF, has a line over the limit) in one split: the pieces between CRLFs give both the
     number of CRLF pairs and the line lengths, where the two checks apart cost twice the passes."""
     if len(data) <= _MAX_LINE:
-        return _has_bare_cr_or_lf(data), False
+        return has_bare_cr_or_lf(data), False
     lines = data.split(b"\r\n")
     pairs = len(lines) - 1
     return data.count(b"\r") != pairs or data.count(b"\n") != pairs, max(map(len, lines)) > _MAX_LINE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.smtp.server import _MAX_LINE, _has_bare_cr_or_lf, _longest_line, _scan_lines
+from appliance.smtp.server import _MAX_LINE, _longest_line, _scan_lines, has_bare_cr_or_lf
 
 _PIECES = [b"\r\n", b"\r", b"\n", b".", b"a", b"\r\r\n", b"\n\r", b"a" * 500, b"b" * 999]
 
@@ -13,7 +13,7 @@ _PIECES = [b"\r\n", b"\r", b"\n", b".", b"a", b"\r\r\n", b"\n\r", b"a" * 500, b"
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES), max_size=12).map(b"".join))
 def test_scan_matches_the_separate_checks(data: bytes) -> None:
-    assert _scan_lines(data) == (_has_bare_cr_or_lf(data), _longest_line(data) > _MAX_LINE)
+    assert _scan_lines(data) == (has_bare_cr_or_lf(data), _longest_line(data) > _MAX_LINE)
 
 
 def test_examples() -> None:
