@@ -32,8 +32,8 @@ from appliance.dns.resolver import Resolver
 from appliance.queue import notify
 from appliance.queue.control import ControlServer
 from appliance.queue.notify import Notifier
-from appliance.queue.runner import QueueRunner
-from appliance.queue.spool import QueuedMessage, Spool, SpoolCorrupt
+from appliance.queue.runner import QueueRunner, log_outcome
+from appliance.queue.spool import DELIVERED, QueuedMessage, Spool, SpoolCorrupt
 from appliance.smtp.policy import RecipientPolicy
 from appliance.smtp.server import (
     InboundHandler,
@@ -157,8 +157,7 @@ class Appliance:
         for rcpt in message.recipients:
             result = results[rcpt.address]
             if result.code == 250:
-                log.info("queue_id=%s rcpt=%s route=local attempt=0 status=delivered code=250 host=- text=%r",
-                         message.queue_id, rcpt.address, result.text)
+                log_outcome(message.queue_id, rcpt.address, LOCAL, 0, DELIVERED, result)
                 if self.notifier is not None:
                     self.notifier.delivered(rcpt.address)
             else:

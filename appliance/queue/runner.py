@@ -234,9 +234,7 @@ class QueueRunner:
                 self.stats.failed += 1
             else:
                 self.stats.deferred += 1
-        log.info("queue_id=%s rcpt=%s route=%s attempt=%d status=%s code=%d host=%s text=%r",
-                 message.queue_id, rcpt.address, route.key, rcpt.attempts, rcpt.status, result.code,
-                 rcpt.remote_host or "-", result.text[:200])
+        log_outcome(message.queue_id, rcpt.address, route.key, rcpt.attempts, rcpt.status, result)
 
     # ------------------------------------------------------------------ bounces
 
@@ -273,6 +271,12 @@ class QueueRunner:
         for rcpt in failed:
             rcpt.status = BOUNCED
         self.spool.record(message, failed)
+
+
+def log_outcome(queue_id: str, address: str, route_key: str, attempt: int, status: str, result: RcptResult) -> None:
+    """The one log line per recipient and attempt (attempt 0: stored in the mailbox before the 250)."""
+    log.info("queue_id=%s rcpt=%s route=%s attempt=%d status=%s code=%d host=%s text=%r", queue_id, address,
+             route_key, attempt, status, result.code, result.remote_host or "-", result.text[:200])
 
 
 INLINE_READ = 64 * 1024  # up to this size a read from the page cache costs less than a hop to a thread
