@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance.auth.directory import Directory
+from appliance.store.sqlite import enable_wal
 
 log = logging.getLogger("appliance.auth")
 
@@ -73,7 +74,7 @@ class FailureCounter:
         # must never queue behind a writer waiting for SQLite's lock (WAL readers do not wait).
         self._lock, self._read_lock = threading.Lock(), threading.Lock()
         self._conn = self._connect(db_path)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(self._conn)
         self._conn.executescript(_SCHEMA)
         self._read_conn = self._connect(db_path)
 

@@ -27,6 +27,7 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from appliance.auth.addresses import AddressError, domain_of, normalize_address, normalize_domain
+from appliance.store.sqlite import enable_wal
 
 log = logging.getLogger("appliance.auth")
 
@@ -175,7 +176,7 @@ class Directory:
     def _open(self) -> sqlite3.Connection:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -33,6 +33,7 @@ from appliance.store.errors import (
     MessageNotFound,
     QuotaExceeded,
 )
+from appliance.store.sqlite import enable_wal
 
 log = logging.getLogger("appliance.store")
 
@@ -80,23 +81,6 @@ CREATE TABLE IF NOT EXISTS expunged(
 CREATE TABLE IF NOT EXISTS pending_unlink(filename TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS subscriptions(name TEXT PRIMARY KEY);
 """
-
-
-def _enable_wal(db: sqlite3.Connection, patience: float = 60.0) -> None:
-    """Switch a database to WAL. Switching needs a moment alone with the file and SQLite reports "database is
-    locked" at once, without its busy handler, when another process opens the same new mailbox at that
-    moment (two SMTP acceptors delivering a new user's first messages): wait for our turn."""
-    deadline = time.monotonic() + patience
-    delay = 0.005
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +201,7 @@ class Account:
         self._db = sqlite3.connect(
             path / "mailfleet.sqlite", isolation_level=None, check_same_thread=False, timeout=60
         )
-        _enable_wal(self._db)
+        enable_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=60000")
         with self._write():
