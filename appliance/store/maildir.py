@@ -13,6 +13,7 @@ import itertools
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _counter = itertools.count()
@@ -36,13 +37,17 @@ def folder_dirname(name: str) -> str:
     return "." + escaped
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename/link/unlink in ``path`` durable (POSIX needs the directory itself synced)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _flush(path: Path, flags: int, flush: Callable[[int], None] = os.fsync) -> None:
+    fd = os.open(path, flags)
     try:
-        os.fsync(fd)
+        flush(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename/link/unlink in ``path`` durable (POSIX needs the directory itself synced)."""
+    _flush(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def make_maildir(path: Path) -> None:
@@ -82,27 +87,12 @@ def sync_filesystem(fd: int) -> None:
 
 def fsync_files(paths: list[Path]) -> None:
     """Make several newly written files durable: fsync for one, one filesystem flush for more."""
-    if len(paths) == 1:
-        fsync_file(paths[0])
-        return
-    fd = os.open(paths[0], os.O_RDONLY)
-    try:
-        sync_filesystem(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _flush(paths[0], os.O_RDONLY, os.fsync if len(paths) == 1 else sync_filesystem)
 
 
 def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
     """Write ``data`` to a new file in maildir/tmp and fsync it (unless the caller flushes it later with
-    ``fsync_file``); the caller renames it into cur/."""
+    ``fsync_files``); the caller renames it into cur/."""
     path = maildir / "tmp" / unique_name(len(data))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
