@@ -27,6 +27,15 @@ MSG = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: test\r\n\r\nHello\r
 ADDR = "bob@example.org"
 
 
+def _in_threads(target, count: int) -> None:
+    """Run target(0) ... target(count - 1) at once on threads and wait for all of them."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> MailStore:
     s = MailStore(tmp_path / "mail")
@@ -117,11 +126,7 @@ def test_parallel_submits_get_distinct_uids_and_all_land(store: MailStore) -> No
             with lock:
                 futures.append(future)
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(submit, 8)
     uids = sorted(f.result(timeout=60)[1] for f in futures)
     assert uids == list(range(1, 401))
     bodies = {i.path.read_bytes() for i in store.account(ADDR).messages("INBOX")}
@@ -330,11 +335,7 @@ def test_concurrent_deliveries_from_threads(store: MailStore) -> None:
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(worker, 8)
     assert not errors
     assert sorted(uids) == list(range(1, 201))
     assert len(store.account(ADDR).messages("INBOX")) == 200
