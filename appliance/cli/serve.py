@@ -313,7 +313,6 @@ class Appliance:
 def setup_logging(level: str, process: str = "") -> None:
     tag = f"[{process}] " if process else ""
     logging.basicConfig(level=level.upper(), format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's own chatter; our handler logs each transaction
 
 
 def raise_fd_limit(wanted: int) -> None:

@@ -85,6 +85,11 @@ def sync_filesystem(fd: int) -> None:
     os.sync()
 
 
+def sync_path(path: Path) -> None:
+    """Flush the whole filesystem holding ``path`` (file data, directory entries, other files' writes)."""
+    _flush(path, os.O_RDONLY, sync_filesystem)
+
+
 def fsync_files(paths: list[Path]) -> None:
     """Make several newly written files durable: fsync for one, one filesystem flush for more."""
     _flush(paths[0], os.O_RDONLY, os.fsync if len(paths) == 1 else sync_filesystem)
