@@ -250,10 +250,6 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._busy = False
         error = None if task.cancelled() else task.exception()
         if error is not None:
-            if isinstance(error, ssl.SSLError | ConnectionError | OSError):
-                log.info("client=%s %s", _ip(self.session), error)
-                self.close()
-                return
             self.push(self.handler.handle_exception(error))
         if self.transport is None:
             return
@@ -532,7 +528,13 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._buf.clear()
         transport = self.transport
         assert transport is not None
-        tls = await self._loop.start_tls(transport, self, context, server_side=True, ssl_handshake_timeout=60)
+        try:
+            tls = await self._loop.start_tls(transport, self, context, server_side=True, ssl_handshake_timeout=60)
+        except (OSError, ssl.SSLError) as exc:  # a failed handshake (or a timeout, an OSError) ends the session
+            log.info("client=%s TLS handshake failed: %s", _ip(self.session), exc)
+            transport.close()
+            self.connection_lost(exc)  # the TLS layer may not tell us: free the session slot here
+            return
         if tls is None:  # pragma: no cover - the connection went away during the handshake
             return
         self.transport = tls  # type: ignore[assignment]
