@@ -1,13 +1,18 @@
 """One user's mail: Maildir files plus SQLite (WAL) metadata, safe across threads and processes.
 
-Durability rule (every mutation): files first (written to tmp/, fsynced), then, inside one SQLite
-write transaction (BEGIN IMMEDIATE, which also serialises other processes), the rename into cur/,
-the directory fsync and the metadata; COMMIT is the durability point. Because the rename happens
-while the write lock is held, the open-time recovery (which takes the same lock) never sees a file
-"in flight": a file in cur/ without a row is an orphan of a crash and is re-added under a new UID
-(UIDNEXT only moves forward in committed transactions, so no UID is ever reused). Expunged files
-are listed in ``pending_unlink`` in the same transaction that drops their rows, so a crash before
-the unlink cannot resurrect them.
+Durability rule (every mutation): files first (written to tmp/, flushed), then, inside one SQLite write
+transaction (BEGIN IMMEDIATE under a cross-process flock, which serialises other processes), the rename into
+cur/ and the metadata. Most mutations flush the directory and commit with SQLite's synchronous=FULL: COMMIT
+is the durability point. Deliveries instead commit without flushing and then make renames and rows durable
+with one filesystem flush outside the lock, so that writers in several processes do not queue behind each
+other's flushes; they report "stored" only after that flush.
+
+Because the rename happens while the write lock is held, the open-time recovery (which takes the same lock)
+never sees a file "in flight": a file in cur/ without a row is an orphan of a crash and is re-added under a
+new UID (UIDNEXT only moves forward in committed transactions, so no UID is ever reused); a row whose file is
+still in tmp/ (a crash after a delivery's commit, before its flush) gets its file moved into place. Expunged
+files are listed in ``pending_unlink`` in the same transaction that drops their rows, so a crash before the
+unlink cannot resurrect them.
 """
 
 from __future__ import annotations
@@ -216,8 +221,11 @@ class Account:
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, synced: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction: thread lock, then a cross-process lock, then SQLite's write lock.
+
+        ``synced=False`` commits without flushing the WAL (SQLite's synchronous=NORMAL): the caller makes the
+        transaction durable itself, after the locks are released (see ``deliver_batch``).
 
         The flock on ``write.lock`` queues writers of other processes (the SMTP acceptors delivering, the IMAP
         and POP3 sessions) in the kernel, which wakes the next one the moment the lock is free. Left to SQLite
@@ -229,14 +237,18 @@ class Account:
                 self._lock_fd = os.open(self.path / "write.lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
+                if not synced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")  # the durability point
+                self._db.execute("COMMIT")  # the durability point (when synced)
             finally:
+                if not synced:
+                    self._db.execute("PRAGMA synchronous=FULL")
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
@@ -341,10 +353,11 @@ class Account:
                 (self.path / filename).unlink(missing_ok=True)
             db.execute("DELETE FROM pending_unlink")
             known = {row[0] for row in db.execute("SELECT filename FROM messages")}
+            present: set[str] = set()
             recovered = []
-            for folder_id, name, dirname in db.execute("SELECT id, name, dirname FROM folders").fetchall():
+            folders = db.execute("SELECT id, name, dirname FROM folders").fetchall()
+            for folder_id, name, dirname in folders:
                 base = self._folder_dir(dirname)
-                self._clean_tmp(base / "tmp")
                 for sub in ("cur", "new"):
                     directory = base / sub
                     if not directory.is_dir():
@@ -353,14 +366,47 @@ class Account:
                     prefix = f"{dirname}/{sub}/" if dirname else f"{sub}/"
                     for entry in os.scandir(directory):
                         rel = prefix + entry.name
-                        if rel in known or not entry.is_file():
-                            continue
-                        self._adopt_file(folder_id, rel, entry)
-                        recovered.append(name)
+                        if rel in known:
+                            present.add(rel)
+                        elif entry.is_file():
+                            self._adopt_file(folder_id, rel, entry)
+                            recovered.append(name)
             if recovered:
                 log.warning("%s: recovered %d message file(s) without metadata", self.address, len(recovered))
+            if len(present) < len(known):
+                self._repair_missing(known - present)
+            for _, _, dirname in folders:  # after the repair, which may take files back from tmp/
+                self._clean_tmp(self._folder_dir(dirname) / "tmp")
             used = db.execute("SELECT COALESCE(SUM(size), 0) FROM messages").fetchone()[0]
             self._set_meta("used", used)
+
+    def _repair_missing(self, missing: set[str]) -> None:
+        """Rows whose file is not where they say. A crash between a delivery's commit and its flush can leave
+        the rename undone (the file, whose content was flushed first, is still in tmp/): finish it. A file
+        that is nowhere (removed by hand) takes its row with it, recorded as expunged for QRESYNC clients."""
+        restored: set[Path] = set()
+        moved = 0
+        lost: dict[int, list[tuple]] = {}
+        for rel in sorted(missing):
+            final = self.path / rel
+            name = final.name.rpartition(":2,")[0] or final.name
+            tmp = final.parent.parent / "tmp" / name
+            if final.parent.name == "cur" and tmp.is_file():
+                os.rename(tmp, final)
+                restored.add(final.parent)
+                moved += 1
+                continue
+            row = self._db.execute("SELECT folder_id, uid, filename, size FROM messages WHERE filename = ?",
+                                   (rel,)).fetchone()
+            if row is not None:
+                lost.setdefault(row[0], []).append(row[1:])
+        for directory in restored:
+            maildir.fsync_dir(directory)
+        for folder_id, rows in lost.items():
+            self._remove_locked(folder_id, rows)
+        if moved or lost:
+            log.warning("%s: %d message(s) moved back from tmp/, %d whose file is gone removed from the index",
+                        self.address, moved, sum(map(len, lost.values())))
 
     def _clean_tmp(self, tmp: Path) -> None:
         if not tmp.is_dir():
@@ -674,16 +720,23 @@ class Account:
 
     def _commit_batch(self, items: Sequence[Delivery], rows: dict[int, tuple], written: dict[int, Path],
                       results: list) -> None:
-        """Rename the written files into cur/ and index them, in one write transaction (the durability point)."""
+        """Rename the written files into cur/ and index them in one write transaction, then make both durable
+        with one filesystem flush after the locks are released.
+
+        Only the renames and the index rows are done under the cross-process lock; the flush (renames,
+        directories and the WAL at once) runs outside it, so the flushes of writers in several processes
+        overlap instead of queueing behind each other. A crash before the flush leaves either a file in cur/
+        without its row (adopted at the next open) or a row whose file is still in tmp/ (moved into place at
+        the next open); the files' contents were flushed before the renames, and nobody was told "stored".
+        """
         if not written:
             return
         moved: list[Path] = []
+        staged: list[tuple[int, tuple]] = []
         try:
-            with self._write() as db:
+            with self._write(synced=False) as db:
                 used = self._meta("used")
                 quota = self._meta("quota")
-                dirs: set[Path] = set()
-                staged: list[tuple[int, tuple]] = []
                 for i, tmp in written.items():
                     item = items[i]
                     row = self._require_folder(item.folder)
@@ -696,7 +749,6 @@ class Account:
                     final = self.path / rel
                     os.rename(tmp, final)
                     moved.append(final)
-                    dirs.add(final.parent)
                     when = item.internal_date or datetime.now(UTC).astimezone()
                     if when.tzinfo is None:
                         when = when.replace(tzinfo=UTC)
@@ -708,15 +760,23 @@ class Account:
                         (row[0], uid, rel, flags_text, int(when.timestamp()), offset, len(item.data), modseq),
                     )
                     staged.append((i, (row[3], uid)))
-                for directory in dirs:
-                    maildir.fsync_dir(directory)
                 self._set_meta("used", used)
-            for i, result in staged:
-                results[i] = result
-        except BaseException:
+        except BaseException:  # rolled back: no row points at the renamed files
             for final in moved:
                 final.unlink(missing_ok=True)
             raise
+        if not staged:
+            return
+        try:
+            maildir.sync_path(self.path)
+        except OSError as exc:
+            # indexed but not known to be on disk: the caller must not answer "stored" (a retry may then
+            # store the message twice, which is better than telling the sender it is safe)
+            for i, _ in staged:
+                results[i] = exc
+            return
+        for i, result in staged:
+            results[i] = result
 
     def store_flags(
         self,

@@ -321,6 +321,32 @@ def test_recovery_adopts_orphans_and_finishes_unlinks(tmp_path: Path) -> None:
     store.close()
 
 
+def test_recovery_finishes_a_delivery_whose_rename_was_not_flushed(tmp_path: Path) -> None:
+    """Deliveries commit the row, then flush: a crash in between can leave the row durable and the rename not
+    (the file, flushed before the rename, is back in tmp/). The next open moves it into place; a row whose file
+    is nowhere is dropped and reported as expunged, so no client is shown a message that cannot be read."""
+    store = MailStore(tmp_path / "mail")
+    for n in range(3):
+        store.deliver(ADDR, MSG + str(n).encode())
+    account = store.account(ADDR)
+    base = account.path
+    modseq = account.status("INBOX").highestmodseq
+    second, third = account.message("INBOX", 2).path, account.message("INBOX", 3).path
+    store.close()
+    second.rename(base / "tmp" / second.name.rpartition(":2,")[0])
+    os.utime(base / "tmp" / second.name.rpartition(":2,")[0], (time.time() - 7200, time.time() - 7200))
+    third.unlink()
+
+    store = MailStore(tmp_path / "mail")
+    account = store.account(ADDR)
+    assert [i.uid for i in account.messages("INBOX")] == [1, 2]  # the same UID, the file back in cur/
+    assert account.message("INBOX", 2).path.read_bytes() == MSG + b"1"
+    assert account.expunged_since("INBOX", modseq) == [3]
+    assert account.quota()[0] == len(MSG + b"0") + len(MSG + b"1")
+    assert not any((base / "tmp").iterdir())
+    store.close()
+
+
 def test_concurrent_deliveries_from_threads(store: MailStore) -> None:
     errors: list[BaseException] = []
     uids: list[int] = []
