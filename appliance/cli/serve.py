@@ -230,7 +230,8 @@ class Appliance:
 
         servers = await start_smtp(config.listen.smtp, handler_for, ListenerOptions("smtp"), counter,
                                    config.hostname, config.smtp.max_message_size, tls,
-                                   inherited.get("smtp") if inherited is not None else None)
+                                   inherited.get("smtp") if inherited is not None else None,
+                                   idle_timeout=config.smtp.idle_timeout)
         loopback_plain = config.tls.plaintext_auth_on_loopback
         for name, listen, implicit in (("submission", config.listen.submission, False),
                                        ("submissions", config.listen.submissions, True)):
@@ -240,7 +241,7 @@ class Appliance:
                     ListenerOptions(name, offer_auth=True, require_auth=True, implicit_tls=implicit,
                                     plaintext_auth_on_loopback=loopback_plain),
                     counter, config.hostname, config.smtp.max_message_size, tls,
-                    inherited.get(name) if inherited is not None else None)
+                    inherited.get(name) if inherited is not None else None, idle_timeout=config.smtp.idle_timeout)
         self.listeners = SMTPListeners(servers, counter)
 
     async def _start_mailbox_access(self, tls: Any) -> None:

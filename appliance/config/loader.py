@@ -387,6 +387,7 @@ def _smtp(value: Any) -> SMTPConfig:
                               "smtp.max_message_size", 1024),
         max_recipients=_int(section.get("max_recipients", defaults.max_recipients), "smtp.max_recipients", 1),
         max_sessions=_int(section.get("max_sessions", defaults.max_sessions), "smtp.max_sessions", 1),
+        idle_timeout=parse_duration(section.get("idle_timeout", "5m"), "smtp.idle_timeout"),
         workers=_workers(section.get("workers", "auto")),
     )
 

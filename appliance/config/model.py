@@ -51,6 +51,7 @@ class SMTPConfig:
     max_message_size: int = 26214400
     max_recipients: int = 100
     max_sessions: int = 5000
+    idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command
     workers: int = 0  # SMTP acceptor processes beside the queue process; 0: everything in one process
 
 

@@ -306,7 +306,7 @@ def bind_listeners(addresses: tuple[HostPort, ...], listen: bool = True) -> list
 async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[ListenerOptions], InboundHandler],
                      options: ListenerOptions, counter: SessionCounter, hostname: str, max_message_size: int,
                      tls_context: ssl.SSLContext | None,
-                     sockets: list[socket.socket] | None = None) -> list[asyncio.Server]:
+                     sockets: list[socket.socket] | None = None, idle_timeout: float = 300.0) -> list[asyncio.Server]:
     """One asyncio server per listen address (or per inherited socket), all sharing `counter`."""
     loop = asyncio.get_running_loop()
     handler = handler_factory(options)
@@ -318,7 +318,7 @@ async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[Li
             handler, counter, hostname=hostname, data_size_limit=max_message_size,
             tls_context=None if options.implicit_tls else tls_context,
             require_starttls=options.offer_auth and not options.implicit_tls and not
-            options.plaintext_auth_on_loopback)
+            options.plaintext_auth_on_loopback, timeout=idle_timeout)
 
     servers = []
     ssl_arg = tls_context if options.implicit_tls else None

@@ -65,6 +65,7 @@ CASES = [
     ("bad hostname", with_changes(hostname="bad host!"), "hostname", "not a valid host name"),
     ("wrong type", with_changes(smtp={"max_message_size": "big"}), "smtp.max_message_size", "expected an integer"),
     ("too small", with_changes(smtp={"max_recipients": 0}), "smtp.max_recipients", "at least 1"),
+    ("zero idle timeout", with_changes(smtp={"idle_timeout": "0s"}), "smtp.idle_timeout", "must be positive"),
     ("bad duration", with_changes(queue={"retry_schedule": [10]}), "queue.retry_schedule[0]", "duration"),
     ("bad unit", with_changes(queue={"lifetime": "5 weeks"}), "queue.lifetime", "duration"),
     ("zero lifetime", with_changes(queue={"lifetime": "0s"}), "queue.lifetime", "must be positive"),
