@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from appliance.delivery.client import HostsTarget, MXTarget, RcptResult
+from appliance.delivery.client import Framing, HostsTarget, MXTarget, RcptResult
 from appliance.delivery.dsn import build_dsn
 from appliance.delivery.router import HOSTS, LOCAL, Route, Router
 from appliance.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, Recipient, Spool, new_queue_id
@@ -207,7 +207,8 @@ class QueueRunner:
             # RFC 6531 §3.4: mail received with SMTPUTF8 must only leave to peers that offer it.
             return await self._remote(target, message.mail_from, addresses, data, queue_id=message.queue_id,
                                       smtputf8=True if message.smtputf8 else None,
-                                      crlf_only=bool(message.meta.get("crlf_only")))
+                                      known=Framing(crlf_only=bool(message.meta.get("crlf_only")),
+                                                    dot_free=bool(message.meta.get("dot_free"))))
         except Exception as exc:  # noqa: BLE001 - a delivery bug is a temporary failure, never a lost message
             log.exception("queue_id=%s: delivery to %s failed unexpectedly", message.queue_id, route.key)
             return {a: RcptResult(451, "4.3.0", f"internal error: {exc.__class__.__name__}", None)
@@ -279,7 +280,7 @@ def log_outcome(queue_id: str, address: str, route_key: str, attempt: int, statu
              route_key, attempt, status, result.code, result.remote_host or "-", result.text[:200])
 
 
-INLINE_READ = 64 * 1024  # up to this size a read from the page cache costs less than a hop to a thread
+INLINE_READ = 256 * 1024  # up to this size a read from the page cache costs less than a hop to a thread
 
 
 async def _read(message: QueuedMessage) -> bytes:

@@ -71,7 +71,7 @@ class Envelope:
     """One mail transaction: MAIL, RCPTs, the data."""
 
     __slots__ = ("mail_from", "mail_options", "smtp_utf8", "size", "rcpt_tos", "rcpt_options", "accepted",
-                 "content")
+                 "content", "dot_lines")
 
     def __init__(self) -> None:
         self.mail_from: str | None = None  # "<>" for the null reverse-path, so that it is true
@@ -82,6 +82,7 @@ class Envelope:
         self.rcpt_options: list[str] = []
         self.accepted: list[tuple[str, tuple[str, ...]]] = []  # (address as given, where it goes)
         self.content: bytes = b""
+        self.dot_lines = False  # some line of the content starts with "." (the next hop needs it dot-stuffed)
 
 
 class Handler(Protocol):
@@ -131,6 +132,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._in_data = False
         self._data = bytearray()
         self._scan = 0
+        self._dotted = False  # a line of the data starts with "." (dot-stuffed)
         self._data_refusal: str | None = None
 
     # ------------------------------------------------------------------ connection
@@ -190,7 +192,7 @@ class SMTPServerProtocol(asyncio.Protocol):
     def _process(self) -> None:
         """Handle what is buffered, in order, until it runs out or a command has to wait."""
         buf = self._buf
-        while self.transport is not None and not self._busy:
+        while not self._busy and self.transport is not None and not self.transport.is_closing():
             if self._in_data:
                 if not self._take_data():
                     return
@@ -454,6 +456,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._in_data = True
         self._data = bytearray(b"\r\n")  # the CRLF of the DATA line: the data may end at once with ".\r\n"
         self._scan = 0
+        self._dotted = False
         self._data_refusal = None
 
     def _take_data(self) -> bool:
@@ -466,10 +469,9 @@ class SMTPServerProtocol(asyncio.Protocol):
         if self._buf:
             data += self._buf
             self._buf.clear()
-        end = data.find(b"\r\n.\r\n", self._scan)
+        end = self._find_end(data)
         limit = self.data_size_limit
         if end < 0:
-            self._scan = max(len(data) - 4, 0)
             if limit and self._data_refusal is None and len(data) - 6 > limit:
                 # RFC 5321 §4.2.5: read on to the end marker keeping nothing, answer only then
                 self._data_refusal = DATA_LINE_TOO_LONG if _longest_line(data) > MAX_DATA_LINE else TOO_MUCH_DATA
@@ -498,9 +500,27 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._reset()
             return True
         # RFC 5321 §4.5.2: a line that starts with a dot loses it (transparency).
-        self.envelope.content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
+        self.envelope.dot_lines = self._dotted
+        self.envelope.content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:] if self._dotted else body
         self._wait_for(self._deliver())
         return True
+
+    def _find_end(self, data: bytearray) -> int:
+        """Where <CRLF>.<CRLF> starts, or -1. One search for <CRLF>. finds both the end and the dot-stuffed
+        lines (which then need unstuffing); the search resumes where the last one stopped."""
+        pos = self._scan
+        while True:
+            hit = data.find(b"\r\n.", pos)
+            if hit < 0:
+                self._scan = max(len(data) - 2, pos)  # a CRLF at the very end may be followed by "."
+                return -1
+            if hit + 5 > len(data):
+                self._scan = hit  # the two bytes after the dot have not arrived yet
+                return -1
+            if data[hit + 3: hit + 5] == b"\r\n":
+                return hit
+            self._dotted = True
+            pos = hit + 3
 
     async def _deliver(self) -> None:
         try:

@@ -187,7 +187,9 @@ class InboundHandler:
         message = QueuedMessage(queue_id=queue_id, mail_from=sender, recipients=recipients,
                                 arrival=time.time(), client=ip, helo=session.host_name or "",
                                 smtputf8=envelope.smtp_utf8,
-                                meta={"crlf_only": True})  # checked by the engine: the next hop gets it as it is
+                                # checked by the engine: the next hop gets it as it is
+                                meta={"crlf_only": True, "dot_free": True} if not envelope.dot_lines
+                                else {"crlf_only": True})
         try:
             await self._commit(message, data)
         except OSError as exc:

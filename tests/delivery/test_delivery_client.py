@@ -11,7 +11,7 @@ import pytest
 from peers.named import free_port
 from peers.tls import self_signed_cert
 
-from appliance.delivery.client import Deliverer, HostsTarget, MXTarget
+from appliance.delivery.client import Deliverer, Framing, HostsTarget, MXTarget
 
 HELO = "out.mailfleet.test"
 MESSAGE = b"From: alice@sender.test\r\nTo: bob@dest.test\r\nSubject: hello\r\n\r\nHello Bob.\r\n"
@@ -533,6 +533,7 @@ async def test_a_kept_session_the_peer_dropped_is_replaced(named, smtp_sink, por
     (b".first line\r\n.\r\n..two\r\nlast . line\r\n", b".first line\r\n.\r\n..two\r\nlast . line\r\n"),
     (b"Subject: no final line end\r\n\r\n.x", b"Subject: no final line end\r\n\r\n.x\r\n"),
     (b"Subject: bare LF\n\n.dot\nend\n", b"Subject: bare LF\r\n\r\n.dot\r\nend\r\n"),  # repaired, then stuffed
+    (b"Subject: no dot lines\r\n\r\nbody . with dots.\r\n", b"Subject: no dot lines\r\n\r\nbody . with dots.\r\n"),
 ])
 async def test_data_is_dot_stuffed_and_arrives_unchanged(deliverer, smtp_sink, port, body, arrives) -> None:
     sink = smtp_sink("127.0.0.51", port)
@@ -542,9 +543,15 @@ async def test_data_is_dot_stuffed_and_arrives_unchanged(deliverer, smtp_sink, p
     if b"\r\n" in body and body.count(b"\n") == body.count(b"\r\n"):
         # Known CRLF-only (what the SMTP listener marks in the spool): the same bytes by the short way.
         again = await deliverer.deliver(HostsTarget((("127.0.0.51", port),)), "a@sender.test", ["r@dest.test"],
-                                        body, crlf_only=True)
+                                        body, known=Framing(crlf_only=True))
         assert again["r@dest.test"].ok
         assert sink.messages[1].data == arrives
+    if not body.startswith(b".") and b"\n." not in body and body.count(b"\n") == body.count(b"\r\n"):
+        # Also known free of dot lines (the listener saw none): sent without the stuffing pass, arrives the same.
+        third = await deliverer.deliver(HostsTarget((("127.0.0.51", port),)), "a@sender.test", ["r@dest.test"],
+                                        body, known=Framing(crlf_only=True, dot_free=True))
+        assert third["r@dest.test"].ok
+        assert sink.messages[-1].data == arrives
 
 
 async def test_a_session_whose_data_answer_timed_out_is_not_kept(named, smtp_sink, port) -> None:

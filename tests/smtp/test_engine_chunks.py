@@ -28,6 +28,9 @@ class _Transport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
@@ -42,7 +45,7 @@ class _Handler:
     """Accepts every sender and recipient but <nobody@x.test>; keeps the messages."""
 
     def __init__(self) -> None:
-        self.messages: list[bytes] = []
+        self.messages: list[tuple[bytes, bool]] = []
 
     def auth_offered(self, session: Session) -> bool:
         return False
@@ -63,7 +66,7 @@ class _Handler:
 
     async def handle_DATA(self, session: Session, envelope: Envelope) -> str:
         await asyncio.sleep(0)  # a real commit waits for the disk
-        self.messages.append(envelope.content)
+        self.messages.append((envelope.content, envelope.dot_lines))
         return f"250 2.0.0 OK queued as {len(self.messages)}"
 
     def handle_exception(self, error: BaseException) -> str:
@@ -78,11 +81,11 @@ SCRIPT = (b"EHLO client.test\r\nMAIL FROM:<a@x.test> SIZE=100\r\nRCPT TO:<nobody
           b"RCPT TO:<b@x.test>\r\nDATA\r\nSubject: one\r\n\r\n..dot line\r\nbody\r\n.\r\n"
           b"MAIL FROM:<>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n.\r\n"
           b"MAIL FROM:<a@x.test>\r\nRCPT TO:<d@x.test>\r\nDATA\r\nsmuggled\n.\nMAIL FROM:<evil@x.test>\r\n.\r\n"
-          b"NOOP\r\nFOO\r\nQUIT\r\n")
+          b"NOOP\r\nFOO\r\nQUIT\r\nNOOP\r\n")  # nothing is answered after QUIT
 
 
-def _run(chunks: list[bytes]) -> tuple[bytes, list[bytes], bool]:
-    async def session() -> tuple[bytes, list[bytes], bool]:
+def _run(chunks: list[bytes]) -> tuple[bytes, list[tuple[bytes, bool]], bool]:
+    async def session() -> tuple[bytes, list[tuple[bytes, bool]], bool]:
         handler = _Handler()
         protocol = SMTPServerProtocol(handler, _Sessions(), hostname="mx.test", data_size_limit=1000,
                                       tls_context=None, require_starttls=False)
@@ -115,7 +118,8 @@ def test_one_segment() -> None:
                      b"250", b"250", b"354", b"250",
                      b"250", b"250", b"354", b"550",  # bare LF: refused, and the "MAIL" inside is not a command
                      b"250", b"500", b"221"]
-    assert messages == [b"Subject: one\r\n\r\n.dot line\r\nbody\r\n", b""]  # RFC 5321 §4.5.2 dot removed
+    # RFC 5321 §4.5.2: the stuffed dot is removed, and the engine says which message has lines to stuff again
+    assert messages == [(b"Subject: one\r\n\r\n.dot line\r\nbody\r\n", True), (b"", False)]
     assert closed
     assert b"250-PIPELINING" in replies and b"250 2.0.0 OK\r\n" in replies  # NOOP got its enhanced code
 
