@@ -31,7 +31,7 @@ from appliance.delivery.router import LOCAL, Router
 from appliance.dns.resolver import Resolver
 from appliance.queue import notify
 from appliance.queue.control import ControlServer
-from appliance.queue.notify import Notifier
+from appliance.queue.notify import Notice, Notifier
 from appliance.queue.runner import QueueRunner, log_outcome
 from appliance.queue.spool import DELIVERED, QueuedMessage, Spool, SpoolCorrupt
 from appliance.smtp.policy import RecipientPolicy
@@ -141,11 +141,11 @@ class Appliance:
             message = await self._deliver_at_once(message, data)
             if not message.recipients:
                 return
-        await self.spool.commit(message, data)
+        envelope = await self.spool.commit(message, data)
         if self.runner is not None:
             self.runner.enqueue(message)
         elif self.notifier is not None:
-            self.notifier.committed(message.queue_id)
+            self.notifier.committed(message.queue_id, envelope, message.data_offset, message.size)
 
     async def _deliver_at_once(self, message: QueuedMessage, data: bytes) -> QueuedMessage:
         """A message only for this host's mailboxes goes straight into them before the 250, as Mox and Maddy
@@ -170,13 +170,16 @@ class Appliance:
         if self.store is not None:
             self.store.changed_elsewhere(address, "INBOX")
 
-    def on_committed(self, queue_id: str) -> None:
-        """Queue process: an acceptor (or the rescan) names a message in the spool."""
+    def on_committed(self, queue_id: str, notice: Notice | None = None) -> None:
+        """Queue process: an acceptor (with the envelope it just wrote) or the rescan names a message."""
         assert self.runner is not None
         if self.runner.knows(queue_id):
             return
         try:
-            message = self.spool.load(queue_id)
+            if notice is not None:
+                message = self.spool.from_envelope(queue_id, notice.envelope, notice.data_offset, notice.size)
+            else:
+                message = self.spool.load(queue_id)
         except FileNotFoundError:
             return  # already delivered and removed
         except SpoolCorrupt as exc:

@@ -19,10 +19,12 @@ from typing import Protocol
 log = logging.getLogger("appliance.queue")
 
 COMMITTED = b"Q"
+ENVELOPE = b"E"  # like Q, with what the queue process would otherwise read back from the spool file
 DELIVERED = b"M"  # mail went straight into a mailbox: wake the IMAP sessions watching it (IDLE)
 RELOADED = b"R"
 READY = b"U"
 MAX_LINE = 256
+MAX_ENVELOPE_LINE = 16 * 1024  # a longer envelope (many recipients) is announced by its ID only
 
 
 class Notifier:
@@ -46,8 +48,15 @@ class Notifier:
             return  # the rescan finds the message
         self._writer.write(line + b"\n")
 
-    def committed(self, queue_id: str) -> None:
-        self._send(COMMITTED + b" " + queue_id.encode())
+    def committed(self, queue_id: str, envelope: bytes | None = None, data_offset: int = 0, size: int = 0) -> None:
+        """A message is in the spool. With its envelope (as written there) and where its data starts, the queue
+        process can schedule it without opening the file; the file stays the source of truth."""
+        line = COMMITTED + b" " + queue_id.encode()
+        if envelope and b"\n" not in envelope:
+            full = b"%s %s %d %d %s" % (ENVELOPE, queue_id.encode(), data_offset, size, envelope)
+            if len(full) < MAX_ENVELOPE_LINE:
+                line = full
+        self._send(line)
 
     def delivered(self, address: str) -> None:
         self._send(DELIVERED + b" " + address.encode("utf-8"))
@@ -68,12 +77,28 @@ class Listener(Protocol):
     def on_ready(self, worker: int) -> None: ...
 
 
-def _dispatch(line: bytes, on_committed: Callable[[str], None], pool: Listener,
+class Notice:
+    """An ENVELOPE line: the queue ID, where the data starts in the spool file, its size, the envelope JSON."""
+
+    __slots__ = ("data_offset", "envelope", "size")
+
+    def __init__(self, data_offset: int, size: int, envelope: bytes) -> None:
+        self.data_offset = data_offset
+        self.size = size
+        self.envelope = envelope
+
+
+def _dispatch(line: bytes, on_committed: Callable[[str, Notice | None], None], pool: Listener,
               on_delivered: Callable[[str], None] | None = None) -> None:
     kind, _, rest = line.strip().partition(b" ")
     try:
-        if kind == COMMITTED:
-            on_committed(rest.decode("ascii"))
+        if kind == ENVELOPE:
+            queue_id, offset, size, envelope = rest.split(b" ", 3)
+            on_committed(queue_id.decode("ascii"), Notice(int(offset), int(size), envelope))
+        elif len(line) > MAX_LINE:
+            raise ValueError("line too long")
+        elif kind == COMMITTED:
+            on_committed(rest.decode("ascii"), None)
         elif kind == DELIVERED:
             if on_delivered is not None:
                 on_delivered(rest.decode("utf-8"))
@@ -88,7 +113,7 @@ def _dispatch(line: bytes, on_committed: Callable[[str], None], pool: Listener,
         log.warning("notify: ignored a malformed line %r", line[:80])
 
 
-async def listen(path: Path, on_committed: Callable[[str], None], pool: Listener,
+async def listen(path: Path, on_committed: Callable[[str, Notice | None], None], pool: Listener,
                  on_delivered: Callable[[str], None] | None = None) -> asyncio.AbstractServer:
     """The queue process's end, a Unix socket at `path` (mode 0600)."""
     with contextlib.suppress(FileNotFoundError):
@@ -97,12 +122,12 @@ async def listen(path: Path, on_committed: Callable[[str], None], pool: Listener
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                _dispatch(line[:MAX_LINE], on_committed, pool, on_delivered)
+                _dispatch(line, on_committed, pool, on_delivered)
         except (ConnectionError, ValueError) as exc:  # ValueError: a line over the reader's limit
             log.warning("notify: connection dropped: %s", exc)
         finally:
             writer.close()
 
-    server = await asyncio.start_unix_server(serve, path=str(path))
+    server = await asyncio.start_unix_server(serve, path=str(path), limit=2 * MAX_ENVELOPE_LINE)
     path.chmod(0o600)
     return server

@@ -184,14 +184,16 @@ class Spool:
 
     # ------------------------------------------------------------------ accepting
 
-    async def commit(self, message: QueuedMessage, data: bytes) -> None:
-        """Write the message and return once it is on disk: the durability point behind every 250 reply."""
-        self.write(message, data)
+    async def commit(self, message: QueuedMessage, data: bytes) -> bytes:
+        """Write the message and return once it is on disk: the durability point behind every 250 reply.
+        Returns the envelope as written (for the notice to the queue process)."""
+        envelope = self.write(message, data)
         if self._syncer is None:
             self._syncer = _Syncer(self.msg_dir)
         await self._syncer.request()
+        return envelope
 
-    def write(self, message: QueuedMessage, data: bytes) -> None:
+    def write(self, message: QueuedMessage, data: bytes) -> bytes:
         """Write completely under tmp/, then rename into msg/: a reader never sees a partial message."""
         envelope = message.envelope_json()
         header = b"%s %d %d\n" % (MAGIC, len(envelope), len(data))
@@ -204,6 +206,7 @@ class Spool:
         message.path = final
         message.size = len(data)
         message.data_offset = len(header) + len(envelope) + 1
+        return envelope
 
     # ------------------------------------------------------------------ state
 
@@ -255,17 +258,23 @@ class Spool:
         offset = len(header) + env_len + 1
         if total != offset + data_len:
             raise SpoolCorrupt(f"{path}: message is {total - offset} bytes, header says {data_len}")
-        try:
-            env = json.loads(envelope_raw)
-            rcpts = [Recipient(address=a, original=o) for a, o in env["rcpts"]]
-            message = QueuedMessage(
-                queue_id=env["id"], mail_from=env["from"], recipients=rcpts, arrival=env["arrival"],
-                client=env.get("client", ""), helo=env.get("helo", ""), smtputf8=env.get("smtputf8", False),
-                size=data_len, path=path, data_offset=offset, meta=env.get("meta", {}))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SpoolCorrupt(f"{path}: unreadable envelope ({exc})") from None
+        message = self.from_envelope(queue_id, envelope_raw, offset, data_len)
         self._replay_state(message)
         return message
+
+    def from_envelope(self, queue_id: str, envelope: bytes, data_offset: int, size: int) -> QueuedMessage:
+        """The message whose envelope (JSON, as in its spool file) and data position are known: what an
+        acceptor's notice carries for a message it has just committed (which has no state log yet)."""
+        path = self.msg_dir / queue_id
+        try:
+            env = json.loads(envelope)
+            rcpts = [Recipient(address=a, original=o) for a, o in env["rcpts"]]
+            return QueuedMessage(
+                queue_id=env["id"], mail_from=env["from"], recipients=rcpts, arrival=env["arrival"],
+                client=env.get("client", ""), helo=env.get("helo", ""), smtputf8=env.get("smtputf8", False),
+                size=size, path=path, data_offset=data_offset, meta=env.get("meta", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolCorrupt(f"{path}: unreadable envelope ({exc})") from None
 
     def _replay_state(self, message: QueuedMessage) -> None:
         by_addr = {r.address: r for r in message.recipients}

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from appliance.queue import notify
+from appliance.queue.spool import QueuedMessage, Recipient, Spool, new_queue_id
 from appliance.store import MailStore
 
 
@@ -20,15 +21,19 @@ class _Pool:
         self.events.append(("ready", worker))
 
 
-async def _exchange(path: Path) -> tuple[list[str], list[str], list[tuple]]:
-    committed: list[str] = []
+async def _exchange(path: Path) -> tuple[list[tuple], list[str], list[tuple]]:
+    committed: list[tuple] = []
     delivered: list[str] = []
     pool = _Pool()
-    server = await notify.listen(path, committed.append, pool, delivered.append)
+    server = await notify.listen(path, lambda queue_id, notice: committed.append((queue_id, notice)), pool,
+                                 delivered.append)
     notifier = await notify.Notifier.connect(path)
     notifier.committed("18EB5102B1F8D1D8683B35")
     notifier.delivered("jörg@example.org")
     notifier._send(b"X nonsense")  # a malformed line is logged and skipped, the stream goes on
+    notifier._send(b"Q " + b"x" * 300)  # so is an ID line over the limit
+    notifier.committed("18EB5102B1F8D1D8683B36", b'{"id":"18EB5102B1F8D1D8683B36"}', 57, 1024)
+    notifier.committed("18EB5102B1F8D1D8683B37", b"{" + b" " * 20_000 + b"}", 57, 1024)  # too long: ID only
     notifier.reloaded(1, True)
     notifier.ready(1)
     for _ in range(100):
@@ -42,9 +47,27 @@ async def _exchange(path: Path) -> tuple[list[str], list[str], list[tuple]]:
 
 def test_notices_arrive_in_order_and_a_bad_line_is_skipped(tmp_path: Path) -> None:
     committed, delivered, events = asyncio.run(_exchange(tmp_path / "notify.sock"))
-    assert committed == ["18EB5102B1F8D1D8683B35"]
+    assert [(queue_id, notice is None) for queue_id, notice in committed] == [
+        ("18EB5102B1F8D1D8683B35", True), ("18EB5102B1F8D1D8683B36", False), ("18EB5102B1F8D1D8683B37", True)]
+    notice = committed[1][1]
+    assert (notice.data_offset, notice.size, notice.envelope) == (57, 1024, b'{"id":"18EB5102B1F8D1D8683B36"}')
     assert delivered == ["jörg@example.org"]
     assert events == [("reloaded", 1, True), ("ready", 1)]
+
+
+def test_a_notice_gives_the_message_the_spool_file_holds(tmp_path: Path) -> None:
+    """The queue process builds the message from the acceptor's notice instead of reading the file back:
+    it must be the very message a read of the file gives."""
+    spool = Spool(tmp_path / "spool")
+    message = QueuedMessage(queue_id=new_queue_id(), mail_from="a@example.org", arrival=1700000000.5,
+                            recipients=[Recipient("b@example.net", "B@example.net"), Recipient("c@example.net")],
+                            client="192.0.2.1", helo="client.test", smtputf8=True,
+                            meta={"crlf_only": True, "dot_free": True})
+    envelope = spool.write(message, b"Subject: x\r\n\r\nbody\r\n")
+    from_notice = spool.from_envelope(message.queue_id, envelope, message.data_offset, message.size)
+    from_file = spool.load(message.queue_id)
+    assert from_notice == from_file
+    assert from_notice.read_data() == b"Subject: x\r\n\r\nbody\r\n"
 
 
 def test_a_delivery_elsewhere_wakes_the_subscribers_of_an_open_mailbox(tmp_path: Path) -> None:
