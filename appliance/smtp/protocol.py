@@ -118,7 +118,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.session: Session = Session(None, None)
         self.envelope = Envelope()
-        self._loop = asyncio.get_event_loop()
+        self._loop = asyncio.get_running_loop()
         self._buf = bytearray()  # received, not yet handled
         self._out: list[bytes] = []  # replies not yet written
         self._busy = False  # a command is waiting for something; later lines stay in _buf
