@@ -132,3 +132,25 @@ def test_any_segmentation(cuts: list[int]) -> None:
 
 def test_byte_by_byte() -> None:
     assert _run([SCRIPT[i:i + 1] for i in range(len(SCRIPT))]) == EXPECTED
+
+
+_WORDS = [b"EHLO x", b"HELO x", b"MAIL FROM:<a@x.test>", b"MAIL FROM:<>", b"MAIL FROM:<a@x.test> SIZE=5000",
+          b"MAIL FROM:<a@x.test> BODY=BINARY", b"MAIL FROM:", b"MAIL", b"RCPT TO:<b@x.test>",
+          b"RCPT TO:<nobody@x.test>", b"RCPT TO:<b@x.test> NOTIFY=NEVER", b"RCPT TO:<0@[>", b"RCPT TO:<\xff@x>",
+          b"DATA", b"DATA x", b".", b"..", b"line", b"RSET", b"NOOP", b"VRFY <a@b>", b"VRFY", b"EXPN x", b"HELP",
+          b"HELP MAIL", b"STARTTLS", b"AUTH PLAIN", b"BDAT 10", b"", b"\x00\x01", b"x" * 600, b"M\xc4IL"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=30), st.sampled_from([b"\r\n", b"\n"]),
+       st.lists(st.integers(min_value=0, max_value=5_000), max_size=10))
+def test_any_command_sequence_gets_well_formed_replies(words: list[bytes], end: bytes, cuts: list[int]) -> None:
+    """Malformed commands, commands out of order, bare LF line ends: every line gets a well-formed reply and
+    nothing escapes the engine (the test handler fails the test if the engine reports an internal error)."""
+    script = b"".join(w + end for w in words)
+    replies, _, _ = _run(_cut(script, cuts) if script else [])
+    lines = replies.split(b"\r\n")
+    assert lines[-1] == b""
+    for line in lines[:-1]:
+        assert len(line) >= 3 and line[:3].isdigit() and line[3:4] in (b" ", b"-", b""), line
+    assert lines[0].startswith(b"220 ")
