@@ -154,3 +154,46 @@ def test_any_command_sequence_gets_well_formed_replies(words: list[bytes], end: 
     for line in lines[:-1]:
         assert len(line) >= 3 and line[:3].isdigit() and line[3:4] in (b" ", b"-", b""), line
     assert lines[0].startswith(b"220 ")
+
+
+def test_a_client_flooding_commands_during_a_commit_is_paused_then_answered_in_order() -> None:
+    """While a message is being committed, pipelined commands wait in the buffer; past 64 KB the engine stops
+    reading from the socket (memory stays bounded) and resumes once the commit is done."""
+    async def session() -> tuple[list[str], bytes, int]:
+        release = asyncio.Event()
+        events: list[str] = []
+
+        class _Slow(_Handler):
+            async def handle_DATA(self, session: Session, envelope: Envelope) -> str:
+                await release.wait()
+                return await super().handle_DATA(session, envelope)
+
+        class _Recording(_Transport):
+            def pause_reading(self) -> None:
+                events.append("pause")
+
+            def resume_reading(self) -> None:
+                events.append("resume")
+
+        protocol = SMTPServerProtocol(_Slow(), _Sessions(), hostname="mx.test", data_size_limit=1000,
+                                      tls_context=None, require_starttls=False)
+        transport = _Recording()
+        protocol.connection_made(transport)
+        protocol.data_received(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nhi\r\n.\r\n")
+        await asyncio.sleep(0)
+        sent = 0
+        while not events and sent < 1_000_000:  # NOOPs, 1.2 KB at a time, until the engine stops reading
+            protocol.data_received(b"NOOP\r\n" * 200)
+            sent += 1200
+        assert 64 * 1024 < sent <= 64 * 1024 + 1200  # it stopped just past 64 KB
+        assert len(protocol._buf) == sent  # nothing handled while the commit waits
+        release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return events, bytes(transport.written), sent // len(b"NOOP\r\n")
+
+    events, written, noops = asyncio.run(session())
+    assert events == ["pause", "resume"]
+    assert written.split(b"\r\n").count(b"250 2.0.0 OK") == noops  # every NOOP answered once
+    assert b"250 2.0.0 OK queued as 1" in written
+    assert written.index(b"queued as 1") < written.index(b"250 2.0.0 OK\r\n")  # answered in order
