@@ -27,6 +27,7 @@ from aiosmtplib.errors import (
 )
 
 from appliance.delivery.mime_downgrade import CannotDowngrade, downgrade_to_7bit
+from appliance.delivery.pipelining import lend_transport
 from appliance.dns.resolver import (
     DNSError,
     DNSTemporaryError,
@@ -585,6 +586,8 @@ class Deliverer:
         known: Framing = Framing(),  # noqa: B008 - frozen, shared safely
     ) -> tuple[dict[str, RcptResult], list[str]]:
         """One MAIL transaction: final results, and the recipients to send again (RFC 5321 §4.5.3.1.10)."""
+        if smtp.supports_extension("pipelining"):
+            return await self._send_pipelined(smtp, remote, mail_from, options, rcpts, data, known)
         results: dict[str, RcptResult] = {}
         reply = await smtp.execute_command(b"MAIL", b"FROM:" + _smtp_address(mail_from), *options)
         if reply.code == 421:
@@ -597,13 +600,7 @@ class Deliverer:
             reply = await smtp.execute_command(b"RCPT", b"TO:" + _smtp_address(rcpt))
             if reply.code == 421:
                 raise _Failover(reply_result(reply.code, reply.message, remote))
-            result = reply_result(reply.code, reply.message, remote)
-            if reply.code in (250, 251):
-                accepted.append(rcpt)
-            elif accepted and _too_many_recipients(result):
-                again.append(rcpt)
-            else:
-                results[rcpt] = result
+            _sort_recipient(rcpt, reply_result(reply.code, reply.message, remote), accepted, again, results)
         if not accepted:
             try:
                 await smtp.rset()
@@ -614,6 +611,61 @@ class Deliverer:
         results.update(dict.fromkeys(accepted, outcome))
         if not outcome.ok:
             results.update(dict.fromkeys(again, outcome))  # the peer refuses the message itself
+            return results, []
+        return results, again
+
+    async def _send_pipelined(
+        self, smtp: aiosmtplib.SMTP, remote: str, mail_from: str, options: list[bytes], rcpts: list[str], data: bytes,
+        known: Framing,
+    ) -> tuple[dict[str, RcptResult], list[str]]:
+        """``_send_once`` for a peer that offers PIPELINING (RFC 2920 §3.1): MAIL, the RCPTs and DATA go in one
+        write and their replies are read in order; the message follows a 354, as without pipelining."""
+        timeout = self.command_timeout
+        commands = [b" ".join([b"MAIL FROM:" + _smtp_address(mail_from), *options])]
+        commands += [b"RCPT TO:" + _smtp_address(rcpt) for rcpt in rcpts]
+        results: dict[str, RcptResult] = {}
+        accepted: list[str] = []
+        again: list[str] = []
+        with lend_transport(smtp) as (replies, transport):
+            transport.write(b"\r\n".join([*commands, b"DATA", b""]))
+            mail = await replies.reply(timeout)
+            rcpt_replies = [await replies.reply(timeout) for _ in rcpts]
+            start = await replies.reply(timeout)
+            for reply in (mail, *rcpt_replies, start):
+                if reply.code == 421:  # the peer is closing: nothing was taken here, try the next host
+                    raise _Failover(reply_result(reply.code, reply.message, remote))
+            if mail.code == 250:
+                for rcpt, reply in zip(rcpts, rcpt_replies, strict=True):
+                    _sort_recipient(rcpt, reply_result(reply.code, reply.message, remote), accepted, again, results)
+            else:
+                results = dict.fromkeys(rcpts, reply_result(mail.code, mail.message, remote))
+            if start.code != 354 or not accepted:
+                if start.code == 354:  # DATA taken with no recipient left: an empty message, which it refuses
+                    transport.write(b".\r\n")
+                    await replies.reply(timeout)
+                if mail.code == 250:  # the transaction is still open over there
+                    transport.write(b"RSET\r\n")
+                    if (await replies.reply(timeout)).code != 250:
+                        smtp.close()  # in an unknown state: the results stand, the session is not kept
+                if accepted:  # the peer refuses the message itself
+                    results.update(dict.fromkeys([*accepted, *again], reply_result(start.code, start.message,
+                                                                                     remote)))
+                return results, []
+            payload, end = _framed(data, known)
+            try:
+                transport.write(payload)
+                transport.write(end)
+                final = await replies.reply(timeout)
+            except (TimeoutError, SMTPException, OSError) as exc:
+                # The peer may hold the message already: never failed over, the session never kept.
+                outcome = _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}",
+                                 remote)
+                smtp.close()
+            else:
+                outcome = reply_result(final.code, final.message, remote)
+        results.update(dict.fromkeys(accepted, outcome))
+        if not outcome.ok:
+            results.update(dict.fromkeys(again, outcome))
             return results, []
         return results, again
 
@@ -647,15 +699,9 @@ async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float,
     fifth of the delivery time for a 100 KB message; messages from our spool have CRLF line endings only and
     need at most the dot-stuffing of RFC 5321 §4.5.2 (none when the listener saw no line starting with ".")."""
     protocol = getattr(smtp, "protocol", None)
-    if protocol is None or not hasattr(protocol, "read_response") or (
-            not known.crlf_only and has_bare_cr_or_lf(data)):
+    if protocol is None or not hasattr(protocol, "read_response"):
         return await smtp.data(data)
-    payload = data
-    if not known.dot_free:
-        payload = data.replace(b"\r\n.", b"\r\n..")
-        if payload.startswith(b"."):
-            payload = b"." + payload
-    end = b".\r\n" if payload.endswith(b"\r\n") or not payload else b"\r\n.\r\n"
+    payload, end = _framed(data, known)
     start = await smtp.execute_command(b"DATA", timeout=timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)
@@ -665,6 +711,23 @@ async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float,
     if reply.code != 250:
         raise SMTPDataError(reply.code, reply.message)
     return reply
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _framed(data: bytes, known: Framing) -> tuple[bytes, bytes]:
+    """The message as it goes after 354, and its end marker: every line ending made CRLF (as aiosmtplib's
+    data() does; skipped when the caller knows there is nothing to repair) and dot-stuffed (RFC 5321 §4.5.2)."""
+    if not known.crlf_only and has_bare_cr_or_lf(data):
+        data = _LINE_END.sub(b"\r\n", data)
+    payload = data
+    if not known.dot_free:
+        payload = data.replace(b"\r\n.", b"\r\n..")
+        if payload.startswith(b"."):
+            payload = b"." + payload
+    end = b".\r\n" if payload.endswith(b"\r\n") or not payload else b"\r\n.\r\n"
+    return payload, end
 
 
 @dataclass(frozen=True)
@@ -705,6 +768,18 @@ class _LoopError(Exception):
 
 def _has_control(address: str) -> bool:
     return any(ord(c) < 0x20 or ord(c) == 0x7F for c in address)
+
+
+def _sort_recipient(rcpt: str, result: RcptResult, accepted: list[str], again: list[str],
+                    results: dict[str, RcptResult]) -> None:
+    """After its RCPT reply a recipient is accepted, sent again in a new transaction (a "too many recipients"
+    answer once some were accepted, RFC 5321 §4.5.3.1.10), or done with that reply as its result."""
+    if result.ok:
+        accepted.append(rcpt)
+    elif accepted and _too_many_recipients(result):
+        again.append(rcpt)
+    else:
+        results[rcpt] = result
 
 
 def _too_many_recipients(result: RcptResult) -> bool:

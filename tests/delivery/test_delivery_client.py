@@ -566,3 +566,84 @@ async def test_a_session_whose_data_answer_timed_out_is_not_kept(named, smtp_sin
     # The late answer to the first DATA must not be read as an answer in the second transaction.
     assert sink.handler.sessions == 2
     assert ("r2@dest.test",) in [m.rcpt_tos for m in sink.messages]
+
+
+# ------------------------------------------------------------------ RFC 2920 PIPELINING towards peers that offer it
+
+
+@pytest.fixture
+def reusing(named) -> Deliverer:
+    return Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10, connection_idle=30)
+
+
+async def test_pipelined_per_recipient_results_and_the_session_carries_on(reusing, smtp_sink, port) -> None:
+    sink = smtp_sink("127.0.0.31", port, pipelining=True, rcpt_replies={
+        "nobody@ordered.mailfleet.test": "550 5.1.1 No such user here",
+        "full@ordered.mailfleet.test": "452 4.2.2 Mailbox full"})
+    target = MXTarget("ordered.mailfleet.test", port)
+    rcpts = ["bob@ordered.mailfleet.test", "nobody@ordered.mailfleet.test", "full@ordered.mailfleet.test",
+             "carol@ordered.mailfleet.test"]
+    results = await reusing.deliver(target, "a@sender.test", rcpts, MESSAGE)
+    assert results["bob@ordered.mailfleet.test"].ok and results["carol@ordered.mailfleet.test"].ok
+    assert (results["nobody@ordered.mailfleet.test"].code, results["nobody@ordered.mailfleet.test"].text) == (
+        550, "No such user here")
+    assert results["full@ordered.mailfleet.test"].temporary
+    # Every recipient refused: the transaction is reset, and the same session takes the next message.
+    refused = await reusing.deliver(target, "a@sender.test", ["nobody@ordered.mailfleet.test"], MESSAGE)
+    assert refused["nobody@ordered.mailfleet.test"].permanent
+    again = await reusing.deliver(target, "b@sender.test", ["dave@ordered.mailfleet.test"], b"Subject: 2\r\n\r\n.x\r\n")
+    assert again["dave@ordered.mailfleet.test"].ok
+    assert sink.handler.sessions == 1
+    assert [(m.mail_from, m.rcpt_tos, m.data) for m in sink.messages] == [
+        ("a@sender.test", ("bob@ordered.mailfleet.test", "carol@ordered.mailfleet.test"), MESSAGE),
+        ("b@sender.test", ("dave@ordered.mailfleet.test",), b"Subject: 2\r\n\r\n.x\r\n")]
+
+
+async def test_pipelined_data_refusal_applies_to_every_accepted_recipient(reusing, smtp_sink, port) -> None:
+    sink = smtp_sink("127.0.0.31", port, pipelining=True, data_reply="554 5.6.0 Content refused")
+    target = MXTarget("ordered.mailfleet.test", port)
+    rcpts = ["bob@ordered.mailfleet.test", "carol@ordered.mailfleet.test"]
+    results = await reusing.deliver(target, "a@sender.test", rcpts, MESSAGE)
+    assert all((results[r].code, results[r].text) == (554, "Content refused") for r in rcpts), results
+    sink.handler.data_reply = None
+    assert (await reusing.deliver(target, "a@sender.test", rcpts, MESSAGE))[rcpts[0]].ok
+    assert sink.handler.sessions == 1 and len(sink.messages) == 1
+
+
+async def test_pipelined_too_many_recipients_go_in_follow_up_transactions(reusing, smtp_sink, port) -> None:
+    sink = smtp_sink("127.0.0.31", port, pipelining=True, max_rcpts=2)
+    rcpts = [f"u{i}@ordered.mailfleet.test" for i in range(5)]
+    results = await reusing.deliver(MXTarget("ordered.mailfleet.test", port), "a@sender.test", rcpts, MESSAGE)
+    assert all(results[r].ok for r in rcpts), results
+    assert sink.handler.sessions == 1
+    assert [m.rcpt_tos for m in sink.messages] == [tuple(rcpts[0:2]), tuple(rcpts[2:4]), tuple(rcpts[4:5])]
+
+
+async def test_mail_rcpt_and_data_travel_together(deliverer, port) -> None:
+    """On the wire: MAIL, both RCPTs and DATA arrive in one write, the message after the 354 (RFC 2920 §3.1);
+    a peer that does not announce PIPELINING gets one command at a time (the other tests here)."""
+    chunks: list[bytes] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-raw.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        chunks.append(await reader.read(65536))
+        writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+        chunks.append(await reader.readuntil(b"\r\n.\r\n"))
+        writer.write(b"250 2.0.0 queued\r\n")
+        await reader.readline()  # QUIT
+        writer.write(b"221 bye\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.31", port)
+    try:
+        rcpts = ["a@ordered.mailfleet.test", "b@ordered.mailfleet.test"]
+        results = await deliverer.deliver(HostsTarget((("127.0.0.31", port),)), "s@sender.test", rcpts, MESSAGE)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert all(results[r].ok for r in rcpts), results
+    assert chunks[0] == (b"MAIL FROM:<s@sender.test>\r\nRCPT TO:<a@ordered.mailfleet.test>\r\n"
+                         b"RCPT TO:<b@ordered.mailfleet.test>\r\nDATA\r\n")
+    assert chunks[1] == MESSAGE + b".\r\n"

@@ -42,6 +42,7 @@ class SinkHandler:
     data_reply: str | None = None
     hold: float = 0.0
     max_rcpts: int = 0  # >0: answer 452 4.5.3 beyond this many recipients per transaction
+    pipelining: bool = False  # announce PIPELINING (RFC 2920); aiosmtpd reads pipelined commands in order
     messages: list[ReceivedMessage] = field(default_factory=list)
     sessions: int = 0
     active: int = 0
@@ -65,6 +66,8 @@ class SinkHandler:
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):
         self._count_session(server)
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
@@ -149,6 +152,7 @@ def start_sink(
     hold: float = 0.0,
     max_rcpts: int = 0,
     hostname: str = "sink.test",
+    pipelining: bool = False,
 ) -> Sink:
     """An aiosmtpd sink; `tls_context` offers STARTTLS; `size_limit` is announced in EHLO SIZE."""
     port = port or free_port([address])
@@ -157,6 +161,7 @@ def start_sink(
         data_reply=data_reply,
         hold=hold,
         max_rcpts=max_rcpts,
+        pipelining=pipelining,
     )
     controller = _SinkController(
         handler,
