@@ -608,11 +608,7 @@ class Deliverer:
                 smtp.close()  # the transaction may still be open there: not a session to keep
             return results, []
         outcome = await self._data(smtp, remote, data, known)
-        results.update(dict.fromkeys(accepted, outcome))
-        if not outcome.ok:
-            results.update(dict.fromkeys(again, outcome))  # the peer refuses the message itself
-            return results, []
-        return results, again
+        return _after_data(results, accepted, again, outcome)
 
     async def _send_pipelined(
         self, smtp: aiosmtplib.SMTP, remote: str, mail_from: str, options: list[bytes], rcpts: list[str], data: bytes,
@@ -657,17 +653,10 @@ class Deliverer:
                 transport.write(end)
                 final = await replies.reply(timeout)
             except (TimeoutError, SMTPException, OSError) as exc:
-                # The peer may hold the message already: never failed over, the session never kept.
-                outcome = _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}",
-                                 remote)
-                smtp.close()
+                outcome = _lost_in_data(smtp, remote, exc)
             else:
                 outcome = reply_result(final.code, final.message, remote)
-        results.update(dict.fromkeys(accepted, outcome))
-        if not outcome.ok:
-            results.update(dict.fromkeys(again, outcome))
-            return results, []
-        return results, again
+        return _after_data(results, accepted, again, outcome)
 
     def _mail_options(self, smtp: aiosmtplib.SMTP, payload: bytes, use_utf8: bool) -> list[bytes]:
         options = []
@@ -687,10 +676,27 @@ class Deliverer:
         except SMTPResponseException as exc:
             return reply_result(exc.code, exc.message, remote)
         except (TimeoutError, SMTPException, OSError) as exc:
-            # The peer's answer may still come: a session out of step must never carry another message.
-            smtp.close()
-            return _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}", remote)
+            return _lost_in_data(smtp, remote, exc)
         return reply_result(reply.code, reply.message, remote)
+
+
+def _lost_in_data(smtp: aiosmtplib.SMTP, remote: str, exc: BaseException) -> RcptResult:
+    """No answer to the message itself: the peer may hold it already, so no failover to another host (that
+    would duplicate it) but a retry from the queue; and the peer's answer may still come, so a session out of
+    step never carries another message."""
+    smtp.close()
+    return _local(451, "4.4.2", f"lost connection with {remote} while sending the message: {exc}", remote)
+
+
+def _after_data(results: dict[str, RcptResult], accepted: list[str], again: list[str],
+                outcome: RcptResult) -> tuple[dict[str, RcptResult], list[str]]:
+    """The DATA outcome is every accepted recipient's; those held back for "too many recipients" go in the next
+    transaction, unless the peer refused the message itself."""
+    results.update(dict.fromkeys(accepted, outcome))
+    if not outcome.ok:
+        results.update(dict.fromkeys(again, outcome))
+        return results, []
+    return results, again
 
 
 async def _send_data(smtp: aiosmtplib.SMTP, data: bytes, timeout: float,

@@ -66,6 +66,14 @@ class Session:
         self.authenticated = False
         self.login: str | None = None
 
+    @property
+    def ip(self) -> str:
+        """The client's address, for policy and logs."""
+        peer = self.peer
+        if isinstance(peer, tuple) and peer:
+            return str(peer[0])
+        return str(peer or "unknown")
+
 
 class Envelope:
     """One mail transaction: MAIL, RCPTs, the data."""
@@ -166,7 +174,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         if idle < self._timeout or self._busy:
             self._timer = self._loop.call_later(max(self._timeout - idle, 1.0), self._check_idle)
             return
-        log.info("client=%s idle for %.0f s; closing", _ip(self.session), idle)
+        log.info("client=%s idle for %.0f s; closing", self.session.ip, idle)
         self.transport.write(b"421 4.4.2 Idle too long; closing connection\r\n")
         self.transport.close()
 
@@ -197,14 +205,12 @@ class SMTPServerProtocol(asyncio.Protocol):
                 if not self._take_data():
                     return
                 continue
-            end = buf.find(b"\n")
-            if end < 0:
+            line = self._take_line()
+            if line is None:
                 if len(buf) > READ_LIMIT:  # no line end in sight: skip to it, then answer
                     self._skipping = True
                     buf.clear()
                 return
-            line = bytes(buf[: end + 1])
-            del buf[: end + 1]
             if self._skipping:
                 self._skipping = False
                 self.push(LINE_TOO_LONG)
@@ -227,7 +233,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             return
         method = _COMMANDS.get(verb)
         if method is None:
-            log.info("client=%s unrecognised command %r", _ip(self.session), verb[:20])
+            log.info("client=%s unrecognised command %r", self.session.ip, verb[:20])
             self._bogus -= 1
             if self._bogus < 1:
                 self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
@@ -261,32 +267,33 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._process()
         self._flush()
 
+    def _take_line(self) -> bytes | None:
+        """The first buffered line with its line end, taken out of the buffer; None until one is complete."""
+        end = self._buf.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._buf[: end + 1])
+        del self._buf[: end + 1]
+        return line
+
     async def read_line(self) -> bytes | None:
         """The client's next line (a SASL response); None when the connection is gone or the line too long."""
         self._flush()
-        end = self._buf.find(b"\n")
-        if end >= 0:
-            line = bytes(self._buf[: end + 1])
-            del self._buf[: end + 1]
-            return line
-        if self.transport is None:
-            return None
-        self._line_waiter = self._loop.create_future()
+        waiter = self._line_waiter = self._loop.create_future()
         self._feed_waiter()
-        return await self._line_waiter
+        if not waiter.done() and self.transport is None:
+            self._line_waiter = None
+            return None
+        return await waiter
 
     def _feed_waiter(self) -> None:
         waiter = self._line_waiter
         assert waiter is not None
-        end = self._buf.find(b"\n")
-        if end >= 0:
-            line = bytes(self._buf[: end + 1])
-            del self._buf[: end + 1]
-        elif len(self._buf) > SASL_LINE_LIMIT:
+        line = self._take_line()
+        if line is None:
+            if len(self._buf) <= SASL_LINE_LIMIT:
+                return
             self._buf.clear()
-            line = None
-        else:
-            return
         self._line_waiter = None
         if not waiter.done():
             waiter.set_result(line)
@@ -474,7 +481,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         if end < 0:
             if limit and self._data_refusal is None and len(data) - 6 > limit:
                 # RFC 5321 §4.2.5: read on to the end marker keeping nothing, answer only then
-                self._data_refusal = DATA_LINE_TOO_LONG if _longest_line(data) > MAX_DATA_LINE else TOO_MUCH_DATA
+                self._data_refusal = _oversize_refusal(data)
             if self._data_refusal is not None and len(data) > 4:
                 del data[:-4]
                 self._scan = 0
@@ -485,14 +492,14 @@ class SMTPServerProtocol(asyncio.Protocol):
         if refusal is None:
             body = bytes(memoryview(data)[2: end + 2])  # every line with its CRLF, still dot-stuffed
             if limit and len(body) > limit:
-                refusal = DATA_LINE_TOO_LONG if _longest_line(body) > MAX_DATA_LINE else TOO_MUCH_DATA
+                refusal = _oversize_refusal(body)
             else:
                 bare, too_long = scan_lines(body)
                 if too_long:
                     refusal = DATA_LINE_TOO_LONG
                 elif bare:
                     log.warning("client=%s from=<%s> refused: bare CR/LF in DATA (possible SMTP smuggling)",
-                                _ip(self.session), self.envelope.mail_from)
+                                self.session.ip, self.envelope.mail_from)
                     refusal = codes.BARE_LINE_ENDING
         self._data = bytearray()
         if refusal is not None:
@@ -551,7 +558,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         try:
             tls = await self._loop.start_tls(transport, self, context, server_side=True, ssl_handshake_timeout=60)
         except (OSError, ssl.SSLError) as exc:  # a failed handshake (or a timeout, an OSError) ends the session
-            log.info("client=%s TLS handshake failed: %s", _ip(self.session), exc)
+            log.info("client=%s TLS handshake failed: %s", self.session.ip, exc)
             transport.close()
             self.connection_lost(exc)  # the TLS layer may not tell us: free the session slot here
             return
@@ -605,6 +612,11 @@ def _longest_line(data: bytes | bytearray) -> int:
     return max(map(len, data.split(b"\r\n")), default=0)
 
 
+def _oversize_refusal(data: bytes | bytearray) -> str:
+    """The answer to data over the size limit: aiosmtpd's, which names an over-long line first."""
+    return DATA_LINE_TOO_LONG if _longest_line(data) > MAX_DATA_LINE else TOO_MUCH_DATA
+
+
 def has_bare_cr_or_lf(data: bytes) -> bool:
     """True when some CR is not followed by LF or some LF not preceded by CR (RFC 5321 §2.3.8).
 
@@ -624,10 +636,3 @@ def scan_lines(data: bytes) -> tuple[bool, bool]:
     lines = data.split(b"\r\n")
     rest = b"".join(lines)  # every CRLF taken out: a CR or LF still there is a bare one (memchr, not a count)
     return b"\r" in rest or b"\n" in rest, max(map(len, lines)) > MAX_DATA_LINE
-
-
-def _ip(session: Session) -> str:
-    peer = session.peer
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return str(peer or "unknown")

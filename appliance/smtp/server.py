@@ -117,7 +117,7 @@ class InboundHandler:
     def refuse_auth(self, session: Session) -> str | None:
         if not self.options.offer_auth:
             return codes.AUTH_UNAVAILABLE
-        if self._is_banned(_ip(session)):
+        if self._is_banned(session.ip):
             return "454 4.7.0 Too many failed logins from your address; try again later"
         return None
 
@@ -159,11 +159,11 @@ class InboundHandler:
         try:
             mailbox = parse_mailbox(address)
         except AddressError as exc:
-            log.info("client=%s rcpt=%r refused: %s", _ip(session), address, exc.text)
+            log.info("client=%s rcpt=%r refused: %s", session.ip, address, exc.text)
             return exc.reply()
-        decision = self.policy.check(mailbox, Client(_ip(session), session.login), envelope.size)
+        decision = self.policy.check(mailbox, Client(session.ip, session.login), envelope.size)
         if not decision.accepted:
-            log.info("client=%s from=<%s> rcpt=<%s> refused: %s", _ip(session), envelope.mail_from, mailbox,
+            log.info("client=%s from=<%s> rcpt=<%s> refused: %s", session.ip, envelope.mail_from, mailbox,
                      decision.reply)
             return decision.reply
         accepted.append((str(mailbox), decision.addresses))
@@ -173,7 +173,7 @@ class InboundHandler:
 
     async def handle_DATA(self, session: Session, envelope: Envelope) -> str:
         raw = envelope.content  # CRLF line endings only: the engine refused others
-        ip = _ip(session)
+        ip = session.ip
         queue_id = new_queue_id()
         recipients: list[Recipient] = []
         seen: set[str] = set()
@@ -214,7 +214,7 @@ class InboundHandler:
             proto += "A"
         helo = _printable(session.host_name or "unknown")
         rcpt = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
-        header = (f"Received: from {helo} ([{_ip(session)}])\r\n\tby {self.hostname} (Mailfleet) with {proto} "
+        header = (f"Received: from {helo} ([{session.ip}])\r\n\tby {self.hostname} (Mailfleet) with {proto} "
                   f"id {queue_id}{rcpt};\r\n\t{formatdate(localtime=False)}\r\n")
         return header.encode("utf-8", "replace")
 
@@ -246,12 +246,12 @@ class InboundHandler:
         if not _auth_allowed(session, self.options):
             conn.push("538 5.7.11 Encryption required for requested authentication mechanism")
             return None
-        login = await self._authenticate(username, password, _ip(session))
+        login = await self._authenticate(username, password, session.ip)
         if login is None:
-            log.info("client=%s AUTH failed for user %r", _ip(session), _printable(username))
+            log.info("client=%s AUTH failed for user %r", session.ip, _printable(username))
             conn.push("535 5.7.8 Authentication credentials invalid")
             return None
-        log.info("client=%s authenticated as %s", _ip(session), login)
+        log.info("client=%s authenticated as %s", session.ip, login)
         return login
 
 
@@ -370,14 +370,7 @@ def _auth_allowed(session: Session, options: ListenerOptions) -> bool:
     """RFC 4954 §4 / RFC 8314: credentials only over TLS, except on loopback when the config allows it."""
     if options.implicit_tls or session.ssl is not None:
         return True
-    return options.plaintext_auth_on_loopback and is_loopback(_ip(session))
-
-
-def _ip(session: Session) -> str:
-    peer = session.peer
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return str(peer or "unknown")
+    return options.plaintext_auth_on_loopback and is_loopback(session.ip)
 
 
 def _printable(text: str) -> str:
