@@ -28,7 +28,7 @@ class LocalDelivery:
 
     async def __call__(self, message: QueuedMessage, rcpts: Sequence[Recipient],
                        data: bytes) -> dict[str, RcptResult]:
-        """Deliver to every recipient at once: deliveries to one mailbox share a commit (MailStore.submit)."""
+        """Deliver to every recipient at once: deliveries to one mailbox share a commit (MailStore.deliver_async)."""
         pending: dict[str, asyncio.Future] = {}
         results: dict[str, RcptResult] = {}
         for rcpt in rcpts:
@@ -36,7 +36,7 @@ class LocalDelivery:
             headers = f"Return-Path: <{message.mail_from}>\r\nDelivered-To: {rcpt.address}\r\n".encode()
             try:
                 await self._apply_quota(rcpt.address)
-                pending[rcpt.address] = asyncio.wrap_future(self.store.submit(rcpt.address, headers + data))
+                pending[rcpt.address] = self.store.deliver_async(rcpt.address, headers + data)
             except Exception as exc:
                 results[rcpt.address] = self._failure(message, rcpt.address, exc)
         for address, future in pending.items():

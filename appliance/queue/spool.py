@@ -2,7 +2,8 @@
 
 Durability point: `Spool.commit()` returns (and SMTP answers 250) only after the message file is complete,
 renamed into `msg/` and flushed to disk by a group commit: one syncfs(2) for every message accepted while the
-previous flush was running, so parallel sessions share the cost of the disk flush instead of queueing on it.
+previous flush was running, so parallel sessions share the cost of the disk flush instead of queueing on it
+(the process's GroupFlush, shared with the mailbox store's deliveries on the same filesystem).
 
 File format of `msg/<id>`: b"MFQ1 <envelope length> <data length>\n" + envelope JSON + b"\n" + message bytes.
 The lengths make a torn file (power loss before the flush) recognisable; such a file was never answered 250
@@ -11,7 +12,6 @@ and is moved aside at start-up, never delivered half.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.store.maildir import sync_filesystem
+from appliance.store.flush import GroupFlush, flusher_for
 
 log = logging.getLogger("appliance.queue")
 
@@ -89,52 +89,6 @@ class SpoolCorrupt(Exception):
     """A spool file that is not a complete message (torn write, foreign file)."""
 
 
-class _Syncer:
-    """Group commit: a thread that flushes the spool's filesystem once for every batch of waiting commits."""
-
-    def __init__(self, directory: Path) -> None:
-        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        self._cond = threading.Condition()
-        self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="spool-syncer", daemon=True)
-        self._thread.start()
-
-    def request(self) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._cond:
-            self._waiting.append((loop, future))
-            self._cond.notify()
-        return future
-
-    def _flush(self) -> None:
-        sync_filesystem(self._fd)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting and not self._stopped:
-                    self._cond.wait()
-                if self._stopped and not self._waiting:
-                    return
-                batch, self._waiting = self._waiting, []
-            error: BaseException | None = None
-            try:
-                self._flush()
-            except OSError as exc:  # pragma: no cover - disk failure
-                error = exc
-            for loop, future in batch:
-                loop.call_soon_threadsafe(_settle, future, error)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
-        os.close(self._fd)
-
-
 class _Reaper:
     """Unlinks finished spool files in order, off the event loop."""
 
@@ -159,15 +113,6 @@ class _Reaper:
         self._thread.join(timeout=30)
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
 class Spool:
     """The on-disk queue under `root` (data_dir/spool): tmp/, msg/, state/, corrupt/."""
 
@@ -179,7 +124,7 @@ class Spool:
         self.corrupt_dir = root / "corrupt"
         for d in (self.tmp_dir, self.msg_dir, self.state_dir, self.corrupt_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self._syncer: _Syncer | None = None
+        self._flusher: GroupFlush | None = None
         self._reaper: _Reaper | None = None
 
     # ------------------------------------------------------------------ accepting
@@ -188,9 +133,9 @@ class Spool:
         """Write the message and return once it is on disk: the durability point behind every 250 reply.
         Returns the envelope as written (for the notice to the queue process)."""
         envelope = self.write(message, data)
-        if self._syncer is None:
-            self._syncer = _Syncer(self.msg_dir)
-        await self._syncer.request()
+        if self._flusher is None:
+            self._flusher = flusher_for(self.msg_dir)
+        await self._flusher.request()
         return envelope
 
     def write(self, message: QueuedMessage, data: bytes) -> bytes:
@@ -322,9 +267,7 @@ class Spool:
         return removed
 
     def close(self) -> None:
-        if self._syncer is not None:
-            self._syncer.stop()
-            self._syncer = None
+        self._flusher = None  # shared with the rest of the process (see appliance.store.flush)
         if self._reaper is not None:
             self._reaper.stop()
             self._reaper = None

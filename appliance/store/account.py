@@ -1,18 +1,22 @@
 """One user's mail: Maildir files plus SQLite (WAL) metadata, safe across threads and processes.
 
-Durability rule (every mutation): files first (written to tmp/, flushed), then, inside one SQLite write
-transaction (BEGIN IMMEDIATE under a cross-process flock, which serialises other processes), the rename into
-cur/ and the metadata. Most mutations flush the directory and commit with SQLite's synchronous=FULL: COMMIT
-is the durability point. Deliveries instead commit without flushing and then make renames and rows durable
-with one filesystem flush outside the lock, so that writers in several processes do not queue behind each
-other's flushes; they report "stored" only after that flush.
+Durability rule (every mutation): files first (written to tmp/), then, inside one SQLite write transaction
+(BEGIN IMMEDIATE under a cross-process flock, which serialises other processes), the rename into cur/ and the
+metadata. Most mutations flush the files before and commit with SQLite's synchronous=FULL: COMMIT is the
+durability point. Deliveries instead make files, renames and rows durable with one filesystem flush after an
+unflushed commit, outside the lock, so that writers in several processes do not queue behind each other's
+flushes; they report "stored" only after that flush. Until then, the delivery's rows are also listed in
+``unflushed`` (same transaction): a power loss before the flush can leave such a row with a file that is
+short, empty or still in tmp/, and the next open checks exactly those rows (size on disk against the row)
+and drops the ones whose file did not make it, as expunged: nobody was told they were stored.
 
 Because the rename happens while the write lock is held, the open-time recovery (which takes the same lock)
 never sees a file "in flight": a file in cur/ without a row is an orphan of a crash and is re-added under a
-new UID (UIDNEXT only moves forward in committed transactions, so no UID is ever reused); a row whose file is
-still in tmp/ (a crash after a delivery's commit, before its flush) gets its file moved into place. Expunged
-files are listed in ``pending_unlink`` in the same transaction that drops their rows, so a crash before the
-unlink cannot resurrect them.
+new UID (UIDNEXT only moves forward in committed transactions, so no UID is ever reused) unless its size is
+not the one its name records (``,S=``: a delivery cut short, moved back to tmp/); a row whose file is still
+in tmp/ (a crash after a delivery's commit, before its flush) gets its file moved into place when the file is
+complete. Expunged files are listed in ``pending_unlink`` in the same transaction that drops their rows, so a
+crash before the unlink cannot resurrect them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -84,6 +88,8 @@ CREATE TABLE IF NOT EXISTS expunged(
     PRIMARY KEY(folder_id, uid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_unlink(filename TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS unflushed(id INTEGER PRIMARY KEY AUTOINCREMENT, filename TEXT NOT NULL,
+    size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS subscriptions(name TEXT PRIMARY KEY);
 """
 
@@ -121,6 +127,23 @@ class Delivery:
     data: bytes
     flags: tuple[str, ...] = ()
     internal_date: datetime | None = None
+
+
+@dataclass(slots=True)
+class StagedBatch:
+    """Deliveries between the steps of ``Account.deliver_batch``: per item its result so far (None while
+    pending), the folder rows, the files written to tmp/ and the items indexed with their (UIDVALIDITY, UID)."""
+
+    items: Sequence[Delivery]
+    results: list
+    rows: dict[int, tuple] = field(default_factory=dict)
+    written: dict[int, Path] = field(default_factory=dict)
+    indexed: list[tuple[int, tuple[int, int]]] = field(default_factory=list)
+    unflushed: int = 0  # the highest ``unflushed`` id of this batch's rows
+
+
+class _Busy(Exception):
+    """The write lock is held elsewhere and the caller asked not to wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +224,7 @@ class Account:
         self._root = str(path) + os.sep
         self._lock = threading.RLock()
         self._lock_fd: int | None = None  # write.lock, see _write
+        self._flushed = 0  # ``unflushed`` ids up to this one are on disk (a flush ran after their commit)
         self._listeners: list[Callable[[str], None]] = []
         maildir.make_maildir(path)
         self._db = sqlite3.connect(
@@ -221,7 +245,7 @@ class Account:
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.contextmanager
-    def _write(self, synced: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(self, synced: bool = True, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction: thread lock, then a cross-process lock, then SQLite's write lock.
 
         ``synced=False`` commits without flushing the WAL (SQLite's synchronous=NORMAL): the caller makes the
@@ -232,10 +256,15 @@ class Account:
         alone, a writer that finds the database locked sleeps 1, 2, 5, 10... ms before it looks again, and two
         processes delivering to one mailbox spent much of their time asleep.
         """
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            raise _Busy
+        try:
             if self._lock_fd is None:
                 self._lock_fd = os.open(self.path / "write.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _Busy from None
             try:
                 if not synced:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -250,6 +279,8 @@ class Account:
                 if not synced:
                     self._db.execute("PRAGMA synchronous=FULL")
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -352,6 +383,7 @@ class Account:
             for (filename,) in db.execute("SELECT filename FROM pending_unlink").fetchall():
                 (self.path / filename).unlink(missing_ok=True)
             db.execute("DELETE FROM pending_unlink")
+            self._check_unflushed()
             known = {row[0] for row in db.execute("SELECT filename FROM messages")}
             present: set[str] = set()
             recovered = []
@@ -369,8 +401,8 @@ class Account:
                         if rel in known:
                             present.add(rel)
                         elif entry.is_file():
-                            self._adopt_file(folder_id, rel, entry)
-                            recovered.append(name)
+                            if self._adopt_file(folder_id, rel, entry):
+                                recovered.append(name)
             if recovered:
                 log.warning("%s: recovered %d message file(s) without metadata", self.address, len(recovered))
             if len(present) < len(known):
@@ -380,10 +412,50 @@ class Account:
             used = db.execute("SELECT COALESCE(SUM(size), 0) FROM messages").fetchone()[0]
             self._set_meta("used", used)
 
+    def _check_unflushed(self) -> None:
+        """The rows of deliveries committed without a flush that no later transaction knows to be flushed:
+        after a power loss their files may be short, empty or still in tmp/. A row whose file is not complete
+        is dropped (recorded as expunged): its sender never got a "stored". Then one flush makes what was
+        checked durable, and the list is emptied; a delivery of another process still waiting for its own
+        flush loses nothing by that, since ours covers it."""
+        entries = self._db.execute("SELECT id, filename, size FROM unflushed").fetchall()
+        if not entries:
+            return
+        broken = set()
+        for _, rel, size in entries:
+            final = self.path / rel
+            if _size_of(final) == size or final.parent.name != "cur":
+                continue
+            name = final.name.rpartition(":2,")[0] or final.name
+            tmp = final.parent.parent / "tmp" / name
+            if _size_of(final) is None and _size_of(tmp) == size:
+                os.rename(tmp, final)  # the rename did not reach the disk; the file did
+                continue
+            broken.add(rel)
+        if broken:
+            self._drop_rows(broken, "its file did not reach the disk before a crash; never reported stored")
+        maildir.sync_path(self.path)
+        self._db.execute("DELETE FROM unflushed WHERE id <= ?", (max(entry[0] for entry in entries),))
+
+    def _drop_rows(self, filenames: set[str], why: str) -> None:
+        lost: dict[int, list[tuple]] = {}
+        for rel in sorted(filenames):
+            row = self._db.execute("SELECT folder_id, uid, filename, size FROM messages WHERE filename = ?",
+                                   (rel,)).fetchone()
+            if row is not None:
+                lost.setdefault(row[0], []).append(row[1:])
+                with contextlib.suppress(OSError):  # moved aside, not deleted: an administrator may look
+                    _set_aside(self.path / rel)
+        for folder_id, rows in lost.items():
+            self._remove_locked(folder_id, rows)
+        if lost:
+            log.warning("%s: %d message(s) removed from the index: %s", self.address,
+                        sum(map(len, lost.values())), why)
+
     def _repair_missing(self, missing: set[str]) -> None:
         """Rows whose file is not where they say. A crash between a delivery's commit and its flush can leave
-        the rename undone (the file, whose content was flushed first, is still in tmp/): finish it. A file
-        that is nowhere (removed by hand) takes its row with it, recorded as expunged for QRESYNC clients."""
+        the rename undone (the file is still in tmp/): finish it when the file is complete. A file that is
+        nowhere (removed by hand) takes its row with it, recorded as expunged for QRESYNC clients."""
         restored: set[Path] = set()
         moved = 0
         lost: dict[int, list[tuple]] = {}
@@ -391,13 +463,13 @@ class Account:
             final = self.path / rel
             name = final.name.rpartition(":2,")[0] or final.name
             tmp = final.parent.parent / "tmp" / name
-            if final.parent.name == "cur" and tmp.is_file():
+            row = self._db.execute("SELECT folder_id, uid, filename, size FROM messages WHERE filename = ?",
+                                   (rel,)).fetchone()
+            if final.parent.name == "cur" and row is not None and _size_of(tmp) == row[3]:
                 os.rename(tmp, final)
                 restored.add(final.parent)
                 moved += 1
                 continue
-            row = self._db.execute("SELECT folder_id, uid, filename, size FROM messages WHERE filename = ?",
-                                   (rel,)).fetchone()
             if row is not None:
                 lost.setdefault(row[0], []).append(row[1:])
         for directory in restored:
@@ -417,8 +489,16 @@ class Account:
                 if entry.stat().st_mtime < limit:
                     os.unlink(entry.path)
 
-    def _adopt_file(self, folder_id: int, rel: str, entry: os.DirEntry) -> None:
+    def _adopt_file(self, folder_id: int, rel: str, entry: os.DirEntry) -> bool:
+        """Index a file found in cur/ or new/ without a row; one shorter or longer than the size its name
+        records (a delivery cut short by a crash before its flush) is moved back to tmp/ instead."""
         stat = entry.stat()
+        expected = maildir.recorded_size(entry.name)
+        if expected is not None and expected != stat.st_size:
+            log.warning("%s: %s is %d bytes, its name says %d: not a complete message, moved to tmp/",
+                        self.address, rel, stat.st_size, expected)
+            _set_aside(Path(entry.path))
+            return False
         uid, modseq = self._allocate(folder_id)
         flags = _encode_flags(maildir.parse_info_flags(entry.name))
         self._db.execute(
@@ -426,6 +506,7 @@ class Account:
             " VALUES(?, ?, ?, ?, ?, ?, ?)",
             (folder_id, uid, rel, flags, int(stat.st_mtime), stat.st_size, modseq),
         )
+        return True
 
     def _allocate(self, folder_id: int, count: int = 1) -> tuple[int, int]:
         """Reserve ``count`` UIDs and one MODSEQ in the open write transaction."""
@@ -683,65 +764,64 @@ class Account:
 
         Each item gets (UIDVALIDITY, UID) or the exception that refused it (QuotaExceeded, FolderNotFound,
         OSError); the others are stored all the same. Durable on return, like ``deliver``.
+
+        The steps, which MailStore.deliver_async runs on an event loop with a shared flush: ``stage`` (the
+        files, in tmp/), ``index`` (renames into cur/ and the index rows, committed without a flush), one
+        flush of the filesystem, ``settle``.
         """
-        results: list[tuple[int, int] | Exception | None] = [None] * len(items)
-        rows: dict[int, tuple] = {}
+        batch = self.stage(items)
+        error: Exception | None = None
+        try:
+            if batch.written:
+                self.index(batch)
+                if batch.indexed:
+                    maildir.sync_path(self.path)
+        except Exception as exc:  # noqa: BLE001 - the disk or the index failed: nothing unflushed is "stored"
+            error = exc
+        return self.settle(batch, error)
+
+    def stage(self, items: Sequence[Delivery]) -> StagedBatch:
+        """Check folders and quota and write each accepted message to a file in tmp/ (not flushed yet)."""
+        batch = StagedBatch(items, [None] * len(items))
         with self._lock:
             for i, item in enumerate(items):
                 try:
-                    rows[i] = self._require_folder(item.folder)
+                    batch.rows[i] = self._require_folder(item.folder)
                     self._check_quota(len(item.data))  # early refusal, before paying for the write
                 except (FolderNotFound, QuotaExceeded) as exc:
-                    results[i] = exc
-        written: dict[int, Path] = {}
-        try:
-            for i in rows:
-                if results[i] is None:
-                    try:
-                        written[i] = maildir.write_tmp(self._folder_dir(rows[i][2]), items[i].data, sync=False)
-                    except OSError as exc:
-                        results[i] = exc
-            if written:
+                    batch.results[i] = exc
+        for i, row in batch.rows.items():
+            if batch.results[i] is None:
                 try:
-                    maildir.fsync_files(list(written.values()))
-                except OSError as exc:  # the disk failed: nothing in this batch is known to be safe
-                    for i, tmp in written.items():
-                        results[i] = exc
-                        tmp.unlink(missing_ok=True)
-                    written.clear()
-            self._commit_batch(items, rows, written, results)
-        finally:
-            for i, tmp in written.items():
-                if not isinstance(results[i], tuple):
-                    tmp.unlink(missing_ok=True)
-        for folder in dict.fromkeys(rows[i][1] for i in written if isinstance(results[i], tuple)):
-            self._notify(folder)
-        return [r if r is not None else OSError("not stored") for r in results]
+                    batch.written[i] = maildir.write_tmp(self._folder_dir(row[2]), items[i].data, sync=False)
+                except OSError as exc:
+                    batch.results[i] = exc
+        return batch
 
-    def _commit_batch(self, items: Sequence[Delivery], rows: dict[int, tuple], written: dict[int, Path],
-                      results: list) -> None:
-        """Rename the written files into cur/ and index them in one write transaction, then make both durable
-        with one filesystem flush after the locks are released.
+    def index(self, batch: StagedBatch, wait: bool = True) -> bool:
+        """Rename the batch's files into cur/ and index them in one write transaction, committed without a
+        flush: the caller flushes the filesystem (files, renames, directories and the WAL at once) before it
+        calls the messages stored, outside the cross-process lock, so that the flushes of writers in several
+        processes overlap instead of queueing behind each other. The rows are listed in ``unflushed`` until a
+        later transaction knows that a flush ran after this one (see the module docstring for the crash).
 
-        Only the renames and the index rows are done under the cross-process lock; the flush (renames,
-        directories and the WAL at once) runs outside it, so the flushes of writers in several processes
-        overlap instead of queueing behind each other. A crash before the flush leaves either a file in cur/
-        without its row (adopted at the next open) or a row whose file is still in tmp/ (moved into place at
-        the next open); the files' contents were flushed before the renames, and nobody was told "stored".
+        With ``wait=False`` nothing is done and False is returned when another thread or process holds the
+        write lock (an event loop then runs it in a thread instead of blocking).
         """
-        if not written:
-            return
+        if not batch.written:
+            return True
         moved: list[Path] = []
-        staged: list[tuple[int, tuple]] = []
         try:
-            with self._write(synced=False) as db:
+            with self._write(synced=False, wait=wait) as db:
+                if self._flushed:
+                    db.execute("DELETE FROM unflushed WHERE id <= ?", (self._flushed,))
                 used = self._meta("used")
                 quota = self._meta("quota")
-                for i, tmp in written.items():
-                    item = items[i]
+                for i, tmp in batch.written.items():
+                    item = batch.items[i]
                     row = self._require_folder(item.folder)
                     if quota and used + len(item.data) > quota:
-                        results[i] = QuotaExceeded(self.address, used, quota, len(item.data))
+                        batch.results[i] = QuotaExceeded(self.address, used, quota, len(item.data))
                         continue
                     used += len(item.data)
                     uid, modseq = self._allocate(row[0])
@@ -759,24 +839,41 @@ class Account:
                         " VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                         (row[0], uid, rel, flags_text, int(when.timestamp()), offset, len(item.data), modseq),
                     )
-                    staged.append((i, (row[3], uid)))
+                    batch.unflushed = db.execute("INSERT INTO unflushed(filename, size) VALUES(?, ?)",
+                                                 (rel, len(item.data))).lastrowid or 0
+                    batch.indexed.append((i, (row[3], uid)))
                 self._set_meta("used", used)
+        except _Busy:
+            return False
         except BaseException:  # rolled back: no row points at the renamed files
+            batch.indexed.clear()
             for final in moved:
                 final.unlink(missing_ok=True)
             raise
-        if not staged:
-            return
-        try:
-            maildir.sync_path(self.path)
-        except OSError as exc:
-            # indexed but not known to be on disk: the caller must not answer "stored" (a retry may then
-            # store the message twice, which is better than telling the sender it is safe)
-            for i, _ in staged:
-                results[i] = exc
-            return
-        for i, result in staged:
-            results[i] = result
+        return True
+
+    def settle(self, batch: StagedBatch, error: Exception | None = None) -> list[tuple[int, int] | Exception]:
+        """The batch's outcome once its last flush returned (``error``: the exception that stopped it).
+
+        An indexed message whose flush failed is reported as failed although it stays indexed: the caller
+        must not answer "stored" (a retry may then store it twice, which is better than telling the sender
+        it is safe). Files that did not make it into the index are removed.
+        """
+        results = batch.results
+        if error is None and batch.unflushed > self._flushed:
+            self._flushed = batch.unflushed  # syncfs flushed every commit before it, other writers' too
+        for i, result in batch.indexed:
+            results[i] = result if error is None else error
+        if error is not None:
+            for i in batch.written:
+                if results[i] is None:
+                    results[i] = error
+        for i, tmp in batch.written.items():
+            if not isinstance(results[i], tuple):
+                tmp.unlink(missing_ok=True)
+        for folder in dict.fromkeys(batch.rows[i][1] for i, result in batch.indexed if error is None):
+            self._notify(folder)
+        return [r if r is not None else OSError("not stored") for r in results]
 
     def store_flags(
         self,
@@ -993,6 +1090,19 @@ class Account:
             yield
         finally:
             os.close(fd)
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _set_aside(path: Path) -> None:
+    """Move a message file of cur/ or new/ to its folder's tmp/ (cleaned after TMP_MAX_AGE)."""
+    name = path.name.rpartition(":2,")[0] or path.name
+    os.rename(path, path.parent.parent / "tmp" / name)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

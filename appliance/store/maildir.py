@@ -115,6 +115,15 @@ def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
     return path
 
 
+def recorded_size(filename: str) -> int | None:
+    """The size a Maildir file name records (``,S=<bytes>`` in its unique part), if any."""
+    base = filename.rpartition(":2,")[0] or filename
+    for field in base.split(",")[1:]:
+        if field.startswith("S=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
 def parse_info_flags(filename: str) -> list[str]:
     """IMAP flags from a Maildir file name's ":2,FLAGS" info part (used when recovering/importing)."""
     _, sep, info = filename.rpartition(":2,")

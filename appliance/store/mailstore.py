@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from appliance.store.account import Account, Delivery
+from appliance.store.account import Account, Delivery, StagedBatch
 from appliance.store.errors import InvalidAddress
+from appliance.store.flush import GroupFlush, flusher_for
 
 BATCH_MAX = 256  # deliveries per group commit of one account
+INLINE_WRITE = 1024 * 1024  # a batch of files up to this size is written on the event loop, larger in a thread
 
 
 class _AccountWriter:
@@ -56,6 +59,69 @@ class _AccountWriter:
                     future.set_result(result)
 
 
+class _LoopBatcher:
+    """Group commit for one account on one event loop, with the flush shared through the filesystem's
+    GroupFlush: the deliveries submitted during one turn of the loop form a batch; the loop writes its
+    files and commits its index rows (cheap, and no thread hand-off), a flusher thread does the wait for
+    the disk. Batches overlap: while one waits for its flush, the next is written and committed."""
+
+    def __init__(self, account: Account, loop: asyncio.AbstractEventLoop, flusher: GroupFlush) -> None:
+        self.account = account
+        self.loop = loop
+        self._flusher = flusher
+        self._pending: list[tuple[Delivery, asyncio.Future]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+
+    def submit(self, item: Delivery) -> asyncio.Future:
+        future = self.loop.create_future()
+        self._pending.append((item, future))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._start)
+        return future
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+            task = self.loop.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[Delivery, asyncio.Future]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            results: list = await self._deliver(items)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: every delivery in it did
+            results = [exc] * len(items)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # the waiter went away (its session closed); the outcome stands all the same
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _deliver(self, items: list[Delivery]) -> list:
+        account = self.account
+        staged: StagedBatch
+        if sum(len(item.data) for item in items) > INLINE_WRITE:
+            staged = await asyncio.to_thread(account.stage, items)
+        else:
+            staged = account.stage(items)
+        error: Exception | None = None
+        try:
+            if staged.written:
+                if not account.index(staged, wait=False):  # another process holds the lock: wait off the loop
+                    await asyncio.to_thread(account.index, staged)
+                if staged.indexed:
+                    await self._flusher.request()  # the files, their renames and the index rows at once
+        except Exception as exc:  # noqa: BLE001 - see Account.settle
+            error = exc
+        return account.settle(staged, error)
+
+
 def canonical_address(address: str) -> str:
     """Lower-case the address and check that both parts can name a directory."""
     address = address.strip().lower()
@@ -96,6 +162,7 @@ class MailStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._accounts: dict[str, Account] = {}
         self._writers: dict[str, _AccountWriter] = {}
+        self._batchers: dict[str, _LoopBatcher] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -140,6 +207,18 @@ class MailStore:
                 writer = self._writers[account.address] = _AccountWriter(account, self._pool)
         return writer.submit(Delivery(folder, data, tuple(flags), internal_date))
 
+    def deliver_async(self, address: str, data: bytes, folder: str = "INBOX", flags: Iterable[str] = (),
+                      internal_date: datetime | None = None) -> asyncio.Future:
+        """``deliver`` for a caller on an event loop: a future that gets (UIDVALIDITY, UID) once the message is
+        durable, or the exception. Deliveries to one account made in the same turn of the loop share their
+        commit and their flushes (see _LoopBatcher)."""
+        account = self.account(address)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(account.address)
+        if batcher is None or batcher.loop is not loop:
+            batcher = self._batchers[account.address] = _LoopBatcher(account, loop, flusher_for(account.path))
+        return batcher.submit(Delivery(folder, data, tuple(flags), internal_date))
+
     def changed_elsewhere(self, address: str, folder: str) -> None:
         """Another process changed ``folder`` of ``address``: tell this process's subscribers (IMAP IDLE) now.
         An account no session here has opened is left alone."""
@@ -170,6 +249,7 @@ class MailStore:
                 self._pool.shutdown(wait=True)
                 self._pool = None
             self._writers.clear()
+            self._batchers.clear()
             for account in self._accounts.values():
                 account.close()
             self._accounts.clear()

@@ -347,6 +347,69 @@ def test_recovery_finishes_a_delivery_whose_rename_was_not_flushed(tmp_path: Pat
     store.close()
 
 
+def test_power_loss_before_a_deliverys_flush_drops_only_what_did_not_reach_the_disk(tmp_path: Path) -> None:
+    """A delivery renames and indexes its files, commits without a flush, then flushes once and only then
+    reports "stored". A power loss before that flush can leave a row whose file is short, empty or still in
+    tmp/, and files without rows. The next open keeps what is complete and drops the rest (as expunged), and
+    messages stored before are untouched."""
+    from appliance.store.account import Delivery
+
+    store = MailStore(tmp_path / "mail")
+    store.deliver(ADDR, MSG)  # reported stored: must survive whatever follows
+    account = store.account(ADDR)
+    base = account.path
+    modseq = account.status("INBOX").highestmodseq
+    bodies = [MSG + b"x" * 100 + str(n).encode() for n in range(4)]
+    batch = account.stage([Delivery("INBOX", body) for body in bodies])
+    assert account.index(batch)  # committed, not flushed: the crash comes now
+    paths = [account.message("INBOX", uid).path for _, (_, uid) in batch.indexed]
+    store.close()
+    # what the disk may hold after the power loss:
+    paths[0].write_bytes(bodies[0][:20])  # 2: the data only partly written
+    paths[1].write_bytes(b"")  # 3: no data at all
+    paths[2].rename(base / "tmp" / paths[2].name.rpartition(":2,")[0])  # 4: complete, the rename lost
+    # 5 (paths[3]) made it entirely
+    orphan = base / "cur" / f"{paths[3].name.split(',')[0]}x,S=500:2,"
+    orphan.write_bytes(b"Subject: cut short\r\n")  # a file of a batch whose commit was lost, cut short
+
+    store = MailStore(tmp_path / "mail")
+    account = store.account(ADDR)
+    infos = account.messages("INBOX")
+    assert [i.uid for i in infos] == [1, 4, 5]
+    assert [i.path.read_bytes() for i in infos] == [MSG, bodies[2], bodies[3]]
+    assert account.expunged_since("INBOX", modseq) == [2, 3]
+    assert account.quota()[0] == len(MSG) + len(bodies[2]) + len(bodies[3])
+    assert not orphan.exists()
+    store.close()
+    store = MailStore(tmp_path / "mail")  # and a second open changes nothing more
+    assert [i.uid for i in store.account(ADDR).messages("INBOX")] == [1, 4, 5]
+    store.close()
+
+
+def test_opening_a_mailbox_during_another_writers_flush_drops_nothing(tmp_path: Path) -> None:
+    """The open-time check must not mistake a delivery that another process has committed and is flushing
+    right now for a crashed one; and the list of unflushed rows stays short in normal operation."""
+    import sqlite3
+
+    from appliance.store.account import Delivery
+
+    writer = MailStore(tmp_path / "mail")
+    for n in range(20):
+        writer.deliver(ADDR, MSG + str(n).encode())
+    account = writer.account(ADDR)
+    batch = account.stage([Delivery("INBOX", MSG + b"in flight")])
+    assert account.index(batch)
+    db = sqlite3.connect(account.path / "mailfleet.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM unflushed").fetchone()[0] <= 2  # the last batches only
+    db.close()
+
+    reader = MailStore(tmp_path / "mail")  # another process opening the mailbox now
+    assert len(reader.account(ADDR).messages("INBOX")) == 21
+    assert account.settle(batch)[0][1] == 21
+    reader.close()
+    writer.close()
+
+
 def test_concurrent_deliveries_from_threads(store: MailStore) -> None:
     errors: list[BaseException] = []
     uids: list[int] = []
