@@ -226,6 +226,7 @@ class Account:
         self._lock_fd: int | None = None  # write.lock, see _write
         self._flushed = 0  # ``unflushed`` ids up to this one are on disk (a flush ran after their commit)
         self._listeners: list[Callable[[str], None]] = []
+        self._listeners_lock = threading.Lock()  # not self._lock: notifying must not wait for a long read
         maildir.make_maildir(path)
         self._db = sqlite3.connect(
             path / "mailfleet.sqlite", isolation_level=None, check_same_thread=False, timeout=60
@@ -306,11 +307,11 @@ class Account:
         not signalled; sessions see them by polling ``folder_state`` (at each command, and
         periodically while idle).
         """
-        with self._lock:
+        with self._listeners_lock:
             self._listeners.append(callback)
 
         def unsubscribe() -> None:
-            with self._lock, contextlib.suppress(ValueError):
+            with self._listeners_lock, contextlib.suppress(ValueError):
                 self._listeners.remove(callback)
 
         return unsubscribe
@@ -320,7 +321,7 @@ class Account:
         self._notify(folder)
 
     def _notify(self, *folders: str) -> None:
-        with self._lock:
+        with self._listeners_lock:
             listeners = list(self._listeners)
         for folder in dict.fromkeys(folders):
             for callback in listeners:
@@ -770,6 +771,7 @@ class Account:
         flush of the filesystem, ``settle``.
         """
         batch = self.stage(items)
+        assert batch is not None
         error: Exception | None = None
         try:
             if batch.written:
@@ -780,16 +782,24 @@ class Account:
             error = exc
         return self.settle(batch, error)
 
-    def stage(self, items: Sequence[Delivery]) -> StagedBatch:
-        """Check folders and quota and write each accepted message to a file in tmp/ (not flushed yet)."""
+    def stage(self, items: Sequence[Delivery], wait: bool = True) -> StagedBatch | None:
+        """Check folders and quota and write each accepted message to a file in tmp/ (not flushed yet).
+
+        With ``wait=False``, None when another thread of this process holds the account (an event loop then
+        runs it in a thread instead of blocking).
+        """
         batch = StagedBatch(items, [None] * len(items))
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             for i, item in enumerate(items):
                 try:
                     batch.rows[i] = self._require_folder(item.folder)
                     self._check_quota(len(item.data))  # early refusal, before paying for the write
                 except (FolderNotFound, QuotaExceeded) as exc:
                     batch.results[i] = exc
+        finally:
+            self._lock.release()
         for i, row in batch.rows.items():
             if batch.results[i] is None:
                 try:

@@ -105,11 +105,12 @@ class _LoopBatcher:
 
     async def _deliver(self, items: list[Delivery]) -> list:
         account = self.account
-        staged: StagedBatch
-        if sum(len(item.data) for item in items) > INLINE_WRITE:
+        staged: StagedBatch | None = None
+        if sum(len(item.data) for item in items) <= INLINE_WRITE:
+            staged = account.stage(items, wait=False)
+        if staged is None:  # large, or a thread of this process (an IMAP command) holds the account
             staged = await asyncio.to_thread(account.stage, items)
-        else:
-            staged = account.stage(items)
+        assert staged is not None
         error: Exception | None = None
         try:
             if staged.written:
@@ -212,12 +213,22 @@ class MailStore:
         """``deliver`` for a caller on an event loop: a future that gets (UIDVALIDITY, UID) once the message is
         durable, or the exception. Deliveries to one account made in the same turn of the loop share their
         commit and their flushes (see _LoopBatcher)."""
-        account = self.account(address)
+        item = Delivery(folder, data, tuple(flags), internal_date)
+        key = canonical_address(address)
         loop = asyncio.get_running_loop()
-        batcher = self._batchers.get(account.address)
+        batcher = self._batchers.get(key)
+        if batcher is not None and batcher.loop is loop:
+            return batcher.submit(item)
+        return loop.create_task(self._first_delivery(key, item))
+
+    async def _first_delivery(self, key: str, item: Delivery) -> tuple[int, int]:
+        """Opening an account (SQLite, the crash check, a directory scan) is slow: off the event loop."""
+        account = await asyncio.to_thread(self.account, key)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(key)
         if batcher is None or batcher.loop is not loop:
-            batcher = self._batchers[account.address] = _LoopBatcher(account, loop, flusher_for(account.path))
-        return batcher.submit(Delivery(folder, data, tuple(flags), internal_date))
+            batcher = self._batchers[key] = _LoopBatcher(account, loop, flusher_for(account.path))
+        return await batcher.submit(item)
 
     def changed_elsewhere(self, address: str, folder: str) -> None:
         """Another process changed ``folder`` of ``address``: tell this process's subscribers (IMAP IDLE) now.

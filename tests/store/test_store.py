@@ -410,6 +410,67 @@ def test_opening_a_mailbox_during_another_writers_flush_drops_nothing(tmp_path: 
     writer.close()
 
 
+def test_deliveries_from_an_event_loop_share_commits_and_all_land(store: MailStore) -> None:
+    """MailStore.deliver_async: what one turn of the loop submits goes into one batch; every future gets its
+    own UID, and every message is in the mailbox, readable, once its future is done."""
+    import asyncio
+
+    async def run() -> list[tuple[int, int]]:
+        first = await store.deliver_async(ADDR, MSG + b"first")  # opens the account off the loop
+        rest = await asyncio.gather(*(store.deliver_async(ADDR, MSG + str(n).encode()) for n in range(200)))
+        return [first, *rest]
+
+    results = asyncio.run(run())
+    uids = [uid for _, uid in results]
+    assert sorted(uids) == list(range(1, 202))
+    infos = {i.uid: i for i in store.account(ADDR).messages("INBOX")}
+    assert infos[uids[0]].path.read_bytes() == MSG + b"first"
+    assert all(infos[uid].path.read_bytes() == MSG + str(n).encode() for n, uid in enumerate(uids[1:]))
+
+
+def test_a_delivery_waits_for_a_busy_mailbox_without_blocking_the_loop(store: MailStore) -> None:
+    """A long IMAP command holds the account in another thread: a delivery from the event loop then waits in
+    a thread, while the loop keeps serving (here: a timer that must keep ticking)."""
+    import asyncio
+
+    account = store.account(ADDR)
+    store.deliver(ADDR, MSG)
+
+    async def run() -> tuple[int, int]:
+        await store.deliver_async(ADDR, MSG)  # the batcher exists now; the next one meets the busy account
+        held = threading.Event()
+        release = threading.Event()
+
+        def long_command() -> None:
+            with account._lock:  # what a long FETCH or SEARCH holds
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=long_command)
+        holder.start()
+        held.wait(5)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        tick_task = asyncio.create_task(ticker())
+        delivery = store.deliver_async(ADDR, MSG + b"late")
+        await asyncio.sleep(0.3)
+        assert not delivery.done() and ticks >= 10  # waiting, and the loop is not
+        release.set()
+        result = await asyncio.wait_for(delivery, 10)
+        tick_task.cancel()
+        holder.join()
+        return result
+
+    _, uid = asyncio.run(run())
+    assert account.message("INBOX", uid).path.read_bytes() == MSG + b"late"
+
+
 def test_concurrent_deliveries_from_threads(store: MailStore) -> None:
     errors: list[BaseException] = []
     uids: list[int] = []
