@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import itertools
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -115,13 +116,14 @@ def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
     return path
 
 
+_OUR_NAME = re.compile(r"^\d+\.M\d+P\d+Q\d+\.[^,]*,S=(\d+)(?::2,|$)")
+
+
 def recorded_size(filename: str) -> int | None:
-    """The size a Maildir file name records (``,S=<bytes>`` in its unique part), if any."""
-    base = filename.rpartition(":2,")[0] or filename
-    for field in base.split(",")[1:]:
-        if field.startswith("S=") and field[2:].isdigit():
-            return int(field[2:])
-    return None
+    """The size recorded in a file name that ``unique_name`` made (``,S=<bytes>``); None for other names
+    (files an administrator or another server put there are taken as they are)."""
+    match = _OUR_NAME.match(filename)
+    return int(match.group(1)) if match else None
 
 
 def parse_info_flags(filename: str) -> list[str]:
