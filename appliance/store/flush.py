@@ -18,13 +18,13 @@ from appliance.store.maildir import sync_filesystem
 
 
 class GroupFlush:
-    """The flusher of one filesystem (see the module docstring); obtain it with ``flusher_for(path)``."""
+    """The flusher of one filesystem (see the module docstring); obtain it with ``flusher_for(path)``. Its
+    thread lives as long as the process (a daemon thread, idle on a condition when nobody waits)."""
 
     def __init__(self, directory: Path) -> None:
         self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         self._cond = threading.Condition()
         self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="fs-flush", daemon=True)
         self._thread.start()
 
@@ -34,8 +34,6 @@ class GroupFlush:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._cond:
-            if self._stopped:
-                raise RuntimeError("the filesystem flusher is stopped")
             self._waiting.append((loop, future))
             self._cond.notify()
         return future
@@ -43,10 +41,8 @@ class GroupFlush:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._stopped:
+                while not self._waiting:
                     self._cond.wait()
-                if self._stopped and not self._waiting:
-                    return
                 batch, self._waiting = self._waiting, []
             error: OSError | None = None
             try:
@@ -58,13 +54,6 @@ class GroupFlush:
                     loop.call_soon_threadsafe(_settle, future, error)
                 except RuntimeError:  # that loop is closed: nobody waits any more
                     pass
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
-        os.close(self._fd)
 
 
 def _settle(future: asyncio.Future[None], error: OSError | None) -> None:
