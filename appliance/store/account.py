@@ -416,26 +416,34 @@ class Account:
     def _check_unflushed(self) -> None:
         """The rows of deliveries committed without a flush that no later transaction knows to be flushed:
         after a power loss their files may be short, empty or still in tmp/. A row whose file is not complete
-        is dropped (recorded as expunged): its sender never got a "stored". Then one flush makes what was
-        checked durable, and the list is emptied; a delivery of another process still waiting for its own
-        flush loses nothing by that, since ours covers it."""
+        is dropped (recorded as expunged): its sender never got a "stored". The complete files are then
+        fsynced and the list emptied in this transaction (synchronous=FULL: the rows are durable with it); a
+        delivery of another process still waiting for its own flush loses nothing by that, since its files
+        are among the ones checked and fsynced here and its rows are in the WAL before ours."""
         entries = self._db.execute("SELECT id, filename, size FROM unflushed").fetchall()
         if not entries:
             return
         broken = set()
+        complete = []
         for _, rel, size in entries:
             final = self.path / rel
-            if _size_of(final) == size or final.parent.name != "cur":
+            if final.parent.name != "cur":
+                continue
+            if _size_of(final) == size:
+                complete.append(final)
                 continue
             name = final.name.rpartition(":2,")[0] or final.name
             tmp = final.parent.parent / "tmp" / name
             if _size_of(final) is None and _size_of(tmp) == size:
                 os.rename(tmp, final)  # the rename did not reach the disk; the file did
+                complete.append(final)
                 continue
             broken.add(rel)
         if broken:
             self._drop_rows(broken, "its file did not reach the disk before a crash; never reported stored")
-        maildir.sync_path(self.path)
+        # only these few files and their directories: a whole-filesystem flush here would make opening a
+        # mailbox wait for every other writer on the disk (the rows become durable with this transaction)
+        maildir.fsync_paths(complete)
         self._db.execute("DELETE FROM unflushed WHERE id <= ?", (max(entry[0] for entry in entries),))
 
     def _drop_rows(self, filenames: set[str], why: str) -> None:

@@ -91,14 +91,18 @@ def sync_path(path: Path) -> None:
     _flush(path, os.O_RDONLY, sync_filesystem)
 
 
-def fsync_files(paths: list[Path]) -> None:
-    """Make several newly written files durable: fsync for one, one filesystem flush for more."""
-    _flush(paths[0], os.O_RDONLY, os.fsync if len(paths) == 1 else sync_filesystem)
+def fsync_paths(paths: list[Path]) -> None:
+    """Make a few files and their names durable: each file, then each directory holding one (unlike
+    ``sync_path``, no waiting for whatever else the filesystem has to write)."""
+    for path in paths:
+        _flush(path, os.O_RDONLY)
+    for directory in dict.fromkeys(path.parent for path in paths):
+        fsync_dir(directory)
 
 
 def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
     """Write ``data`` to a new file in maildir/tmp and fsync it (unless the caller flushes it later with
-    ``fsync_files``); the caller renames it into cur/."""
+    ``sync_path``); the caller renames it into cur/."""
     path = maildir / "tmp" / unique_name(len(data))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
