@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -15,48 +14,6 @@ from appliance.store.flush import GroupFlush, flusher_for
 
 BATCH_MAX = 256  # deliveries per group commit of one account
 INLINE_WRITE = 1024 * 1024  # a batch of files up to this size is written on the event loop, larger in a thread
-
-
-class _AccountWriter:
-    """Group commit for one account: deliveries that arrive while a batch is being written go in the next one.
-
-    With one writer per account, N parallel deliveries to a mailbox cost about two flushes (files, then the
-    directory and the index) instead of four each, and they no longer queue one by one on the SQLite lock.
-    """
-
-    def __init__(self, account: Account, pool: ThreadPoolExecutor) -> None:
-        self.account = account
-        self._pool = pool
-        self._lock = threading.Lock()
-        self._pending: list[tuple[Delivery, Future]] = []
-        self._busy = False
-
-    def submit(self, item: Delivery) -> Future:
-        future: Future = Future()
-        with self._lock:
-            self._pending.append((item, future))
-            if self._busy:
-                return future
-            self._busy = True
-        self._pool.submit(self._drain)
-        return future
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
-                if not batch:
-                    self._busy = False
-                    return
-            try:
-                results: list = self.account.deliver_batch([item for item, _ in batch])
-            except Exception as exc:  # the whole transaction failed: every delivery in it did
-                results = [exc] * len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
 
 
 class _LoopBatcher:
@@ -147,6 +104,7 @@ class MailStore:
 
         store = MailStore(data_dir / "mail")
         uid = store.deliver("alice@example.org", raw_bytes)      # durable on return
+        _, uid = await store.deliver_async("alice@example.org", raw_bytes)  # from an event loop, batched
         store.set_quota("alice@example.org", 50_000_000)         # QuotaExceeded beyond that
         acct = store.account("alice@example.org")                # appliance.store.account.Account
         for info in acct.messages("INBOX"):                      # MessageInfo(uid, flags, internal_date,
@@ -162,9 +120,7 @@ class MailStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._accounts: dict[str, Account] = {}
-        self._writers: dict[str, _AccountWriter] = {}
         self._batchers: dict[str, _LoopBatcher] = {}
-        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def account_path(self, address: str) -> Path:
@@ -194,19 +150,6 @@ class MailStore:
         this returns. Thread-safe (call it via asyncio.to_thread). Raises QuotaExceeded (its
         ``permanent`` attribute tells 552 5.2.2 from 452 4.2.2) and FolderNotFound."""
         return self.account(address).deliver(folder, data, flags, internal_date)[1]
-
-    def submit(self, address: str, data: bytes, folder: str = "INBOX", flags: Iterable[str] = (),
-               internal_date: datetime | None = None) -> Future:
-        """Like ``deliver`` without blocking: the future gets (UIDVALIDITY, UID) or the exception. Deliveries
-        to one account that are submitted together share one commit (wrap it with asyncio.wrap_future)."""
-        account = self.account(address)
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-writer")
-            writer = self._writers.get(account.address)
-            if writer is None:
-                writer = self._writers[account.address] = _AccountWriter(account, self._pool)
-        return writer.submit(Delivery(folder, data, tuple(flags), internal_date))
 
     def deliver_async(self, address: str, data: bytes, folder: str = "INBOX", flags: Iterable[str] = (),
                       internal_date: datetime | None = None) -> asyncio.Future:
@@ -256,10 +199,6 @@ class MailStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
-            self._writers.clear()
             self._batchers.clear()
             for account in self._accounts.values():
                 account.close()

@@ -117,17 +117,22 @@ def test_batch_stores_what_fits_and_refuses_the_rest(store: MailStore, tmp_path:
 
 
 def test_parallel_submits_get_distinct_uids_and_all_land(store: MailStore) -> None:
-    futures = []
+    """Eight event loops on eight threads deliver to one mailbox at once (each loop batches its own)."""
+    import asyncio
+
+    results = []
     lock = threading.Lock()
 
     def submit(n: int) -> None:
-        for i in range(50):
-            future = store.submit(ADDR, MSG + f"{n}-{i}".encode())
-            with lock:
-                futures.append(future)
+        async def run() -> list[tuple[int, int]]:
+            return await asyncio.gather(*(store.deliver_async(ADDR, MSG + f"{n}-{i}".encode()) for i in range(50)))
+
+        got = asyncio.run(run())
+        with lock:
+            results.extend(got)
 
     _in_threads(submit, 8)
-    uids = sorted(f.result(timeout=60)[1] for f in futures)
+    uids = sorted(uid for _, uid in results)
     assert uids == list(range(1, 401))
     bodies = {i.path.read_bytes() for i in store.account(ADDR).messages("INBOX")}
     assert bodies == {MSG + f"{n}-{i}".encode() for n in range(8) for i in range(50)}
