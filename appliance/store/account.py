@@ -415,79 +415,69 @@ class Account:
 
     def _check_unflushed(self) -> None:
         """The rows of deliveries committed without a flush that no later transaction knows to be flushed:
-        after a power loss their files may be short, empty or still in tmp/. A row whose file is not complete
-        is dropped (recorded as expunged): its sender never got a "stored". The complete files are then
-        fsynced and the list emptied in this transaction (synchronous=FULL: the rows are durable with it); a
-        delivery of another process still waiting for its own flush loses nothing by that, since its files
-        are among the ones checked and fsynced here and its rows are in the WAL before ours."""
+        after a power loss their files may be short or empty (dropped here, recorded as expunged: the sender
+        never got a "stored") or not in place at all (``_repair_missing``'s, which takes a complete one back
+        from tmp/). The complete files are then fsynced and the list emptied in this transaction
+        (synchronous=FULL: the rows are durable with it); a delivery of another process still waiting for
+        its own flush loses nothing by that, since its files are among the ones checked and fsynced here and
+        its rows are in the WAL before ours."""
         entries = self._db.execute("SELECT id, filename, size FROM unflushed").fetchall()
         if not entries:
             return
-        broken = set()
-        complete = []
+        complete: list[Path] = []
+        short: list[tuple] = []
         for _, rel, size in entries:
             final = self.path / rel
-            if final.parent.name != "cur":
-                continue
-            if _size_of(final) == size:
+            actual = _size_of(final)
+            if actual == size:
                 complete.append(final)
-                continue
-            name = final.name.rpartition(":2,")[0] or final.name
-            tmp = final.parent.parent / "tmp" / name
-            if _size_of(final) is None and _size_of(tmp) == size:
-                os.rename(tmp, final)  # the rename did not reach the disk; the file did
-                complete.append(final)
-                continue
-            broken.add(rel)
-        if broken:
-            self._drop_rows(broken, "its file did not reach the disk before a crash; never reported stored")
+            elif actual is not None and (row := self._message_row(rel)) is not None:
+                short.append(row)
+        self._drop_rows(short, "its file did not reach the disk before a crash; never reported stored")
         # only these few files and their directories: a whole-filesystem flush here would make opening a
         # mailbox wait for every other writer on the disk (the rows become durable with this transaction)
         maildir.fsync_paths(complete)
         self._db.execute("DELETE FROM unflushed WHERE id <= ?", (max(entry[0] for entry in entries),))
 
-    def _drop_rows(self, filenames: set[str], why: str) -> None:
+    def _message_row(self, rel: str) -> tuple | None:
+        """(folder_id, uid, filename, size) of the message stored in ``rel``."""
+        return self._db.execute("SELECT folder_id, uid, filename, size FROM messages WHERE filename = ?",
+                                (rel,)).fetchone()
+
+    def _drop_rows(self, rows: list[tuple], why: str) -> None:
+        """Remove messages (rows as ``_message_row`` gives them) from the index, recorded as expunged for
+        QRESYNC clients; a file still there is moved aside, not deleted: an administrator may look."""
         lost: dict[int, list[tuple]] = {}
-        for rel in sorted(filenames):
-            row = self._db.execute("SELECT folder_id, uid, filename, size FROM messages WHERE filename = ?",
-                                   (rel,)).fetchone()
-            if row is not None:
-                lost.setdefault(row[0], []).append(row[1:])
-                with contextlib.suppress(OSError):  # moved aside, not deleted: an administrator may look
-                    _set_aside(self.path / rel)
-        for folder_id, rows in lost.items():
-            self._remove_locked(folder_id, rows)
-        if lost:
-            log.warning("%s: %d message(s) removed from the index: %s", self.address,
-                        sum(map(len, lost.values())), why)
+        for folder_id, uid, rel, size in rows:
+            lost.setdefault(folder_id, []).append((uid, rel, size))
+            with contextlib.suppress(OSError):
+                _set_aside(self.path / rel)
+        for folder_id, removed in lost.items():
+            self._remove_locked(folder_id, removed)
+        if rows:
+            log.warning("%s: %d message(s) removed from the index: %s", self.address, len(rows), why)
 
     def _repair_missing(self, missing: set[str]) -> None:
         """Rows whose file is not where they say. A crash between a delivery's commit and its flush can leave
-        the rename undone (the file is still in tmp/): finish it when the file is complete. A file that is
-        nowhere (removed by hand) takes its row with it, recorded as expunged for QRESYNC clients."""
-        restored: set[Path] = set()
-        moved = 0
-        lost: dict[int, list[tuple]] = {}
+        the rename undone (the file is still in tmp/): finish it when the file is complete, and flush it. A
+        file that is nowhere complete (removed by hand, or cut short by the crash) takes its row with it."""
+        restored: list[Path] = []
+        gone: list[tuple] = []
         for rel in sorted(missing):
             final = self.path / rel
-            name = final.name.rpartition(":2,")[0] or final.name
-            tmp = final.parent.parent / "tmp" / name
-            row = self._db.execute("SELECT folder_id, uid, filename, size FROM messages WHERE filename = ?",
-                                   (rel,)).fetchone()
-            if final.parent.name == "cur" and row is not None and _size_of(tmp) == row[3]:
-                os.rename(tmp, final)
-                restored.add(final.parent)
-                moved += 1
+            row = self._message_row(rel)
+            if row is None:
                 continue
-            if row is not None:
-                lost.setdefault(row[0], []).append(row[1:])
-        for directory in restored:
-            maildir.fsync_dir(directory)
-        for folder_id, rows in lost.items():
-            self._remove_locked(folder_id, rows)
-        if moved or lost:
-            log.warning("%s: %d message(s) moved back from tmp/, %d whose file is gone removed from the index",
-                        self.address, moved, sum(map(len, lost.values())))
+            tmp = _tmp_twin(final)
+            if final.parent.name == "cur" and _size_of(tmp) == row[3]:
+                os.rename(tmp, final)
+                restored.append(final)
+            else:
+                gone.append(row)
+        maildir.fsync_paths(restored)
+        if restored:
+            log.warning("%s: %d message(s) moved back from tmp/", self.address, len(restored))
+        self._drop_rows(gone, "its file is gone")
 
     def _clean_tmp(self, tmp: Path) -> None:
         if not tmp.is_dir():
@@ -1117,10 +1107,14 @@ def _size_of(path: Path) -> int | None:
         return None
 
 
+def _tmp_twin(path: Path) -> Path:
+    """Where a message file of cur/ or new/ was (or goes back to) in its folder's tmp/."""
+    return path.parent.parent / "tmp" / (path.name.rpartition(":2,")[0] or path.name)
+
+
 def _set_aside(path: Path) -> None:
     """Move a message file of cur/ or new/ to its folder's tmp/ (cleaned after TMP_MAX_AGE)."""
-    name = path.name.rpartition(":2,")[0] or path.name
-    os.rename(path, path.parent.parent / "tmp" / name)
+    os.rename(path, _tmp_twin(path))
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
