@@ -14,6 +14,12 @@ from appliance.store.flush import GroupFlush, flusher_for
 
 BATCH_MAX = 256  # deliveries per group commit of one account
 INLINE_WRITE = 1024 * 1024  # a batch of files up to this size is written on the event loop, larger in a thread
+# While another process holds a mailbox's write lock (an acceptor indexing its own batch: a fraction of a
+# millisecond), the loop looks again after these pauses (about 19 ms in all) before it parks a thread on the
+# lock. A thread blocked on the flock holds the account, so the next batches would follow it into threads, and
+# threads doing SQLite and file calls beside the loop hand the GIL back and forth at every call (measured: 90
+# futex calls per message instead of 7, and 14% fewer messages per second with two acceptors).
+LOCK_POLL = tuple(min(0.0001 * 2**n, 0.002) for n in range(13))
 
 
 class _LoopBatcher:
@@ -71,13 +77,21 @@ class _LoopBatcher:
         error: Exception | None = None
         try:
             if staged.written:
-                if not account.index(staged, wait=False):  # another process holds the lock: wait off the loop
-                    await asyncio.to_thread(account.index, staged)
+                if not account.index(staged, wait=False):
+                    await self._index_when_free(staged)
                 if staged.indexed:
                     await self._flusher.request()  # the files, their renames and the index rows at once
         except Exception as exc:  # noqa: BLE001 - see Account.settle
             error = exc
         return account.settle(staged, error)
+
+    async def _index_when_free(self, staged: StagedBatch) -> None:
+        """Index a batch whose mailbox another process (or a thread of this one) is writing: see LOCK_POLL."""
+        for pause in LOCK_POLL:
+            await asyncio.sleep(pause)
+            if self.account.index(staged, wait=False):
+                return
+        await asyncio.to_thread(self.account.index, staged)  # a long hold (an IMAP EXPUNGE of many messages)
 
 
 def canonical_address(address: str) -> str:

@@ -433,6 +433,29 @@ def test_deliveries_from_an_event_loop_share_commits_and_all_land(store: MailSto
     assert all(infos[uid].path.read_bytes() == MSG + str(n).encode() for n, uid in enumerate(uids[1:]))
 
 
+class _Ticker:
+    """A timer task on the running loop, counting its 10 ms ticks: proof that the loop is not blocked."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def _run(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(0.01)
+            self.ticks += 1
+
+    async def __aenter__(self) -> _Ticker:
+        import asyncio
+
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+
+
 def test_a_delivery_waits_for_a_busy_mailbox_without_blocking_the_loop(store: MailStore) -> None:
     """A long IMAP command holds the account in another thread: a delivery from the event loop then waits in
     a thread, while the loop keeps serving (here: a timer that must keep ticking)."""
@@ -454,26 +477,49 @@ def test_a_delivery_waits_for_a_busy_mailbox_without_blocking_the_loop(store: Ma
         holder = threading.Thread(target=long_command)
         holder.start()
         held.wait(5)
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        tick_task = asyncio.create_task(ticker())
-        delivery = store.deliver_async(ADDR, MSG + b"late")
-        await asyncio.sleep(0.3)
-        assert not delivery.done() and ticks >= 10  # waiting, and the loop is not
-        release.set()
-        result = await asyncio.wait_for(delivery, 10)
-        tick_task.cancel()
+        async with _Ticker() as ticker:
+            delivery = store.deliver_async(ADDR, MSG + b"late")
+            await asyncio.sleep(0.3)
+            assert not delivery.done() and ticker.ticks >= 10  # waiting, and the loop is not
+            release.set()
+            result = await asyncio.wait_for(delivery, 10)
         holder.join()
         return result
 
     _, uid = asyncio.run(run())
     assert account.message("INBOX", uid).path.read_bytes() == MSG + b"late"
+
+
+def test_a_delivery_waits_for_another_process_holding_the_mailbox(store: MailStore) -> None:
+    """Another process (here: another open file description of write.lock, which flock treats the same way)
+    holds the mailbox's write lock, briefly and then for long: the delivery from the event loop waits for it
+    both times, is stored once it is free, and the loop keeps serving meanwhile."""
+    import asyncio
+    import fcntl
+
+    account = store.account(ADDR)
+    store.deliver(ADDR, MSG)
+
+    def hold(seconds: float) -> int:
+        fd = os.open(account.path / "write.lock", os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        threading.Timer(seconds, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd))).start()
+        return fd
+
+    async def run() -> list[tuple[int, int]]:
+        await store.deliver_async(ADDR, MSG)
+        results = []
+        async with _Ticker() as ticker:
+            for seconds in (0.005, 0.5):  # within the loop's polling, and long enough to go to a thread
+                hold(seconds)
+                started = time.monotonic()
+                results.append(await asyncio.wait_for(store.deliver_async(ADDR, MSG + f"{seconds}".encode()), 10))
+                assert time.monotonic() - started >= seconds
+            assert ticker.ticks >= 40  # the half-second wait did not stop the loop
+        return results
+
+    for (_, uid), text in zip(asyncio.run(run()), (b"0.005", b"0.5"), strict=True):
+        assert account.message("INBOX", uid).path.read_bytes() == MSG + text
 
 
 def test_concurrent_deliveries_from_threads(store: MailStore) -> None:
