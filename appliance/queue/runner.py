@@ -158,9 +158,9 @@ class QueueRunner:
 
     async def _attempt(self, message: QueuedMessage) -> None:
         try:
-            await self._deliver_due(message)
+            recorded = await self._deliver_due(message)
             if not message.pending():
-                await self._finish(message)
+                await self._finish(message, recorded)
             else:
                 if self._unreported(message):
                     await self._report(message)
@@ -174,7 +174,10 @@ class QueueRunner:
             self._in_flight.discard(message.queue_id)
             self._slots.release()
 
-    async def _deliver_due(self, message: QueuedMessage) -> None:
+    async def _deliver_due(self, message: QueuedMessage) -> bool:
+        """One attempt for the recipients that are due. False when the outcome is not in the state log because
+        every recipient is final and nothing is left to report: the caller then removes the message at once,
+        which records it as well (a crash before either delivers the message again, never loses it)."""
         now = self._clock()
         groups: dict[str, tuple[Route, list[Recipient]]] = {}
         for rcpt in message.pending():
@@ -182,7 +185,7 @@ class QueueRunner:
                 route = self.router.route(rcpt.address)
                 groups.setdefault(route.key, (route, []))[1].append(rcpt)
         if not groups:
-            return
+            return True
         data = await _read(message)
         results = await asyncio.gather(*(self._deliver_group(message, route, rcpts, data)
                                          for route, rcpts in groups.values()))
@@ -191,7 +194,10 @@ class QueueRunner:
             for rcpt in rcpts:
                 self._apply(message, route, rcpt, outcome.get(rcpt.address) or _missing_result(rcpt))
                 changed.append(rcpt)
+        if not message.pending() and not self._unreported(message):
+            return False  # a state file created now would be unlinked a moment later (ext4 journals both)
         self.spool.record(message, changed)
+        return True
 
     async def _deliver_group(self, message: QueuedMessage, route: Route, rcpts: list[Recipient],
                              data: bytes) -> dict[str, RcptResult]:
@@ -243,11 +249,14 @@ class QueueRunner:
     def _unreported(message: QueuedMessage) -> bool:
         return any(r.status == FAILED for r in message.recipients)
 
-    async def _finish(self, message: QueuedMessage) -> None:
+    async def _finish(self, message: QueuedMessage, recorded: bool = True) -> None:
         if self._unreported(message):
             await self._report(message)
         self._messages.pop(message.queue_id, None)
-        self.spool.remove(message.queue_id)
+        if recorded:
+            self.spool.remove(message.queue_id)
+        else:  # the removal is the record of the outcome: not left for later
+            self.spool.remove_now(message.queue_id)
 
     async def _report(self, message: QueuedMessage) -> None:
         """Send one DSN for the recipients that failed since the last report (RFC 3464); none for <>."""

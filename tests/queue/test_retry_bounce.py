@@ -122,6 +122,35 @@ def test_a_failure_recorded_before_a_crash_is_still_bounced(mailfleet_factory) -
     server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
 
 
+def test_a_recipient_delivered_before_a_crash_is_not_delivered_again(mailfleet_factory, smtp_sink) -> None:
+    """One recipient delivered, the other deferred, then kill -9: after the restart only the deferred one is
+    tried again; once it is delivered too the message leaves the spool and, after another kill and restart,
+    nobody receives it twice."""
+    first = smtp_sink()
+    second_port = free_port(["127.0.0.1"])
+    server = mailfleet_factory({
+        "roles": ["incoming_gateway"],
+        "queue": {"retry_schedule": ["1s"]},
+        "incoming_gateway": {"domains": {"one.test": {"destinations": [f"127.0.0.1:{first.port}"]},
+                                         "two.test": {"destinations": [f"127.0.0.1:{second_port}"]}}},
+    })
+    queue_id = send(server.smtp_port, "someone@outside.test", ["a@one.test", "b@two.test"], "twice")
+    server.wait_for(lambda: "rcpt=b@two.test" in server.log() and len(first.messages) == 1,
+                    what="the first attempt: one delivered, one deferred")
+    server.kill()
+    assert server.queue_ids() == [queue_id]
+    server.start()
+    second = smtp_sink(port=second_port)
+    server.wait_for(lambda: len(second.messages) == 1, what="the deferred recipient after the restart")
+    server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
+    server.kill()
+    server.start()
+    time.sleep(1.5)  # more than the retry interval: a message still in the spool would be tried again
+    assert [m.rcpt_tos for m in first.messages] == [("a@one.test",)]
+    assert [m.rcpt_tos for m in second.messages] == [("b@two.test",)]
+    assert not list((server.data_dir / "spool" / "state").iterdir())
+
+
 def test_queue_lifetime_expiry_bounces_with_4_4_7(mailfleet_factory) -> None:
     dead = free_port(["127.0.0.1"])
     server = mailfleet_factory(primary_and_gateway(dead, lifetime="3s"))
