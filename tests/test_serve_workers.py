@@ -96,3 +96,18 @@ def test_stopping_the_service_stops_the_acceptors(mailfleet_factory, smtp_sink) 
         return False
 
     server.wait_for(lambda: all(gone(pid) for pid in children), what="the acceptors to exit")
+
+
+def test_the_service_runs_under_the_batch_scheduling_policy(mailfleet_factory, smtp_sink) -> None:
+    """The queue process, its acceptors and their threads (the filesystem flusher) are SCHED_BATCH, as
+    `chrt -p` shows an administrator; a mail still goes through."""
+    sink = smtp_sink()
+    server = mailfleet_factory(gateway(sink.port))
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as conn:
+        conn.sendmail("a@outside.test", ["b@fwd.test"], b"Subject: batch\r\n\r\nx\r\n")  # starts the flusher
+    server.wait_for(lambda: len(sink.messages) == 1, what="the relayed message")
+    pids = [server.proc.pid, *workers_of(server.proc.pid)]
+    assert len(pids) == 3
+    threads = [int(t) for pid in pids for t in os.listdir(f"/proc/{pid}/task")]
+    assert len(threads) > len(pids)
+    assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
