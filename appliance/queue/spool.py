@@ -12,6 +12,7 @@ and is moved aside at start-up, never delivered half.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -73,9 +74,18 @@ class QueuedMessage:
         return [r for r in self.recipients if r.status == PENDING]
 
     def read_data(self) -> bytes:
-        with open(self.path, "rb") as fh:
-            fh.seek(self.data_offset)
-            return fh.read()
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size - self.data_offset if self.size <= 0 else self.size
+            data = os.pread(fd, size, self.data_offset)  # one read(2), no buffered file object
+            while len(data) < size:
+                more = os.pread(fd, size - len(data), self.data_offset + len(data))
+                if not more:
+                    raise SpoolCorrupt(f"{self.path}: message is {len(data)} bytes, header says {size}")
+                data += more
+            return data
+        finally:
+            os.close(fd)
 
     def envelope_json(self) -> bytes:
         return json.dumps({
@@ -124,6 +134,8 @@ class Spool:
         self.corrupt_dir = root / "corrupt"
         for d in (self.tmp_dir, self.msg_dir, self.state_dir, self.corrupt_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._msg_prefix = f"{self.msg_dir}/"
+        self._state_prefix = f"{self.state_dir}/"
         self._flusher: GroupFlush | None = None
         self._reaper: _Reaper | None = None
 
@@ -187,8 +199,9 @@ class Spool:
         recipient at its first attempt, whose state line would otherwise be created only to be unlinked a
         moment later (on the loop, one unlink costs less than that file and the reaper's thread: relaying
         1 KB messages took 12% less CPU per message)."""
-        for path in (self.msg_dir / queue_id, self.state_dir / queue_id):
-            path.unlink(missing_ok=True)
+        for directory in (self._msg_prefix, self._state_prefix):  # strings: pathlib costs more than unlink(2)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory + queue_id)
 
     # ------------------------------------------------------------------ reading back
 
