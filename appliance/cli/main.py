@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import importlib
 import logging
 import os
@@ -15,6 +17,26 @@ from appliance.config import ConfigError, load_config
 DEFAULT_CONFIG = "/etc/mailfleet/mailfleet.yml"
 # Command groups that live beside their subject; each module exposes register(subparsers).
 COMMAND_MODULES = ("appliance.cli.queue_cmd", "appliance.cli.users", "appliance.cli.imports")
+
+
+M_TRIM_THRESHOLD = -1  # mallopt(3) parameters
+M_MMAP_THRESHOLD = -3
+
+
+def heap_receive_buffers() -> None:
+    """Let glibc serve asyncio's 256 KiB receive buffers from the heap instead of a fresh mmap(2) each.
+
+    Every recv() of the event loop allocates 256 KiB, above glibc's default 128 KiB mmap threshold: each
+    received segment cost an mmap, an mremap to shrink it and a munmap (the queue process made 3 of these
+    system calls per relayed message, strace). Raising the threshold to 1 MiB (and the heap trim threshold to
+    4 MiB) keeps them in the heap; relaying 1 KB messages took about 5% less CPU per message.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 4 * 1024 * 1024)
+    except (OSError, AttributeError) as exc:  # pragma: no cover - not glibc
+        logging.getLogger("appliance").debug("mallopt not available: %s", exc)
 
 
 def batch_scheduling() -> None:
@@ -37,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     from appliance.cli.serve import serve
 
     batch_scheduling()
+    heap_receive_buffers()
     return asyncio.run(serve(Path(args.config)))
 
 
@@ -48,6 +71,7 @@ def _smtp_worker(args: argparse.Namespace) -> int:
         name, _, fd = item.partition(":")
         fds.setdefault(name, []).append(int(fd))
     batch_scheduling()  # inherited from the queue process already; again for an acceptor started by hand
+    heap_receive_buffers()
     return asyncio.run(run_acceptor(Path(args.config), Path(args.snapshot), args.index, fds, Path(args.notify),
                                     args.workers))
 
