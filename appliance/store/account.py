@@ -814,7 +814,7 @@ class Account:
         later transaction knows that a flush ran after this one (see the module docstring for the crash).
 
         With ``wait=False`` nothing is done and False is returned when another thread or process holds the
-        write lock (an event loop then runs it in a thread instead of blocking).
+        write lock (an event loop then looks again a little later, see mailstore.LOCK_POLL).
         """
         if not batch.written:
             return True

@@ -77,4 +77,3 @@ def flusher_for(path: Path) -> GroupFlush:
         if flusher is None:
             flusher = _flushers[device] = GroupFlush(path)
         return flusher
-
