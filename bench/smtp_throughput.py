@@ -657,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                                            max_smtpd=max(args.idle + 100, 200)))
         print(f"bench: {os.cpu_count()} CPUs (load average now {os.getloadavg()[0]:.1f}), {args.messages} messages "
               f"per measurement, best of {args.repeat}, work dir {tmp}", flush=True)
+        print(f"bench: {filesystem_note(tmp)}", flush=True)
         for server in servers:
             server.setup()
             server.start()
@@ -694,6 +695,33 @@ def main(argv: list[str] | None = None) -> int:
         for line in memory:
             print(f"  {line}")
     return 1 if any(r.errors for r in results) else 0
+
+
+def file_creation_us(directory: Path, files: int = 200) -> float:
+    """Microseconds to create (and close) an empty file in ``directory``, the median of ``files``."""
+    probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=directory))
+    times = []
+    try:
+        for i in range(files):
+            start = time.perf_counter()
+            os.close(os.open(probe / str(i), os.O_CREAT | os.O_WRONLY, 0o600))
+            times.append(time.perf_counter() - start)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return sorted(times)[len(times) // 2] * 1e6
+
+
+def filesystem_note(directory: Path) -> str:
+    """The work dir's filesystem as it bears on the results: both servers create at least one file per message
+    (Postfix its queue file, and the Maildir file; Mailfleet the spool file, or the Maildir file), and on ext4
+    without a journal that creation gets slow after many deletions (see bench/README.md)."""
+    from appliance.queue.spool import creation_skips_deleted_inodes
+
+    cost = f"creating a file there takes {file_creation_us(directory):,.0f} us now"
+    if creation_skips_deleted_inodes(directory):
+        return (f"work dir on ext4 without a journal: {cost} (up to ~1,000 us after many deletions in the last "
+                "minute); Mailfleet reuses its spool files there, Postfix creates one per message")
+    return f"work dir filesystem: {cost}"
 
 
 def idle_memory(server: Server, count: int, timeout: float) -> str:

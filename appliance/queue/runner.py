@@ -67,7 +67,7 @@ class QueueRunner:
     def load_spool(self) -> int:
         """At start-up: everything the spool holds is scheduled again, at its recorded next attempt."""
         self.spool.recover()
-        return sum(self.adopt(message) for message in self.spool.messages())
+        return sum(self.adopt(message) for message in self.spool.messages(verify=True))
 
     def adopt(self, message: QueuedMessage) -> bool:
         """Take over a message found in the spool; one whose recipients are all final is only cleaned up."""
@@ -256,7 +256,7 @@ class QueueRunner:
         if recorded:
             self.spool.remove(message.queue_id)
         else:  # the removal is the record of the outcome: not left for later
-            self.spool.remove_now(message.queue_id)
+            self.spool.remove_now(message.queue_id, reuse=True)
 
     async def _report(self, message: QueuedMessage) -> None:
         """Send one DSN for the recipients that failed since the last report (RFC 3464); none for <>."""
