@@ -234,6 +234,9 @@ class Spool:
                 self._free_names = os.listdir(self.free_dir)
             except FileNotFoundError:
                 self._free_names = []
+            except OSError as exc:
+                self._stop_reuse(exc)
+                return False
             if not self._free_names:
                 self._free_skip = FREE_RELIST
                 return False
@@ -243,6 +246,9 @@ class Spool:
                 return True
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                self._stop_reuse(exc)
+                return False
         return False
 
     def _release(self, queue_id: str) -> None:
@@ -250,12 +256,24 @@ class Spool:
         path = self._msg_prefix + queue_id
         try:
             if os.stat(path).st_size <= FREE_MAX_SIZE and self._free_has_room():
-                os.rename(path, self._free_prefix + queue_id)
-                self._free_skip = 0  # where this process also writes (one process for all), it looks again
-            else:
-                os.unlink(path)
+                try:
+                    os.rename(path, self._free_prefix + queue_id)
+                    self._free_skip = 0  # where this process also writes (one process for all), it looks again
+                    return
+                except FileNotFoundError:
+                    return
+                except OSError as exc:
+                    self._stop_reuse(exc)
+            os.unlink(path)
         except FileNotFoundError:
             pass
+
+    def _stop_reuse(self, exc: OSError) -> None:
+        """free/ unusable (say, created by root running the CLI before the service's first start): the files are
+        unlinked as elsewhere, and the delivery that noticed goes on."""
+        log.warning("spool: %s: %s; spool files are no longer reused", self.free_dir, exc.strerror or exc)
+        self.reuse = False
+        self._free_names = []
 
     def _free_has_room(self) -> bool:
         """Whether free/ holds fewer than FREE_LIMIT files, counted again only now and then (the acceptors take
@@ -407,8 +425,11 @@ class Spool:
         for path in self.tmp_dir.iterdir():
             path.unlink(missing_ok=True)
             removed += 1
-        for path in sorted(self.free_dir.iterdir())[FREE_LIMIT if self.reuse else 0:]:
-            path.unlink(missing_ok=True)
+        try:
+            for path in sorted(self.free_dir.iterdir())[FREE_LIMIT if self.reuse else 0:]:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._stop_reuse(exc)
         known = set(self.ids())
         for path in self.state_dir.iterdir():
             if path.name not in known:

@@ -194,3 +194,26 @@ def test_the_probe_reads_whether_ext4_has_a_journal(tmp_path: Path, journal_task
 
 def test_the_probe_says_no_without_sysfs(tmp_path: Path) -> None:
     assert creation_skips_deleted_inodes(tmp_path, str(tmp_path / "no-sys")) is False
+
+
+def test_an_unusable_free_directory_turns_reuse_off_and_delivery_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """free/ made by root running the CLI before the service (running as its own user) first started: the
+    renames into it fail; the delivered message's file is unlinked instead, with one warning."""
+    spool = Spool(tmp_path / "spool", reuse=True)
+    spool.write(_message("P1"), _body(b"p", 1_000))
+    real_rename = os.rename
+
+    def rename(src: str, dst: str) -> None:
+        if "/free/" in str(dst):
+            raise PermissionError(13, "Permission denied")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with caplog.at_level(logging.WARNING, logger="appliance.queue"):
+        spool.remove_now("P1", reuse=True)
+    assert list(spool.msg_dir.iterdir()) == [] and list(spool.free_dir.iterdir()) == []
+    assert spool.reuse is False
+    assert "Permission denied; spool files are no longer reused" in caplog.text
+    spool.write(_message("P2"), _body(b"p2", 1_000))  # new files from now on
+    assert spool.load("P2", verify=True).queue_id == "P2"
