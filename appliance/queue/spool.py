@@ -116,8 +116,9 @@ class QueuedMessage:
 def creation_skips_deleted_inodes(path: Path, sys_root: str = "/sys") -> bool:
     """True when ``path`` lies on ext4 without a journal, where creating a file is slow under mail flow.
 
-    There, allocating an inode passes over every inode of the block group freed in the last minute (Linux
-    fs/ext4/ialloc.c, ``recently_deleted()``, checked only when there is no journal), reading each one: after
+    There, allocating an inode passes over every inode of the block group freed in the last minute (six while
+    its inode table block is not written back; Linux fs/ext4/ialloc.c, ``recently_deleted()``, RECENTCY_MIN and
+    RECENTCY_DIRTY, checked only when there is no journal), reading each one: after
     a few thousand deletions a new file costs 0.6-1 ms of system time instead of 25 us (measured on the 2-core
     bench machine). The kernel names the journal's thread in /sys/fs/ext4/<device>/journal_task, "<none>"
     without one. Anything else (another filesystem, overlayfs in a container, no sysfs) is False.
