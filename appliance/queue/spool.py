@@ -285,8 +285,9 @@ class Spool:
                 return False
             try:
                 self._free_room = FREE_LIMIT - len(os.listdir(self.free_dir))
-            except FileNotFoundError:
-                self._free_room = 0
+            except OSError as exc:
+                self._stop_reuse(exc)
+                return False
             self._free_recount = FREE_RELIST
             if self._free_room <= 0:
                 return False

@@ -217,3 +217,19 @@ def test_an_unusable_free_directory_turns_reuse_off_and_delivery_goes_on(
     assert "Permission denied; spool files are no longer reused" in caplog.text
     spool.write(_message("P2"), _body(b"p2", 1_000))  # new files from now on
     assert spool.load("P2", verify=True).queue_id == "P2"
+
+
+def test_an_unreadable_free_directory_turns_reuse_off_and_delivery_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", reuse=True)
+    spool.write(_message("R1"), _body(b"r", 1_000))
+    real_listdir = os.listdir
+
+    def listdir(path: str | Path) -> list[str]:
+        if str(path).endswith("/free"):
+            raise PermissionError(13, "Permission denied")
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    spool.remove_now("R1", reuse=True)
+    assert list(spool.msg_dir.iterdir()) == [] and spool.reuse is False
