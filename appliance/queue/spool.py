@@ -231,14 +231,11 @@ class Spool:
             if self._free_skip:
                 self._free_skip -= 1
                 return False
-            try:
-                self._free_names = os.listdir(self.free_dir)
-            except FileNotFoundError:
-                self._free_names = []
-            except OSError as exc:
-                self._stop_reuse(exc)
+            names = self._list_free()
+            if names is None:
                 return False
-            if not self._free_names:
+            self._free_names = names
+            if not names:
                 self._free_skip = FREE_RELIST
                 return False
         while self._free_names:
@@ -262,12 +259,20 @@ class Spool:
                     self._free_skip = 0  # where this process also writes (one process for all), it looks again
                     return
                 except FileNotFoundError:
-                    return
+                    pass  # free/ itself gone: the unlink below (the file gone too: nothing to do)
                 except OSError as exc:
                     self._stop_reuse(exc)
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+    def _list_free(self) -> list[str] | None:
+        """The names in free/; None, with reuse turned off, when it cannot be read."""
+        try:
+            return os.listdir(self.free_dir)
+        except OSError as exc:
+            self._stop_reuse(exc)
+            return None
 
     def _stop_reuse(self, exc: OSError) -> None:
         """free/ unusable (say, created by root running the CLI before the service's first start): the files are
@@ -283,11 +288,10 @@ class Spool:
             if self._free_recount > 0:
                 self._free_recount -= 1
                 return False
-            try:
-                self._free_room = FREE_LIMIT - len(os.listdir(self.free_dir))
-            except OSError as exc:
-                self._stop_reuse(exc)
+            names = self._list_free()
+            if names is None:
                 return False
+            self._free_room = FREE_LIMIT - len(names)
             self._free_recount = FREE_RELIST
             if self._free_room <= 0:
                 return False

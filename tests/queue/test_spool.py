@@ -233,3 +233,17 @@ def test_an_unreadable_free_directory_turns_reuse_off_and_delivery_goes_on(
     monkeypatch.setattr(os, "listdir", listdir)
     spool.remove_now("R1", reuse=True)
     assert list(spool.msg_dir.iterdir()) == [] and spool.reuse is False
+
+
+def test_a_free_directory_removed_under_the_service_leaves_no_delivered_message_behind(tmp_path: Path) -> None:
+    """The rename into a vanished free/ fails as "not found", like a file already gone; the message file must
+    still go, or the rescan would deliver it a second time."""
+    spool = Spool(tmp_path / "spool", reuse=True)
+    for queue_id in ("A1", "B2"):
+        spool.write(_message(queue_id), _body(b"x", 1_000))
+    spool.remove_now("A1", reuse=True)  # counts free/: room for more without looking again
+    for path in spool.free_dir.iterdir():
+        path.unlink()
+    spool.free_dir.rmdir()
+    spool.remove_now("B2", reuse=True)
+    assert list(spool.msg_dir.iterdir()) == []
