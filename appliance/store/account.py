@@ -1,18 +1,19 @@
 """One user's mail: Maildir files plus SQLite (WAL) metadata, safe across threads and processes.
 
-Durability rule (every mutation): files first (written to tmp/), then, inside one SQLite write transaction
-(BEGIN IMMEDIATE under a cross-process flock, which serialises other processes), the rename into cur/ and the
-metadata. Most mutations flush the files before and commit with SQLite's synchronous=FULL: COMMIT is the
-durability point. Deliveries instead make files, renames and rows durable with one filesystem flush after an
-unflushed commit, outside the lock, so that writers in several processes do not queue behind each other's
-flushes; they report "stored" only after that flush. Until then, the delivery's rows are also listed in
-``unflushed`` (same transaction): a power loss before the flush can leave such a row with a file that is
-short, empty or still in tmp/, and the next open checks exactly those rows (size on disk against the row)
-and drops the ones whose file did not make it, as expunged: nobody was told they were stored.
+Durability rule (every mutation): files first (a delivery's as an unnamed file, see maildir.write_staged;
+other writes' in tmp/), then, inside one SQLite write transaction (BEGIN IMMEDIATE under a cross-process
+flock, which serialises other processes), the link or rename into cur/ and the metadata. Most mutations flush
+the files before and commit with SQLite's synchronous=FULL: COMMIT is the durability point. Deliveries instead
+make files, links and rows durable with one filesystem flush after an unflushed commit, outside the lock, so
+that writers in several processes do not queue behind each other's flushes; they report "stored" only after
+that flush. Until then, the delivery's rows are also listed in ``unflushed`` (same transaction): a power loss
+before the flush can leave such a row with a file that is short, empty, absent (a link that did not reach the
+disk) or still in tmp/, and the next open checks exactly those rows (size on disk against the row) and drops
+the ones whose file did not make it, as expunged: nobody was told they were stored.
 
-Because the rename happens while the write lock is held, the open-time recovery (which takes the same lock)
-never sees a file "in flight": a file in cur/ without a row is an orphan of a crash and is re-added under a
-new UID (UIDNEXT only moves forward in committed transactions, so no UID is ever reused) unless its size is
+Because the link or rename happens while the write lock is held, the open-time recovery (which takes the same
+lock) never sees a file "in flight": a file in cur/ without a row is an orphan of a crash and is re-added under
+a new UID (UIDNEXT only moves forward in committed transactions, so no UID is ever reused) unless its size is
 not the one its name records (``,S=``: a delivery cut short, moved back to tmp/); a row whose file is still
 in tmp/ (a crash after a delivery's commit, before its flush) gets its file moved into place when the file is
 complete. Expunged files are listed in ``pending_unlink`` in the same transaction that drops their rows, so a
@@ -132,12 +133,13 @@ class Delivery:
 @dataclass(slots=True)
 class StagedBatch:
     """Deliveries between the steps of ``Account.deliver_batch``: per item its result so far (None while
-    pending), the folder rows, the files written to tmp/ and the items indexed with their (UIDVALIDITY, UID)."""
+    pending), the folder rows, the files written (not yet named in their folder) and the items indexed with
+    their (UIDVALIDITY, UID)."""
 
     items: Sequence[Delivery]
     results: list
     rows: dict[int, tuple] = field(default_factory=dict)
-    written: dict[int, Path] = field(default_factory=dict)
+    written: dict[int, maildir.StagedFile] = field(default_factory=dict)
     indexed: list[tuple[int, tuple[int, int]]] = field(default_factory=list)
     unflushed: int = 0  # the highest ``unflushed`` id of this batch's rows
 
@@ -781,7 +783,8 @@ class Account:
         return self.settle(batch, error)
 
     def stage(self, items: Sequence[Delivery], wait: bool = True) -> StagedBatch | None:
-        """Check folders and quota and write each accepted message to a file in tmp/ (not flushed yet).
+        """Check folders and quota and write each accepted message to a file not yet named in its folder
+        (maildir.write_staged; not flushed yet).
 
         With ``wait=False``, None when another thread of this process holds the account (an event loop then
         runs it in a thread instead of blocking).
@@ -801,13 +804,13 @@ class Account:
         for i, row in batch.rows.items():
             if batch.results[i] is None:
                 try:
-                    batch.written[i] = maildir.write_tmp(self._folder_dir(row[2]), items[i].data, sync=False)
+                    batch.written[i] = maildir.write_staged(self._folder_dir(row[2]), items[i].data)
                 except OSError as exc:
                     batch.results[i] = exc
         return batch
 
     def index(self, batch: StagedBatch, wait: bool = True) -> bool:
-        """Rename the batch's files into cur/ and index them in one write transaction, committed without a
+        """Name the batch's files in cur/ and index them in one write transaction, committed without a
         flush: the caller flushes the filesystem (files, renames, directories and the WAL at once) before it
         calls the messages stored, outside the cross-process lock, so that the flushes of writers in several
         processes overlap instead of queueing behind each other. The rows are listed in ``unflushed`` until a
@@ -825,7 +828,7 @@ class Account:
                     db.execute("DELETE FROM unflushed WHERE id <= ?", (self._flushed,))
                 used = self._meta("used")
                 quota = self._meta("quota")
-                for i, tmp in batch.written.items():
+                for i, staged in batch.written.items():
                     item = batch.items[i]
                     row = self._require_folder(item.folder)
                     if quota and used + len(item.data) > quota:
@@ -833,9 +836,9 @@ class Account:
                         continue
                     used += len(item.data)
                     uid, modseq = self._allocate(row[0])
-                    rel = f"{row[2]}/cur/{tmp.name}:2," if row[2] else f"cur/{tmp.name}:2,"
+                    rel = f"{row[2]}/cur/{staged.name}:2," if row[2] else f"cur/{staged.name}:2,"
                     final = self.path / rel
-                    os.rename(tmp, final)
+                    staged.place(final)
                     moved.append(final)
                     when = item.internal_date or datetime.now(UTC).astimezone()
                     if when.tzinfo is None:
@@ -876,9 +879,9 @@ class Account:
             for i in batch.written:
                 if results[i] is None:
                     results[i] = error
-        for i, tmp in batch.written.items():
+        for i, staged in batch.written.items():
             if not isinstance(results[i], tuple):
-                tmp.unlink(missing_ok=True)
+                staged.discard()
         for folder in dict.fromkeys(batch.rows[i][1] for i, result in batch.indexed if error is None):
             self._notify(folder)
         return [r if r is not None else OSError("not stored") for r in results]

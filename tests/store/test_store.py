@@ -352,6 +352,76 @@ def test_recovery_finishes_a_delivery_whose_rename_was_not_flushed(tmp_path: Pat
     store.close()
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_staged_delivery_has_no_name_until_its_commit(store: MailStore) -> None:
+    """A message being written is an unnamed file: no reader, crash recovery or administrator sees it in
+    cur/, new/ or tmp/ before its index transaction links it into cur/; one refused at that point (the quota
+    was lowered meanwhile) leaves no file and no open descriptor behind."""
+    from appliance.store.account import Delivery
+
+    account = store.account(ADDR)
+    base = account.path
+    fds = _open_fds()
+    batch = account.stage([Delivery("INBOX", MSG), Delivery("INBOX", MSG + b"more")])
+    assert all(not list((base / sub).iterdir()) for sub in ("cur", "new", "tmp"))
+    store.set_quota(ADDR, len(MSG) + 3)
+    assert account.index(batch)
+    results = account.settle(batch)
+    assert results[0] == (account.status("INBOX").uidvalidity, 1)
+    assert isinstance(results[1], QuotaExceeded)
+    assert [p.read_bytes() for p in (base / "cur").iterdir()] == [MSG]
+    assert not list((base / "tmp").iterdir()) and not list((base / "new").iterdir())
+    assert _open_fds() == fds
+
+
+def test_without_unnamed_files_deliveries_go_through_tmp(store: MailStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc is missing (a chroot), linking an unnamed file is impossible: the store says so once to
+    itself and writes to tmp/, renamed into cur/ at the commit, as Maildir always did."""
+    from appliance.store import maildir
+    from appliance.store.account import Delivery
+
+    def no_proc() -> int:
+        raise FileNotFoundError(2, "No such file or directory", "/proc/self/fd")
+
+    monkeypatch.setattr(maildir, "_unnamed_files", True)
+    monkeypatch.setattr(maildir, "_proc_fd_dir", no_proc)
+    account = store.account(ADDR)
+    batch = account.stage([Delivery("INBOX", MSG)])
+    assert [p.read_bytes() for p in (account.path / "tmp").iterdir()] == [MSG]
+    assert account.index(batch)
+    assert isinstance(account.settle(batch)[0], tuple)
+    assert maildir._unnamed_files is False
+    assert store.deliver(ADDR, MSG + b"2") == 2
+    assert [i.path.read_bytes() for i in account.messages("INBOX")] == [MSG, MSG + b"2"]
+    assert not list((account.path / "tmp").iterdir())
+
+
+def test_power_loss_before_the_flush_of_a_link_drops_the_row(tmp_path: Path) -> None:
+    """An unnamed file linked into cur/ by a commit that was not flushed yet may have no name at all after a
+    power loss: the next open drops its row (recorded as expunged; the sender was never told "stored")."""
+    from appliance.store.account import Delivery
+
+    store = MailStore(tmp_path / "mail")
+    store.deliver(ADDR, MSG)
+    account = store.account(ADDR)
+    modseq = account.status("INBOX").highestmodseq
+    batch = account.stage([Delivery("INBOX", MSG + b"lost"), Delivery("INBOX", MSG + b"kept")])
+    assert account.index(batch)
+    paths = [account.message("INBOX", uid).path for _, (_, uid) in batch.indexed]
+    store.close()
+    paths[0].unlink()  # the link never reached the disk
+
+    store = MailStore(tmp_path / "mail")
+    account = store.account(ADDR)
+    assert [(i.uid, i.path.read_bytes()) for i in account.messages("INBOX")] == [(1, MSG), (3, MSG + b"kept")]
+    assert account.expunged_since("INBOX", modseq) == [2]
+    assert account.quota()[0] == len(MSG) * 2 + 4
+    store.close()
+
+
 def test_power_loss_before_a_deliverys_flush_drops_only_what_did_not_reach_the_disk(tmp_path: Path) -> None:
     """A delivery renames and indexes its files, commits without a flush, then flushes once and only then
     reports "stored". A power loss before that flush can leave a row whose file is short, empty or still in
