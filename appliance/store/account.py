@@ -811,7 +811,7 @@ class Account:
 
     def index(self, batch: StagedBatch, wait: bool = True) -> bool:
         """Name the batch's files in cur/ and index them in one write transaction, committed without a
-        flush: the caller flushes the filesystem (files, renames, directories and the WAL at once) before it
+        flush: the caller flushes the filesystem (files, links, directories and the WAL at once) before it
         calls the messages stored, outside the cross-process lock, so that the flushes of writers in several
         processes overlap instead of queueing behind each other. The rows are listed in ``unflushed`` until a
         later transaction knows that a flush ran after this one (see the module docstring for the crash).
