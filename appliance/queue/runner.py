@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from appliance.delivery.client import Framing, HostsTarget, MXTarget, RcptResult
 from appliance.delivery.dsn import build_dsn
 from appliance.delivery.router import HOSTS, LOCAL, Route, Router
-from appliance.queue.spool import DELIVERED, FAILED, PENDING, QueuedMessage, Recipient, Spool, new_queue_id
+from appliance.queue.spool import (
+    DELIVERED,
+    FAILED,
+    META_CRLF_ONLY,
+    META_DOT_FREE,
+    META_DSN_FOR,
+    PENDING,
+    QueuedMessage,
+    Recipient,
+    Spool,
+    new_queue_id,
+)
 
 log = logging.getLogger("appliance.queue")
 
@@ -213,8 +224,8 @@ class QueueRunner:
             # RFC 6531 §3.4: mail received with SMTPUTF8 must only leave to peers that offer it.
             return await self._remote(target, message.mail_from, addresses, data, queue_id=message.queue_id,
                                       smtputf8=True if message.smtputf8 else None,
-                                      known=Framing(crlf_only=bool(message.meta.get("crlf_only")),
-                                                    dot_free=bool(message.meta.get("dot_free"))))
+                                      known=Framing(crlf_only=bool(message.meta.get(META_CRLF_ONLY)),
+                                                    dot_free=bool(message.meta.get(META_DOT_FREE))))
         except Exception as exc:  # noqa: BLE001 - a delivery bug is a temporary failure, never a lost message
             log.exception("queue_id=%s: delivery to %s failed unexpectedly", message.queue_id, route.key)
             return {a: RcptResult(451, "4.3.0", f"internal error: {exc.__class__.__name__}", None)
@@ -270,7 +281,7 @@ class QueueRunner:
                             queue_id=message.queue_id)
             bounce = QueuedMessage(queue_id=new_queue_id(), mail_from="",
                                    recipients=[Recipient(address=message.mail_from, original=message.mail_from)],
-                                   arrival=self._clock(), client="localhost", meta={"dsn_for": message.queue_id})
+                                   arrival=self._clock(), client="localhost", meta={META_DSN_FOR: message.queue_id})
             await self.spool.commit(bounce, dsn)
             self.stats.bounces += 1
             log.info("queue_id=%s bounced %d recipient(s) to <%s> in queue_id=%s", message.queue_id, len(failed),

@@ -72,6 +72,12 @@ class Recipient:
     remote_host: str = ""
 
 
+# Keys of QueuedMessage.meta, written by whoever commits a message and stored with its envelope.
+META_CRLF_ONLY = "crlf_only"  # every line ends in CRLF (the SMTP engine refused others): sent on as it is
+META_DOT_FREE = "dot_free"  # no line starts with "." (RFC 5321 §4.5.2: nothing to dot-stuff on the way out)
+META_DSN_FOR = "dsn_for"  # a bounce: the queue ID of the message it reports on
+
+
 @dataclass
 class QueuedMessage:
     """Envelope and per-recipient state; the message bytes stay on disk until a delivery needs them."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslError, decode_login_field, decode_plain
 from appliance.config import HostPort
-from appliance.queue.spool import QueuedMessage, Recipient, new_queue_id
+from appliance.queue.spool import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
 from appliance.smtp import codes
 from appliance.smtp.address import AddressError, parse_mailbox
 from appliance.smtp.commands import MailParams
@@ -188,8 +188,8 @@ class InboundHandler:
                                 arrival=time.time(), client=ip, helo=session.host_name or "",
                                 smtputf8=envelope.smtp_utf8,
                                 # checked by the engine: the next hop gets it as it is
-                                meta={"crlf_only": True, "dot_free": True} if not envelope.dot_lines
-                                else {"crlf_only": True})
+                                meta={META_CRLF_ONLY: True, META_DOT_FREE: True} if not envelope.dot_lines
+                                else {META_CRLF_ONLY: True})
         try:
             await self._commit(message, data)
         except OSError as exc:
