@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.store.flush import GroupFlush, flusher_for
+from appliance.store.maildir import write_all
 
 log = logging.getLogger("appliance.queue")
 
@@ -44,13 +45,11 @@ DELIVERED = "delivered"
 FAILED = "failed"
 
 
-def _write_all(fd: int, head: bytes, data: bytes) -> None:
+def _writev_all(fd: int, head: bytes, data: bytes) -> None:
     """Both buffers with one writev(2); the rest of a short write (a huge message) after it."""
     written = os.writev(fd, [head, data])
     if written < len(head) + len(data):
-        rest = memoryview(head + data)[written:]
-        while rest:
-            rest = rest[os.write(fd, rest):]
+        write_all(fd, memoryview(head + data)[written:])
 
 
 def new_queue_id() -> str:
@@ -217,7 +216,7 @@ class Spool:
         # more than the new file it replaces. Only a longer old file is cut to size after the write.
         fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC | (0 if reused else os.O_CREAT | os.O_TRUNC), 0o640)
         try:
-            _write_all(fd, head, data)
+            _writev_all(fd, head, data)
             total = len(head) + len(data)
             if reused and os.fstat(fd).st_size > total:
                 os.ftruncate(fd, total)

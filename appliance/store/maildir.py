@@ -108,7 +108,7 @@ def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
     path = maildir / "tmp" / unique_name(len(data))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -119,7 +119,8 @@ def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
     return path
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """All of ``data`` to ``fd``, however many write(2) calls that takes."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -188,7 +189,7 @@ def write_staged(maildir: Path, data: bytes) -> StagedFile:
             _unnamed_files = False
         else:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
             except BaseException:
                 os.close(fd)
                 raise
