@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance.auth.directory import Directory
-from appliance.store.sqlite import enable_wal
+from appliance.durable.sqlite import enable_wal
 
 log = logging.getLogger("appliance.auth")
 

@@ -27,7 +27,7 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from appliance.auth.addresses import AddressError, domain_of, normalize_address, normalize_domain
-from appliance.store.sqlite import enable_wal
+from appliance.durable.sqlite import enable_wal
 
 log = logging.getLogger("appliance.auth")
 

@@ -14,9 +14,10 @@ import time
 from email.parser import BytesHeaderParser
 
 from appliance.config import Config, load_config
+from appliance.message.model import PENDING, SpoolCorrupt
 from appliance.queue import control
 from appliance.queue.runner import return_to_sender
-from appliance.queue.spool import PENDING, Spool, SpoolCorrupt
+from appliance.queue.spool import Spool
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -29,11 +29,12 @@ from appliance.config.tls import server_tls_context
 from appliance.delivery.client import Deliverer
 from appliance.delivery.router import LOCAL, Router
 from appliance.dns.resolver import Resolver
+from appliance.message.model import DELIVERED, QueuedMessage, SpoolCorrupt
 from appliance.queue import notify
 from appliance.queue.control import ControlServer
 from appliance.queue.notify import Notice, Notifier
 from appliance.queue.runner import QueueRunner, log_outcome
-from appliance.queue.spool import DELIVERED, QueuedMessage, Spool, SpoolCorrupt
+from appliance.queue.spool import Spool
 from appliance.smtp.policy import RecipientPolicy
 from appliance.smtp.server import (
     InboundHandler,

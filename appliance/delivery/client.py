@@ -38,7 +38,7 @@ from appliance.dns.resolver import (
     interface_addresses,
     ip_literal,
 )
-from appliance.smtp.protocol import has_bare_cr_or_lf
+from appliance.message.lines import has_bare_cr_or_lf
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from appliance.delivery.client import RcptResult
-from appliance.queue.spool import QueuedMessage, Recipient
+from appliance.message.model import QueuedMessage, Recipient
 from appliance.store import MailStore
 from appliance.store.errors import QuotaExceeded, StoreError
 

@@ -14,13 +14,12 @@ import random
 import socket
 from dataclasses import dataclass
 
-import netifaces
-
 import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
+import netifaces
 
 
 class DNSError(Exception):

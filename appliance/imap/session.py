@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslCancelled, SaslError, decode_plain
 from appliance.imap import fetch as fetchmod
-from appliance.imap import listing, mutf7
+from appliance.imap import listing
 from appliance.imap import search as searchmod
 from appliance.imap.message import Message, cached_header
 from appliance.imap.parser import (
@@ -60,6 +60,7 @@ from appliance.store import (
     MessageInfo,
     QuotaExceeded,
     StoreError,
+    mutf7,
 )
 
 log = logging.getLogger("appliance.imap")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from appliance.delivery.client import Framing, HostsTarget, MXTarget, RcptResult
 from appliance.delivery.dsn import build_dsn
 from appliance.delivery.router import HOSTS, LOCAL, Route, Router
-from appliance.queue.spool import (
+from appliance.message.model import (
     DELIVERED,
     FAILED,
     META_CRLF_ONLY,
@@ -26,9 +26,9 @@ from appliance.queue.spool import (
     PENDING,
     QueuedMessage,
     Recipient,
-    Spool,
     new_queue_id,
 )
+from appliance.queue.spool import Spool
 
 log = logging.getLogger("appliance.queue")
 

@@ -21,16 +21,14 @@ import json
 import logging
 import os
 import queue
-import secrets
 import threading
-import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.store.flush import GroupFlush, flusher_for
-from appliance.store.maildir import write_all
+from appliance.durable.files import write_all
+from appliance.durable.flush import GroupFlush, flusher_for
+from appliance.message.model import QueuedMessage, Recipient, SpoolCorrupt
 
 log = logging.getLogger("appliance.queue")
 
@@ -40,82 +38,11 @@ FREE_LIMIT = 256  # emptied spool files kept for reuse
 FREE_MAX_SIZE = 1 << 20  # a larger file is unlinked: its blocks are not worth holding for a typical message
 FREE_RELIST = 64  # after finding free/ empty, writes that do not look again
 
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-
-
 def _writev_all(fd: int, head: bytes, data: bytes) -> None:
     """Both buffers with one writev(2); the rest of a short write (a huge message) after it."""
     written = os.writev(fd, [head, data])
     if written < len(head) + len(data):
         write_all(fd, memoryview(head + data)[written:])
-
-
-def new_queue_id() -> str:
-    """Sortable by arrival (nanosecond clock in hex) and unique across processes (random suffix)."""
-    return f"{time.time_ns():016x}{secrets.token_hex(3)}".upper()
-
-
-@dataclass
-class Recipient:
-    """One envelope recipient and its delivery state."""
-
-    address: str
-    original: str = ""  # the address given at RCPT TO, before alias expansion (DSN Original-Recipient)
-    status: str = PENDING
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_code: int = 0
-    last_text: str = ""
-    remote_host: str = ""
-
-
-# Keys of QueuedMessage.meta, written by whoever commits a message and stored with its envelope.
-META_CRLF_ONLY = "crlf_only"  # every line ends in CRLF (the SMTP engine refused others): sent on as it is
-META_DOT_FREE = "dot_free"  # no line starts with "." (RFC 5321 §4.5.2: nothing to dot-stuff on the way out)
-META_DSN_FOR = "dsn_for"  # a bounce: the queue ID of the message it reports on
-
-
-@dataclass
-class QueuedMessage:
-    """Envelope and per-recipient state; the message bytes stay on disk until a delivery needs them."""
-
-    queue_id: str
-    mail_from: str
-    recipients: list[Recipient]
-    arrival: float
-    client: str = ""
-    helo: str = ""
-    smtputf8: bool = False
-    size: int = 0
-    path: Path = Path()
-    data_offset: int = 0
-    meta: dict = field(default_factory=dict)
-
-    def pending(self) -> list[Recipient]:
-        return [r for r in self.recipients if r.status == PENDING]
-
-    def read_data(self) -> bytes:
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size - self.data_offset if self.size <= 0 else self.size
-            data = os.pread(fd, size, self.data_offset)  # one read(2), no buffered file object
-            while len(data) < size:
-                more = os.pread(fd, size - len(data), self.data_offset + len(data))
-                if not more:
-                    raise SpoolCorrupt(f"{self.path}: message is {len(data)} bytes, header says {size}")
-                data += more
-            return data
-        finally:
-            os.close(fd)
-
-    def envelope_json(self) -> bytes:
-        return json.dumps({
-            "id": self.queue_id, "from": self.mail_from, "arrival": self.arrival, "client": self.client,
-            "helo": self.helo, "smtputf8": self.smtputf8, "meta": self.meta,
-            "rcpts": [[r.address, r.original] for r in self.recipients],
-        }, separators=(",", ":")).encode()
 
 
 def creation_skips_deleted_inodes(path: Path, sys_root: str = "/sys") -> bool:
@@ -135,10 +62,6 @@ def creation_skips_deleted_inodes(path: Path, sys_root: str = "/sys") -> bool:
             return fh.read().strip() == "<none>"
     except OSError:
         return False
-
-
-class SpoolCorrupt(Exception):
-    """A spool file that is not a complete message (torn write, foreign file)."""
 
 
 class _Reaper:
@@ -448,7 +371,7 @@ class Spool:
         return removed
 
     def close(self) -> None:
-        self._flusher = None  # shared with the rest of the process (see appliance.store.flush)
+        self._flusher = None  # shared with the rest of the process (see appliance.durable.flush)
         if self._reaper is not None:
             self._reaper.stop()
             self._reaper = None

@@ -22,7 +22,7 @@ from pathlib import Path
 from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslError, decode_login_field, decode_plain
 from appliance.config import HostPort
-from appliance.queue.spool import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
+from appliance.message.model import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
 from appliance.smtp import codes
 from appliance.smtp.address import AddressError, parse_mailbox
 from appliance.smtp.commands import MailParams

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from appliance.durable import files as durable_files
+from appliance.durable.sqlite import enable_wal
 from appliance.store import maildir
 from appliance.store.errors import (
     FolderExists,
@@ -43,7 +45,6 @@ from appliance.store.errors import (
     MessageNotFound,
     QuotaExceeded,
 )
-from appliance.store.sqlite import enable_wal
 
 log = logging.getLogger("appliance.store")
 
@@ -438,7 +439,7 @@ class Account:
         self._drop_rows(short, "its file did not reach the disk before a crash; never reported stored")
         # only these few files and their directories: a whole-filesystem flush here would make opening a
         # mailbox wait for every other writer on the disk (the rows become durable with this transaction)
-        maildir.fsync_paths(complete)
+        durable_files.fsync_paths(complete)
         self._db.execute("DELETE FROM unflushed WHERE id <= ?", (max(entry[0] for entry in entries),))
 
     def _message_row(self, rel: str) -> tuple | None:
@@ -476,7 +477,7 @@ class Account:
                 restored.append(final)
             else:
                 gone.append(row)
-        maildir.fsync_paths(restored)
+        durable_files.fsync_paths(restored)
         if restored:
             log.warning("%s: %d message(s) moved back from tmp/", self.address, len(restored))
         self._drop_rows(gone, "its file is gone")
@@ -777,7 +778,7 @@ class Account:
             if batch.written:
                 self.index(batch)
                 if batch.indexed:
-                    maildir.sync_path(self.path)
+                    durable_files.sync_path(self.path)
         except Exception as exc:  # noqa: BLE001 - the disk or the index failed: nothing unflushed is "stored"
             error = exc
         return self.settle(batch, error)
@@ -997,7 +998,7 @@ class Account:
             dirs.add(path.parent)
         for directory in dirs:
             with contextlib.suppress(OSError):
-                maildir.fsync_dir(directory)
+                durable_files.fsync_dir(directory)
         with self._write() as db:
             db.executemany("DELETE FROM pending_unlink WHERE filename = ?", [(f,) for f in files])
 
@@ -1030,7 +1031,7 @@ class Account:
                         (dst[0], new_uid, rel, r[2], r[3], r[4], r[5], modseq),
                     )
                     pairs.append((r[0], new_uid))
-                maildir.fsync_dir(base / "cur")
+                durable_files.fsync_dir(base / "cur")
                 self._set_meta("used", self._meta("used") + sum(r[5] for r in rows))
             committed = True
         finally:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from appliance.imap import mutf7
+from appliance.store import mutf7
 from appliance.store.account import Account
 from appliance.store.errors import FolderExists
 from appliance.store.maildir import parse_info_flags

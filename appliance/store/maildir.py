@@ -7,17 +7,16 @@ so that a folder called "a.b" cannot collide with "a/b").
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import itertools
 import os
 import re
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from appliance.durable.files import fsync_dir, write_all
 
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
@@ -40,19 +39,6 @@ def folder_dirname(name: str) -> str:
     return "." + escaped
 
 
-def _flush(path: Path, flags: int, flush: Callable[[int], None] = os.fsync) -> None:
-    fd = os.open(path, flags)
-    try:
-        flush(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename/link/unlink in ``path`` durable (POSIX needs the directory itself synced)."""
-    _flush(path, os.O_RDONLY | os.O_DIRECTORY)
-
-
 def make_maildir(path: Path) -> None:
     """Create ``path`` with cur/new/tmp (idempotent) and sync the parents so they survive a crash."""
     created = False
@@ -64,42 +50,6 @@ def make_maildir(path: Path) -> None:
     if created:
         fsync_dir(path)
         fsync_dir(path.parent)
-
-
-def _load_syncfs():  # noqa: ANN202 - ctypes function or None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
-        fn.argtypes = [ctypes.c_int]
-        fn.restype = ctypes.c_int
-        return fn
-    except (OSError, AttributeError):  # pragma: no cover - non-Linux
-        return None
-
-
-_SYNCFS = _load_syncfs()
-
-
-def sync_filesystem(fd: int) -> None:
-    """Flush everything written to the filesystem holding the open file ``fd``: one syncfs(2), which costs
-    about one fsync however many files it covers (os.sync(), every filesystem, where syncfs is missing)."""
-    if _SYNCFS is not None and _SYNCFS(fd) == 0:
-        return
-    os.sync()
-
-
-def sync_path(path: Path) -> None:
-    """Flush the whole filesystem holding ``path`` (file data, directory entries, other files' writes)."""
-    _flush(path, os.O_RDONLY, sync_filesystem)
-
-
-def fsync_paths(paths: list[Path]) -> None:
-    """Make a few files and their names durable: each file, then each directory holding one (unlike
-    ``sync_path``, no waiting for whatever else the filesystem has to write)."""
-    for path in paths:
-        _flush(path, os.O_RDONLY)
-    for directory in dict.fromkeys(path.parent for path in paths):
-        fsync_dir(directory)
 
 
 def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
@@ -117,14 +67,6 @@ def write_tmp(maildir: Path, data: bytes, sync: bool = True) -> Path:
         raise
     os.close(fd)
     return path
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """All of ``data`` to ``fd``, however many write(2) calls that takes."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 @dataclass(slots=True)

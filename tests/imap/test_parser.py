@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.imap import mutf7
 from appliance.imap.parser import (
     Append,
     Command,
@@ -22,6 +21,7 @@ from appliance.imap.parser import (
     StoreCommand,
     parse_command,
 )
+from appliance.store import mutf7
 
 # Command lines from RFC 3501 §6 examples (tags as in the RFC)
 RFC3501_EXAMPLES = [

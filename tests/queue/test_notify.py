@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from appliance.message.model import QueuedMessage, Recipient, new_queue_id
 from appliance.queue import notify
-from appliance.queue.spool import QueuedMessage, Recipient, Spool, new_queue_id
+from appliance.queue.spool import Spool
 from appliance.store import MailStore
 
 

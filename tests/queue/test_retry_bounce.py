@@ -101,7 +101,8 @@ def test_5xx_bounces_at_once_with_a_dsn(mailfleet_factory, smtp_sink) -> None:
 def test_a_failure_recorded_before_a_crash_is_still_bounced(mailfleet_factory) -> None:
     import asyncio
 
-    from appliance.queue.spool import FAILED, QueuedMessage, Recipient, Spool, new_queue_id
+    from appliance.message.model import FAILED, QueuedMessage, Recipient, new_queue_id
+    from appliance.queue.spool import Spool
 
     server = mailfleet_factory(primary_and_gateway(free_port(["127.0.0.1"])))
     server.stop()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.message.model import QueuedMessage, Recipient, SpoolCorrupt
 from appliance.queue import spool as spool_mod
-from appliance.queue.spool import QueuedMessage, Recipient, Spool, SpoolCorrupt, creation_skips_deleted_inodes
+from appliance.queue.spool import Spool, creation_skips_deleted_inodes
 
 
 def _message(queue_id: str, rcpt: str = "bob@example.org") -> QueuedMessage:

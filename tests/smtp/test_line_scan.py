@@ -5,9 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.smtp.protocol import MAX_DATA_LINE as _MAX_LINE
-from appliance.smtp.protocol import _longest_line, has_bare_cr_or_lf
-from appliance.smtp.protocol import scan_lines as _scan_lines
+from appliance.message.lines import MAX_DATA_LINE as _MAX_LINE
+from appliance.message.lines import has_bare_cr_or_lf
+from appliance.message.lines import scan_lines as _scan_lines
+from appliance.smtp.protocol import _longest_line
 
 _PIECES = [b"\r\n", b"\r", b"\n", b".", b"a", b"\r\r\n", b"\n\r", b"a" * 500, b"b" * 999]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.store import flush
+from appliance.durable import flush
 
 
 @pytest.fixture

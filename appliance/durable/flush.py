@@ -14,7 +14,7 @@ import os
 import threading
 from pathlib import Path
 
-from appliance.store.maildir import sync_filesystem
+from appliance.durable.files import sync_filesystem
 
 
 class GroupFlush:

@@ -1,0 +1,1 @@
+"""The ground floor's durable I/O: whole writes, fsync, the group flush, SQLite; it imports nothing above it."""
