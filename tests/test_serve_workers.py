@@ -120,7 +120,7 @@ def test_receive_buffers_come_from_the_heap_not_a_mapping_each() -> None:
 
     probe = (
         "import ctypes, sys\n"
-        "from appliance.cli.main import heap_receive_buffers\n"
+        "from appliance.service.tuning import heap_receive_buffers\n"
         "if sys.argv[1] == 'tuned':\n"
         "    heap_receive_buffers()\n"
         "buffers = [bytearray(256 * 1024) for _ in range(8)]\n"

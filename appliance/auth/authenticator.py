@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance.auth.directory import Directory
+from appliance.config.model import AuthConfig
 from appliance.durable.sqlite import enable_wal
 
 log = logging.getLogger("appliance.auth")
@@ -157,25 +158,27 @@ class Authenticator:
     def __init__(
         self,
         directory: Directory,
+        settings: AuthConfig | None = None,
         *,
-        ban_threshold: int = 10,
-        ban_window: float = 600.0,
-        ban_duration: float = 3600.0,
-        exempt_loopback: bool = False,
         state_path: pathlib.Path | str | None = None,
         max_parallel_verifications: int = 4,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        settings = settings or AuthConfig()
         self.directory = directory
-        self.exempt_loopback = exempt_loopback
+        self.exempt_loopback = settings.exempt_loopback
         self.failures = FailureCounter(
             state_path if state_path is not None else directory.db_path,
-            threshold=ban_threshold,
-            window=ban_window,
-            ban_duration=ban_duration,
+            threshold=settings.ban_threshold,
+            window=settings.ban_window,
+            ban_duration=settings.ban_duration,
             clock=clock,
         )
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_verifications, thread_name_prefix="argon2")
+
+    def set_directory(self, directory: Directory) -> None:
+        """SIGHUP: the users, aliases and passwords of a new config; bans and their counts stay."""
+        self.directory = directory
 
     def _exempt(self, client_ip: str) -> bool:
         return self.exempt_loopback and is_loopback(client_ip)

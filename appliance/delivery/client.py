@@ -26,6 +26,7 @@ from aiosmtplib.errors import (
     SMTPResponseException,
 )
 
+from appliance.config.model import DeliveryConfig
 from appliance.delivery.mime_downgrade import CannotDowngrade, downgrade_to_7bit
 from appliance.delivery.pipelining import lend_transport
 from appliance.dns.resolver import (
@@ -264,27 +265,25 @@ class Deliverer:
         self,
         hostname: str,
         resolver: Resolver,
-        source_addresses: Sequence[str] = (),
-        concurrency_per_destination: int = 10,
-        connect_timeout: float = 30,
-        command_timeout: float = 300,
-        log: logging.Logger | None = None,
+        settings: DeliveryConfig | None = None,
+        *,
         own_addresses: Collection[str] = (),
-        connection_idle: float = 2.0,
+        log: logging.Logger | None = None,
     ) -> None:
-        """`own_addresses`: IPs our SMTP listener answers on at the MX port; an MX resolving to one of
-        them is ourselves (RFC 5321 §5.1 loop avoidance). `connection_idle`: seconds a session waits open for
-        the next message to the same host (0: one session per delivery)."""
+        """`settings`: the config's delivery section (source addresses, limits, timeouts, connection reuse; the
+        smarthost is the router's). `own_addresses`: IPs our SMTP listener answers on at the MX port; an MX
+        resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance)."""
+        settings = settings or DeliveryConfig()
         self.hostname = hostname
         self.resolver = resolver
-        self._sources = {address_family(a): str(ipaddress.ip_address(a)) for a in source_addresses}
-        self._limits = _DestinationLimits(concurrency_per_destination)
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
+        self._sources = {address_family(a): str(ipaddress.ip_address(a)) for a in settings.source_addresses}
+        self._limits = _DestinationLimits(settings.concurrency_per_destination)
+        self.connect_timeout = settings.connect_timeout
+        self.command_timeout = settings.command_timeout
         self.log = log or logging.getLogger("appliance.delivery")
         self._own = own_ip_addresses(own_addresses)
         self._tls_context = _opportunistic_tls_context()
-        self._cache = _ConnectionCache(idle=connection_idle)
+        self._cache = _ConnectionCache(idle=settings.connection_reuse_time)
 
     async def deliver(
         self,

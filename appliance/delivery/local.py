@@ -1,4 +1,5 @@
-"""Local delivery for the primary role: queue -> the recipient's mailbox in the store (Maildir on disk).
+"""Local delivery for the primary role: into the recipient's mailbox in the store (Maildir on disk), from the queue
+or, before the 250, from the intake (``MailboxTarget``).
 
 The store's deliver() is the commit of this transaction: it returns only once the file is fsynced and renamed
 into the mailbox and the index row is committed; only then is the recipient marked delivered in the queue.
@@ -12,7 +13,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from appliance.delivery.client import RcptResult
-from appliance.message.model import QueuedMessage, Recipient
+from appliance.delivery.outcome import log_outcome
+from appliance.delivery.router import LOCAL
+from appliance.message.model import DELIVERED, QueuedMessage, Recipient
 from appliance.store import MailStore
 from appliance.store.errors import QuotaExceeded, StoreError
 
@@ -69,3 +72,53 @@ class LocalDelivery:
             log.error("queue_id=%s local delivery to %s failed unexpectedly", message.queue_id, address,
                       exc_info=exc)
         return RcptResult(451, "4.3.0", f"mailbox unavailable: {exc.__class__.__name__}", None)
+
+
+class MailboxTarget:
+    """The mailboxes as a delivery target of the intake (pipeline/intake.py): a message for this host's own
+    mailboxes only is stored in them before the 250. ``delivered`` hears of each mailbox that got mail (the
+    queue process wakes the IMAP sessions idling on it)."""
+
+    def __init__(self, local: LocalDelivery, delivered: Callable[[str], None] | None = None) -> None:
+        self._local = local
+        self._delivered = delivered
+
+    def start(self, message: QueuedMessage) -> MailboxDelivery:
+        return MailboxDelivery(self._local, self._delivered, message)
+
+
+class MailboxDelivery:
+    __slots__ = ("_local", "_delivered", "_message", "_recipients", "_data")
+
+    def __init__(self, local: LocalDelivery, delivered: Callable[[str], None] | None,
+                 message: QueuedMessage) -> None:
+        self._local = local
+        self._delivered = delivered
+        self._message = message
+        self._recipients: list[Recipient] = []
+        self._data = b""
+
+    def add_recipient(self, recipient: Recipient) -> None:
+        self._recipients.append(recipient)
+
+    def body(self, data: bytes) -> None:
+        self._data = data
+
+    async def commit(self) -> list[Recipient]:
+        """The store's commit for each mailbox (file, index row, flush); what a mailbox refused (full, store
+        error) is returned, for the spool to retry or bounce."""
+        message = self._message
+        results = await self._local(message, self._recipients, self._data)
+        left = []
+        for rcpt in self._recipients:
+            result = results[rcpt.address]
+            if result.code == 250:
+                log_outcome(message.queue_id, rcpt.address, LOCAL, 0, DELIVERED, result)
+                if self._delivered is not None:
+                    self._delivered(rcpt.address)
+            else:
+                left.append(rcpt)
+        return left
+
+    def abort(self) -> None:
+        """Nothing to undo: a mailbox either committed a delivery or holds nothing of it."""

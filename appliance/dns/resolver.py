@@ -21,6 +21,8 @@ import dns.rdatatype
 import dns.resolver
 import netifaces
 
+from appliance.config.model import DNSConfig
+
 
 class DNSError(Exception):
     """Base of the resolution errors; the message names the domain and the reason."""
@@ -88,6 +90,11 @@ def ip_literal(host: str) -> str | None:
 class Resolver:
     """Asynchronous MX/A/AAAA lookups with the error classes delivery needs (permanent vs temporary)."""
 
+    @classmethod
+    def from_config(cls, settings: DNSConfig) -> Resolver:
+        """The resolver of the config's dns section."""
+        return cls(list(settings.nameservers), port=settings.port, timeout=settings.timeout)
+
     def __init__(
         self,
         nameservers: list[str],
@@ -95,7 +102,7 @@ class Resolver:
         timeout: float = 5.0,
         prefer_ipv6: bool | None = None,
     ) -> None:
-        # An empty list means the system's resolv.conf.
+        """`nameservers`: an empty list means the system's resolv.conf."""
         try:
             self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         except dns.resolver.NoResolverConfiguration as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from appliance.delivery.client import Framing, HostsTarget, MXTarget, RcptResult
 from appliance.delivery.dsn import build_dsn
+from appliance.delivery.outcome import log_outcome
 from appliance.delivery.router import HOSTS, LOCAL, Route, Router
 from appliance.message.model import (
     DELIVERED,
@@ -72,6 +73,15 @@ class QueueRunner:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._stopping = False
         self.stats = RunnerStats()
+
+    def reconfigure(self, router: Router, remote: RemoteDeliver, local: LocalDeliver | None,
+                    lifetime: float) -> None:
+        """SIGHUP: routing, the delivery functions and the queue lifetime of a new config, for every delivery
+        from now on (deliveries in flight finish with what they started with)."""
+        self.router = router
+        self._remote = remote
+        self._local = local
+        self.lifetime = lifetime
 
     # ------------------------------------------------------------------ feeding
 
@@ -292,12 +302,6 @@ class QueueRunner:
         for rcpt in failed:
             rcpt.status = BOUNCED
         self.spool.record(message, failed)
-
-
-def log_outcome(queue_id: str, address: str, route_key: str, attempt: int, status: str, result: RcptResult) -> None:
-    """The one log line per recipient and attempt (attempt 0: stored in the mailbox before the 250)."""
-    log.info("queue_id=%s rcpt=%s route=%s attempt=%d status=%s code=%d host=%s text=%r", queue_id, address,
-             route_key, attempt, status, result.code, result.remote_host or "-", result.text[:200])
 
 
 INLINE_READ = 256 * 1024  # up to this size a read from the page cache costs less than a hop to a thread

@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
+from appliance.message import codes
 from appliance.message.lines import MAX_DATA_LINE, scan_lines
-from appliance.smtp import codes
 from appliance.smtp.commands import (
     COMMAND_LIMIT,
     LINE_TOO_LONG,
@@ -44,8 +44,6 @@ ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 BOGUS_LIMIT = 5  # unknown commands before we hang up
 PENDING_LIMIT = 64 * 1024  # pipelined bytes we buffer while a command waits, before we stop reading
 SASL_LINE_LIMIT = 12 * 1024  # RFC 4954 §4: a SASL response line; far above what PLAIN/LOGIN need
-DATA_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-TOO_MUCH_DATA = "552 Error: Too much mail data"
 HELP_TEXT = {
     "AUTH": "AUTH <mechanism>", "DATA": "DATA", "EHLO": "EHLO hostname", "HELO": "HELO hostname",
     "HELP": "HELP [command]", "MAIL": "MAIL FROM: <address>", "NOOP": "NOOP [ignored]", "QUIT": "QUIT",
@@ -56,7 +54,7 @@ HELP_TEXT = {
 class Session:
     """What holds for the whole connection (until STARTTLS starts it afresh)."""
 
-    __slots__ = ("peer", "host_name", "extended_smtp", "ssl", "authenticated", "login")
+    __slots__ = ("peer", "host_name", "extended_smtp", "ssl", "authenticated", "login", "verdicts")
 
     def __init__(self, peer: Any, ssl_object: Any) -> None:
         self.peer = peer
@@ -65,6 +63,7 @@ class Session:
         self.ssl = ssl_object  # the ssl.SSLObject once the connection is encrypted, else None
         self.authenticated = False
         self.login: str | None = None
+        self.verdicts: dict[str, object] = {}  # the pipeline's checks' findings about this connection
 
     @property
     def ip(self) -> str:
@@ -79,7 +78,7 @@ class Envelope:
     """One mail transaction: MAIL, RCPTs, the data."""
 
     __slots__ = ("mail_from", "mail_options", "smtp_utf8", "size", "rcpt_tos", "rcpt_options", "accepted",
-                 "content", "dot_lines")
+                 "content", "dot_lines", "oversize", "long_line", "bare_line_ending", "verdicts", "added_headers")
 
     def __init__(self) -> None:
         self.mail_from: str | None = None  # "<>" for the null reverse-path, so that it is true
@@ -91,16 +90,33 @@ class Envelope:
         self.accepted: list[tuple[str, tuple[str, ...]]] = []  # (address as given, where it goes)
         self.content: bytes = b""
         self.dot_lines = False  # some line of the content starts with "." (the next hop needs it dot-stuffed)
+        # What the engine measured of the data, for the pipeline's checks to decide on:
+        self.oversize = False  # more than the size limit arrived; content is empty (nothing was kept)
+        self.long_line = False  # a line over 998 octets (RFC 5321 §4.5.3.1.6)
+        self.bare_line_ending = False  # a CR or LF that is not part of a CRLF (RFC 5321 §2.3.8)
+        self.verdicts: dict[str, object] = {}  # the pipeline's checks' findings about this message
+        self.added_headers: list[tuple[str, str]] = []  # headers the checks add to the message
+
+
+Reply = str | Awaitable[str]  # a decision at once, or one that has to wait (a DNS lookup, a milter)
 
 
 class Handler(Protocol):
     """The decisions the engine asks for (smtp.server.InboundHandler)."""
 
+    def handle_CONNECT(self, session: Session) -> str | None | Awaitable[str | None]:
+        """None to greet the client, or the reply that refuses it (the connection is then closed)."""
+        ...
+
+    def handle_HELO(self, session: Session, name: str) -> str | None | Awaitable[str | None]:
+        """None to accept the name, or the reply that refuses it."""
+        ...
+
     def auth_offered(self, session: Session) -> bool: ...
     def refuse_auth(self, session: Session) -> str | None: ...
     def handle_MAIL(self, session: Session, envelope: Envelope, address: str, params: MailParams,
-                    options: list[str]) -> str: ...
-    def handle_RCPT(self, session: Session, envelope: Envelope, address: str, options: list[str]) -> str: ...
+                    options: list[str]) -> Reply: ...
+    def handle_RCPT(self, session: Session, envelope: Envelope, address: str, options: list[str]) -> Reply: ...
     async def handle_DATA(self, session: Session, envelope: Envelope) -> str: ...
     async def handle_AUTH(self, conn: SMTPServerProtocol, mechanism: str, initial: str | None) -> str | None: ...
     def handle_exception(self, error: BaseException) -> str: ...
@@ -141,7 +157,6 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._data = bytearray()
         self._scan = 0
         self._dotted = False  # a line of the data starts with "." (dot-stuffed)
-        self._data_refusal: str | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -152,7 +167,26 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._sessions.add(self)
         self._last = self._loop.time()
         self._timer = self._loop.call_later(self._timeout, self._check_idle)
-        transport.write(f"220 {self.hostname} Mailfleet ESMTP\r\n".encode())
+        verdict = self.handler.handle_CONNECT(self.session)
+        if verdict is None:
+            transport.write(f"220 {self.hostname} Mailfleet ESMTP\r\n".encode())
+        elif isinstance(verdict, str):
+            self._refuse_connection(verdict)
+        else:
+            self._wait_for(self._greet_after(verdict))
+
+    def _refuse_connection(self, reply: str) -> None:
+        """A refusal before the greeting: the reply instead of a 220, then the connection is closed (as
+        Postfix's postscreen does; RFC 5321 §3.1 lets a server answer 554 and serve nothing more)."""
+        self.push(reply)
+        self.close()
+
+    async def _greet_after(self, verdict: Awaitable[str | None]) -> None:
+        reply = await verdict
+        if reply is None:
+            self.push_plain(f"220 {self.hostname} Mailfleet ESMTP")
+        else:
+            self._refuse_connection(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sessions.discard(self)
@@ -324,23 +358,44 @@ class SMTPServerProtocol(asyncio.Protocol):
             return True
         return False
 
-    def smtp_HELO(self, arg: str | None) -> None:
+    def smtp_HELO(self, arg: str | None) -> Coroutine[Any, Any, None] | None:
         if not arg:
             self.push("501 Syntax: HELO hostname")
-            return
-        self._reset()
-        self.session.extended_smtp = False
-        self.session.host_name = arg
-        self.push_plain(f"250 {self.hostname}")
+            return None
+        return self._greeting(arg, False)
 
-    def smtp_EHLO(self, arg: str | None) -> None:
+    def smtp_EHLO(self, arg: str | None) -> Coroutine[Any, Any, None] | None:
         if not arg:
             self.push("501 Syntax: EHLO hostname")
-            return
+            return None
+        return self._greeting(arg, True)
+
+    def _greeting(self, name: str, extended: bool) -> Coroutine[Any, Any, None] | None:
+        """HELO/EHLO: the pipeline's HELO checks first, then the answer."""
+        verdict = self.handler.handle_HELO(self.session, name)
+        if verdict is None:
+            self._hello(name, extended)
+        elif isinstance(verdict, str):
+            self.push(verdict)
+        else:
+            return self._greeting_after(verdict, name, extended)
+        return None
+
+    async def _greeting_after(self, verdict: Awaitable[str | None], name: str, extended: bool) -> None:
+        reply = await verdict
+        if reply is None:
+            self._hello(name, extended)
+        else:
+            self.push(reply)
+
+    def _hello(self, name: str, extended: bool) -> None:
         self._reset()
         session = self.session
-        session.extended_smtp = True
-        session.host_name = arg
+        session.extended_smtp = extended
+        session.host_name = name
+        if not extended:
+            self.push_plain(f"250 {self.hostname}")
+            return
         lines = [f"250-{self.hostname}"]
         if self.data_size_limit:
             lines.append(f"250-SIZE {self.data_size_limit}")
@@ -418,37 +473,46 @@ class SMTPServerProtocol(asyncio.Protocol):
             return None
         return address, options, parsed, syntax
 
-    def smtp_MAIL(self, arg: str | None) -> None:
+    def smtp_MAIL(self, arg: str | None) -> Coroutine[Any, Any, None] | None:
         if self._need_helo():
-            return
+            return None
         path = self._path("FROM:", arg, "501 Syntax: MAIL FROM: <address>")
         if path is None:
-            return
+            return None
         if self.envelope.mail_from:
             self.push("503 Error: nested MAIL command")
-            return
+            return None
         address, options, params, syntax = path
-        checked = check_mail_params(params, self.data_size_limit, syntax)
+        checked = check_mail_params(params, 0, syntax)  # the size limit is the pipeline's (pipeline.limits)
         if isinstance(checked, str):
             self.push(checked)
-            return
+            return None
         self.envelope.smtp_utf8 = checked.smtputf8
-        self.push(self.handler.handle_MAIL(self.session, self.envelope, address, checked, options))
+        return self._answer(self.handler.handle_MAIL(self.session, self.envelope, address, checked, options))
 
-    def smtp_RCPT(self, arg: str | None) -> None:
+    def _answer(self, reply: Reply) -> Coroutine[Any, Any, None] | None:
+        if isinstance(reply, str):
+            self.push(reply)
+            return None
+        return self._answer_after(reply)
+
+    async def _answer_after(self, reply: Awaitable[str]) -> None:
+        self.push(await reply)
+
+    def smtp_RCPT(self, arg: str | None) -> Coroutine[Any, Any, None] | None:
         if self._need_helo():
-            return
+            return None
         if not self.envelope.mail_from:
             self.push("503 Error: need MAIL command")
-            return
+            return None
         path = self._path("TO:", arg, "501 Syntax: RCPT TO: <address>")
         if path is None:
-            return
+            return None
         address, options, params, _ = path
         if params:  # we announce no RCPT parameters (no DSN, RFC 3461)
             self.push("555 RCPT TO parameters not recognized or not implemented")
-            return
-        self.push(self.handler.handle_RCPT(self.session, self.envelope, address, options))
+            return None
+        return self._answer(self.handler.handle_RCPT(self.session, self.envelope, address, options))
 
     def smtp_DATA(self, arg: str | None) -> None:
         if self._need_helo():
@@ -464,7 +528,6 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._data = bytearray(b"\r\n")  # the CRLF of the DATA line: the data may end at once with ".\r\n"
         self._scan = 0
         self._dotted = False
-        self._data_refusal = None
 
     def _take_data(self) -> bool:
         """Move buffered bytes into the message; at the end marker hand it over. False: need more bytes.
@@ -478,37 +541,29 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._buf.clear()
         end = self._find_end(data)
         limit = self.data_size_limit
+        envelope = self.envelope
         if end < 0:
-            if limit and self._data_refusal is None and len(data) - 6 > limit:
-                # RFC 5321 §4.2.5: read on to the end marker keeping nothing, answer only then
-                self._data_refusal = _oversize_refusal(data)
-            if self._data_refusal is not None and len(data) > 4:
+            if limit and not envelope.oversize and len(data) - 6 > limit:
+                # RFC 5321 §4.2.5: read on to the end marker keeping nothing; the pipeline answers at the end
+                envelope.oversize = True
+                envelope.long_line = _longest_line(data) > MAX_DATA_LINE
+            if envelope.oversize and len(data) > 4:
                 del data[:-4]
                 self._scan = 0
             return False
         self._in_data = False
         self._buf += data[end + 5:]
-        refusal = self._data_refusal
-        if refusal is None:
+        if not envelope.oversize:
             body = bytes(memoryview(data)[2: end + 2])  # every line with its CRLF, still dot-stuffed
             if limit and len(body) > limit:
-                refusal = _oversize_refusal(body)
+                envelope.oversize = True
+                envelope.long_line = _longest_line(body) > MAX_DATA_LINE
             else:
-                bare, too_long = scan_lines(body)
-                if too_long:
-                    refusal = DATA_LINE_TOO_LONG
-                elif bare:
-                    log.warning("client=%s from=<%s> refused: bare CR/LF in DATA (possible SMTP smuggling)",
-                                self.session.ip, self.envelope.mail_from)
-                    refusal = codes.BARE_LINE_ENDING
+                envelope.bare_line_ending, envelope.long_line = scan_lines(body)
+                # RFC 5321 §4.5.2: a line that starts with a dot loses it (transparency).
+                envelope.dot_lines = self._dotted
+                envelope.content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:] if self._dotted else body
         self._data = bytearray()
-        if refusal is not None:
-            self.push(refusal)
-            self._reset()
-            return True
-        # RFC 5321 §4.5.2: a line that starts with a dot loses it (transparency).
-        self.envelope.dot_lines = self._dotted
-        self.envelope.content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:] if self._dotted else body
         self._wait_for(self._deliver())
         return True
 
@@ -612,6 +667,3 @@ def _longest_line(data: bytes | bytearray) -> int:
     return max(map(len, data.split(b"\r\n")), default=0)
 
 
-def _oversize_refusal(data: bytes | bytearray) -> str:
-    """The answer to data over the size limit: aiosmtpd's, which names an over-long line first."""
-    return DATA_LINE_TOO_LONG if _longest_line(data) > MAX_DATA_LINE else TOO_MUCH_DATA

@@ -1,4 +1,5 @@
-"""The SMTP listeners: the handler asks the policy and commits to the spool; smtp.protocol is the engine.
+"""The SMTP listeners: the handler runs the pipeline's checks and hands the message to the intake; smtp.protocol
+is the engine.
 
 One handler class serves both the MX port (25) and the submission ports (587 with STARTTLS required, 465 with
 implicit TLS); what differs is whether AUTH is offered and required, and which policy questions apply.
@@ -22,11 +23,11 @@ from pathlib import Path
 from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslError, decode_login_field, decode_plain
 from appliance.config import HostPort
+from appliance.message import codes
+from appliance.message.address import AddressError, parse_mailbox
 from appliance.message.model import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
-from appliance.smtp import codes
-from appliance.smtp.address import AddressError, parse_mailbox
+from appliance.pipeline.stages import MailFrom, Outcome, Pipeline, RcptTo, Result, Stage
 from appliance.smtp.commands import MailParams
-from appliance.smtp.policy import Client, RecipientPolicy
 from appliance.smtp.protocol import Envelope, Session, SMTPServerProtocol
 
 log = logging.getLogger("appliance.smtp")
@@ -95,20 +96,27 @@ class SessionCounter:
 
 
 class InboundHandler:
-    """The decisions of an SMTP listener: the policy decides each recipient, the spool makes the 250 true."""
+    """The decisions of an SMTP listener: the pipeline's checks decide, the intake makes the 250 true.
 
-    def __init__(self, hostname: str, policy: RecipientPolicy, commit: Commit, options: ListenerOptions,
-                 max_recipients: int, authenticate: Authenticate | None = None,
-                 is_banned: Callable[[str], bool] | None = None,
-                 sender_allowed: Callable[[str, str], bool] | None = None) -> None:
+    What stays here is what belongs to the listener rather than to a policy: AUTH, which this listener
+    offers or requires, address syntax and charset (RFC 6531), and the trace header.
+    """
+
+    def __init__(self, hostname: str, pipeline: Pipeline, commit: Commit, options: ListenerOptions,
+                 postmaster_domain: str | None, authenticate: Authenticate | None = None,
+                 is_banned: Callable[[str], bool] | None = None) -> None:
         self.hostname = hostname
-        self.policy = policy
+        self._pipeline = pipeline
         self._commit = commit
         self.options = options
-        self.max_recipients = max_recipients
+        self._postmaster_domain = postmaster_domain
         self._authenticate = authenticate
         self._is_banned = is_banned or (lambda ip: False)
-        self._sender_allowed = sender_allowed
+
+    def reconfigure(self, pipeline: Pipeline, postmaster_domain: str | None) -> None:
+        """SIGHUP: the checks of the new config decide every command from now on; open sessions stay."""
+        self._pipeline = pipeline
+        self._postmaster_domain = postmaster_domain
 
     def auth_offered(self, session: Session) -> bool:
         """AUTH in the EHLO answer: on the submission ports, and only where credentials may be sent."""
@@ -121,8 +129,20 @@ class InboundHandler:
             return "454 4.7.0 Too many failed logins from your address; try again later"
         return None
 
+    def handle_CONNECT(self, session: Session) -> str | None | Awaitable[str | None]:
+        pipeline = self._pipeline
+        if not pipeline.has_checks(Stage.CONNECT):
+            return None
+        return _refusal(pipeline.run(Stage.CONNECT, session, None, None))
+
+    def handle_HELO(self, session: Session, name: str) -> str | None | Awaitable[str | None]:
+        pipeline = self._pipeline
+        if not pipeline.has_checks(Stage.HELO):
+            return None
+        return _refusal(pipeline.run(Stage.HELO, session, None, name))
+
     def handle_MAIL(self, session: Session, envelope: Envelope, address: str, params: MailParams,
-                    options: list[str]) -> str:
+                    options: list[str]) -> str | Awaitable[str]:
         if self.options.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         if address != "<>":  # the null reverse-path comes as "<>"
@@ -133,46 +153,43 @@ class InboundHandler:
                 sender = str(parse_mailbox(address, forbid_routing=False))
             except AddressError as exc:
                 return exc.reply()
-            login = session.login
-            if login is not None and self._sender_allowed is not None and not self._sender_allowed(login, sender):
-                return f"553 5.7.1 <{sender}> is not an address of the authenticated user {login}"
         else:
             sender = "<>"  # a true value marks "MAIL given"; the spool stores ""
-        envelope.mail_from = sender
-        envelope.mail_options.extend(options)
-        envelope.size = params.size
-        return "250 2.1.0 OK"
+        outcome = self._pipeline.run(Stage.MAIL, session, envelope, MailFrom(sender if sender != "<>" else "",
+                                                                              params.size))
+        if outcome is None or isinstance(outcome, Result):
+            return _mail_given(outcome, envelope, sender, params, options)
+        return _after(outcome, _mail_given, envelope, sender, params, options)
 
-    def handle_RCPT(self, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
-        accepted = envelope.accepted
-        if len(accepted) >= self.max_recipients:
-            return codes.TOO_MANY_RECIPIENTS
+    def handle_RCPT(self, session: Session, envelope: Envelope, address: str,
+                    options: list[str]) -> str | Awaitable[str]:
         refusal = _charset_refusal(address, envelope, "5.1.3")
         if refusal:
             return refusal
         if address.strip().lower() == "postmaster":
             # RFC 5321 §4.5.1: RCPT TO:<Postmaster> without a domain MUST be accepted; it means our postmaster.
-            local_domains = self.policy.config.primary.domains if self.policy.config.primary else ()
-            if not local_domains:
+            if self._postmaster_domain is None:
                 return "550 5.1.1 <Postmaster>: this host keeps no mailboxes; write to the postmaster of a domain"
-            address = f"postmaster@{local_domains[0]}"
+            address = f"postmaster@{self._postmaster_domain}"
         try:
             mailbox = parse_mailbox(address)
         except AddressError as exc:
             log.info("client=%s rcpt=%r refused: %s", session.ip, address, exc.text)
             return exc.reply()
-        decision = self.policy.check(mailbox, Client(session.ip, session.login), envelope.size)
-        if not decision.accepted:
-            log.info("client=%s from=<%s> rcpt=<%s> refused: %s", session.ip, envelope.mail_from, mailbox,
-                     decision.reply)
-            return decision.reply
-        accepted.append((str(mailbox), decision.addresses))
-        envelope.rcpt_tos.append(str(mailbox))
-        envelope.rcpt_options.extend(options)
-        return decision.reply
+        rcpt = RcptTo(str(mailbox), mailbox, (str(mailbox),))
+        outcome = self._pipeline.run(Stage.RCPT, session, envelope, rcpt)
+        if outcome is None or isinstance(outcome, Result):
+            return _rcpt_given(outcome, envelope, rcpt, options)
+        return _after(outcome, _rcpt_given, envelope, rcpt, options)
 
     async def handle_DATA(self, session: Session, envelope: Envelope) -> str:
-        raw = envelope.content  # CRLF line endings only: the engine refused others
+        outcome = self._pipeline.run(Stage.DATA, session, envelope, envelope.content)
+        if outcome is not None and not isinstance(outcome, Result):
+            outcome = await outcome
+        if outcome is not None and outcome.refused:
+            assert outcome.reply is not None
+            return outcome.reply
+        raw = envelope.content  # CRLF line endings only: the checks refused others
         ip = session.ip
         queue_id = new_queue_id()
         recipients: list[Recipient] = []
@@ -182,12 +199,15 @@ class InboundHandler:
                 if target.lower() not in seen:
                     seen.add(target.lower())
                     recipients.append(Recipient(address=target, original=original))
-        data = self._received(session, envelope, queue_id) + raw
+        data = self._received(session, envelope, queue_id)
+        if envelope.added_headers:
+            data += _header_lines(envelope.added_headers)
+        data += raw
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
         message = QueuedMessage(queue_id=queue_id, mail_from=sender, recipients=recipients,
                                 arrival=time.time(), client=ip, helo=session.host_name or "",
                                 smtputf8=envelope.smtp_utf8,
-                                # checked by the engine: the next hop gets it as it is
+                                # checked by the pipeline: the next hop gets it as it is
                                 meta={META_CRLF_ONLY: True, META_DOT_FREE: True} if not envelope.dot_lines
                                 else {META_CRLF_ONLY: True})
         try:
@@ -347,6 +367,52 @@ async def _challenge(conn: SMTPServerProtocol, prompt: str) -> str | None:
         conn.push("501 5.7.0 Authentication cancelled")
         return None
     return text
+
+
+def _refusal(outcome: Outcome | Awaitable[Outcome]) -> str | None | Awaitable[str | None]:
+    """A stage's outcome as the engine takes it: the refusal reply, or None to go on."""
+    if outcome is None or isinstance(outcome, Result):
+        return outcome.reply if outcome is not None and outcome.refused else None
+
+    async def wait() -> str | None:
+        result = await outcome
+        return result.reply if result is not None and result.refused else None
+
+    return wait()
+
+
+async def _after(outcome: Awaitable[Outcome], then: Callable[..., str], *args: object) -> str:
+    return then(await outcome, *args)
+
+
+def _mail_given(outcome: Outcome, envelope: Envelope, sender: str, params: MailParams, options: list[str]) -> str:
+    if outcome is not None and outcome.refused:
+        assert outcome.reply is not None
+        return outcome.reply
+    envelope.mail_from = sender
+    envelope.mail_options.extend(options)
+    envelope.size = params.size
+    return outcome.reply if outcome is not None and outcome.reply else "250 2.1.0 OK"
+
+
+def _rcpt_given(outcome: Outcome, envelope: Envelope, rcpt: RcptTo, options: list[str]) -> str:
+    if outcome is not None and outcome.refused:
+        assert outcome.reply is not None
+        return outcome.reply
+    envelope.accepted.append((rcpt.address, rcpt.targets))
+    envelope.rcpt_tos.append(rcpt.address)
+    envelope.rcpt_options.extend(options)
+    return outcome.reply if outcome is not None and outcome.reply else "250 2.1.5 OK"
+
+
+def _header_lines(headers: list[tuple[str, str]]) -> bytes:
+    """Header fields the checks asked for (RFC 5322 §2.2): a value's own line breaks become folds, so that no
+    check can end the header section or start a field of its own."""
+    out = []
+    for name, value in headers:
+        lines = [line.strip() for line in value.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+        out.append(f"{name}: " + "\r\n\t".join(line for line in lines if line) + "\r\n")
+    return "".join(out).encode("utf-8", "replace")
 
 
 def _charset_refusal(address: str, envelope: Envelope, enhanced: str) -> str | None:

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from appliance.auth.authenticator import Authenticator
+from appliance.config.model import AuthConfig
 
 
 class FakeClock:
@@ -39,7 +40,7 @@ def make_auth(directory, clock):
 
     def make(**kwargs) -> Authenticator:
         kwargs.setdefault("ban_threshold", 3)
-        auth = Authenticator(directory, clock=clock, **kwargs)
+        auth = Authenticator(directory, AuthConfig(**kwargs), clock=clock)
         made.append(auth)
         return auth
 

@@ -11,6 +11,7 @@ import pytest
 from peers.named import free_port
 from peers.tls import self_signed_cert
 
+from appliance.config.model import DeliveryConfig
 from appliance.delivery.client import Deliverer, Framing, HostsTarget, MXTarget
 
 HELO = "out.mailfleet.test"
@@ -73,7 +74,7 @@ def port() -> int:
 
 @pytest.fixture
 def deliverer(named):
-    return Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10)
+    return Deliverer(HELO, named.resolver(), DeliveryConfig(connect_timeout=5, command_timeout=10))
 
 
 async def test_best_mx_gets_the_mail(deliverer, smtp_sink, port) -> None:
@@ -312,7 +313,7 @@ async def test_message_over_the_peer_size_limit_bounces(deliverer, smtp_sink, po
 @pytest.mark.parametrize("limit, hold", [(2, 0.3), (6, 1.0)])
 async def test_concurrency_limit_per_destination(named, smtp_sink, port, limit, hold) -> None:
     sink = smtp_sink("127.0.0.31", port, hold=hold)
-    deliverer = Deliverer(HELO, named.resolver(), concurrency_per_destination=limit)
+    deliverer = Deliverer(HELO, named.resolver(), DeliveryConfig(concurrency_per_destination=limit))
     target = MXTarget("ordered.mailfleet.test", port)
     results = await asyncio.gather(
         *(deliverer.deliver(target, "a@sender.test", [f"u{i}@ordered.mailfleet.test"], MESSAGE) for i in range(6))
@@ -326,7 +327,7 @@ async def test_concurrency_limit_per_destination(named, smtp_sink, port, limit, 
 async def test_source_address_binding_ipv4(named, smtp_sink, port) -> None:
     sink = smtp_sink("127.0.0.31", port)
     sources = ["127.0.0.2", "::1"] if loopback_v6() else ["127.0.0.2"]
-    deliverer = Deliverer(HELO, named.resolver(), source_addresses=sources)
+    deliverer = Deliverer(HELO, named.resolver(), DeliveryConfig(source_addresses=tuple(sources)))
     results = await deliverer.deliver(
         MXTarget("ordered.mailfleet.test", port), "a@sender.test", ["bob@ordered.mailfleet.test"], MESSAGE
     )
@@ -345,7 +346,7 @@ async def test_unbound_source_is_the_systems_choice(deliverer, smtp_sink, port) 
 @pytest.mark.skipif(not loopback_v6(), reason="no IPv6 loopback on this machine")
 async def test_ipv6_mx_with_ipv6_source(named, smtp_sink, port) -> None:
     sink = smtp_sink("::1", port)
-    deliverer = Deliverer(HELO, named.resolver(), source_addresses=["127.0.0.2", "::1"])
+    deliverer = Deliverer(HELO, named.resolver(), DeliveryConfig(source_addresses=("127.0.0.2", "::1")))
     results = await deliverer.deliver(
         MXTarget("v6.mailfleet.test", port), "a@sender.test", ["bob@v6.mailfleet.test"], MESSAGE
     )
@@ -384,7 +385,7 @@ async def test_we_never_deliver_to_ourselves_as_best_mx(named, smtp_sink, port) 
 
 async def test_only_better_mx_than_ourselves_are_tried(named, smtp_sink, port) -> None:
     us = smtp_sink("127.0.0.61", port)
-    deliverer = Deliverer(HELO, named.resolver(), own_addresses=["127.0.0.61"], connect_timeout=5)
+    deliverer = Deliverer(HELO, named.resolver(), DeliveryConfig(connect_timeout=5), own_addresses=["127.0.0.61"])
     # The better MX (127.0.0.62) is down: retry later, never hand the mail to ourselves.
     results = await deliverer.deliver(
         MXTarget("selfsecond.mailfleet.test", port), "a@sender.test", ["bob@selfsecond.mailfleet.test"], MESSAGE
@@ -478,7 +479,7 @@ async def test_silent_mx_times_out_and_the_next_one_takes_the_mail(named, smtp_s
         tarpit.bind(("127.0.0.31", port))
         tarpit.listen(8)
         backup = smtp_sink("127.0.0.32", port)
-        deliverer = Deliverer(HELO, named.resolver(), connect_timeout=0.5, command_timeout=5)
+        deliverer = Deliverer(HELO, named.resolver(), DeliveryConfig(connect_timeout=0.5, command_timeout=5))
         results = await deliverer.deliver(
             MXTarget("ordered.mailfleet.test", port), "a@sender.test", ["bob@ordered.mailfleet.test"], MESSAGE
         )
@@ -490,7 +491,7 @@ async def test_silent_mx_times_out_and_the_next_one_takes_the_mail(named, smtp_s
 @pytest.mark.parametrize("listening", ["127.0.0.32", "::1"])
 async def test_one_mx_host_tries_each_of_its_addresses(named, smtp_sink, port, listening) -> None:
     sink = smtp_sink(listening, port)  # the other address of the host refuses connections
-    deliverer = Deliverer(HELO, named.resolver(prefer_ipv6=True), connect_timeout=5)
+    deliverer = Deliverer(HELO, named.resolver(prefer_ipv6=True), DeliveryConfig(connect_timeout=5))
     results = await deliverer.deliver(
         MXTarget("dualstack.mailfleet.test", port), "a@sender.test", ["bob@dualstack.mailfleet.test"], MESSAGE
     )
@@ -500,7 +501,8 @@ async def test_one_mx_host_tries_each_of_its_addresses(named, smtp_sink, port, l
 
 
 async def test_the_next_message_to_a_host_reuses_the_open_session(named, smtp_sink, port) -> None:
-    deliverer = Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10, connection_idle=0.5)
+    deliverer = Deliverer(HELO, named.resolver(),
+                           DeliveryConfig(connect_timeout=5, command_timeout=10, connection_reuse_time=0.5))
     sink = smtp_sink("127.0.0.51", port)
     for n in range(3):
         results = await deliverer.deliver(HostsTarget((("127.0.0.51", port),)), "a@sender.test",
@@ -517,7 +519,8 @@ async def test_the_next_message_to_a_host_reuses_the_open_session(named, smtp_si
 
 
 async def test_a_kept_session_the_peer_dropped_is_replaced(named, smtp_sink, port) -> None:
-    deliverer = Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10, connection_idle=30)
+    deliverer = Deliverer(HELO, named.resolver(),
+                           DeliveryConfig(connect_timeout=5, command_timeout=10, connection_reuse_time=30))
     first = smtp_sink("127.0.0.51", port)
     target = HostsTarget((("127.0.0.51", port),))
     assert (await deliverer.deliver(target, "a@sender.test", ["r1@dest.test"], MESSAGE))["r1@dest.test"].ok
@@ -555,7 +558,8 @@ async def test_data_is_dot_stuffed_and_arrives_unchanged(deliverer, smtp_sink, p
 
 
 async def test_a_session_whose_data_answer_timed_out_is_not_kept(named, smtp_sink, port) -> None:
-    deliverer = Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=1, connection_idle=30)
+    deliverer = Deliverer(HELO, named.resolver(),
+                           DeliveryConfig(connect_timeout=5, command_timeout=1, connection_reuse_time=30))
     sink = smtp_sink("127.0.0.51", port, hold=2.0)
     target = HostsTarget((("127.0.0.51", port),))
     first = await deliverer.deliver(target, "a@sender.test", ["r1@dest.test"], MESSAGE)
@@ -573,7 +577,8 @@ async def test_a_session_whose_data_answer_timed_out_is_not_kept(named, smtp_sin
 
 @pytest.fixture
 def reusing(named) -> Deliverer:
-    return Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10, connection_idle=30)
+    return Deliverer(HELO, named.resolver(),
+                           DeliveryConfig(connect_timeout=5, command_timeout=10, connection_reuse_time=30))
 
 
 async def test_pipelined_per_recipient_results_and_the_session_carries_on(reusing, smtp_sink, port) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from peers.named import free_port
 
+from appliance.config.model import DeliveryConfig
 from appliance.delivery.client import Deliverer, HostsTarget, MXTarget
 
 pytest_plugins = ["peers.postfix_sink"]  # the `postfix_sink` fixture (harmless if tests/conftest.py lists it)
@@ -20,7 +21,7 @@ mx.pf    IN A 127.0.0.71
 @pytest.fixture
 def deliverer(named_factory) -> Deliverer:
     named = named_factory({"mailfleet.test": ZONE})
-    return Deliverer(HELO, named.resolver(), connect_timeout=5, command_timeout=10)
+    return Deliverer(HELO, named.resolver(), DeliveryConfig(connect_timeout=5, command_timeout=10))
 
 
 async def test_mx_delivery_to_postfix_smtp_sink(deliverer, postfix_sink) -> None:

@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.auth.authenticator import Authenticator
 from appliance.auth.directory import Directory
+from appliance.config.model import AuthConfig
 from appliance.pop3.server import start_pop3
 from appliance.store import MailStore
 
@@ -69,7 +70,7 @@ async def _start(tmp_path, tls_files, plaintext_on_loopback: bool, idle_timeout:
     directory = Directory(tmp_path / "directory.sqlite", config_domains=["example.org"], password_hasher=hasher)
     directory.add_user("alice@example.org", PASSWORD)
     directory.add_user("bob@example.org", PASSWORD)
-    authenticator = Authenticator(directory, **auth_kwargs)
+    authenticator = Authenticator(directory, AuthConfig(**auth_kwargs))
     store = MailStore(tmp_path / "mail")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(tls_files[0]), str(tls_files[1]))

@@ -12,6 +12,9 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.pipeline.limits import SizeLimit
+from appliance.pipeline.smuggling import line_endings
+from appliance.pipeline.stages import MailFrom
 from appliance.smtp.commands import MailParams
 from appliance.smtp.protocol import Envelope, Session, SMTPServerProtocol
 
@@ -42,10 +45,18 @@ class _Transport(asyncio.Transport):
 
 
 class _Handler:
-    """Accepts every sender and recipient but <nobody@x.test>; keeps the messages."""
+    """Accepts every sender and recipient but <nobody@x.test>; keeps the messages. The size and line-ending
+    decisions are the pipeline's own checks (pipeline.limits, pipeline.smuggling), as in smtp.server."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[bytes, bool]] = []
+        self.size = SizeLimit(1000)
+
+    def handle_CONNECT(self, session: Session) -> str | None:
+        return None
+
+    def handle_HELO(self, session: Session, name: str) -> str | None:
+        return None
 
     def auth_offered(self, session: Session) -> bool:
         return False
@@ -55,6 +66,9 @@ class _Handler:
 
     def handle_MAIL(self, session: Session, envelope: Envelope, address: str, params: MailParams,
                     options: list[str]) -> str:
+        refused = self.size.mail(session, envelope, MailFrom(address, params.size))
+        if refused is not None:
+            return refused.reply or ""
         envelope.mail_from = address
         return "250 2.1.0 OK"
 
@@ -65,6 +79,10 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, session: Session, envelope: Envelope) -> str:
+        for check in (self.size.data, line_endings):
+            refused = check(session, envelope, envelope.content)
+            if refused is not None:
+                return refused.reply or ""
         await asyncio.sleep(0)  # a real commit waits for the disk
         self.messages.append((envelope.content, envelope.dot_lines))
         return f"250 2.0.0 OK queued as {len(self.messages)}"

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from appliance.message.model import QueuedMessage, Recipient, new_queue_id
-from appliance.queue import notify
 from appliance.queue.spool import Spool
+from appliance.service import messages as notify
 from appliance.store import MailStore
 
 

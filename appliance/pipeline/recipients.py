@@ -1,8 +1,10 @@
-"""Who may send what to whom: the per-recipient decision taken at RCPT TO, composed from the host's roles.
+"""Who may send what to whom: the recipient policy, the pipeline's first check at RCPT TO, composed from the
+host's roles.
 
-The protocol engine (server.py) asks; this module answers with a reply. Relaying is never the default: a
-recipient outside the domains this host serves is accepted only for a client inside the outgoing gateway's
-explicit relay_networks, or for an authenticated submission user. Everyone else gets a 5.7.1 refusal.
+Relaying is never the default: a recipient outside the domains this host serves is accepted only for a client
+inside the outgoing gateway's explicit relay_networks, or for an authenticated submission user. Everyone else
+gets a 5.7.1 refusal. An accepted local recipient is expanded (aliases, catch-all) into the mailboxes it
+delivers to: the check writes them into the stage's ``RcptTo.targets``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from appliance.config import Config
-from appliance.smtp.address import Mailbox
+from appliance.message.address import Mailbox
+from appliance.pipeline.stages import Client, RcptTo, Result, Transaction, refuse, tempfail
 
 log = logging.getLogger("appliance.smtp")
 
@@ -24,14 +27,6 @@ class UserDirectory(Protocol):
 
 class QuotaCheck(Protocol):
     def __call__(self, address: str, size: int) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Client:
-    """What the policy knows of the SMTP client."""
-
-    ip: str
-    authenticated_as: str | None = None  # the login of an authenticated submission session
 
 
 @dataclass(frozen=True)
@@ -53,7 +48,8 @@ class RecipientPolicy:
     _relay_denied_code: int = field(init=False, default=550)
 
     def __post_init__(self) -> None:
-        # The issue's contract: an outgoing gateway answers a relay attempt 554, any other role 550.
+        # An outgoing gateway answers a relay attempt 554 (the transaction is refused outright), any other role
+        # 550 (this recipient is unknown here).
         self._relay_denied_code = 554 if self.config.outgoing_gateway is not None else 550
 
     def is_local_domain(self, domain: str) -> bool:
@@ -63,7 +59,7 @@ class RecipientPolicy:
             return self.directory.is_local_domain(domain)
         return domain in self.config.local_domains
 
-    def check(self, rcpt: Mailbox, client: Client, size_hint: int = 0) -> Decision:
+    def check(self, rcpt: Mailbox, ip: str, login: str | None = None, size_hint: int = 0) -> Decision:
         address = str(rcpt)
         domain = rcpt.domain
         config = self.config
@@ -76,9 +72,9 @@ class RecipientPolicy:
             return Decision("250 2.1.5 OK", (address,), "backup")
         if domain in config.forward_domains:
             return Decision("250 2.1.5 OK", (address,), "forward")
-        if client.authenticated_as is not None:
+        if login is not None:
             return Decision("250 2.1.5 OK", (address,), "relay")
-        if config.outgoing_gateway is not None and config.outgoing_gateway.allows(client.ip):
+        if config.outgoing_gateway is not None and config.outgoing_gateway.allows(ip):
             return Decision("250 2.1.5 OK", (address,), "relay")
         return Decision(f"{self._relay_denied_code} 5.7.1 <{address}>: relay access denied")
 
@@ -94,3 +90,20 @@ class RecipientPolicy:
                     # RFC 3463: 4.2.2 mailbox full; the sender retries, as with Postfix + Dovecot.
                     return Decision(f"452 4.2.2 <{address}>: mailbox full")
         return Decision("250 2.1.5 OK", tuple(targets), "local")
+
+
+class RecipientCheck:
+    """The RCPT stage's check: the policy's decision, and on acceptance the mailboxes the address delivers to."""
+
+    def __init__(self, policy: RecipientPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, client: Client, transaction: Transaction, rcpt: RcptTo) -> Result | None:
+        decision = self.policy.check(rcpt.mailbox, client.ip, client.login, transaction.size)
+        if not decision.accepted:
+            log.info("client=%s from=<%s> rcpt=<%s> refused: %s", client.ip, transaction.mail_from, rcpt.address,
+                     decision.reply)
+            return tempfail(decision.reply) if decision.reply.startswith("4") else refuse(decision.reply)
+        rcpt.targets = decision.addresses
+        rcpt.kind = decision.kind
+        return None

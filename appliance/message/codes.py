@@ -24,6 +24,11 @@ BARE_LINE_ENDING = ("550 5.6.0 Message refused: bare CR or LF in the data; lines
 UNDECLARED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 AUTH_UNAVAILABLE = "502 5.5.1 AUTH is offered on the submission ports only"
+# RFC 1870 §6.1 (declared size), RFC 5321 §4.5.3.1.6 (line length) and §4.2.5 (data over the limit): the
+# wording is aiosmtpd's.
+SIZE_EXCEEDED = "552 Error: message size exceeds fixed maximum message size"
+DATA_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+TOO_MUCH_DATA = "552 Error: Too much mail data"
 TEMP_INTERNAL_ERROR = "451 4.3.0 Internal error; try again later"
 TEMP_QUEUE_FAILURE = "451 4.3.0 Could not queue the message; try again later"
 

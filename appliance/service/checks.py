@@ -1,0 +1,25 @@
+"""Which checks this host runs at each stage of the pipeline, in order: the one place a check is registered.
+
+A new check (a content filter, a DNSBL, SPF) is a module of its own in its room (filters/, ...) that
+provides a callable per stage (pipeline/stages.py), and one line here that registers it where the config
+asks for it.
+"""
+
+from __future__ import annotations
+
+from appliance.auth.directory import Directory
+from appliance.config import Config
+from appliance.pipeline import limits, smuggling
+from appliance.pipeline.recipients import RecipientCheck, RecipientPolicy
+from appliance.pipeline.senders import SenderOwnership
+from appliance.pipeline.stages import Pipeline, Stage
+
+
+def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None) -> Pipeline:
+    pipeline = Pipeline()
+    # The limits first: they cost nothing and spare the later checks the work.
+    limits.register(pipeline, config.smtp.max_message_size, config.smtp.max_recipients)
+    pipeline.register(Stage.MAIL, SenderOwnership(directory))  # submission users send as themselves
+    pipeline.register(Stage.RCPT, RecipientCheck(policy))  # no open relay; local users, backup, forward
+    pipeline.register(Stage.DATA, smuggling.line_endings)
+    return pipeline

@@ -1,0 +1,297 @@
+"""The composition root: every part of one host's service, built from one Config, and rebuilt from the next.
+
+The parts and who uses them:
+
+- the spool and the queue runner (queue/): in the queue process;
+- the user directory, the login bans and the mailbox store (auth/, store/): on a primary;
+- the pipeline (checks.py) and the intake with its two targets, the mailboxes and the spool: in every process
+  that answers SMTP;
+- the SMTP listeners (smtp/), IMAP and POP3 (imap/, pop3/), the control socket (queue/control.py).
+
+A process runs in one of three modes: ``ALL`` (everything in one asyncio process), ``QUEUE`` (no SMTP
+listeners: the acceptors have them) or ``ACCEPTOR`` (SMTP only; see acceptors.py). On SIGHUP ``apply`` hands
+each part its new settings through the part's own ``reconfigure``/``set_*`` method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+
+from appliance.auth.authenticator import Authenticator
+from appliance.auth.directory import Directory
+from appliance.config import Config
+from appliance.config.tls import server_tls_context
+from appliance.delivery.client import Deliverer
+from appliance.delivery.local import LocalDelivery, MailboxTarget
+from appliance.delivery.router import LOCAL, Router
+from appliance.dns.resolver import Resolver
+from appliance.imap.server import start_imap
+from appliance.message.model import QueuedMessage, SpoolCorrupt
+from appliance.pipeline.intake import Intake
+from appliance.pipeline.recipients import RecipientPolicy
+from appliance.pipeline.stages import Pipeline
+from appliance.pop3.server import start_pop3
+from appliance.queue.control import ControlServer
+from appliance.queue.runner import QueueRunner
+from appliance.queue.spool import Spool
+from appliance.queue.target import SpoolTarget
+from appliance.service.checks import build_pipeline
+from appliance.service.messages import Notice, Notifier
+from appliance.smtp.server import (
+    InboundHandler,
+    ListenerOptions,
+    SessionCounter,
+    SessionTable,
+    SMTPListeners,
+    start_smtp,
+)
+from appliance.store import MailStore
+
+log = logging.getLogger("appliance.serve")
+
+DRAIN_SECONDS = 20.0
+
+
+class Mode(enum.Enum):
+    ALL = "all"  # one process: everything
+    QUEUE = "queue"  # the queue process beside acceptor processes: no SMTP listeners
+    ACCEPTOR = "acceptor"  # an acceptor process: SMTP listeners only
+
+
+@dataclass(frozen=True)
+class AcceptorSeat:
+    """What an acceptor process gets from the queue process: the listening sockets, the stream to tell it of
+    new mail, and its slot in the shared session table."""
+
+    sockets: dict[str, list[socket.socket]]
+    notifier: Notifier
+    workers: int
+    index: int
+
+
+class Appliance:
+    """The running services of one host, built from one Config."""
+
+    def __init__(self, config: Config, mode: Mode = Mode.ALL, seat: AcceptorSeat | None = None) -> None:
+        if (mode is Mode.ACCEPTOR) != (seat is not None):
+            raise ValueError("an acceptor process needs its seat, and only it")
+        self.config = config
+        self.mode = mode
+        self._seat = seat
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(config.spool_dir)
+        self.directory: Directory | None = None
+        self.authenticator: Authenticator | None = None
+        self.store: MailStore | None = None
+        if config.primary is not None:
+            self.directory = Directory.from_config(config)
+            self.authenticator = Authenticator(self.directory, config.auth,
+                                               state_path=config.data_dir / "auth-state.sqlite")
+            self.store = MailStore(config.mail_dir)
+        self.router = self._router(config)
+        self.local = self._local(config)
+        self.runner: QueueRunner | None = None
+        if mode is not Mode.ACCEPTOR:
+            self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
+                                      config.hostname, config.queue.lifetime)
+        self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local)
+        self.listeners: SMTPListeners | None = None
+        self.other_servers: list[asyncio.Server] = []
+        self.handlers: list[InboundHandler] = []
+        self.control: ControlServer | None = None
+        self._runner_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ parts built from the config
+
+    def _router(self, config: Config) -> Router:
+        return Router(config, self.directory.is_local_domain if self.directory is not None else None)
+
+    def _deliverer(self, config: Config) -> Deliverer:
+        own = [hp.host for hp in config.listen.smtp if hp.port == 25]
+        return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own)
+
+    def _local(self, config: Config) -> LocalDelivery | None:
+        if self.store is None or self.directory is None:
+            return None
+        return LocalDelivery(self.store, config.hostname, quota_of=self.directory.quota)
+
+    def _mailbox_target(self) -> MailboxTarget | None:
+        if self.local is None:
+            return None
+        return MailboxTarget(self.local, self._seat.notifier.delivered if self._seat is not None else None)
+
+    def _pipeline(self, config: Config) -> Pipeline:
+        policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None)
+        return build_pipeline(config, policy, self.directory)
+
+    def _over_quota(self, address: str, size: int) -> bool:
+        assert self.directory is not None and self.store is not None
+        quota = self.directory.quota(address)
+        if not quota:
+            return False
+        used = self.store.account(address).quota()[0]
+        return used + size > quota
+
+    def _is_local(self, address: str) -> bool:
+        return self.router.route(address).kind == LOCAL
+
+    def _committed(self, message: QueuedMessage, envelope: bytes) -> None:
+        """The spool target committed a message: the queue runner takes it (one process), or the queue process
+        hears of it (an acceptor)."""
+        if self.runner is not None:
+            self.runner.enqueue(message)
+        elif self._seat is not None:
+            self._seat.notifier.committed(message.queue_id, envelope, message.data_offset, message.size)
+
+    # ------------------------------------------------------------------ what the acceptors tell the queue process
+
+    def on_delivered(self, address: str) -> None:
+        """Queue process: an acceptor put mail into this mailbox; IMAP sessions idling on it hear it now
+        instead of at their next poll."""
+        if self.store is not None:
+            self.store.changed_elsewhere(address, "INBOX")
+
+    def on_committed(self, queue_id: str, notice: Notice | None = None) -> None:
+        """Queue process: an acceptor (with the envelope it just wrote) or the rescan names a message."""
+        assert self.runner is not None
+        if self.runner.knows(queue_id):
+            return
+        try:
+            if notice is not None:
+                message = self.spool.from_envelope(queue_id, notice.envelope, notice.data_offset, notice.size)
+            else:
+                message = self.spool.load(queue_id)
+        except FileNotFoundError:
+            return  # already delivered and removed
+        except SpoolCorrupt as exc:
+            log.warning("spool: %s", exc)
+            return
+        self.runner.adopt(message)
+
+    async def rescan(self, every: float = 10.0) -> None:
+        """Queue process: pick up messages whose notification was lost (e.g. an acceptor restarting)."""
+        while True:
+            await asyncio.sleep(every)
+            for queue_id in self.spool.ids():
+                self.on_committed(queue_id)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        config = self.config
+        if self.runner is not None:
+            loaded = self.runner.load_spool()
+            if loaded:
+                log.info("spool: %d message(s) waiting from before the start", loaded)
+            self._runner_task = asyncio.create_task(self.runner.run(), name="queue-runner")
+        tls = server_tls_context(config)
+        if self.runner is not None:
+            # The control socket first: once SMTP answers, `mailfleet queue ...` must find the server.
+            self.control = ControlServer(config.data_dir / "control.sock", self.runner)
+            await self.control.start()
+            await self._start_mailbox_access(tls)
+        if self.mode is not Mode.QUEUE:
+            await self._start_smtp(tls)
+        if self.mode is not Mode.ACCEPTOR:
+            log.info("mailfleet %s up: roles %s", config.hostname, ", ".join(config.roles))
+
+    async def _start_smtp(self, tls: ssl.SSLContext | None) -> None:
+        config = self.config
+        counter = SessionCounter(config.smtp.max_sessions)
+        seat = self._seat
+        if seat is not None:
+            counter.table = SessionTable(config.data_dir / "smtp-sessions", seat.workers, seat.index)
+        pipeline = self._pipeline(config)
+        authenticator = self.authenticator
+
+        def handler_for(options: ListenerOptions) -> InboundHandler:
+            handler = InboundHandler(
+                config.hostname, pipeline, self.intake.commit, options, _postmaster_domain(config),
+                authenticate=authenticator.authenticate if authenticator is not None else None,
+                is_banned=authenticator.is_banned if authenticator is not None else None)
+            self.handlers.append(handler)
+            return handler
+
+        def inherited(name: str) -> list[socket.socket] | None:
+            return seat.sockets.get(name) if seat is not None else None
+
+        servers = await start_smtp(config.listen.smtp, handler_for, ListenerOptions("smtp"), counter,
+                                   config.hostname, config.smtp.max_message_size, tls, inherited("smtp"),
+                                   idle_timeout=config.smtp.idle_timeout)
+        loopback_plain = config.tls.plaintext_auth_on_loopback
+        for name, listen, implicit in (("submission", config.listen.submission, False),
+                                       ("submissions", config.listen.submissions, True)):
+            if listen:
+                servers += await start_smtp(
+                    listen, handler_for,
+                    ListenerOptions(name, offer_auth=True, require_auth=True, implicit_tls=implicit,
+                                    plaintext_auth_on_loopback=loopback_plain),
+                    counter, config.hostname, config.smtp.max_message_size, tls, inherited(name),
+                    idle_timeout=config.smtp.idle_timeout)
+        self.listeners = SMTPListeners(servers, counter)
+
+    async def _start_mailbox_access(self, tls: ssl.SSLContext | None) -> None:
+        """IMAP and POP3 on a primary."""
+        config = self.config
+        listen = config.listen
+        if self.store is None or self.authenticator is None:
+            return
+        if listen.imap or listen.imaps:
+            self.other_servers += await start_imap(
+                [(hp.host, hp.port) for hp in listen.imap], [(hp.host, hp.port) for hp in listen.imaps],
+                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback)
+        if listen.pop3 or listen.pop3s:
+            self.other_servers += await start_pop3(
+                [(hp.host, hp.port) for hp in listen.pop3], [(hp.host, hp.port) for hp in listen.pop3s],
+                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback)
+
+    def apply(self, new: Config) -> None:
+        """Swap in a validated config: policy, routing, users and delivery settings; connections stay open."""
+        old = self.config
+        if new.listen != old.listen or new.roles != old.roles or new.data_dir != old.data_dir:
+            log.warning("reload: listen addresses, roles and data_dir change only with a restart; "
+                        "the other settings take effect now")
+        self.config = new
+        if new.primary is not None and self.directory is not None and self.authenticator is not None:
+            # Users, aliases and catch-alls rendered into the config change with it.
+            self.directory = Directory.from_config(new)
+            self.authenticator.set_directory(self.directory)
+        self.router = self._router(new)
+        self.local = self._local(new)
+        if self.runner is not None:
+            self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
+        self.intake.reconfigure(self._mailbox_target(), self._is_local)
+        if self.handlers:
+            pipeline = self._pipeline(new)
+            for handler in self.handlers:
+                handler.reconfigure(pipeline, _postmaster_domain(new))
+        logging.getLogger("appliance").setLevel(new.log_level.upper())
+
+    async def stop(self) -> None:
+        if self.mode is not Mode.ACCEPTOR:
+            log.info("stopping: draining SMTP sessions (up to %.0fs) and deliveries in flight", DRAIN_SECONDS)
+        for server in self.other_servers:
+            server.close()
+        if self.listeners is not None:
+            await self.listeners.drain(DRAIN_SECONDS)
+        if self.runner is not None:
+            await self.runner.stop(grace=DRAIN_SECONDS)
+        if self._runner_task is not None:
+            self._runner_task.cancel()
+        if self.control is not None:
+            await self.control.stop()
+        self.spool.close()
+        if self.mode is not Mode.ACCEPTOR:
+            log.info("stopped")
+
+
+def _postmaster_domain(config: Config) -> str | None:
+    """RFC 5321 §4.5.1: RCPT TO:<Postmaster> means the postmaster of this host's first mail domain."""
+    if config.primary is None or not config.primary.domains:
+        return None
+    return config.primary.domains[0]
