@@ -36,7 +36,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# Services that only the primary role offers (issue 3): a listener for them on another role is a contradiction.
+# Services that only the primary role offers: a listener for them on another role is a contradiction.
 PRIMARY_SERVICES = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 
 

@@ -48,8 +48,8 @@ class RecipientPolicy:
     _relay_denied_code: int = field(init=False, default=550)
 
     def __post_init__(self) -> None:
-        # An outgoing gateway answers a relay attempt 554 (the transaction is refused outright), any other role
-        # 550 (this recipient is unknown here).
+        # A relay attempt: an outgoing gateway refuses it 554, as Postfix does (relay_domains_reject_code); a
+        # role that relays for nobody answers 550, as for any other address it does not serve.
         self._relay_denied_code = 554 if self.config.outgoing_gateway is not None else 550
 
     def is_local_domain(self, domain: str) -> bool:

@@ -128,7 +128,7 @@ class Pop3Session:
 
     @property
     def auth_allowed(self) -> bool:
-        """RFC 2595 §2.1 / issue: clear-text credentials only over TLS, or loopback when configured."""
+        """RFC 2595 §2.1: clear-text credentials only over TLS, or loopback when configured."""
         return self.tls_active or self.plaintext_auth_allowed
 
     # -- dispatch -----------------------------------------------------------------------------------

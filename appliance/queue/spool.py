@@ -6,9 +6,9 @@ previous flush was running, so parallel sessions share the cost of the disk flus
 (the process's GroupFlush, shared with the mailbox store's deliveries on the same filesystem).
 
 File format of `msg/<id>`: b"MFQ1 <envelope length> <data length> <crc32>\n" + envelope JSON + b"\n" + message
-bytes (files written before the checksum have three fields). The lengths and the CRC-32 of envelope and data
-make a torn file (power loss before the flush) recognisable, also one whose blocks still hold an older file's
-bytes; such a file was never answered 250 and is moved aside at start-up, never delivered.
+bytes (a header of three fields, without the CRC-32, is read too and not checked). The lengths and the CRC-32 of
+envelope and data make a torn file (power loss before the flush) recognisable, also one whose blocks still hold
+an older file's bytes; such a file was never answered 250 and is moved aside at start-up, never delivered.
 
 On ext4 without a journal the spool reuses its files (see `creation_skips_deleted_inodes`): a delivered
 message's file goes to `free/`, and the next message is written over it instead of into a new file.

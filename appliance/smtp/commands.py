@@ -1,9 +1,8 @@
 """The SMTP command parser: bytes of one command line in, a typed command or the reply that refuses it out.
 
 Pure functions, no session state (the state machine is ``smtp.protocol``), so hypothesis can test them alone.
-The answers follow aiosmtpd's, which Mailfleet used as its engine before and whose parser the tests still
-compare these functions with: the same refusals for the same input, with the plain path parsed without the
-email package.
+The answers follow aiosmtpd's, whose parser the tests compare these functions with: the same refusals for the
+same input, with the plain path parsed without the email package.
 """
 
 from __future__ import annotations
