@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Create the virtualenv with the package and test tools
 
-lint: venv ## ruff over the package and the tests
+lint: venv ## ruff over the package and the tests, mypy over the package
 	$(VENV)/bin/ruff check appliance tests bench
+	$(VENV)/bin/mypy
 
 pytest: apt venv ## Run the pytest suite (real servers on loopback)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests

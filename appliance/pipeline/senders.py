@@ -25,4 +25,4 @@ class SenderOwnership:
         if sender.lower() == login.lower():
             return True
         targets = self.directory.resolve(sender) if self.directory is not None else None
-        return bool(targets) and login.lower() in (t.lower() for t in targets)
+        return targets is not None and login.lower() in (t.lower() for t in targets)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,7 +95,7 @@ class Client(Protocol):
 
     host_name: str | None  # the HELO/EHLO name, once given
     login: str | None  # the authenticated submission user
-    verdicts: MutableMapping[str, object]  # set by checks for the whole connection
+    verdicts: dict[str, object]  # set by checks for the whole connection
 
 
 class Transaction(Protocol):
@@ -105,7 +105,7 @@ class Transaction(Protocol):
     rcpt_tos: list[str]
     size: int  # declared with SIZE=
     smtp_utf8: bool
-    verdicts: MutableMapping[str, object]  # set by checks for this message (reset with the transaction)
+    verdicts: dict[str, object]  # set by checks for this message (reset with the transaction)
     added_headers: list[tuple[str, str]]  # headers checks asked for, added at the top of the message
     # What the engine measured of the data (DATA stage): more than the size limit arrived (and was not kept),
     # a line over 998 octets, a CR or LF not part of a CRLF (RFC 5321 §2.3.8, §4.5.3.1.6).
@@ -183,9 +183,8 @@ class Pipeline:
             index += 1
             if index >= len(checks):
                 return None
-            result = checks[index](client, transaction, argument)
-            if result is not None and not isinstance(result, Result):
-                result = await result
+            answer = checks[index](client, transaction, argument)
+            result = answer if answer is None or isinstance(answer, Result) else await answer
 
 
 def _apply(result: Result, client: Client, transaction: Transaction | None) -> None:

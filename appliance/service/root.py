@@ -200,7 +200,7 @@ class Appliance:
         if self.mode is not Mode.ACCEPTOR:
             log.info("mailfleet %s up: roles %s", config.hostname, ", ".join(config.roles))
 
-    async def _start_smtp(self, tls: ssl.SSLContext | None) -> None:
+    async def _start_smtp(self, tls: ssl.SSLContext) -> None:
         config = self.config
         counter = SessionCounter(config.smtp.max_sessions)
         seat = self._seat
@@ -235,7 +235,7 @@ class Appliance:
                     idle_timeout=config.smtp.idle_timeout)
         self.listeners = SMTPListeners(servers, counter)
 
-    async def _start_mailbox_access(self, tls: ssl.SSLContext | None) -> None:
+    async def _start_mailbox_access(self, tls: ssl.SSLContext) -> None:
         """IMAP and POP3 on a primary."""
         config = self.config
         listen = config.listen
