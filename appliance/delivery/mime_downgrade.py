@@ -34,6 +34,7 @@ def _convert(part: Message) -> bool:
     if part.is_multipart() or part.get_content_type() == "message/rfc822":
         changed = False
         for sub in part.get_payload():
+            assert isinstance(sub, Message)  # a multipart's payload is its parts
             if any(not str(v).isascii() for v in sub.values()):
                 raise CannotDowngrade("8-bit header in an enclosed part")
             changed = _convert(sub) or changed
@@ -41,7 +42,7 @@ def _convert(part: Message) -> bool:
             part.replace_header("Content-Transfer-Encoding", "7bit")
         return changed
     raw = part.get_payload(decode=True)
-    if raw is None or raw.isascii():
+    if not isinstance(raw, bytes) or raw.isascii():  # decode=True gives the leaf's bytes, or None
         return False
     if part.get_content_maintype() == "text":
         # RFC 2045 §6.7: line breaks stay line breaks; only the octets are quoted.

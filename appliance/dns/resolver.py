@@ -146,7 +146,8 @@ class Resolver:
             if await self.addresses(domain):
                 return [MXHost(0, domain.rstrip("."))]
             raise NoSuchDomain(f"{domain}: no MX, A or AAAA record")
-        hosts = [MXHost(rr.preference, rr.exchange.to_text(omit_final_dot=True)) for rr in records]
+        hosts = [MXHost(rr.preference, rr.exchange.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
+                 for rr in records]
         real = [h for h in hosts if h.host not in ("", ".")]
         if not real:
             # RFC 7505 §3: a single MX whose exchange is the root "." means the domain takes no mail.
@@ -161,7 +162,8 @@ class Resolver:
         if literal is not None:
             return [literal]
         results = await asyncio.gather(self._query(host, "AAAA"), self._query(host, "A"), return_exceptions=True)
-        v6, v4 = ([] if isinstance(r, BaseException) or r is None else [rr.address for rr in r] for r in results)
+        v6, v4 = ([] if isinstance(r, BaseException) or r is None else [rr.address for rr in r]  # type: ignore[attr-defined]
+                  for r in results)
         if not v6 and not v4:
             errors = [r for r in results if isinstance(r, BaseException)]
             for err in errors:

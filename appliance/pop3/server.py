@@ -109,10 +109,12 @@ class Pop3Server:
             if reply.start_tls:
                 # Plaintext pipelined after STLS must not be read as if it came over TLS
                 # (the STARTTLS command-injection class of bugs, CVE-2011-0411).
-                if reader._buffer:  # noqa: SLF001 - no public API tells whether bytes are buffered
+                # No public API tells whether bytes are buffered: the StreamReader's own buffer.
+                if reader._buffer:  # type: ignore[attr-defined]
                     await self._send(writer, err("data after STLS before the TLS handshake", close=True))
                     return
                 await self._send(writer, reply)
+                assert self.ssl_context is not None  # STLS is offered only with a context
                 await writer.start_tls(self.ssl_context)
                 session.tls_started()
                 continue

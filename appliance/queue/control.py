@@ -55,18 +55,18 @@ class ControlServer:
 
     async def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request["cmd"]
-        queue_id = request.get("id")
+        queue_id: str | None = request.get("id")
         if command == "flush":
             count = self.runner.flush(queue_id)
             if queue_id and not count:
                 return {"ok": False, "error": f"no message {queue_id} in the queue"}
             return {"ok": True, "count": count}
         if command == "delete":
-            if self.runner.drop(queue_id):
+            if self.runner.drop(queue_id or ""):
                 return {"ok": True}
             return {"ok": False, "error": f"no message {queue_id} in the queue (or it is being delivered)"}
         if command == "bounce":
-            if await self.runner.bounce_now(queue_id):
+            if await self.runner.bounce_now(queue_id or ""):
                 return {"ok": True}
             return {"ok": False, "error": f"no message {queue_id} in the queue (or it is being delivered)"}
         if command == "ping":

@@ -80,11 +80,8 @@ def parse_path(arg: str) -> tuple[str | None, str | None]:
     if match is not None and not arg.startswith("(", match.end()):
         return match.group(1), arg[match.end():]
     try:
-        if arg.lstrip().startswith("<"):
-            address, rest = get_angle_addr(arg)
-        else:
-            address, rest = get_addr_spec(arg)
-        return address.addr_spec, rest
+        token = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+        return token[0].addr_spec, token[1]
     except (HeaderParseError, IndexError, ValueError, AttributeError):  # it trips over fragments: "<", "a@["
         return None, None
 

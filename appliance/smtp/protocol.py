@@ -618,7 +618,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             return
         if tls is None:  # pragma: no cover - the connection went away during the handshake
             return
-        self.transport = tls  # type: ignore[assignment]
+        self.transport = tls
         self.session = Session(self.session.peer, tls.get_extra_info("ssl_object"))
         self._reset()
 
