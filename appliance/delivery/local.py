@@ -16,6 +16,7 @@ from appliance.delivery.client import RcptResult
 from appliance.delivery.outcome import log_outcome
 from appliance.delivery.router import LOCAL
 from appliance.message.model import DELIVERED, QueuedMessage, Recipient
+from appliance.pipeline.intake import BufferedDelivery
 from appliance.store import MailStore
 from appliance.store.errors import QuotaExceeded, StoreError
 
@@ -87,30 +88,23 @@ class MailboxTarget:
         return MailboxDelivery(self._local, self._delivered, message)
 
 
-class MailboxDelivery:
-    __slots__ = ("_local", "_delivered", "_message", "_recipients", "_data")
+class MailboxDelivery(BufferedDelivery):
+    __slots__ = ("_local", "_delivered")
 
     def __init__(self, local: LocalDelivery, delivered: Callable[[str], None] | None,
                  message: QueuedMessage) -> None:
+        super().__init__(message)
         self._local = local
         self._delivered = delivered
-        self._message = message
-        self._recipients: list[Recipient] = []
-        self._data = b""
-
-    def add_recipient(self, recipient: Recipient) -> None:
-        self._recipients.append(recipient)
-
-    def body(self, data: bytes) -> None:
-        self._data = data
 
     async def commit(self) -> list[Recipient]:
         """The store's commit for each mailbox (file, index row, flush); what a mailbox refused (full, store
-        error) is returned, for the spool to retry or bounce."""
-        message = self._message
-        results = await self._local(message, self._recipients, self._data)
+        error) is returned, for the spool to retry or bounce. A mailbox either committed a delivery or holds
+        nothing of it."""
+        message = self.message
+        results = await self._local(message, self.recipients, self.data)
         left = []
-        for rcpt in self._recipients:
+        for rcpt in self.recipients:
             result = results[rcpt.address]
             if result.code == 250:
                 log_outcome(message.queue_id, rcpt.address, LOCAL, 0, DELIVERED, result)
@@ -119,6 +113,3 @@ class MailboxDelivery:
             else:
                 left.append(rcpt)
         return left
-
-    def abort(self) -> None:
-        """Nothing to undo: a mailbox either committed a delivery or holds nothing of it."""

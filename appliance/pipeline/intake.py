@@ -36,6 +36,30 @@ class Target(Protocol):
     def start(self, message: QueuedMessage) -> Delivery: ...
 
 
+class BufferedDelivery:
+    """A delivery that collects recipients and body and does its work in ``commit``: what both targets are,
+    since the message is whole in memory by the end of DATA."""
+
+    __slots__ = ("message", "recipients", "data")
+
+    def __init__(self, message: QueuedMessage) -> None:
+        self.message = message
+        self.recipients: list[Recipient] = []
+        self.data = b""
+
+    def add_recipient(self, recipient: Recipient) -> None:
+        self.recipients.append(recipient)
+
+    def body(self, data: bytes) -> None:
+        self.data = data
+
+    async def commit(self) -> list[Recipient]:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Nothing to undo: until commit nothing was written."""
+
+
 class Intake:
     """Chooses the targets of a message: the mailboxes when every recipient is local, then the spool."""
 

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable
 
 from appliance.message.model import QueuedMessage, Recipient
+from appliance.pipeline.intake import BufferedDelivery
 from appliance.queue.spool import Spool
 
 # Told of every message the spool has committed, with the envelope as written: the queue runner in one
@@ -23,31 +24,20 @@ class SpoolTarget:
         return SpoolDelivery(self._spool, self._committed, message)
 
 
-class SpoolDelivery:
-    __slots__ = ("_spool", "_committed", "_message", "_recipients", "_data")
+class SpoolDelivery(BufferedDelivery):
+    __slots__ = ("_spool", "_committed")
 
     def __init__(self, spool: Spool, committed: Committed, message: QueuedMessage) -> None:
+        super().__init__(message)
         self._spool = spool
         self._committed = committed
-        self._message = message
-        self._recipients: list[Recipient] = []
-        self._data = b""
-
-    def add_recipient(self, recipient: Recipient) -> None:
-        self._recipients.append(recipient)
-
-    def body(self, data: bytes) -> None:
-        self._data = data
 
     async def commit(self) -> list[Recipient]:
         """Spool.commit is the durability point: the file is complete and flushed when it returns."""
-        message = self._message
-        if len(self._recipients) != len(message.recipients) or any(
-                a is not b for a, b in zip(self._recipients, message.recipients, strict=True)):
-            message = dataclasses.replace(message, recipients=self._recipients)
-        envelope = await self._spool.commit(message, self._data)
+        message = self.message
+        if len(self.recipients) != len(message.recipients) or any(
+                a is not b for a, b in zip(self.recipients, message.recipients, strict=True)):
+            message = dataclasses.replace(message, recipients=self.recipients)
+        envelope = await self._spool.commit(message, self.data)
         self._committed(message, envelope)
         return []
-
-    def abort(self) -> None:
-        """Nothing to undo: a write that failed removed its own partial file (Spool.write)."""
