@@ -143,7 +143,7 @@ class AccountDatabase:
 
     # ------------------------------------------------------------------ rows every part uses
 
-    def _folder_row(self, name: str) -> sqlite3.Row | tuple | None:
+    def _folder_row(self, name: str) -> tuple | None:
         return self._db.execute(
             "SELECT id, name, dirname, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
             " FROM folders WHERE name = ?",

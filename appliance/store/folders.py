@@ -146,7 +146,7 @@ class Folders(AccountDatabase):
                     db.execute("UPDATE folders SET name = ? WHERE id = ?", (new + child_name[len(old):], child_id))
             elif old == "INBOX":
                 self._create_folder_locked(new, None)
-                target = self._folder_row(new)
+                target = self._require_folder(new)
                 uids = [r[0] for r in db.execute("SELECT uid FROM messages WHERE folder_id = ?", (row[0],))]
                 self._move_locked(row, uids, target)
             else:

@@ -172,7 +172,7 @@ class Recovery(AccountDatabase):
                 if entry.stat().st_mtime < limit:
                     os.unlink(entry.path)
 
-    def _adopt_file(self, folder_id: int, rel: str, entry: os.DirEntry) -> bool:
+    def _adopt_file(self, folder_id: int, rel: str, entry: os.DirEntry[str]) -> bool:
         """Index a file found in cur/ or new/ without a row; one shorter or longer than the size its name
         records (a delivery cut short by a crash before its flush) is moved back to tmp/ instead."""
         stat = entry.stat()

@@ -36,7 +36,7 @@ class StagedBatch:
     their (UIDVALIDITY, UID)."""
 
     items: Sequence[Delivery]
-    results: list
+    results: list[tuple[int, int] | Exception | None]
     rows: dict[int, tuple] = field(default_factory=dict)
     written: dict[int, maildir.StagedFile] = field(default_factory=dict)
     indexed: list[tuple[int, tuple[int, int]]] = field(default_factory=list)
@@ -88,7 +88,8 @@ class Staging(AccountDatabase):
         With ``wait=False``, None when another thread of this process holds the account (an event loop then
         runs it in a thread instead of blocking).
         """
-        batch = StagedBatch(items, [None] * len(items))
+        results: list[tuple[int, int] | Exception | None] = [None] * len(items)
+        batch = StagedBatch(items, results)
         if not self._lock.acquire(blocking=wait):
             return None
         try:
