@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from appliance.auth.directory import Directory
 from appliance.config.model import AuthConfig
-from appliance.durable.sqlite import enable_wal
+from appliance.durable.sqlite import enable_wal, write_transaction
 
 log = logging.getLogger("appliance.auth")
 
@@ -111,25 +111,17 @@ class FailureCounter:
     def record_failure(self, ip: str) -> bool:
         """Count one failure; True when it starts a ban (the ban is logged once, here)."""
         key, now = canonical_ip(ip), self._clock()
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute("DELETE FROM auth_failures WHERE at <= ?", (now - self.window,))
-                self._conn.execute("DELETE FROM auth_bans WHERE until <= ?", (now,))
-                self._conn.execute("INSERT INTO auth_failures (ip, at) VALUES (?, ?)", (key, now))
-                count = self._conn.execute(
-                    "SELECT COUNT(*) FROM auth_failures WHERE ip = ?", (key,)
-                ).fetchone()[0]
-                banned = count >= self.threshold
-                if banned:
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO auth_bans (ip, until) VALUES (?, ?)", (key, now + self.ban_duration)
-                    )
-                    self._conn.execute("DELETE FROM auth_failures WHERE ip = ?", (key,))
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, write_transaction(self._conn) as conn:
+            conn.execute("DELETE FROM auth_failures WHERE at <= ?", (now - self.window,))
+            conn.execute("DELETE FROM auth_bans WHERE until <= ?", (now,))
+            conn.execute("INSERT INTO auth_failures (ip, at) VALUES (?, ?)", (key, now))
+            count = conn.execute("SELECT COUNT(*) FROM auth_failures WHERE ip = ?", (key,)).fetchone()[0]
+            banned = count >= self.threshold
+            if banned:
+                conn.execute(
+                    "INSERT OR REPLACE INTO auth_bans (ip, until) VALUES (?, ?)", (key, now + self.ban_duration)
+                )
+                conn.execute("DELETE FROM auth_failures WHERE ip = ?", (key,))
         if banned:
             log.warning(
                 "banning %s for %ds after %d authentication failures within %ds",

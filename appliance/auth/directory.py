@@ -27,7 +27,7 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from appliance.auth.addresses import AddressError, domain_of, normalize_address, normalize_domain
-from appliance.durable.sqlite import enable_wal
+from appliance.durable.sqlite import enable_wal, read_transaction, write_transaction
 
 log = logging.getLogger("appliance.auth")
 
@@ -211,24 +211,14 @@ class Directory:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One fresh read transaction: a consistent snapshot of the latest committed state."""
-        with self._read_lock:
-            self._read_conn.execute("BEGIN")
-            try:
-                yield self._read_conn
-            finally:
-                self._read_conn.execute("COMMIT")
+        with self._read_lock, read_transaction(self._read_conn) as conn:
+            yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; BEGIN IMMEDIATE so check-then-insert cannot race another process."""
-        with self._write_lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._write_lock, write_transaction(self._conn) as conn:
+            yield conn
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:

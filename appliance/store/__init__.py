@@ -8,7 +8,10 @@ Public API (see ``MailStore`` for a usage sketch):
   ``set_subscribed``, ``status``), messages (``messages(folder, uids=None)``, ``message``, ``read``,
   ``uids``, ``flag_list``, ``deliver``, ``store_flags``, ``expunge``, ``delete_messages``, ``copy``,
   ``move``, ``changed_since``, ``expunged_since``, ``recent_uids``, ``claim_recent``),
-  ``exclusive_lock(name)`` and ``subscribe(callback)``.
+  ``exclusive_lock(name)`` and ``subscribe(callback)``. ``Account`` (``appliance.store.account``) is
+  composed of its parts, one module each: ``database`` (the SQLite index, its transactions and locks, the
+  quota), ``folders``, ``messages`` (and flags), ``staging`` (deliveries: ``Delivery``, ``stage``/``index``/
+  ``settle``) and ``recovery`` (the schema and the repair at open).
 - ``appliance.store.importing``: Maildir / mbox import used by ``mailfleet import``.
 
 Folder names use "/" as hierarchy delimiter; missing parents are not created (IMAP lists them
@@ -17,14 +20,8 @@ Folder names use "/" as hierarchy delimiter; missing parents are not created (IM
   ``InvalidAddress``, ``MailboxLocked``, ``MessageNotFound``, all ``StoreError``.
 """
 
-from appliance.store.account import (
-    DEFAULT_FOLDERS,
-    DELIMITER,
-    Account,
-    FolderInfo,
-    FolderStatus,
-    MessageInfo,
-)
+from appliance.store.account import Account
+from appliance.store.database import DELIMITER
 from appliance.store.errors import (
     FolderExists,
     FolderNotFound,
@@ -35,7 +32,9 @@ from appliance.store.errors import (
     QuotaExceeded,
     StoreError,
 )
+from appliance.store.folders import DEFAULT_FOLDERS, FolderInfo, FolderStatus
 from appliance.store.mailstore import MailStore, canonical_address
+from appliance.store.messages import MessageInfo
 
 __all__ = [
     "DEFAULT_FOLDERS",

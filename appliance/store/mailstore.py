@@ -9,8 +9,9 @@ from datetime import datetime
 from pathlib import Path
 
 from appliance.durable.flush import GroupFlush, flusher_for
-from appliance.store.account import Account, Delivery, StagedBatch
+from appliance.store.account import Account
 from appliance.store.errors import InvalidAddress
+from appliance.store.staging import Delivery, StagedBatch
 
 BATCH_MAX = 256  # deliveries per group commit of one account
 INLINE_WRITE = 1024 * 1024  # a batch of files up to this size is written on the event loop, larger in a thread
