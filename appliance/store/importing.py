@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -123,7 +124,7 @@ def maildir_messages(root: Path) -> list[SourceMessage]:
                 key = (order.get(base, 1 << 62), stat.st_mtime, entry.name)
                 when = datetime.fromtimestamp(stat.st_mtime, UTC)
                 entries.append((key, SourceMessage(folder, tuple(flags), when,
-                                                   (lambda p=entry.path: Path(p).read_bytes()), entry.path)))
+                                                   functools.partial(Path(entry.path).read_bytes), entry.path)))
         messages += [m for _, m in sorted(entries, key=lambda e: e[0])]
     return messages
 
@@ -148,7 +149,7 @@ def _from_line_date(rest: bytes) -> datetime | None:
 def _is_from_line(line: bytes) -> bool:
     """A separator is "From <sender> <asctime date>"; an unescaped "From here..." in a body is not."""
     match = _FROM_LINE.match(line.rstrip(b"\r\n"))
-    return bool(match) and _from_line_date(match.group(2)) is not None
+    return match is not None and _from_line_date(match.group(2)) is not None
 
 
 def _mbox_chunks(path: Path) -> Iterator[tuple[bytes, list[bytes]]]:
@@ -187,8 +188,8 @@ def _mbox_flags(header_lines: list[bytes]) -> list[str]:
             mapping = {b"A": "\\Answered", b"F": "\\Flagged", b"T": "\\Draft", b"D": "\\Deleted"}
             flags += [flag for letter, flag in mapping.items() if letter in value]
         elif key == b"x-keywords":
-            flags += [k for k in re.split(rb"[\s,]+", value.decode("utf-8", "replace").encode()) if k]
-    return [f.decode() if isinstance(f, bytes) else f for f in flags]
+            flags += [k.decode() for k in re.split(rb"[\s,]+", value.decode("utf-8", "replace").encode()) if k]
+    return flags
 
 
 def mbox_messages(path: Path, folder: str) -> Iterator[SourceMessage]:
@@ -206,7 +207,7 @@ def mbox_messages(path: Path, folder: str) -> Iterator[SourceMessage]:
         when = _from_line_date(match.group(2)) if match else None
         if when is None:
             when = _header_date(header) or datetime.now(UTC)
-        yield SourceMessage(folder, tuple(flags), when, (lambda d=data: d), f"{path}#{index}")
+        yield SourceMessage(folder, tuple(flags), when, functools.partial(bytes, data), f"{path}#{index}")
 
 
 def _header_date(header: bytes) -> datetime | None:
