@@ -134,19 +134,26 @@ class Spool:
         crc = zlib.crc32(data, zlib.crc32(envelope))
         head = b"%s %d %d %08x\n%s\n" % (MAGIC, len(envelope), len(data), crc, envelope)
         tmp = self._tmp_prefix + message.queue_id
-        reused = self.reuse and self._take_free(tmp)
-        # A reused file is written over, not truncated first: freeing its blocks to allocate them again costs
-        # more than the new file it replaces. Only a longer old file is cut to size after the write.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC | (0 if reused else os.O_CREAT | os.O_TRUNC), 0o640)
-        try:
-            _writev_all(fd, head, data)
-            total = len(head) + len(data)
-            if reused and os.fstat(fd).st_size > total:
-                os.ftruncate(fd, total)
-        finally:
-            os.close(fd)
         final = self._msg_prefix + message.queue_id
-        os.rename(tmp, final)
+        reused = self.reuse and self._take_free(tmp)
+        try:
+            # A reused file is written over, not truncated first: freeing its blocks to allocate them again
+            # costs more than the new file it replaces. Only a longer old file is cut to size after the write.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC | (0 if reused else os.O_CREAT | os.O_TRUNC), 0o640)
+            try:
+                _writev_all(fd, head, data)
+                total = len(head) + len(data)
+                if reused and os.fstat(fd).st_size > total:
+                    os.ftruncate(fd, total)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+        except BaseException:
+            # A refused attempt (disk full, say) must not keep its blocks and inode until the next start: on a
+            # full disk every retry of the client would leave one more.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         message.path = Path(final)
         message.size = len(data)
         message.data_offset = len(head)
