@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
+import smtplib
 
 import pytest
 from peers.disk import fill
+from peers.named import free_port
 
 from appliance.message.model import QueuedMessage, Recipient
 from appliance.queue.spool import Spool
+from appliance.smtp import codes
 
 
 def _message(queue_id: str) -> QueuedMessage:
@@ -49,3 +52,39 @@ def test_room_for_a_small_message_after_refusing_a_large_one(small_disk) -> None
     spool.write(_message("SMALL"), b"s" * 40_000)
     assert [p.name for p in spool.msg_dir.iterdir()] == ["SMALL"]
     assert list(spool.tmp_dir.iterdir()) == []
+
+
+def test_smtp_answers_mail_system_full_and_keeps_nothing(small_disk, mailfleet_factory) -> None:
+    """`mailfleet serve` with its data on a full disk: every DATA is refused with 452 4.3.1, spool/tmp stays
+    empty, and once there is room again the next message is accepted."""
+    disk = small_disk("4m")
+    dead = free_port(["127.0.0.1"])  # the destination is down: accepted mail stays in the spool
+    server = mailfleet_factory({
+        "roles": ["incoming_gateway"],
+        "data_dir": str(disk / "data"),
+        "smtp": {"workers": 2},  # acceptor processes, as on any host with two cores or more
+        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{dead}"]}}},
+    })
+    # The acceptors' shared session table (a mapped file) must have its page before the disk fills: a write
+    # to a mapped page the filesystem cannot back is a SIGBUS, not an error to answer.
+    table = disk / "data" / "smtp-sessions"
+    server.wait_for(lambda: table.exists() and os.stat(table).st_blocks > 0, what="the acceptors to start")
+    filler = fill(disk)
+    body = b"Subject: full\r\n\r\n" + b"x" * 76 + b"\r\n"
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as conn:
+        for _ in range(10):
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                conn.sendmail("s@outside.test", ["u@fwd.test"], body * 2_000)
+            assert refused.value.smtp_code == 452
+            assert refused.value.smtp_error.startswith(b"4.3.1 "), refused.value.smtp_error
+            assert list((disk / "data" / "spool" / "tmp").iterdir()) == []
+        os.unlink(filler)
+        conn.sendmail("s@outside.test", ["u@fwd.test"], body)
+    assert len(server.queue_ids()) == 1
+    assert "could not be queued" in server.log()
+
+
+@pytest.mark.parametrize("error, reply", [(errno.ENOSPC, "452 4.3.1 "), (errno.EDQUOT, "452 4.3.1 "),
+                                          (errno.EIO, "451 4.3.0 ")])
+def test_the_reply_to_a_failed_queue_write(error: int, reply: str) -> None:
+    assert codes.queue_failure(OSError(error, os.strerror(error))).startswith(reply)
