@@ -33,6 +33,7 @@ from appliance.queue.spool import Spool
 log = logging.getLogger("appliance.queue")
 
 BOUNCED = "bounced"  # failed and reported to the sender (or nobody to report to): final
+RETRY_AFTER_FAULT = 60  # seconds after an attempt that failed on our side (spool I/O, a bug)
 
 RemoteDeliver = Callable[..., Awaitable[dict[str, RcptResult]]]
 LocalDeliver = Callable[[QueuedMessage, Sequence[Recipient], bytes], Awaitable[dict[str, RcptResult]]]
@@ -176,14 +177,27 @@ class QueueRunner:
                 if self._unreported(message):
                     await self._report(message)
                 self._schedule(message)
+        except OSError as exc:
+            # The spool's disk (full, failing) is the operator's to mend, not a bug of ours: one line, no
+            # traceback. What the state log missed is at worst delivered twice after a restart, never lost.
+            log.error("queue_id=%s: spool I/O failed: %s; the message stays queued, next attempt in %d s",
+                      message.queue_id, exc, RETRY_AFTER_FAULT)
+            self._retry_later(message)
         except Exception:  # noqa: BLE001 - the boundary: one message's bug must not stop the queue
             log.exception("queue_id=%s: delivery attempt crashed; retrying later", message.queue_id)
-            for rcpt in message.pending():
-                rcpt.next_attempt = self._clock() + 60
-            self._schedule(message)
+            self._retry_later(message)
         finally:
             self._in_flight.discard(message.queue_id)
             self._slots.release()
+
+    def _retry_later(self, message: QueuedMessage) -> None:
+        """After a failed attempt: everything again in RETRY_AFTER_FAULT seconds, a report not sent yet too
+        (``_schedule`` would make that one due at once, and a disk that refused it would refuse it in a loop)."""
+        due = self._clock() + RETRY_AFTER_FAULT
+        for rcpt in message.pending():
+            rcpt.next_attempt = due
+        heapq.heappush(self._heap, (due, message.queue_id))
+        self._wake.set()
 
     async def _deliver_due(self, message: QueuedMessage) -> bool:
         """One attempt for the recipients that are due. False when the outcome is not in the state log because

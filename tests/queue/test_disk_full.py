@@ -3,22 +3,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import logging
 import os
 import smtplib
+import time
+from collections.abc import Callable
 
 import pytest
 from peers.disk import fill
 from peers.named import free_port
 
+from appliance.delivery.client import RcptResult
+from appliance.delivery.router import HOSTS, Route
 from appliance.message.model import QueuedMessage, Recipient
+from appliance.queue.runner import QueueRunner
 from appliance.queue.spool import Spool
 from appliance.smtp import codes
 
 
 def _message(queue_id: str) -> QueuedMessage:
     return QueuedMessage(queue_id=queue_id, mail_from="alice@example.com",
-                         recipients=[Recipient("bob@example.org", "bob@example.org")], arrival=1_700_000_000.0)
+                         recipients=[Recipient("bob@example.org", "bob@example.org")], arrival=time.time())
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -88,3 +95,75 @@ def test_smtp_answers_mail_system_full_and_keeps_nothing(small_disk, mailfleet_f
                                           (errno.EIO, "451 4.3.0 ")])
 def test_the_reply_to_a_failed_queue_write(error: int, reply: str) -> None:
     assert codes.queue_failure(OSError(error, os.strerror(error))).startswith(reply)
+
+
+class _OneRoute:
+    """Every recipient by one route (the runner asks only ``route``)."""
+
+    def route(self, address: str) -> Route:
+        return Route(HOSTS, "forward:example.org", (1.0,))
+
+
+class _Peer:
+    """The remote delivery: answers ``reply`` and counts the attempts."""
+
+    def __init__(self, reply: RcptResult) -> None:
+        self.reply = reply
+        self.attempts = 0
+
+    async def __call__(self, target: object, sender: str, addresses: list[str], data: bytes,
+                      **options: object) -> dict[str, RcptResult]:
+        self.attempts += 1
+        return {a: self.reply for a in addresses}
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _spool_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "appliance.queue" and r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("reply, what", [
+    (RcptResult(421, "4.4.1", "try later", None), "state log"),
+    (RcptResult(550, "5.1.1", "no such user", "mx.example.org"), "bounce"),
+])
+async def test_a_state_write_refused_by_the_disk_is_one_line_and_a_retry(
+        small_disk, caplog: pytest.LogCaptureFixture, reply: RcptResult, what: str) -> None:
+    """The state log (after a 4xx) or the bounce (after a 5xx) cannot be written: one ERROR line without a
+    traceback, the message stays queued, and it goes out once the disk has room again."""
+    disk = small_disk("1m")
+    spool = Spool(disk / "spool", reuse=False)
+    peer = _Peer(reply)
+    runner = QueueRunner(spool, _OneRoute(), peer, None, "mx.mailfleet.test", lifetime=86400.0)  # type: ignore[arg-type]
+    message = _message("M1")
+    spool.write(message, b"Subject: x\r\n\r\nbody\r\n")
+    if what == "bounce":  # a state log with room left in its page: only the bounce needs new blocks
+        spool.record(message, message.recipients)
+    filler = fill(disk)
+    task = asyncio.create_task(runner.run())
+    try:
+        with caplog.at_level(logging.INFO, logger="appliance.queue"):
+            runner.enqueue(message)
+            await _until(lambda: _spool_errors(caplog), f"the {what} write to fail")
+            await asyncio.sleep(0.3)  # no loop of attempts meanwhile
+            errors = _spool_errors(caplog)
+            assert len(errors) == 1 and errors[0].exc_info is None, errors
+            assert "No space left on device" in errors[0].getMessage()
+            assert "the message stays queued" in errors[0].getMessage()
+            assert peer.attempts == 1
+            assert runner.knows("M1") and (spool.msg_dir / "M1").exists()
+
+            os.unlink(filler)
+            peer.reply = RcptResult(250, "2.0.0", "ok", "mx.example.org")
+            runner.flush("M1")
+            await _until(lambda: not runner.knows("M1"), "the message to leave the queue")
+            assert len(_spool_errors(caplog)) == 1
+    finally:
+        await runner.stop()
+        task.cancel()
+        spool.close()
