@@ -287,8 +287,8 @@ class QueueRunner:
         """Send one DSN for the recipients that failed since the last report (RFC 3464); none for <>."""
         failed = [r for r in message.recipients if r.status == FAILED]
         if message.mail_from:
-            results = [(r.original or r.address, RcptResult(r.last_code or 550, _enhanced(r.last_text),
-                                                             r.last_text, r.remote_host or None))
+            results = [(r.original or r.address, RcptResult(r.last_code or 550, *_split_enhanced(r.last_text),
+                                                             r.remote_host or None))
                        for r in failed]
             data = await asyncio.to_thread(message.read_data)
             dsn = build_dsn(self.hostname, message.mail_from, data, results, action="failed",
@@ -336,10 +336,14 @@ def _missing_result(rcpt: Recipient) -> RcptResult:
     return RcptResult(451, "4.3.0", f"no result for {rcpt.address}", None)
 
 
-def _enhanced(text: str) -> str:
-    head = text.split(" ", 1)[0]
+def _split_enhanced(text: str) -> tuple[str, str]:
+    """A recipient's last text ("5.1.1 mailbox gone", as recorded) as its enhanced code and the rest, so that a
+    DSN names the code once (5.0.0 when the text has none)."""
+    head, _, rest = text.partition(" ")
     parts = head.split(".")
-    return head if len(parts) == 3 and all(p.isdigit() for p in parts) else "5.0.0"
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return head, rest
+    return "5.0.0", text
 
 
 def _human(seconds: float) -> str:
