@@ -111,9 +111,10 @@ def _human_template() -> jinja2.Template:
 
 
 def _human_text(reporting_mta: str, recipients: Sequence[tuple[str, RcptResult]], action: str,
-                damaged: bool) -> str:
+                damaged: bool, arrival: datetime | None) -> str:
     lines = [_HumanLine(_field(address), _field(str(result))) for address, result in recipients]
     return _human_template().render(reporting_mta=_field(reporting_mta), action=action, damaged=damaged,
+                                    arrival=format_datetime(arrival) if arrival is not None else "",
                                     recipients=lines)
 
 
@@ -152,7 +153,7 @@ def build_dsn(
     report["Message-ID"] = make_msgid(domain=reporting_mta)
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
 
-    human = _human_text(reporting_mta, recipients, action, damaged=original is None)
+    human = _human_text(reporting_mta, recipients, action, original is None, arrival)
     report.attach(MIMEText(human, "plain", "us-ascii" if human.isascii() else _UTF8_QP))
 
     status = MIMEBase("message", "delivery-status")
