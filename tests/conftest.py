@@ -7,4 +7,4 @@ _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)  # `peers` lives in tests/
 
-pytest_plugins = ["peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet"]
+pytest_plugins = ["peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet", "peers.disk"]

@@ -12,9 +12,10 @@ import json
 import sys
 import time
 from email.parser import BytesHeaderParser
+from typing import Any
 
 from appliance.config import Config, load_config
-from appliance.message.model import PENDING, SpoolCorrupt
+from appliance.message.model import PENDING, QueuedMessage, SpoolCorrupt
 from appliance.queue import control
 from appliance.queue.runner import return_to_sender
 from appliance.queue.spool import Spool
@@ -42,20 +43,19 @@ def _spool(args: argparse.Namespace) -> Spool:
 def _list(args: argparse.Namespace) -> int:
     spool = _spool(args)
     rows = []
-    for message in spool.messages():
-        pending = message.pending()
-        rows.append({
-            "id": message.queue_id, "arrival": message.arrival, "size": message.size, "from": message.mail_from,
-            "recipients": [{"address": r.address, "status": r.status, "attempts": r.attempts,
-                            "next_attempt": r.next_attempt, "last": r.last_text} for r in message.recipients],
-            "pending": len(pending),
-        })
+    in_queue = []  # damaged files still in msg/: the service sets them aside (and tells their senders) at start
+    for item in spool.scan():
+        if isinstance(item, SpoolCorrupt):
+            in_queue.append(item)
+        else:
+            rows.append(_row(item))
+    set_aside = spool.damaged()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + [_damaged_row(d, "queue") for d in in_queue]
+                         + [_damaged_row(d, "set aside") for d in set_aside], indent=2))
         return 0
     if not rows:
         print("queue is empty")
-        return 0
     now = time.time()
     for row in rows:
         arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["arrival"]))
@@ -66,8 +66,31 @@ def _list(args: argparse.Namespace) -> int:
                 when = f" next in {max(0, int(r['next_attempt'] - now))}s"
             last = f"  ({r['last']})" if r["last"] else ""
             print(f"    {r['address']}  {r['status']} after {r['attempts']} attempt(s){when}{last}")
-    print(f"-- {len(rows)} message(s)")
+    if rows:
+        print(f"-- {len(rows)} message(s)")
+    for damaged in in_queue:
+        print(f"{damaged.queue_id}  damaged: {damaged}; set aside when the service starts")
+    if set_aside:
+        print(f"-- {len(set_aside)} damaged message(s) set aside in {spool.corrupt_dir}")
     return 0
+
+
+def _row(message: QueuedMessage) -> dict[str, Any]:
+    return {
+        "id": message.queue_id, "arrival": message.arrival, "size": message.size, "from": message.mail_from,
+        "recipients": [{"address": r.address, "status": r.status, "attempts": r.attempts,
+                        "next_attempt": r.next_attempt, "last": r.last_text} for r in message.recipients],
+        "pending": len(message.pending()), "damaged": False,
+    }
+
+
+def _damaged_row(damaged: SpoolCorrupt, where: str) -> dict[str, Any]:
+    """A damaged file, with what its envelope still tells; ``where``: "queue" (msg/) or "set aside" (corrupt/).
+    Nothing of it is pending: it is never delivered."""
+    message = damaged.message
+    row = _row(message) if message is not None else {"id": damaged.queue_id, "arrival": None, "size": None,
+                                                     "from": None, "recipients": []}
+    return {**row, "pending": 0, "damaged": True, "where": where, "reason": str(damaged)}
 
 
 def _show(args: argparse.Namespace) -> int:

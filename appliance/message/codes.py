@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 # The enhanced code a reply gets when the code that produced it gave none (RFC 2034 §3: every reply but the
@@ -31,6 +32,14 @@ DATA_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH_DATA = "552 Error: Too much mail data"
 TEMP_INTERNAL_ERROR = "451 4.3.0 Internal error; try again later"
 TEMP_QUEUE_FAILURE = "451 4.3.0 Could not queue the message; try again later"
+MAIL_SYSTEM_FULL = "452 4.3.1 Mail system full; try again later"  # RFC 3463 §3.4: X.3.1 mail system full
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def queue_failure(exc: OSError) -> str:
+    """The reply to a message that could not be written: 452 4.3.1 for a full disk or quota, else 451 4.3.0."""
+    return MAIL_SYSTEM_FULL if exc.errno in _DISK_FULL else TEMP_QUEUE_FAILURE
 
 
 def with_enhanced(reply: str) -> str:

@@ -85,4 +85,13 @@ class QueuedMessage:
 
 
 class SpoolCorrupt(Exception):
-    """A spool file that is not a complete message (torn write, foreign file)."""
+    """A spool file that is not a complete message (torn write, damaged blocks, foreign file).
+
+    ``queue_id``: the file's name in the spool; ``message``: its envelope, recipient states included, when that
+    part of the file is still readable (its sender can then be told), else None.
+    """
+
+    def __init__(self, reason: str, queue_id: str = "", message: QueuedMessage | None = None) -> None:
+        super().__init__(reason)
+        self.queue_id = queue_id
+        self.message = message

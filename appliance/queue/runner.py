@@ -13,11 +13,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from appliance.delivery.client import Framing, HostsTarget, MXTarget, RcptResult
 from appliance.delivery.dsn import build_dsn
 from appliance.delivery.outcome import log_outcome
 from appliance.delivery.router import HOSTS, LOCAL, Route, Router
+from appliance.durable.files import sync_path
 from appliance.message.model import (
     DELIVERED,
     FAILED,
@@ -27,6 +29,7 @@ from appliance.message.model import (
     PENDING,
     QueuedMessage,
     Recipient,
+    SpoolCorrupt,
     new_queue_id,
 )
 from appliance.queue.spool import Spool
@@ -34,6 +37,9 @@ from appliance.queue.spool import Spool
 log = logging.getLogger("appliance.queue")
 
 BOUNCED = "bounced"  # failed and reported to the sender (or nobody to report to): final
+RETRY_AFTER_FAULT = 60  # seconds after an attempt that failed on our side (spool I/O, a bug)
+# A recipient of a message found damaged in the spool (RFC 3463 X.3.0: other or undefined mail system status).
+LOST_IN_SPOOL = RcptResult(550, "5.3.0", "the message was damaged in this host's queue and is lost", None)
 
 RemoteDeliver = Callable[..., Awaitable[dict[str, RcptResult]]]
 LocalDeliver = Callable[[QueuedMessage, Sequence[Recipient], bytes], Awaitable[dict[str, RcptResult]]]
@@ -88,7 +94,39 @@ class QueueRunner:
     def load_spool(self) -> int:
         """At start-up: everything the spool holds is scheduled again, at its recorded next attempt."""
         self.spool.recover()
-        return sum(self.adopt(message) for message in self.spool.messages(verify=True))
+        return sum(self.adopt(message) for message in self.spool.messages(verify=True, on_damaged=self._lost))
+
+    def _lost(self, damaged: SpoolCorrupt) -> None:
+        """A message whose spool file is damaged can be neither delivered nor returned: its sender hears of it
+        from a DSN without the original headers, when the envelope is still readable. The DSN is on disk before
+        the file is set aside: a crash between the two repeats the DSN, never loses it."""
+        message = damaged.message
+        if message is None:
+            return
+        told = [r for r in message.recipients if r.status in (PENDING, FAILED)]
+        if not told:
+            return  # delivered to everyone (or reported) before the damage
+        if not message.mail_from:
+            log.error("queue_id=%s: lost with %d recipient(s) undelivered; null sender, no bounce",
+                      message.queue_id, len(told))
+            return
+        results = [(r.original or r.address,
+                    RcptResult(r.last_code or 550, *_split_enhanced(r.last_text), r.remote_host or None)
+                    if r.status == FAILED else LOST_IN_SPOOL) for r in told]
+        bounce = self._bounce_of(message)
+        try:
+            dsn = build_dsn(self.hostname, message.mail_from, None, results, action="failed",
+                            arrival=datetime.fromtimestamp(message.arrival, UTC), queue_id=message.queue_id)
+            self.spool.write(bounce, dsn)
+            sync_path(self.spool.msg_dir)
+        except (OSError, ValueError) as exc:
+            log.error("queue_id=%s: cannot tell <%s> of the lost message: %s", message.queue_id,
+                      message.mail_from, exc)
+            return
+        self.stats.bounces += 1
+        log.info("queue_id=%s lost: %d recipient(s) reported to <%s> in queue_id=%s", message.queue_id, len(told),
+                 message.mail_from, bounce.queue_id)
+        self._add(bounce)
 
     def adopt(self, message: QueuedMessage) -> bool:
         """Take over a message found in the spool; one whose recipients are all final is only cleaned up."""
@@ -186,14 +224,27 @@ class QueueRunner:
                 if self._unreported(message):
                     await self._report(message)
                 self._schedule(message)
+        except OSError as exc:
+            # The spool's disk (full, failing) is the operator's to mend, not a bug of ours: one line, no
+            # traceback. What the state log missed is at worst delivered twice after a restart, never lost.
+            log.error("queue_id=%s: spool I/O failed: %s; the message stays queued, next attempt in %d s",
+                      message.queue_id, exc, RETRY_AFTER_FAULT)
+            self._retry_later(message)
         except Exception:  # noqa: BLE001 - the boundary: one message's bug must not stop the queue
             log.exception("queue_id=%s: delivery attempt crashed; retrying later", message.queue_id)
-            for rcpt in message.pending():
-                rcpt.next_attempt = self._clock() + 60
-            self._schedule(message)
+            self._retry_later(message)
         finally:
             self._in_flight.discard(message.queue_id)
             self._slots.release()
+
+    def _retry_later(self, message: QueuedMessage) -> None:
+        """After a failed attempt: everything again in RETRY_AFTER_FAULT seconds, a report not sent yet too
+        (``_schedule`` would make that one due at once, and a disk that refused it would refuse it in a loop)."""
+        due = self._clock() + RETRY_AFTER_FAULT
+        for rcpt in message.pending():
+            rcpt.next_attempt = due
+        heapq.heappush(self._heap, (due, message.queue_id))
+        self._wake.set()
 
     async def _deliver_due(self, message: QueuedMessage) -> bool:
         """One attempt for the recipients that are due. False when the outcome is not in the state log because
@@ -279,19 +330,23 @@ class QueueRunner:
         else:  # the removal is the record of the outcome: not left for later
             self.spool.remove_now(message.queue_id, reuse=True)
 
+    def _bounce_of(self, message: QueuedMessage) -> QueuedMessage:
+        """The envelope of a DSN on ``message``: from the null sender (RFC 5321 §6.1) to its sender."""
+        return QueuedMessage(queue_id=new_queue_id(), mail_from="",
+                             recipients=[Recipient(address=message.mail_from, original=message.mail_from)],
+                             arrival=self._clock(), client="localhost", meta={META_DSN_FOR: message.queue_id})
+
     async def _report(self, message: QueuedMessage) -> None:
         """Send one DSN for the recipients that failed since the last report (RFC 3464); none for <>."""
         failed = [r for r in message.recipients if r.status == FAILED]
         if message.mail_from:
-            results = [(r.original or r.address, RcptResult(r.last_code or 550, _enhanced(r.last_text),
-                                                             r.last_text, r.remote_host or None))
+            results = [(r.original or r.address, RcptResult(r.last_code or 550, *_split_enhanced(r.last_text),
+                                                             r.remote_host or None))
                        for r in failed]
             data = await asyncio.to_thread(message.read_data)
             dsn = build_dsn(self.hostname, message.mail_from, data, results, action="failed",
                             queue_id=message.queue_id)
-            bounce = QueuedMessage(queue_id=new_queue_id(), mail_from="",
-                                   recipients=[Recipient(address=message.mail_from, original=message.mail_from)],
-                                   arrival=self._clock(), client="localhost", meta={META_DSN_FOR: message.queue_id})
+            bounce = self._bounce_of(message)
             await self.spool.commit(bounce, dsn)
             self.stats.bounces += 1
             log.info("queue_id=%s bounced %d recipient(s) to <%s> in queue_id=%s", message.queue_id, len(failed),
@@ -326,10 +381,14 @@ def _missing_result(rcpt: Recipient) -> RcptResult:
     return RcptResult(451, "4.3.0", f"no result for {rcpt.address}", None)
 
 
-def _enhanced(text: str) -> str:
-    head = text.split(" ", 1)[0]
+def _split_enhanced(text: str) -> tuple[str, str]:
+    """A recipient's last text ("5.1.1 mailbox gone", as recorded) as its enhanced code and the rest, so that a
+    DSN names the code once (5.0.0 when the text has none)."""
+    head, _, rest = text.partition(" ")
     parts = head.split(".")
-    return head if len(parts) == 3 and all(p.isdigit() for p in parts) else "5.0.0"
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return head, rest
+    return "5.0.0", text
 
 
 def _human(seconds: float) -> str:

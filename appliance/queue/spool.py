@@ -8,7 +8,8 @@ previous flush was running, so parallel sessions share the cost of the disk flus
 File format of `msg/<id>`: b"MFQ1 <envelope length> <data length> <crc32>\n" + envelope JSON + b"\n" + message
 bytes (a header of three fields, without the CRC-32, is read too and not checked). The lengths and the CRC-32 of
 envelope and data make a torn file (power loss before the flush) recognisable, also one whose blocks still hold
-an older file's bytes; such a file was never answered 250 and is moved aside at start-up, never delivered.
+an older file's bytes, and one damaged later (bit rot, a bad disk). Such a file is never delivered: at start-up
+it is set aside in `corrupt/`, and its sender is told when its envelope is still readable (see `Spool.messages`).
 
 On ext4 without a journal the spool reuses its files (see `creation_skips_deleted_inodes`): a delivered
 message's file goes to `free/`, and the next message is written over it instead of into a new file.
@@ -23,7 +24,7 @@ import os
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from appliance.durable.files import write_all
@@ -134,19 +135,26 @@ class Spool:
         crc = zlib.crc32(data, zlib.crc32(envelope))
         head = b"%s %d %d %08x\n%s\n" % (MAGIC, len(envelope), len(data), crc, envelope)
         tmp = self._tmp_prefix + message.queue_id
-        reused = self.reuse and self._take_free(tmp)
-        # A reused file is written over, not truncated first: freeing its blocks to allocate them again costs
-        # more than the new file it replaces. Only a longer old file is cut to size after the write.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC | (0 if reused else os.O_CREAT | os.O_TRUNC), 0o640)
-        try:
-            _writev_all(fd, head, data)
-            total = len(head) + len(data)
-            if reused and os.fstat(fd).st_size > total:
-                os.ftruncate(fd, total)
-        finally:
-            os.close(fd)
         final = self._msg_prefix + message.queue_id
-        os.rename(tmp, final)
+        reused = self.reuse and self._take_free(tmp)
+        try:
+            # A reused file is written over, not truncated first: freeing its blocks to allocate them again
+            # costs more than the new file it replaces. Only a longer old file is cut to size after the write.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC | (0 if reused else os.O_CREAT | os.O_TRUNC), 0o640)
+            try:
+                _writev_all(fd, head, data)
+                total = len(head) + len(data)
+                if reused and os.fstat(fd).st_size > total:
+                    os.ftruncate(fd, total)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+        except BaseException:
+            # A refused attempt (disk full, say) must not keep its blocks and inode until the next start: on a
+            # full disk every retry of the client would leave one more.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         message.path = Path(final)
         message.size = len(data)
         message.data_offset = len(head)
@@ -273,31 +281,52 @@ class Spool:
 
     def load(self, queue_id: str, verify: bool = False) -> QueuedMessage:
         """The message and its delivery state. ``verify``: also read the data and check the CRC (start-up)."""
-        path = self.msg_dir / queue_id
+        return self._load(self.msg_dir / queue_id, queue_id, verify)
+
+    def _load(self, path: Path, queue_id: str, verify: bool) -> QueuedMessage:
+        damage = None
         with open(path, "rb") as fh:
             header = fh.readline(80)
             parts = header.split()
             if (len(parts) not in (3, 4) or parts[0] != MAGIC or not parts[1].isdigit() or not parts[2].isdigit()
                     or (len(parts) == 4 and len(parts[3]) != 8)):
-                raise SpoolCorrupt(f"{path}: not a spool file (bad header)")
+                raise SpoolCorrupt(f"{path}: not a spool file (bad header)", queue_id)
             env_len, data_len = int(parts[1]), int(parts[2])
             envelope_raw = fh.read(env_len + 1)
             if len(envelope_raw) != env_len + 1:
-                raise SpoolCorrupt(f"{path}: truncated envelope")
+                raise SpoolCorrupt(f"{path}: truncated envelope", queue_id)
             total = os.fstat(fh.fileno()).st_size
             offset = len(header) + env_len + 1
             if total != offset + data_len:
-                raise SpoolCorrupt(f"{path}: message is {total - offset} bytes, header says {data_len}")
-            if verify and len(parts) == 4:
+                damage = f"{path}: message is {total - offset} bytes, header says {data_len}"
+            elif verify and len(parts) == 4:
                 try:
                     crc = int(parts[3], 16)
                 except ValueError:
-                    raise SpoolCorrupt(f"{path}: not a spool file (bad header)") from None
+                    raise SpoolCorrupt(f"{path}: not a spool file (bad header)", queue_id) from None
                 if zlib.crc32(fh.read(data_len), zlib.crc32(envelope_raw[:-1])) != crc:
-                    raise SpoolCorrupt(f"{path}: content does not match its checksum (torn write)")
+                    damage = f"{path}: content does not match its checksum (torn write)"
+        if damage is not None:
+            raise SpoolCorrupt(damage, queue_id, self._envelope_of_damaged(queue_id, envelope_raw, offset, data_len))
         message = self.from_envelope(queue_id, envelope_raw, offset, data_len)
         if message.queue_id != queue_id:
-            raise SpoolCorrupt(f"{path}: the envelope names message {message.queue_id}")
+            raise SpoolCorrupt(f"{path}: the envelope names message {message.queue_id}", queue_id)
+        self._replay_state(message)
+        return message
+
+    def _envelope_of_damaged(self, queue_id: str, envelope: bytes, data_offset: int,
+                             size: int) -> QueuedMessage | None:
+        """What a damaged file still tells of its message: the envelope, when it parses, ends where its header
+        says and names this very file (bytes of an older message in a reused file name another), with the
+        recipients' states from the state log. None otherwise."""
+        if not envelope.endswith(b"\n"):
+            return None
+        try:
+            message = self.from_envelope(queue_id, envelope, data_offset, size)
+        except SpoolCorrupt:
+            return None
+        if message.queue_id != queue_id:
+            return None
         self._replay_state(message)
         return message
 
@@ -337,20 +366,64 @@ class Spool:
     def ids(self) -> list[str]:
         return sorted(p.name for p in self.msg_dir.iterdir() if not p.name.startswith("."))
 
-    def messages(self, verify: bool = False) -> Iterator[QueuedMessage]:
-        """Every readable message; torn ones are moved to corrupt/ with a warning. ``verify``: check each
-        message's CRC too (start-up, after a possible power loss)."""
+    def scan(self, verify: bool = False) -> Iterator[QueuedMessage | SpoolCorrupt]:
+        """Every message file in msg/: the message, or why it cannot be read. A file delivered (and removed, or
+        given to the next message) while it was read is skipped: no damage, nothing to report."""
         for queue_id in self.ids():
             try:
-                yield self.load(queue_id, verify)
+                item: QueuedMessage | SpoolCorrupt = self.load(queue_id, verify)
             except FileNotFoundError:
                 continue  # delivered and removed while we listed
             except SpoolCorrupt as exc:
-                try:
-                    os.replace(self.msg_dir / queue_id, self.corrupt_dir / queue_id)
-                except FileNotFoundError:
+                if not os.path.exists(self._msg_prefix + queue_id):
                     continue  # delivered while we read it (its file may already carry the next message)
-                log.warning("spool: %s; moved to %s", exc, self.corrupt_dir)
+                exc.queue_id = exc.queue_id or queue_id
+                item = exc
+            yield item
+
+    def messages(self, verify: bool = False,
+                 on_damaged: Callable[[SpoolCorrupt], None] | None = None) -> Iterator[QueuedMessage]:
+        """Every readable message (start-up). A damaged file is logged as an error, handed to ``on_damaged`` (the
+        queue tells the sender), then set aside in corrupt/, never delivered. ``verify``: check each message's
+        CRC too, after a possible power loss.
+
+        A damaged file is either a message torn by a power loss before its flush (never answered 250) or one
+        whose blocks were damaged later (bit rot, a bad disk: answered 250, and lost). The two look alike; the
+        sender of the first is told of a message it sends again, the sender of the second would otherwise
+        never hear of it."""
+        for item in self.scan(verify):
+            if isinstance(item, QueuedMessage):
+                yield item
+                continue
+            log.error("spool: %s; %s, setting it aside in %s", item,
+                      "the envelope is readable" if item.message is not None else "its sender is unknown",
+                      self.corrupt_dir)
+            if on_damaged is not None:
+                on_damaged(item)
+            self.set_aside(item.queue_id)
+
+    def set_aside(self, queue_id: str) -> bool:
+        """Move a damaged message file to corrupt/ for the administrator; False when it is gone already."""
+        try:
+            os.replace(self.msg_dir / queue_id, self.corrupt_dir / queue_id)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def damaged(self) -> list[SpoolCorrupt]:
+        """The files set aside in corrupt/, each with what is wrong with it and what is left of its envelope."""
+        found = []
+        for name in sorted(os.listdir(self.corrupt_dir)):
+            path = self.corrupt_dir / name
+            try:
+                self._load(path, name, verify=True)
+            except SpoolCorrupt as exc:
+                found.append(exc)
+            except OSError as exc:
+                found.append(SpoolCorrupt(f"{path}: unreadable ({exc.strerror or exc})", name))
+            else:
+                found.append(SpoolCorrupt(f"{path}: set aside (it reads as whole now)", name))
+        return found
 
     def recover(self) -> int:
         """At start-up: drop tmp/ leftovers (never answered 250), state logs without a message, and what free/

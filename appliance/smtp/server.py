@@ -214,7 +214,7 @@ class InboundHandler:
             await self._commit(message, data)
         except OSError as exc:
             log.error("queue_id=%s could not be queued: %s", queue_id, exc)
-            return codes.TEMP_QUEUE_FAILURE
+            return codes.queue_failure(exc)
         log.info("queue_id=%s client=%s helo=%s from=<%s> rcpts=%d size=%d tls=%s auth=%s listener=%s "
                  "result=250", queue_id, ip, session.host_name, envelope.mail_from, len(recipients), len(data),
                  "yes" if session.ssl else "no", session.login or "-", self.options.name)

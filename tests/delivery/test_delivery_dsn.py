@@ -127,3 +127,36 @@ def test_no_dsn_for_the_null_sender() -> None:
 def test_unknown_action_is_refused() -> None:
     with pytest.raises(ValueError, match="action"):
         build_dsn("mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("bob@dest.test", REFUSED)], action="lost")
+
+
+def test_template_syntax_from_a_message_is_printed_not_run() -> None:
+    """The text part comes from a Jinja2 template; a remote reply or an address that looks like template
+    syntax is text in it, never code."""
+    hostile = RcptResult(550, "5.7.1", "{{ 7 * 7 }} {% for x in range(3) %}x{% endfor %} {# gone #}", "mx.evil.test")
+    raw = build_dsn("mx.mailfleet.test", "alice@sender.test", ORIGINAL, [("{{config}}@dest.test", hostile)])
+    human = parse(raw).get_payload()[0].get_content()
+    assert "<{{config}}@dest.test>: 550 5.7.1 {{ 7 * 7 }} {% for x in range(3) %}x{% endfor %} {# gone #}" in human
+    assert "49" not in human
+
+
+def test_a_message_lost_in_the_queue_is_reported_without_its_headers() -> None:
+    """A spool file found damaged (the envelope readable, the data not): the DSN says so and returns no header
+    section (RFC 3462 §3 makes the third part optional)."""
+    lost = RcptResult(550, "5.3.0", "the queued message was found damaged on disk", None)
+    dsn = parse(build_dsn("mx.mailfleet.test", "alice@sender.test", None, [("bob@dest.test", lost)], queue_id="Q9"))
+    parts = dsn.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status"]
+    human = parts[0].get_content()
+    assert "found damaged in this system's queue" in human and "please send it again" in human
+    assert "attached below" not in human
+    block = status_blocks(dsn)[1]
+    assert block["Action"] == "failed" and block["Status"] == "5.3.0"
+    assert block["Diagnostic-Code"].strip() == "X-Mailfleet; the queued message was found damaged on disk"
+
+
+def test_the_template_ships_inside_the_package() -> None:
+    """Read as package data (what a wheel install has), not from the source tree's path."""
+    from importlib.resources import files
+
+    template = files("appliance.delivery").joinpath("templates", "dsn.txt.j2")
+    assert "reporting_mta" in template.read_text()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import email
+import json
 import smtplib
 import threading
 import time
+from email import policy
+from pathlib import Path
 
 from peers.named import free_port
 from peers.smtp_sink import Sink
+
+from appliance.message.model import QueuedMessage, Recipient, new_queue_id
+from appliance.queue.spool import Spool
 
 CLIENTS = 10
 PER_CLIENT = 100
@@ -109,3 +117,69 @@ def test_sigterm_drains_and_restart_resumes(mailfleet_factory, smtp_sink) -> Non
     server.start()
     server.wait_for(lambda: len(revived.messages) == 1, what="delivery after the restart")
     assert b"Subject: resume" in revived.messages[0].data
+
+
+def _damage_after_250(spool_dir: Path, sender: str, rcpt: str, subject: str) -> str:
+    """What bit rot leaves of a message committed (answered 250) earlier: a whole file whose data bytes changed."""
+    spool = Spool(spool_dir)
+    message = QueuedMessage(queue_id=new_queue_id(), mail_from=sender, recipients=[Recipient(rcpt, rcpt)],
+                            arrival=time.time(), client="192.0.2.7")
+    asyncio.run(spool.commit(message, f"Subject: {subject}\r\n\r\n".encode() + b"x" * 4_000 + b"\r\n"))
+    spool.close()
+    raw = bytearray(message.path.read_bytes())
+    raw[-1_000:-900] = b"\xff" * 100
+    message.path.write_bytes(bytes(raw))
+    return message.queue_id
+
+
+def test_a_message_damaged_after_its_250_is_reported_to_its_sender(mailfleet_factory, smtp_sink) -> None:
+    """Bit rot in a queued message: at start it is set aside and logged as an error, `queue list` counts it, and
+    its sender gets a DSN that says the message is lost (without its headers: they may be damaged too). A file
+    whose envelope is unreadable too is set aside and counted, with nobody to tell."""
+    sink = smtp_sink()
+    server = mailfleet_factory({
+        "roles": ["primary", "incoming_gateway"],
+        "primary": {"domains": ["home.test"], "users": [{"address": "alice@home.test"}]},
+        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"{sink.address}:{sink.port}"]}}},
+    }, run=False)
+    spool_dir = server.data_dir / "spool"
+    queue_id = _damage_after_250(spool_dir, "alice@home.test", "bob@fwd.test", "rotten")
+    (spool_dir / "msg" / "GARBLED1").write_bytes(b"\x00" * 300)
+
+    # Before the start: the listing (which checks lengths, not checksums) names the garbled file and leaves it
+    # for the service to set aside.
+    listed = server.cli("queue", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert queue_id in listed.stdout and "GARBLED1  damaged: " in listed.stdout
+    assert (spool_dir / "msg" / "GARBLED1").exists()
+
+    server.start()
+    server.wait_for(lambda: len(server.mailbox_files("alice@home.test")) == 1, what="the DSN in alice's INBOX")
+    assert sorted(p.name for p in (spool_dir / "corrupt").iterdir()) == sorted(["GARBLED1", queue_id])
+    dsn = email.message_from_bytes(server.mailbox_files("alice@home.test")[0].read_bytes(), policy=policy.default)
+    assert dsn.get_content_type() == "multipart/report"
+    parts = dsn.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status"]
+    assert "found damaged in this system's queue" in parts[0].get_content()
+    per_message, block = parts[1].get_payload()
+    assert per_message["X-Mailfleet-Queue-ID"] == queue_id and per_message["Arrival-Date"]
+    assert block["Final-Recipient"] == "rfc822; bob@fwd.test"
+    assert block["Action"] == "failed" and block["Status"] == "5.3.0"
+    log = server.log()
+    assert f"ERROR appliance.queue: spool: {spool_dir / 'msg' / queue_id}: content does not match" in log
+    assert "GARBLED1: not a spool file (bad header); its sender is unknown" in log
+    assert sink.messages == []
+
+    listed = server.cli("queue", "list")
+    assert f"-- 2 damaged message(s) set aside in {spool_dir / 'corrupt'}" in listed.stdout
+    rows = json.loads(server.cli("queue", "list", "--json").stdout)
+    damaged = {row["id"]: row for row in rows if row["damaged"]}
+    assert set(damaged) == {queue_id, "GARBLED1"}
+    assert damaged[queue_id]["from"] == "alice@home.test" and damaged[queue_id]["where"] == "set aside"
+    assert damaged[queue_id]["pending"] == 0 and "checksum" in damaged[queue_id]["reason"]
+    assert damaged["GARBLED1"]["from"] is None
+
+    server.restart()  # set aside once, told once (a DSN is queued before the service says it is up)
+    server.wait_for(lambda: server.log().count(" up: roles ") == 2, what="the second start")
+    assert server.log().count(f"queue_id={queue_id} lost: 1 recipient(s) reported to <alice@home.test>") == 1
+    assert server.queue_ids() == []

@@ -98,6 +98,18 @@ def test_5xx_bounces_at_once_with_a_dsn(mailfleet_factory, smtp_sink) -> None:
     server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
 
 
+def test_the_dsn_names_the_enhanced_code_once(mailfleet_factory, smtp_sink) -> None:
+    sink = smtp_sink(rcpt_replies={"gone@fwd.test": "550 5.1.1 sink refuses this recipient"})
+    server = mailfleet_factory(primary_and_gateway(sink.port))
+    send(server.smtp_port, "alice@home.test", ["gone@fwd.test"], "once")
+    server.wait_for(lambda: len(server.mailbox_files("alice@home.test")) == 1, what="the bounce in alice's INBOX")
+    _, parts = _dsn_parts(server.mailbox_files("alice@home.test")[0].read_bytes().split(b"\r\n", 2)[2])
+    block = parts[1].get_payload()[1]
+    assert block["Diagnostic-Code"].strip() == "smtp; 550 5.1.1 sink refuses this recipient"
+    assert block["Status"] == "5.1.1"
+    assert "<gone@fwd.test>: 550 5.1.1 sink refuses this recipient (from" in parts[0].get_payload(decode=True).decode()
+
+
 def test_a_failure_recorded_before_a_crash_is_still_bounced(mailfleet_factory) -> None:
     import asyncio
 

@@ -248,3 +248,50 @@ def test_a_free_directory_removed_under_the_service_leaves_no_delivered_message_
     spool.free_dir.rmdir()
     spool.remove_now("B2", reuse=True)
     assert list(spool.msg_dir.iterdir()) == []
+
+
+def test_a_damaged_file_is_handed_over_with_its_envelope_then_set_aside(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Its recipients' states come along (a recipient delivered before the damage is not reported lost), and
+    the file is still in msg/ while the handler runs: what it writes is on disk before the file moves."""
+    spool = Spool(tmp_path / "spool", reuse=False)
+    message = QueuedMessage(queue_id="D1", mail_from="alice@example.com", arrival=1_700_000_000.0,
+                            recipients=[Recipient("bob@example.org", "bob@example.org"),
+                                        Recipient("carol@example.org", "carol@example.org")])
+    spool.write(message, _body(b"rot", 5_000))
+    message.recipients[0].status = "delivered"
+    spool.record(message, message.recipients[:1])
+    path = spool.msg_dir / "D1"
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0x20  # one flipped bit
+    path.write_bytes(bytes(raw))
+    handed: list[SpoolCorrupt] = []
+
+    def on_damaged(damaged: SpoolCorrupt) -> None:
+        assert path.exists()
+        handed.append(damaged)
+
+    with caplog.at_level(logging.ERROR, logger="appliance.queue"):
+        assert list(spool.messages(verify=True, on_damaged=on_damaged)) == []
+    assert [d.queue_id for d in handed] == ["D1"]
+    lost = handed[0].message
+    assert lost is not None and lost.mail_from == "alice@example.com"
+    assert [(r.address, r.status) for r in lost.recipients] == [("bob@example.org", "delivered"),
+                                                                ("carol@example.org", "pending")]
+    assert (spool.corrupt_dir / "D1").exists() and not path.exists()
+    assert "does not match its checksum" in caplog.text and "the envelope is readable" in caplog.text
+    assert [(d.queue_id, d.message is not None) for d in spool.damaged()] == [("D1", True)]
+
+
+def test_no_envelope_is_trusted_from_a_file_that_names_another_message(tmp_path: Path) -> None:
+    """A reused file whose blocks still hold the older message's bytes: that envelope is not this message's
+    (its sender must not be told of a loss), and neither is a garbled one."""
+    spool = Spool(tmp_path / "spool", reuse=False)
+    spool.write(_message("OLD1"), _body(b"old", 3_000))
+    raw = (spool.msg_dir / "OLD1").read_bytes()
+    os.unlink(spool.msg_dir / "OLD1")
+    (spool.msg_dir / "NEW1").write_bytes(raw[:-10] + b"z" * 10)  # named NEW1, old bytes, checksum off
+    (spool.msg_dir / "JUNK1").write_bytes(b"\x00" * 200)
+    handed: list[SpoolCorrupt] = []
+    assert list(spool.messages(verify=True, on_damaged=handed.append)) == []
+    assert sorted((d.queue_id, d.message) for d in handed) == [("JUNK1", None), ("NEW1", None)]
