@@ -6,7 +6,8 @@ import asyncio
 import logging
 import ssl
 
-from appliance.imap.session import MAX_LINE, Authenticator, Session
+from appliance.imap.session import Authenticator, Session
+from appliance.imap.wire import MAX_LINE
 from appliance.store import MailStore
 
 log = logging.getLogger("appliance.imap")
