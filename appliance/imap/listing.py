@@ -48,7 +48,7 @@ def entry(cmd: ListCommand, lsub: bool, name: str, candidate: bool, matched: lis
     folder = folders.get(name)
     if "SPECIAL-USE" in cmd.selection and not (folder and folder.special_use):
         return None
-    attrs: list[str] = []
+    attrs = []
     if folder is None:
         attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
     elif not lsub and (not cmd.extended or "CHILDREN" in cmd.returns):

@@ -557,6 +557,12 @@ def _split_addr(parts: list[bytes]) -> tuple[bytes | None, bytes | None]:
     return b"".join(parts) or None, None
 
 
+def read_message(path: str) -> bytes:
+    """A stored message file, whole."""
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def read_header(path: str, chunk: int = 16384) -> bytes:
     """The first bytes of a message file up to (and including) the end of its header."""
     with open(path, "rb") as handle:

@@ -420,7 +420,8 @@ class Cursor:
     def _seq_number(self) -> int | None:
         if self.maybe(b"*"):
             return None
-        if self.peek() is None or self.peek() not in b"0123456789":
+        c = self.peek()
+        if c is None or c not in b"0123456789":
             raise ParseError("invalid sequence set")
         return self.number(nonzero=True)
 
@@ -558,10 +559,10 @@ def _authenticate(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
     mechanism = cur.atom("SASL mechanism").upper()
     initial = None
     if cur.maybe(b" "):  # RFC 4959 SASL-IR
-        initial = cur.take(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="))
-        if not initial:
+        raw = cur.take(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="))
+        if not raw:
             raise ParseError("invalid initial response")
-        initial = initial.decode("ascii")
+        initial = raw.decode("ascii")
     return Authenticate(tag, name, mechanism, initial)
 
 
@@ -873,7 +874,7 @@ def _section(cur: Cursor) -> Section:
     parts: list[int] = []
     text = None
     fields: list[str] = []
-    while cur.peek() is not None and cur.peek() in b"0123456789":
+    while (c := cur.peek()) is not None and c in b"0123456789":
         parts.append(cur.number(nonzero=True))
         if not cur.maybe(b"."):
             break

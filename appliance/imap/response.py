@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
+from appliance.store import mutf7
+
 _UNQUOTABLE = re.compile(r"[^\x20-\x7e]")
+_ATOM_SAFE = frozenset("-_./&+,:;=@!~$'^`|#")
 
 
 def as_wire(value: str | bytes) -> str:
@@ -41,3 +44,28 @@ def astring_nil(value: str | bytes | None) -> str:
 
 def encode(line: str) -> bytes:
     return line.encode("latin-1")
+
+
+def mailbox_name(name: str) -> str:
+    """A mailbox name as LIST, STATUS and QUOTAROOT send it: modified UTF-7 (RFC 3501 §5.1.3), an atom
+    when it is one, else quoted."""
+    encoded = mutf7.encode(name)
+    if encoded and all(c.isalnum() or c in _ATOM_SAFE for c in encoded):
+        return encoded
+    return quote(encoded)
+
+
+def compress(numbers: list[int]) -> str:
+    """[1,2,3,5] -> "1:3,5" (sequence-set form, in the given order for COPYUID pairing)."""
+    if not numbers:
+        return ""
+    out = []
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n == prev + 1:
+            prev = n
+            continue
+        out.append(f"{start}:{prev}" if start != prev else str(start))
+        start = prev = n
+    out.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(out)

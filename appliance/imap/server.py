@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 
-from appliance.imap.session import MAX_LINE, Authenticator, Session
+from appliance.imap.session import Authenticator, Session
+from appliance.imap.wire import MAX_LINE
 from appliance.store import MailStore
 
 log = logging.getLogger("appliance.imap")
@@ -50,7 +52,7 @@ async def start_imap(
 
     limits = ConnectionLimits()
 
-    def factory(tls: bool):
+    def factory(tls: bool) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             peer = writer.get_extra_info("peername") or ("unknown", 0)
             ip = str(peer[0])

@@ -1,0 +1,118 @@
+"""CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE and NAMESPACE (RFC 3501 §6.3, RFC 2342, RFC 6154)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from appliance.imap.commands.registry import command
+from appliance.imap.parser import Command, MailboxCommand, Rename
+from appliance.imap.state import AUTHENTICATED
+from appliance.store import DELIMITER, Account, FolderExists, FolderNotFound, InvalidFolderName
+
+if TYPE_CHECKING:
+    from appliance.imap.session import Session
+
+SPECIAL_USES = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+
+
+def no_such_mailbox(session: Session, tag: str, name: str) -> None:
+    """NO for a missing mailbox; a parent that exists only through children is "not selectable"."""
+    assert session.account is not None
+    if any(f.name.startswith(name + DELIMITER) for f in session.account.folders()):
+        session.send(f"{tag} NO Mailbox isn't selectable: {name}")
+    else:
+        session.send(f"{tag} NO Mailbox doesn't exist: {name}")  # no [NONEXISTENT] here, as Dovecot
+
+
+@command("NAMESPACE", states=AUTHENTICATED)
+async def namespace(session: Session, cmd: Command) -> None:
+    session.send(f'* NAMESPACE (("" "{DELIMITER}")) NIL NIL')
+    session.send(f"{cmd.tag} OK Namespace completed.")
+
+
+@command("CREATE", states=AUTHENTICATED)
+async def create(session: Session, cmd: MailboxCommand) -> None:
+    assert session.account is not None
+    name = cmd.mailbox.rstrip(DELIMITER)  # RFC 3501 §6.3.3: trailing delimiter = will have children
+    special = None
+    for use in cmd.use:
+        if use not in SPECIAL_USES:
+            session.send(f"{cmd.tag} NO [USEATTR] Unsupported special-use attribute {use}")
+            return
+        special = use
+    if name.upper() == "INBOX" or _exists(session.account, name):
+        session.send(f"{cmd.tag} NO [ALREADYEXISTS] Mailbox already exists")
+        return
+    try:
+        session.account.create_folder(name, special)
+    except FolderExists:
+        session.send(f"{cmd.tag} NO [ALREADYEXISTS] Mailbox already exists")
+        return
+    except InvalidFolderName as exc:
+        session.send(f"{cmd.tag} NO [CANNOT] {exc}")
+        return
+    session.send(f"{cmd.tag} OK Create completed.")
+
+
+@command("DELETE", states=AUTHENTICATED)
+async def delete(session: Session, cmd: MailboxCommand) -> None:
+    assert session.account is not None
+    if cmd.mailbox.upper() == "INBOX":
+        session.send(f"{cmd.tag} NO INBOX can't be deleted.")
+        return
+    try:
+        session.account.delete_folder(cmd.mailbox)
+    except FolderNotFound:
+        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.mailbox}")
+        return
+    except InvalidFolderName as exc:
+        session.send(f"{cmd.tag} NO [CANNOT] {exc}")
+        return
+    if session.view is not None and session.view.name == cmd.mailbox:
+        session.deselect()
+    session.send(f"{cmd.tag} OK Delete completed.")
+
+
+@command("RENAME", states=AUTHENTICATED)
+async def rename(session: Session, cmd: Rename) -> None:
+    assert session.account is not None
+    try:
+        session.account.rename_folder(cmd.old, cmd.new.rstrip(DELIMITER))
+    except FolderNotFound:
+        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.old}")
+        return
+    except FolderExists:
+        session.send(f"{cmd.tag} NO [ALREADYEXISTS] Target mailbox already exists")
+        return
+    except InvalidFolderName as exc:
+        session.send(f"{cmd.tag} NO [CANNOT] {exc}")
+        return
+    session.send(f"{cmd.tag} OK Rename completed.")
+
+
+@command("SUBSCRIBE", states=AUTHENTICATED)
+async def subscribe(session: Session, cmd: MailboxCommand) -> None:
+    _subscription(session, cmd, True)
+
+
+@command("UNSUBSCRIBE", states=AUTHENTICATED)
+async def unsubscribe(session: Session, cmd: MailboxCommand) -> None:
+    _subscription(session, cmd, False)
+
+
+def _subscription(session: Session, cmd: MailboxCommand, subscribed: bool) -> None:
+    assert session.account is not None
+    try:
+        session.account.set_subscribed(cmd.mailbox, subscribed)
+    except FolderNotFound:
+        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.mailbox}")
+        return
+    session.send(f"{cmd.tag} OK {'Subscribe' if subscribed else 'Unsubscribe'} completed.")
+
+
+def _exists(account: Account, name: str) -> bool:
+    try:
+        account.folder(name)
+        return True
+    except FolderNotFound:
+        return False
