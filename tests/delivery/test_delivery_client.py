@@ -10,6 +10,7 @@ import ssl
 import pytest
 from peers.named import free_port
 from peers.tls import self_signed_cert
+from waits import wait_until_async
 
 from appliance.delivery.client import Deliverer, Framing, HostsTarget, MXTarget
 
@@ -509,11 +510,7 @@ async def test_the_next_message_to_a_host_reuses_the_open_session(named, smtp_si
     assert [m.rcpt_tos for m in sink.messages] == [("r0@dest.test",), ("r1@dest.test",), ("r2@dest.test",)]
     assert sink.handler.sessions == 1
     # Idle beyond connection_idle: the session is closed with QUIT, nothing stays open.
-    for _ in range(100):
-        if sink.handler.active == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert sink.handler.active == 0
+    await wait_until_async(lambda: sink.handler.active == 0, 5, "the idle session to be closed")
 
 
 async def test_a_kept_session_the_peer_dropped_is_replaced(named, smtp_sink, port) -> None:

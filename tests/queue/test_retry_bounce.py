@@ -145,7 +145,9 @@ def test_a_recipient_delivered_before_a_crash_is_not_delivered_again(mailfleet_f
     server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
     server.kill()
     server.start()
-    time.sleep(1.5)  # more than the retry interval: a message still in the spool would be tried again
+    # The one sleep kept: the absence of a retry is the thing under test, and a retry comes only after the
+    # 1 s interval has passed.
+    time.sleep(1.5)
     assert [m.rcpt_tos for m in first.messages] == [("a@one.test",)]
     assert [m.rcpt_tos for m in second.messages] == [("b@two.test",)]
     assert not list((server.data_dir / "spool" / "state").iterdir())
@@ -205,6 +207,7 @@ def test_queue_commands_on_the_live_spool(mailfleet_factory, smtp_sink) -> None:
     assert bounced.returncode == 0, bounced.stderr
     server.wait_for(lambda: len(server.mailbox_files("alice@home.test")) == 1, what="the administrator's bounce")
     assert b"returned to sender by the administrator" in server.mailbox_files("alice@home.test")[0].read_bytes()
+    # With the spool empty no delivery can start, and the sink records a message before it answers: one that
+    # went out would be counted already.
     server.wait_for(lambda: not server.queue_ids(), what="the queue to empty")
-    time.sleep(0.3)
     assert len(sink.messages) == 1  # the deleted and the bounced message never went out
