@@ -157,3 +157,4 @@ def test_import_stops_at_quota(config_file: Path, tmp_path: Path) -> None:
     source.write_bytes(MBOX)
     result = mailfleet(config_file, "import", "mbox", str(source), "--user", USER)
     assert result.returncode == 1 and "quota exceeded" in result.stderr
+
