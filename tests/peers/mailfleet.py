@@ -44,6 +44,9 @@ class RunningMailfleet:
         return self.ports["smtp"]
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start `mailfleet serve` and return once it is up: every listener answers and the service has logged
+        that it is up (past that line it also takes SIGHUP as a reload)."""
+        since = self.log_mark()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         # Its own process group, as systemd gives a service its own cgroup: kill() takes the SMTP workers too.
         self.proc = subprocess.Popen([*MAILFLEET, "--config", str(self.config_path), "serve"], stdout=log,
@@ -52,6 +55,7 @@ class RunningMailfleet:
         for port in self.ports.values():
             wait_until(lambda port=port: self._listens(port), timeout, f"mailfleet to listen on {port}",
                        detail=self._log_tail)
+        self.wait_for_log(f"mailfleet {self.config['hostname']} up: ", since=since, timeout=timeout)
 
     def _listens(self, port: int) -> bool:
         assert self.proc is not None
