@@ -7,6 +7,7 @@ import logging
 import threading
 
 import pytest
+from waits import wait_until_async
 
 from appliance.auth.authenticator import Authenticator
 from appliance.config.model import AuthConfig
@@ -118,8 +119,7 @@ async def test_verification_does_not_block_the_event_loop(directory, clock, monk
     auth = Authenticator(directory, clock=clock)
     try:
         task = asyncio.create_task(auth.authenticate("alice@example.org", "right", "192.0.2.1"))
-        while not started.is_set():
-            await asyncio.sleep(0.01)
+        await wait_until_async(started.is_set, 5, "the password check to start in its thread")
         assert not task.done()
         release.set()
         assert await task == "alice@example.org"

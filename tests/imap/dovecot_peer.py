@@ -9,9 +9,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from waits import WaitTimeout, wait_until
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -133,15 +134,18 @@ def start_dovecot(base: Path, mail: Path, users: dict[str, str]) -> Dovecot:
                                                      gid=account.pw_gid))
     process = subprocess.Popen([DOVECOT, "-F", "-c", str(base / "dovecot.conf")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def greets() -> bool:
         if process.poll() is not None:
             raise RuntimeError("dovecot exited: " + process.stderr.read().decode(errors="replace"))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                if sock.recv(100).startswith(b"* OK"):
-                    return Dovecot(base, mail, port, process)
+                return sock.recv(100).startswith(b"* OK")
         except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("dovecot did not start listening")
+            return False
+
+    try:
+        wait_until(greets, 20, "dovecot to greet")
+    except WaitTimeout:
+        process.kill()
+        raise
+    return Dovecot(base, mail, port, process)

@@ -6,12 +6,12 @@ directory and the hostname, writes mailfleet.yml, starts the server and waits un
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from waits import WaitTimeout, wait_until
 
 from .named import free_port
 
@@ -43,23 +44,28 @@ class RunningMailfleet:
         return self.ports["smtp"]
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start `mailfleet serve` and return once it is up: every listener answers and the service has logged
+        that it is up (past that line it also takes SIGHUP as a reload)."""
+        since = self.log_mark()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         # Its own process group, as systemd gives a service its own cgroup: kill() takes the SMTP workers too.
         self.proc = subprocess.Popen([*MAILFLEET, "--config", str(self.config_path), "serve"], stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout
         for port in self.ports.values():
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mailfleet exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    socket.create_connection((self.address, port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"mailfleet did not listen on {port}:\n{self.log()}") from None
-                    time.sleep(0.05)
+            wait_until(lambda port=port: self._listens(port), timeout, f"mailfleet to listen on {port}",
+                       detail=self._log_tail)
+        self.wait_for_log(f"mailfleet {self.config['hostname']} up: ", since=since, timeout=timeout)
+
+    def _listens(self, port: int) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mailfleet exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            socket.create_connection((self.address, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait: the clean shutdown path."""
@@ -77,13 +83,8 @@ class RunningMailfleet:
         except ProcessLookupError:
             return
         self.proc.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the workers, reaped by init, may take a moment more
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.02)
+        with contextlib.suppress(WaitTimeout):  # the workers, reaped by init, may take a moment more
+            wait_until(lambda: not _group_alive(self.proc.pid), 10, "the service's processes to go")
 
     def restart(self) -> None:
         self.stop()
@@ -105,12 +106,23 @@ class RunningMailfleet:
         return subprocess.run([*MAILFLEET, "--config", str(self.config_path), *args], capture_output=True,
                               text=True, input=input, timeout=60)
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}\n--- server log ---\n{self.log()[-4000:]}")
-            time.sleep(0.05)
+    def wait_for(self, predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+        return wait_until(predicate, timeout, what, detail=self._log_tail)
+
+    def log_mark(self) -> int:
+        """Where the log ends now: pass it to wait_for_log to look only at what comes after."""
+        return len(self.log())
+
+    def wait_for_log(self, text: str, since: int = 0, timeout: float = 20.0, count: int = 1) -> str:
+        """Wait until `text` appears `count` times in the server's log after offset `since`; return the log."""
+        def found() -> str:
+            log = self.log()
+            return log if log[since:].count(text) >= count else ""
+
+        return wait_until(found, timeout, f"{count}x {text!r} in the server log", detail=self._log_tail)
+
+    def _log_tail(self) -> str:
+        return f"--- server log ---\n{self.log()[-4000:]}"
 
     def queue_ids(self) -> list[str]:
         msg_dir = self.data_dir / "spool" / "msg"
@@ -123,6 +135,14 @@ class RunningMailfleet:
         if folder:
             base = base / f".{folder}"
         return sorted(p for sub in ("new", "cur") for p in (base / sub).glob("*") if p.is_file())
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+from waits import WaitTimeout, wait_until
 
 from appliance.dns.resolver import Resolver
 
@@ -130,20 +130,22 @@ def start_named(
 
 
 def _wait_ready(server: NamedServer, origin: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
     query = dns.message.make_query(origin, "SOA")
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if server.process.poll() is not None:
             raise RuntimeError(f"named exited with {server.process.returncode}:\n{server.log()}")
         try:
             reply = dns.query.udp(query, server.address, port=server.port, timeout=0.2)
-            if reply.rcode() == dns.rcode.NOERROR and reply.answer:
-                return
         except (dns.exception.Timeout, OSError):
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"named did not answer for {origin} within {timeout}s:\n{server.log()}")
+            return False
+        return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
+
+    try:
+        wait_until(answers, timeout, f"named to answer for {origin}", detail=server.log)
+    except WaitTimeout:
+        server.stop()
+        raise
 
 
 @pytest.fixture

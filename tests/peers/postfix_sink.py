@@ -9,13 +9,13 @@ from __future__ import annotations
 import email
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 
 import pytest
+from waits import WaitTimeout, wait_until
 
 from .named import free_port
 
@@ -74,19 +74,21 @@ def start_postfix_sink(
 
 
 def _wait_greeting(sink: PostfixSink, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def greets() -> bool:
         if sink.process.poll() is not None:
             err = sink.process.stderr.read().decode(errors="replace") if sink.process.stderr else ""
             raise RuntimeError(f"smtp-sink exited with {sink.process.returncode}: {err}")
         try:
             with socket.create_connection((sink.address, sink.port), timeout=1) as conn:
-                if conn.recv(512).startswith(b"220"):
-                    return
+                return conn.recv(512).startswith(b"220")
         except OSError:
-            time.sleep(0.05)
-    sink.stop()
-    raise RuntimeError(f"smtp-sink on {sink.address}:{sink.port} did not greet within {timeout}s")
+            return False
+
+    try:
+        wait_until(greets, timeout, f"smtp-sink on {sink.address}:{sink.port} to greet")
+    except WaitTimeout:
+        sink.stop()
+        raise
 
 
 @pytest.fixture

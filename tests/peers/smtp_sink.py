@@ -7,6 +7,7 @@ fixtures, or call `start_sink()` directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from waits import WaitTimeout, wait_until_async
 
 from .named import free_port
 
@@ -36,11 +38,17 @@ class ReceivedMessage:
 
 @dataclass
 class SinkHandler:
-    """aiosmtpd handler: per-address RCPT replies, a scripted DATA reply, a hold to overlap sessions."""
+    """aiosmtpd handler: per-address RCPT replies, a scripted DATA reply, a hold to overlap sessions.
+
+    `hold` alone keeps every DATA waiting that long (a slow peer); with `hold_until_active` a DATA waits only
+    until that many sessions are open at once (at most `hold` seconds), so that sessions overlap for sure
+    however busy the machine, and no longer than they must.
+    """
 
     rcpt_replies: Mapping[str, str] = field(default_factory=dict)
     data_reply: str | None = None
     hold: float = 0.0
+    hold_until_active: int = 0
     max_rcpts: int = 0  # >0: answer 452 4.5.3 beyond this many recipients per transaction
     pipelining: bool = False  # announce PIPELINING (RFC 2920); aiosmtpd reads pipelined commands in order
     messages: list[ReceivedMessage] = field(default_factory=list)
@@ -85,8 +93,11 @@ class SinkHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.hold:
-            await asyncio.sleep(self.hold)
+        if self.hold_until_active:
+            with contextlib.suppress(WaitTimeout):
+                await wait_until_async(lambda: self.active >= self.hold_until_active, self.hold)
+        elif self.hold:
+            await asyncio.sleep(self.hold)  # the slow peer is the thing under test
         if self.data_reply:
             return self.data_reply
         data = envelope.original_content or b""
@@ -150,6 +161,7 @@ def start_sink(
     rcpt_replies: Mapping[str, str] | None = None,
     data_reply: str | None = None,
     hold: float = 0.0,
+    hold_until_active: int = 0,
     max_rcpts: int = 0,
     hostname: str = "sink.test",
     pipelining: bool = False,
@@ -160,6 +172,7 @@ def start_sink(
         rcpt_replies={k.lower(): v for k, v in (rcpt_replies or {}).items()},
         data_reply=data_reply,
         hold=hold,
+        hold_until_active=hold_until_active,
         max_rcpts=max_rcpts,
         pipelining=pipelining,
     )

@@ -3,25 +3,48 @@
 from __future__ import annotations
 
 import copy
+import random
 import smtplib
+import socket
 
 import pytest
 
-ZONES = {
-    # dest.test: the preferred MX is dead, the second one answers.
-    "dest.test": "@ IN MX 10 mx1\n@ IN MX 20 mx2\nmx1 IN A 127.0.0.21\nmx2 IN A 127.0.0.22\n",
-    # home.test: where the senders live; bounces go there.
-    "home.test": "@ IN MX 10 mx\nmx IN A 127.0.0.23\n",
-    # nomail.test publishes a null MX (RFC 7505): mail to it bounces at once, with no attempt.
-    "nomail.test": "@ IN MX 0 .\n@ IN A 127.0.0.24\n",
-}
+
+def zones(net: str) -> dict[str, str]:
+    return {
+        # dest.test: the preferred MX is dead, the second one answers.
+        "dest.test": f"@ IN MX 10 mx1\n@ IN MX 20 mx2\nmx1 IN A {net}.21\nmx2 IN A {net}.22\n",
+        # home.test: where the senders live; bounces go there.
+        "home.test": f"@ IN MX 10 mx\nmx IN A {net}.23\n",
+        # nomail.test publishes a null MX (RFC 7505): mail to it bounces at once, with no attempt.
+        "nomail.test": f"@ IN MX 0 .\n@ IN A {net}.24\n",
+    }
+
+
+def free_loopback_net() -> str:
+    """A 127.x.y.0/24 of its own, where nothing holds port 25 on the MX addresses.
+
+    Delivery by MX always goes to port 25, so the MX peers cannot take a free port as the other peers do;
+    a loopback network picked at random keeps two runs on one machine (and a stray listener) apart.
+    """
+    for _ in range(50):
+        net = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+        try:
+            for host in (21, 22, 23, 24):
+                with socket.socket() as probe:
+                    probe.bind((f"{net}.{host}", 25))
+        except OSError:
+            continue
+        return net
+    raise RuntimeError("no loopback network with port 25 free")
 
 
 @pytest.fixture
 def world(named_factory, smtp_sink):
-    named = named_factory(ZONES)
-    mx2 = smtp_sink(address="127.0.0.22", port=25)
-    home = smtp_sink(address="127.0.0.23", port=25)
+    net = free_loopback_net()
+    named = named_factory(zones(net))
+    mx2 = smtp_sink(address=f"{net}.22", port=25)
+    home = smtp_sink(address=f"{net}.23", port=25)
     return named, mx2, home
 
 

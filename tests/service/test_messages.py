@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from waits import wait_until_async
+
 from appliance.message.model import QueuedMessage, Recipient, new_queue_id
 from appliance.queue.spool import Spool
 from appliance.service import messages as notify
@@ -37,10 +39,7 @@ async def _exchange(path: Path) -> tuple[list[tuple], list[str], list[tuple]]:
     notifier.committed("18EB5102B1F8D1D8683B37", b"{" + b" " * 20_000 + b"}", 57, 1024)  # too long: ID only
     notifier.reloaded(1, True)
     notifier.ready(1)
-    for _ in range(100):
-        if len(pool.events) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until_async(lambda: len(pool.events) == 2, 5, "the READY and RELOADED notices")
     notifier.close()
     server.close()
     return committed, delivered, pool.events

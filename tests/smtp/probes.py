@@ -11,7 +11,6 @@ import re
 import socket
 import ssl
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from peers.mailfleet import RunningMailfleet
 from peers.smtp_sink import Sink
+from waits import wait_until
 
 PASSWORD = "correct horse battery staple"
 
@@ -203,10 +203,14 @@ class Evidence:
         return [*self.spool_files(mark), *self.mailbox_files(mark), *self.sink_messages(mark)]
 
     def assert_nothing(self, mark: str, settle: float = 0.0) -> None:
-        """A refused message leaves nothing behind: no spool file, no mailbox file, nothing at any sink."""
-        time.sleep(settle)  # after DATA, a wrongly accepted message may still be on its way: let it show
-        found = self.everywhere(mark)
-        assert not found, f"refused message {mark} left traces: {found}"
+        """A refused message leaves nothing behind: no spool file, no mailbox file, nothing at any sink.
+
+        `settle` is how long the server may take to tidy up after the refusal it has answered (a partial file
+        in spool/tmp/ goes after the reply). Anything it had accepted would be on disk before its reply, and
+        a file moves by rename, so a copy never hides while this looks.
+        """
+        wait_until(lambda: not self.everywhere(mark), settle, f"refused message {mark} to leave no traces",
+                   detail=lambda: f"traces: {self.everywhere(mark)}")
 
     def assert_on_disk(self, queue_id: str, mark: str) -> None:
         """A 250 is true at the moment it is given: the message is in the spool or already delivered."""
@@ -218,15 +222,20 @@ class Evidence:
         def found() -> list[Path]:
             return [p for p in self.server.mailbox_files(address) if mark.encode() in p.read_bytes()]
         self.server.wait_for(lambda: len(found()) >= count, what=f"{count} message(s) {mark} in {address}")
-        time.sleep(0.1)
+        self._wait_delivered(mark)
         return found()
 
     def wait_sink(self, sink: Sink, mark: str, count: int = 1) -> list:
         def found() -> list:
             return [m for m in sink.messages if mark.encode() in m.data]
         self.server.wait_for(lambda: len(found()) >= count, what=f"{count} message(s) {mark} at {sink.port}")
-        time.sleep(0.1)
+        self._wait_delivered(mark)
         return found()
+
+    def _wait_delivered(self, mark: str) -> None:
+        """Wait until the spool holds no copy of the message: no further delivery of it (a duplicate that the
+        caller's count would catch) can start after that."""
+        self.server.wait_for(lambda: not self.spool_files(mark), what=f"message {mark} to leave the spool")
 
     def wait_spool_empty(self) -> None:
         self.server.wait_for(lambda: not self.server.queue_ids(), what="an empty spool")

@@ -105,7 +105,7 @@ def test_bare_cr_or_lf_anywhere_in_the_data_is_refused(host, stray):
         reply = session.reply()
         assert reply.code == 550 and reply.has_enhanced_code(), reply
         assert session.pending() == b""
-    host.assert_nothing(evil, settle=0.3)
+    host.assert_nothing(evil, settle=5)
 
 
 def test_a_dot_line_inside_a_message_is_transparent_not_an_end(host):

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from waits import wait_until_async
 
 from appliance.store import (
     FolderExists,
@@ -513,7 +514,7 @@ class _Ticker:
         import asyncio
 
         while True:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the tick itself: a timer that fires only while the loop is free
             self.ticks += 1
 
     async def __aenter__(self) -> _Ticker:
@@ -549,7 +550,7 @@ def test_a_delivery_waits_for_a_busy_mailbox_without_blocking_the_loop(store: Ma
         held.wait(5)
         async with _Ticker() as ticker:
             delivery = store.deliver_async(ADDR, MSG + b"late")
-            await asyncio.sleep(0.3)
+            await wait_until_async(lambda: ticker.ticks >= 10, 10, "ten ticks of the loop during the delivery")
             assert not delivery.done() and ticker.ticks >= 10  # waiting, and the loop is not
             release.set()
             result = await asyncio.wait_for(delivery, 10)

@@ -157,3 +157,40 @@ def test_import_stops_at_quota(config_file: Path, tmp_path: Path) -> None:
     source.write_bytes(MBOX)
     result = mailfleet(config_file, "import", "mbox", str(source), "--user", USER)
     assert result.returncode == 1 and "quota exceeded" in result.stderr
+
+
+def test_import_beside_a_running_server_shares_the_mailbox_with_smtp(mailfleet_factory, tmp_path: Path) -> None:
+    """The store is safe across processes: mail arriving by SMTP while the import runs, and after it, lands in
+    the same INBOX with its own UIDs, and nothing is lost or doubled."""
+    import smtplib
+
+    server = mailfleet_factory({"roles": ["primary"], "primary": {"domains": ["example.org"],
+                                                                  "users": [{"address": USER}]}})
+
+    def deliver(subject: str) -> None:
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as conn:
+            conn.sendmail("a@example.net", [USER], f"Subject: {subject}\r\n\r\nx\r\n".encode())
+
+    deliver("before")
+    server.wait_for(lambda: len(server.mailbox_files(USER)) == 1, what="the first SMTP message in the INBOX")
+    source = tmp_path / "old.mbox"
+    source.write_bytes(MBOX)
+    result = mailfleet(server.config_path, "import", "mbox", str(source), "--user", USER)
+    assert result.returncode == 0, result.stderr
+    deliver("after")
+    server.wait_for(lambda: len(server.mailbox_files(USER)) == 5, what="two SMTP and three imported messages")
+    store = MailStore(server.data_dir / "mail")
+    infos = store.account(USER).messages("INBOX")
+    subjects = [info.path.read_bytes().split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for info in infos]
+    store.close()
+    assert subjects == [b"before", b"one", b"two", b"three", b"after"]
+    assert [info.uid for info in infos] == sorted({info.uid for info in infos})
+
+
+def test_an_empty_maildir_imports_nothing_and_says_so(config_file: Path, tmp_path: Path) -> None:
+    source = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (source / sub).mkdir(parents=True)
+    result = mailfleet(config_file, "import", "maildir", str(source), "--user", USER)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"imported 0 message(s), 0 bytes, into {USER} ")
