@@ -154,13 +154,13 @@ def build_dsn(
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
 
     human = _human_text(reporting_mta, recipients, action, original is None, arrival)
-    report.attach(MIMEText(human, "plain", "us-ascii" if human.isascii() else _UTF8_QP))
+    # The stubs say str, the email package takes a Charset too (here: UTF-8 with quoted-printable bodies).
+    report.attach(MIMEText(human, "plain", "us-ascii" if human.isascii() else _UTF8_QP))  # type: ignore[arg-type]
 
     status = MIMEBase("message", "delivery-status")
-    status.set_payload(
-        [_per_message(reporting_mta, arrival, queue_id)]
-        + [_per_recipient(a, r, action, last_attempt, will_retry_until) for a, r in recipients]
-    )
+    fields: list[Message | str] = [_per_message(reporting_mta, arrival, queue_id)]
+    fields += [_per_recipient(a, r, action, last_attempt, will_retry_until) for a, r in recipients]
+    status.set_payload(fields)
     report.attach(status)
 
     if original is not None:
