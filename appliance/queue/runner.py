@@ -96,6 +96,11 @@ class QueueRunner:
         self.spool.recover()
         return sum(self.adopt(message) for message in self.spool.messages(verify=True, on_damaged=self._lost))
 
+    def damaged(self, damaged: SpoolCorrupt) -> None:
+        """A message file found damaged after start-up (the rescan): as at start, the sender is told and the file
+        set aside, once."""
+        self.spool.discard_damaged(damaged, self._lost)
+
     def _lost(self, damaged: SpoolCorrupt) -> None:
         """A message whose spool file is damaged can be neither delivered nor returned: its sender hears of it
         from a DSN without the original headers, when the envelope is still readable. The DSN is on disk before

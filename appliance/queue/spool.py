@@ -342,7 +342,7 @@ class Spool:
                 client=env.get("client", ""), helo=env.get("helo", ""), smtputf8=env.get("smtputf8", False),
                 size=size, path=path, data_offset=data_offset, meta=env.get("meta", {}))
         except (ValueError, KeyError, TypeError) as exc:
-            raise SpoolCorrupt(f"{path}: unreadable envelope ({exc})") from None
+            raise SpoolCorrupt(f"{path}: unreadable envelope ({exc})", queue_id) from None
 
     def _replay_state(self, message: QueuedMessage) -> None:
         by_addr = {r.address: r for r in message.recipients}
@@ -394,16 +394,22 @@ class Spool:
         for item in self.scan(verify):
             if isinstance(item, QueuedMessage):
                 yield item
-                continue
-            log.error("spool: %s; %s, setting it aside in %s", item,
-                      "the envelope is readable" if item.message is not None else "its sender is unknown",
-                      self.corrupt_dir)
-            if on_damaged is not None:
-                on_damaged(item)
-            self.set_aside(item.queue_id)
+            else:
+                self.discard_damaged(item, on_damaged)
+
+    def discard_damaged(self, damaged: SpoolCorrupt, on_damaged: Callable[[SpoolCorrupt], None] | None) -> None:
+        """One damaged file, found at start-up or later: logged as an error, handed to ``on_damaged``, set aside."""
+        log.error("spool: %s; %s, setting it aside in %s", damaged,
+                  "the envelope is readable" if damaged.message is not None else "its sender is unknown",
+                  self.corrupt_dir)
+        if on_damaged is not None:
+            on_damaged(damaged)
+        self.set_aside(damaged.queue_id)
 
     def set_aside(self, queue_id: str) -> bool:
         """Move a damaged message file to corrupt/ for the administrator; False when it is gone already."""
+        if not queue_id or "/" in queue_id or queue_id.startswith("."):
+            raise ValueError(f"not a spool file name: {queue_id!r}")
         try:
             os.replace(self.msg_dir / queue_id, self.corrupt_dir / queue_id)
         except FileNotFoundError:

@@ -169,7 +169,10 @@ class Appliance:
         except FileNotFoundError:
             return  # already delivered and removed
         except SpoolCorrupt as exc:
-            log.warning("spool: %s", exc)
+            if notice is None:  # the rescan read the file itself: it is damaged on disk
+                self.runner.damaged(exc)
+            else:
+                log.warning("spool: %s", exc)  # the notice was unreadable; the rescan reads the file
             return
         self.runner.adopt(message)
 

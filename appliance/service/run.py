@@ -26,7 +26,7 @@ from appliance.service import messages
 from appliance.service.acceptors import AcceptorPool, die_with_parent
 from appliance.service.messages import Notifier
 from appliance.service.root import DRAIN_SECONDS, AcceptorSeat, Appliance, Mode
-from appliance.smtp.server import bind_listeners
+from appliance.smtp.server import SessionTable, bind_listeners
 
 log = logging.getLogger("appliance.serve")
 
@@ -92,9 +92,16 @@ def reload_from(app: Appliance, path: Path) -> bool:
 
 async def _serve_one_process(config_path: Path, config: Config) -> int:
     app = Appliance(config)
-    await app.start()
+    loop = asyncio.get_running_loop()
+    # Signals are ours before the listeners open: a SIGHUP while starting is kept and applied once everything
+    # is up (SIGHUP's default action would end the process), a SIGTERM stops the service right after.
     done = _stop_event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_from, app, config_path)
+    hup_while_starting: list[bool] = []
+    loop.add_signal_handler(signal.SIGHUP, hup_while_starting.append, True)
+    await app.start()
+    loop.add_signal_handler(signal.SIGHUP, reload_from, app, config_path)
+    if hup_while_starting:
+        reload_from(app, config_path)
     await done.wait()
     await app.stop()
     return 0
@@ -106,6 +113,7 @@ async def _serve_with_acceptors(config_path: Path, config: Config, text: str) ->
     app = Appliance(config, Mode.QUEUE)
     snapshot = config.data_dir / "run" / "config.yml"
     write_snapshot(snapshot, text)
+    SessionTable.allocate(config.data_dir / "smtp-sessions", config.smtp.workers)
     pool = AcceptorPool(config_path, snapshot, config.smtp.workers, sockets, config.data_dir / "notify.sock")
     done = _stop_event()
     reloads: set[asyncio.Task] = set()

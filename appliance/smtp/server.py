@@ -56,16 +56,32 @@ class SessionTable:
     """
 
     def __init__(self, path: Path, slots: int, index: int) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._open(path, slots)
         try:
-            if os.fstat(fd).st_size < 8 * slots:
-                os.ftruncate(fd, 8 * slots)
             self._map = mmap.mmap(fd, 8 * slots)
         finally:
             os.close(fd)
         self._slots = slots
         self._offset = 8 * index
         self.set(0)
+
+    @staticmethod
+    def allocate(path: Path, slots: int) -> None:
+        """The queue process makes the file before it starts the acceptors: a full disk is then an error at
+        start, not a crash of every acceptor."""
+        os.close(SessionTable._open(path, slots))
+
+    @staticmethod
+    def _open(path: Path, slots: int) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # Blocks allocated now, never on a store into the mapping: on a full disk that store would be a
+            # SIGBUS (a sparse file's hole has no block yet); here it is an OSError (ENOSPC).
+            os.posix_fallocate(fd, 0, 8 * slots)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def set(self, count: int) -> None:
         struct.pack_into("q", self._map, self._offset, count)
