@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -260,7 +261,7 @@ def _given(section: Mapping[str, Any], where: str, parsers: Mapping[str, _Parse]
 
 
 def _keys(cls: type) -> tuple[str, ...]:
-    return tuple(cls.__dataclass_fields__)
+    return tuple(spec.name for spec in dataclasses.fields(cls))
 
 
 def _join(where: str, key: str) -> str:
