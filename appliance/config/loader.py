@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -30,6 +31,8 @@ from appliance.config.model import (
     SMTPConfig,
     TLSConfig,
     UserConfig,
+    field_default,
+    workers_per_cpu,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -246,6 +249,21 @@ def _retry_schedule(value: Any, where: str, default: tuple[float, ...]) -> tuple
     return tuple(parse_duration(item, f"{where}[{i}]") for i, item in enumerate(items))
 
 
+_Parse = Callable[[Any, str], Any]
+
+
+def _given(section: Mapping[str, Any], where: str, parsers: Mapping[str, _Parse]) -> dict[str, Any]:
+    """The keys present in `section`, each validated by its parser (in the parsers' order).
+
+    A key left out is absent from the result, so the dataclass built from it supplies the model's default.
+    """
+    return {key: parse(section[key], _join(where, key)) for key, parse in parsers.items() if key in section}
+
+
+def _keys(cls: type) -> tuple[str, ...]:
+    return tuple(spec.name for spec in dataclasses.fields(cls))
+
+
 def _join(where: str, key: str) -> str:
     if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
         return f"{where}.{key}" if where else key
@@ -274,21 +292,15 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
     if "roles" not in top:
         raise ConfigError("roles", f"is required (one or more of {', '.join(ROLES)})")
     roles = _roles(top["roles"])
-    data_dir = Path(_str(top.get("data_dir", "/var/lib/mailfleet"), "data_dir"))
-    if not data_dir.is_absolute():
-        data_dir = base_dir / data_dir
-    log_level = _str(top.get("log_level", "info"), "log_level").lower()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError("log_level", f"unknown level {log_level!r} (expected one of {', '.join(LOG_LEVELS)})")
+    given = _given(top, "", {"data_dir": lambda v, w: _data_dir(v, w, base_dir), "log_level": _log_level})
     for role in ROLES:
         if role in top and role not in roles:
             raise ConfigError(role, f"section given but role {role!r} is not in roles")
     queue = _queue(top.get("queue"))
     config = Config(
         hostname=_hostname(top["hostname"], "hostname"),
-        data_dir=data_dir,
         roles=roles,
-        log_level=log_level,
+        **given,
         listen=_listen(top.get("listen"), roles),
         tls=_tls(top.get("tls"), base_dir),
         dns=_dns(top.get("dns")),
@@ -306,6 +318,18 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
     )
     _check_domain_overlaps(config)
     return config
+
+
+def _data_dir(value: Any, where: str, base_dir: Path) -> Path:
+    path = Path(_str(value, where))
+    return path if path.is_absolute() else base_dir / path
+
+
+def _log_level(value: Any, where: str) -> str:
+    level = _str(value, where).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(where, f"unknown level {level!r} (expected one of {', '.join(LOG_LEVELS)})")
+    return level
 
 
 def _roles(value: Any) -> tuple[str, ...]:
@@ -345,7 +369,7 @@ def _listen(value: Any, roles: tuple[str, ...]) -> ListenConfig:
 
 
 def _tls(value: Any, base_dir: Path) -> TLSConfig:
-    section = _mapping(value, "tls", ("cert", "key", "plaintext_auth_on_loopback"))
+    section = _mapping(value, "tls", _keys(TLSConfig))
     paths: dict[str, Path | None] = {}
     for key in ("cert", "key"):
         raw = section.get(key)
@@ -365,100 +389,88 @@ def _tls(value: Any, base_dir: Path) -> TLSConfig:
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError("tls", f"cannot load certificate {paths['cert']} with key {paths['key']}: "
                                      f"{getattr(exc, 'reason', None) or exc}") from None
-    return TLSConfig(cert=paths["cert"], key=paths["key"], plaintext_auth_on_loopback=_bool(
-        section.get("plaintext_auth_on_loopback", False), "tls.plaintext_auth_on_loopback"))
+    return TLSConfig(cert=paths["cert"], key=paths["key"],
+                     **_given(section, "tls", {"plaintext_auth_on_loopback": _bool}))
+
+
+def _ips(value: Any, where: str) -> tuple[str, ...]:
+    return tuple(_ip(item, f"{where}[{i}]") for i, item in enumerate(_list(value, where)))
 
 
 def _dns(value: Any) -> DNSConfig:
-    section = _mapping(value, "dns", ("nameservers", "port", "timeout"))
-    return DNSConfig(
-        nameservers=tuple(_ip(ns, f"dns.nameservers[{i}]")
-                          for i, ns in enumerate(_list(section.get("nameservers"), "dns.nameservers"))),
-        port=_int(section.get("port", 53), "dns.port", 1, 65535),
-        timeout=parse_duration(section.get("timeout", "5s"), "dns.timeout"),
-    )
+    section = _mapping(value, "dns", _keys(DNSConfig))
+    return DNSConfig(**_given(section, "dns", {
+        "nameservers": _ips,
+        "port": lambda v, w: _int(v, w, 1, 65535),
+        "timeout": parse_duration,
+    }))
 
 
 def _smtp(value: Any) -> SMTPConfig:
-    section = _mapping(value, "smtp", tuple(SMTPConfig.__dataclass_fields__))
-    defaults = SMTPConfig()
-    return SMTPConfig(
-        max_message_size=_int(section.get("max_message_size", defaults.max_message_size),
-                              "smtp.max_message_size", 1024),
-        max_recipients=_int(section.get("max_recipients", defaults.max_recipients), "smtp.max_recipients", 1),
-        max_sessions=_int(section.get("max_sessions", defaults.max_sessions), "smtp.max_sessions", 1),
-        idle_timeout=parse_duration(section.get("idle_timeout", "5m"), "smtp.idle_timeout"),
-        workers=_workers(section.get("workers", "auto")),
-    )
+    section = _mapping(value, "smtp", _keys(SMTPConfig))
+    return SMTPConfig(**_given(section, "smtp", {
+        "max_message_size": lambda v, w: _int(v, w, 1024),
+        "max_recipients": lambda v, w: _int(v, w, 1),
+        "max_sessions": lambda v, w: _int(v, w, 1),
+        "idle_timeout": parse_duration,
+        "workers": _workers,
+    }))
 
 
-def _workers(value: Any) -> int:
-    """'auto': one acceptor process per CPU when there are several CPUs, else everything in one process."""
+def _workers(value: Any, where: str) -> int:
+    """'auto' (the default): one acceptor process per CPU when there are several CPUs, else one process."""
     if value == "auto":
-        cpus = os.cpu_count() or 1
-        return cpus if cpus > 1 else 0
-    return _int(value, "smtp.workers", 0, 64)
+        return workers_per_cpu()
+    return _int(value, where, 0, 64)
 
 
 def _auth(value: Any) -> AuthConfig:
-    section = _mapping(value, "auth", tuple(AuthConfig.__dataclass_fields__))
-    return AuthConfig(
-        ban_threshold=_int(section.get("ban_threshold", 10), "auth.ban_threshold", 1),
-        ban_window=parse_duration(section.get("ban_window", "10m"), "auth.ban_window"),
-        ban_duration=parse_duration(section.get("ban_duration", "1h"), "auth.ban_duration"),
-        exempt_loopback=_bool(section.get("exempt_loopback", False), "auth.exempt_loopback"),
-    )
+    section = _mapping(value, "auth", _keys(AuthConfig))
+    return AuthConfig(**_given(section, "auth", {
+        "ban_threshold": lambda v, w: _int(v, w, 1),
+        "ban_window": parse_duration,
+        "ban_duration": parse_duration,
+        "exempt_loopback": _bool,
+    }))
 
 
 def _delivery(value: Any) -> DeliveryConfig:
-    section = _mapping(value, "delivery", tuple(DeliveryConfig.__dataclass_fields__))
-    smarthost = section.get("smarthost")
-    return DeliveryConfig(
-        smarthost=_host_port(smarthost, "delivery.smarthost") if smarthost is not None else None,
-        source_addresses=tuple(_ip(a, f"delivery.source_addresses[{i}]") for i, a in
-                               enumerate(_list(section.get("source_addresses"), "delivery.source_addresses"))),
-        concurrency_per_destination=_int(section.get("concurrency_per_destination", 10),
-                                         "delivery.concurrency_per_destination", 1, 1000),
-        connect_timeout=parse_duration(section.get("connect_timeout", "30s"), "delivery.connect_timeout"),
-        command_timeout=parse_duration(section.get("command_timeout", "5m"), "delivery.command_timeout"),
-        connection_reuse_time=parse_duration(section.get("connection_reuse_time", "2s"),
-                                             "delivery.connection_reuse_time", allow_zero=True),
-    )
+    section = _mapping(value, "delivery", _keys(DeliveryConfig))
+    return DeliveryConfig(**_given(section, "delivery", {
+        "smarthost": lambda v, w: _host_port(v, w) if v is not None else None,
+        "source_addresses": _ips,
+        "concurrency_per_destination": lambda v, w: _int(v, w, 1, 1000),
+        "connect_timeout": parse_duration,
+        "command_timeout": parse_duration,
+        "connection_reuse_time": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
 
 
 def _queue(value: Any) -> QueueConfig:
-    section = _mapping(value, "queue", ("retry_schedule", "lifetime"))
-    defaults = QueueConfig()
-    return QueueConfig(
-        retry_schedule=_retry_schedule(section.get("retry_schedule"), "queue.retry_schedule",
-                                       defaults.retry_schedule),
-        lifetime=parse_duration(section.get("lifetime", "5d"), "queue.lifetime"),
-    )
+    section = _mapping(value, "queue", _keys(QueueConfig))
+    return QueueConfig(**_given(section, "queue", {
+        "retry_schedule": lambda v, w: _retry_schedule(v, w, field_default(QueueConfig, "retry_schedule")),
+        "lifetime": parse_duration,
+    }))
 
 
 def _primary(value: Any) -> PrimaryConfig:
     if value is None:
         raise ConfigError("primary", "is required when roles has primary (at least primary.domains)")
-    section = _mapping(value, "primary", ("domains", "users", "aliases", "catch_all"))
+    section = _mapping(value, "primary", _keys(PrimaryConfig))
     domains = _domain_list(section.get("domains"), "primary.domains")
     users: list[UserConfig] = []
     seen: set[str] = set()
     for i, item in enumerate(_list(section.get("users"), "primary.users")):
         where = f"primary.users[{i}]"
-        entry = _mapping(item, where, ("address", "password_hash", "quota"))
+        entry = _mapping(item, where, _keys(UserConfig))
         if "address" not in entry:
             raise ConfigError(f"{where}.address", "is required")
         address = _local_address(entry["address"], f"{where}.address", domains)
         if address.lower() in seen:
             raise ConfigError(f"{where}.address", f"user {address} is listed twice")
         seen.add(address.lower())
-        password_hash = entry.get("password_hash")
-        if password_hash is not None:
-            password_hash = _str(password_hash, f"{where}.password_hash")
-            if not password_hash.startswith("$argon2"):
-                raise ConfigError(f"{where}.password_hash", "must be an argon2 hash ($argon2id$...), never a "
-                                                            "clear-text password (make one: mailfleet hash-password)")
-        users.append(UserConfig(address, password_hash, _int(entry.get("quota", 0), f"{where}.quota")))
+        users.append(UserConfig(address, **_given(entry, where, {"password_hash": _password_hash, "quota": _int})))
     aliases: dict[str, tuple[str, ...]] = {}
     for key, targets in _mapping(section.get("aliases"), "primary.aliases").items():
         where = _join("primary.aliases", key)
@@ -477,6 +489,16 @@ def _primary(value: Any) -> PrimaryConfig:
             raise ConfigError(where, f"{domain} is not one of primary.domains")
         catch_all[domain] = _address(target, where)
     return PrimaryConfig(domains=tuple(domains), users=tuple(users), aliases=aliases, catch_all=catch_all)
+
+
+def _password_hash(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    password_hash = _str(value, where)
+    if not password_hash.startswith("$argon2"):
+        raise ConfigError(where, "must be an argon2 hash ($argon2id$...), never a clear-text password (make one: "
+                                 "mailfleet hash-password)")
+    return password_hash
 
 
 def _local_address(value: Any, where: str, domains: list[str]) -> str:
@@ -523,10 +545,10 @@ def _hosts(value: Any, where: str) -> tuple[HostPort, ...]:
 def _backup_mx(value: Any, queue: QueueConfig) -> BackupMXConfig:
     if value is None:
         raise ConfigError("backup_mx", "is required when roles has backup_mx (backup_mx.domains)")
-    section = _mapping(value, "backup_mx", ("domains", "retry_schedule"))
+    section = _mapping(value, "backup_mx", _keys(BackupMXConfig))
 
     def build(entry: Any, where: str, domain: str) -> BackupDomain:
-        entry = _mapping(entry, where, ("primary_hosts", "recipients"))
+        entry = _mapping(entry, where, _keys(BackupDomain))
         recipients = []
         for i, item in enumerate(_list(entry.get("recipients"), f"{where}.recipients")):
             address = _address(item, f"{where}.recipients[{i}]")
@@ -547,10 +569,10 @@ def _incoming(value: Any, queue: QueueConfig) -> IncomingGatewayConfig:
     if value is None:
         raise ConfigError("incoming_gateway", "is required when roles has incoming_gateway "
                                               "(incoming_gateway.domains)")
-    section = _mapping(value, "incoming_gateway", ("domains", "retry_schedule"))
+    section = _mapping(value, "incoming_gateway", _keys(IncomingGatewayConfig))
 
     def build(entry: Any, where: str, domain: str) -> ForwardDomain:
-        entry = _mapping(entry, where, ("destinations",))
+        entry = _mapping(entry, where, _keys(ForwardDomain))
         return ForwardDomain(destinations=_hosts(entry.get("destinations"), f"{where}.destinations"))
 
     return IncomingGatewayConfig(
@@ -561,10 +583,10 @@ def _incoming(value: Any, queue: QueueConfig) -> IncomingGatewayConfig:
 
 
 def _outgoing(value: Any, queue: QueueConfig) -> OutgoingGatewayConfig:
-    section = _mapping(value, "outgoing_gateway", ("relay_networks", "retry_schedule"))
+    section = _mapping(value, "outgoing_gateway", _keys(OutgoingGatewayConfig))
     return OutgoingGatewayConfig(
-        relay_networks=tuple(_network(n, f"outgoing_gateway.relay_networks[{i}]") for i, n in
-                             enumerate(_list(section.get("relay_networks"), "outgoing_gateway.relay_networks"))),
+        **_given(section, "outgoing_gateway", {"relay_networks": lambda v, w: tuple(
+            _network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w)))}),
         retry_schedule=_retry_schedule(section.get("retry_schedule"), "outgoing_gateway.retry_schedule",
                                        queue.retry_schedule),
     )

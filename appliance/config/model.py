@@ -1,13 +1,45 @@
-"""The validated, immutable configuration: built once at load, passed explicitly to the services."""
+"""The validated, immutable configuration: built once at load, passed explicitly to the services.
+
+The field defaults of these dataclasses are the only defaults of the configuration: the loader fills every key
+a file leaves out from them, and reference.yml and the Ansible role defaults are tested against them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 ROLES = ("primary", "backup_mx", "incoming_gateway", "outgoing_gateway")
 DEFAULT_RETRY_SCHEDULE = (600.0, 600.0, 600.0, 86400.0)
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of field `name` of dataclass `cls` (its default_factory called); KeyError if it has none."""
+    spec = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default (it is required)")
+
+
+def workers_per_cpu() -> int:
+    """`smtp.workers: auto`: one acceptor process per CPU when there are several, else 0 (one process)."""
+    cpus = os.cpu_count() or 1
+    return cpus if cpus > 1 else 0
+
+
+def _frozen(obj: object, *names: str) -> None:
+    """Store the mapping fields `names` of a frozen dataclass as read-only copies."""
+    for name in names:
+        object.__setattr__(obj, name, MappingProxyType(dict(getattr(obj, name))))
 
 
 @dataclass(frozen=True)
@@ -52,7 +84,9 @@ class SMTPConfig:
     max_recipients: int = 100
     max_sessions: int = 5000
     idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command
-    workers: int = 0  # SMTP acceptor processes beside the queue process; 0: everything in one process
+    # SMTP acceptor processes beside the queue process; 0: everything in one process. The default ("auto" in
+    # the file) is one per CPU on a host with several.
+    workers: int = field(default_factory=workers_per_cpu)
 
 
 @dataclass(frozen=True)
@@ -90,10 +124,13 @@ class UserConfig:
 
 @dataclass(frozen=True)
 class PrimaryConfig:
-    domains: tuple[str, ...] = ()
+    domains: tuple[str, ...]
     users: tuple[UserConfig, ...] = ()
-    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    catch_all: dict[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # read-only once built
+    catch_all: Mapping[str, str] = field(default_factory=dict)  # read-only once built
+
+    def __post_init__(self) -> None:
+        _frozen(self, "aliases", "catch_all")
 
 
 @dataclass(frozen=True)
@@ -104,8 +141,11 @@ class BackupDomain:
 
 @dataclass(frozen=True)
 class BackupMXConfig:
-    domains: dict[str, BackupDomain] = field(default_factory=dict)
-    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    domains: Mapping[str, BackupDomain]
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
+
+    def __post_init__(self) -> None:
+        _frozen(self, "domains")
 
 
 @dataclass(frozen=True)
@@ -115,14 +155,17 @@ class ForwardDomain:
 
 @dataclass(frozen=True)
 class IncomingGatewayConfig:
-    domains: dict[str, ForwardDomain] = field(default_factory=dict)
-    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    domains: Mapping[str, ForwardDomain]
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
+
+    def __post_init__(self) -> None:
+        _frozen(self, "domains")
 
 
 @dataclass(frozen=True)
 class OutgoingGatewayConfig:
     relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
 
     def allows(self, ip: str) -> bool:
         """True when a client at `ip` may relay (RFC 5321 §3.6.2: relaying is an explicit grant)."""
@@ -138,8 +181,8 @@ class OutgoingGatewayConfig:
 @dataclass(frozen=True)
 class Config:
     hostname: str
-    data_dir: Path
     roles: tuple[str, ...]
+    data_dir: Path = Path("/var/lib/mailfleet")
     log_level: str = "info"
     listen: ListenConfig = ListenConfig()
     tls: TLSConfig = TLSConfig()
@@ -162,12 +205,12 @@ class Config:
         return frozenset(self.primary.domains) if self.primary else frozenset()
 
     @property
-    def backup_domains(self) -> dict[str, BackupDomain]:
-        return self.backup_mx.domains if self.backup_mx else {}
+    def backup_domains(self) -> Mapping[str, BackupDomain]:
+        return self.backup_mx.domains if self.backup_mx else _EMPTY
 
     @property
-    def forward_domains(self) -> dict[str, ForwardDomain]:
-        return self.incoming_gateway.domains if self.incoming_gateway else {}
+    def forward_domains(self) -> Mapping[str, ForwardDomain]:
+        return self.incoming_gateway.domains if self.incoming_gateway else _EMPTY
 
     @property
     def spool_dir(self) -> Path:
