@@ -212,7 +212,7 @@ class _ConnectionCache:
     skips connect, EHLO and STARTTLS. An idle session is closed (QUIT) after ``idle`` seconds; one session
     carries at most ``max_uses`` messages. The per-destination limit still counts only sessions in use."""
 
-    def __init__(self, idle: float = 2.0, max_uses: int = 100) -> None:
+    def __init__(self, idle: float, max_uses: int = 100) -> None:
         self.idle = idle
         self.max_uses = max_uses
         self._idle: dict[tuple, list[_Idle]] = {}

@@ -98,8 +98,8 @@ class Resolver:
     def __init__(
         self,
         nameservers: list[str],
-        port: int = 53,
-        timeout: float = 5.0,
+        port: int = DNSConfig.port,
+        timeout: float = DNSConfig.timeout,
         prefer_ipv6: bool | None = None,
     ) -> None:
         """`nameservers`: an empty list means the system's resolv.conf."""

@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
+from appliance.config.model import SMTPConfig
 from appliance.message import codes
 from appliance.message.lines import MAX_DATA_LINE, scan_lines
 from appliance.smtp.commands import (
@@ -130,7 +131,8 @@ class SMTPServerProtocol(asyncio.Protocol):
     """One SMTP connection (RFC 5321), with PIPELINING, SIZE, 8BITMIME, SMTPUTF8, STARTTLS and AUTH."""
 
     def __init__(self, handler: Handler, sessions: SessionSet, *, hostname: str, data_size_limit: int,
-                 tls_context: ssl.SSLContext | None, require_starttls: bool, timeout: float = 300.0) -> None:
+                 tls_context: ssl.SSLContext | None, require_starttls: bool,
+                 timeout: float = SMTPConfig.idle_timeout) -> None:
         self.handler = handler
         self._sessions = sessions
         self.hostname = hostname

@@ -23,6 +23,7 @@ from pathlib import Path
 from appliance.auth.authenticator import is_loopback
 from appliance.auth.sasl import SaslError, decode_login_field, decode_plain
 from appliance.config import HostPort
+from appliance.config.model import SMTPConfig
 from appliance.message import codes
 from appliance.message.address import AddressError, parse_mailbox
 from appliance.message.model import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
@@ -344,7 +345,8 @@ def bind_listeners(addresses: tuple[HostPort, ...], listen: bool = True) -> list
 async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[ListenerOptions], InboundHandler],
                      options: ListenerOptions, counter: SessionCounter, hostname: str, max_message_size: int,
                      tls_context: ssl.SSLContext | None,
-                     sockets: list[socket.socket] | None = None, idle_timeout: float = 300.0) -> list[asyncio.Server]:
+                     sockets: list[socket.socket] | None = None,
+                     idle_timeout: float = SMTPConfig.idle_timeout) -> list[asyncio.Server]:
     """One asyncio server per listen address (or per inherited socket), all sharing `counter`."""
     loop = asyncio.get_running_loop()
     handler = handler_factory(options)
