@@ -224,8 +224,7 @@ class Appliance:
             return seat.sockets.get(name) if seat is not None else None
 
         servers = await start_smtp(config.listen.smtp, handler_for, ListenerOptions("smtp"), counter,
-                                   config.hostname, config.smtp.max_message_size, tls, inherited("smtp"),
-                                   idle_timeout=config.smtp.idle_timeout)
+                                   config.hostname, config.smtp, tls, inherited("smtp"))
         loopback_plain = config.tls.plaintext_auth_on_loopback
         for name, listen, implicit in (("submission", config.listen.submission, False),
                                        ("submissions", config.listen.submissions, True)):
@@ -234,8 +233,7 @@ class Appliance:
                     listen, handler_for,
                     ListenerOptions(name, offer_auth=True, require_auth=True, implicit_tls=implicit,
                                     plaintext_auth_on_loopback=loopback_plain),
-                    counter, config.hostname, config.smtp.max_message_size, tls, inherited(name),
-                    idle_timeout=config.smtp.idle_timeout)
+                    counter, config.hostname, config.smtp, tls, inherited(name))
         self.listeners = SMTPListeners(servers, counter)
 
     async def _start_mailbox_access(self, tls: ssl.SSLContext) -> None:

@@ -343,11 +343,11 @@ def bind_listeners(addresses: tuple[HostPort, ...], listen: bool = True) -> list
 
 
 async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[ListenerOptions], InboundHandler],
-                     options: ListenerOptions, counter: SessionCounter, hostname: str, max_message_size: int,
+                     options: ListenerOptions, counter: SessionCounter, hostname: str, settings: SMTPConfig,
                      tls_context: ssl.SSLContext | None,
-                     sockets: list[socket.socket] | None = None,
-                     idle_timeout: float = SMTPConfig.idle_timeout) -> list[asyncio.Server]:
-    """One asyncio server per listen address (or per inherited socket), all sharing `counter`."""
+                     sockets: list[socket.socket] | None = None) -> list[asyncio.Server]:
+    """One asyncio server per listen address (or per inherited socket), all sharing `counter`; `settings` is the
+    config's smtp section (the size limit the engine announces and enforces, the idle timeout)."""
     loop = asyncio.get_running_loop()
     handler = handler_factory(options)
 
@@ -355,10 +355,10 @@ async def start_smtp(listen: tuple[HostPort, ...], handler_factory: Callable[[Li
         if counter.full():
             return _Refuse()
         return SMTPServerProtocol(
-            handler, counter, hostname=hostname, data_size_limit=max_message_size,
+            handler, counter, hostname=hostname, data_size_limit=settings.max_message_size,
             tls_context=None if options.implicit_tls else tls_context,
             require_starttls=options.offer_auth and not options.implicit_tls and not
-            options.plaintext_auth_on_loopback, timeout=idle_timeout)
+            options.plaintext_auth_on_loopback, timeout=settings.idle_timeout)
 
     servers = []
     ssl_arg = tls_context if options.implicit_tls else None
