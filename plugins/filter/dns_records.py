@@ -1,5 +1,5 @@
-"""Filters of the dns_records role: the DNS records, MTA-STS policy and RFC 2136 RRsets of a mail domain,
-rendered from the fleet's topology (the mailfleet.fleet.topology filter)."""
+"""Filters of the dns_records role (mailfleet.fleet.dns_records_*): the DNS records, MTA-STS policy and
+RFC 2136 RRsets of a mail domain, rendered from the fleet's topology (the mailfleet.fleet.topology filter)."""
 
 from __future__ import annotations
 
