@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl bind9 bind9-utils dnsutils isync fetchmail postfix dovecot-imapd
 MOLECULE_APT_PACKAGES := docker.io mmdebstrap
 
-.PHONY: help venv apt test pytest lint molecule image demo demo-down bench clean
+.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,13 +40,17 @@ lint: venv ## ruff over the package and the tests, mypy over the package
 pytest: apt venv ## Run the pytest suite (real servers on loopback)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
+collection: venv ## Build the Ansible collection mailfleet.fleet (roles, playbook, plugins) into build/collection/
+	rm -f build/collection/mailfleet-fleet-*.tar.gz
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path build/collection .
+
 image: apt venv ## Build the systemd container image from Debian packages (skipped when it exists)
 	molecule/scripts/build-image.sh
 
-molecule: apt venv ## Run every Molecule scenario listed in molecule/scenarios.txt (real mail, real containers)
+molecule: apt venv ## Build and install the collection, then run every scenario in molecule/scenarios.txt (real mail)
 	molecule/scripts/run-scenarios.sh
 
-demo: apt venv ## Bring up the full fleet in containers, send mail through it, say where it went
+demo: apt venv ## Bring up the full fleet in containers with the installed collection, send mail, say where it went
 	molecule/scripts/demo.sh up
 
 demo-down: ## Remove the demo fleet's containers and network

@@ -1,6 +1,6 @@
 # Sourced by run-scenarios.sh and demo.sh: prepare once what every scenario shares (docker engine, the
-# locally built image, the wheelhouse, the extracted collections) and export the environment Molecule
-# and Ansible need. Expects $root (the checkout).
+# locally built image, the wheelhouse, the extracted collections, the mailfleet.fleet collection built and
+# installed from this checkout) and export the environment Molecule and Ansible need. Expects $root (the checkout).
 venv="$root/.venv"
 export PATH="$venv/bin:$PATH"
 
@@ -18,9 +18,10 @@ rm -f "$MAILFLEET_WHEELHOUSE"/mailfleet-*.whl
   --wheel-dir "$MAILFLEET_WHEELHOUSE" "$root" pip 2> >(grep -v '^WARNING: Location' >&2)
 
 PIP="$venv/bin/pip" "$root/molecule/scripts/collections.sh" "$root/.cache/ansible-collections"
+# The scenarios use the collection as an administrator does: built into a tarball and installed, never
+# the checkout's roles/ and plugins/ directly.
+"$root/molecule/scripts/install-collection.sh" "$root/.cache/ansible-collections"
 export ANSIBLE_COLLECTIONS_PATH="$root/.cache/ansible-collections"
-export ANSIBLE_ROLES_PATH="$root/roles"
-export ANSIBLE_FILTER_PLUGINS="$root/playbooks/filter_plugins"
 export ANSIBLE_PIPELINING=1
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
 export ANSIBLE_NOCOLOR="${ANSIBLE_NOCOLOR:-1}"

@@ -8,8 +8,7 @@ action="${1:-up}"
 
 if [ "$action" = down ]; then
   export PATH="$root/.venv/bin:$PATH" HOME="$root/.molecule-home"
-  export ANSIBLE_COLLECTIONS_PATH="$root/.cache/ansible-collections" ANSIBLE_ROLES_PATH="$root/roles"
-  export ANSIBLE_FILTER_PLUGINS="$root/playbooks/filter_plugins"
+  export ANSIBLE_COLLECTIONS_PATH="$root/.cache/ansible-collections"
   if docker info >/dev/null 2>&1; then molecule destroy -s demo; fi
   echo "demo: removed"
   exit 0
@@ -17,7 +16,7 @@ fi
 
 # shellcheck source=molecule/scripts/controller-env.sh
 source molecule/scripts/controller-env.sh
-echo "demo: creating the containers and converging them with playbooks/site.yml (log: .molecule-home/demo.log)"
+echo "demo: creating the containers and converging them with mailfleet.fleet.site (log: .molecule-home/demo.log)"
 molecule destroy -s demo >/dev/null 2>&1
 for step in create prepare converge; do
   molecule "$step" -s demo >>"$HOME/demo.log" 2>&1 || { tail -40 "$HOME/demo.log"; echo "demo: $step failed" >&2; exit 1; }
@@ -75,5 +74,5 @@ echo "  submission  $p:587  (STARTTLS + AUTH) e.g. swaks --server $p:587 -tls --
 echo "  SMTP (MX)   $(ip in.demo.test):25 (incoming gateway)"
 echo "  queues      docker exec backup.demo.test /opt/mailfleet/venv/bin/mailfleet --config /etc/mailfleet/mailfleet.yml queue list"
 echo "  shell       docker exec -it mail.demo.test bash"
-echo "  inventory   molecule/demo/inventory/ (playbook: playbooks/site.yml)"
+echo "  inventory   molecule/demo/inventory/ (playbook: mailfleet.fleet.site, from build/collection/)"
 echo "Tear it down: make demo-down"

@@ -1,0 +1,145 @@
+"""Filters that derive the fleet's topology from inventory groups and gathered facts, in one place.
+
+Every cross-host fact the roles need (who delivers where, who may relay, who answers for a domain in
+DNS) is an address of some host: its `appliance_address` when the inventory sets one, else the address
+of its default route. Rendering these facts (mailfleet.yml sections, DNS records) is the roles' part.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+ROLE_GROUPS = ("primary", "backup_mx", "incoming_gateway", "outgoing_gateway")
+
+
+def _address(host: str, hostvars: Mapping[str, Any]) -> str:
+    """The one address other fleet members use to reach `host`."""
+    try:
+        hv = hostvars[host]
+    except KeyError:
+        raise AnsibleFilterError(f"mailfleet topology: {host} is not in the inventory") from None
+    override = hv.get("appliance_address")
+    if override:
+        return str(override)
+    facts = hv.get("ansible_facts") or {}
+    for key in ("default_ipv4", "default_ipv6"):
+        found = (facts.get(key) or {}).get("address")
+        if found:
+            return str(found)
+    # A host without a default route (an isolated network) still has its interface addresses.
+    for key in ("all_ipv4_addresses", "all_ipv6_addresses"):
+        for found in facts.get(key) or []:
+            if not ipaddress.ip_address(found).is_link_local:
+                return str(found)
+    raise AnsibleFilterError(
+        f"mailfleet topology: {host} has no known address (gather facts on it, or set appliance_address)")
+
+
+def addresses(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> list[str]:
+    """Addresses of `hosts`, in inventory order, without repeats."""
+    out: list[str] = []
+    for host in hosts:
+        addr = _address(host, hostvars)
+        if addr not in out:
+            out.append(addr)
+    return out
+
+
+def hostports(hosts: Iterable[str], hostvars: Mapping[str, Any], port: int = 25) -> list[str]:
+    """"address:port" for each host, with IPv6 in brackets as mailfleet.yml expects."""
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses(hosts, hostvars)]
+
+
+def networks(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> list[str]:
+    """Single-address CIDRs (/32, /128) for each host: a relay whitelist."""
+    return [str(ipaddress.ip_network(a)) for a in addresses(hosts, hostvars)]
+
+
+def domain_hosts(hosts: Iterable[str], hostvars: Mapping[str, Any],
+                 key: str = "primary_domains") -> dict[str, list[str]]:
+    """Map each domain listed in the hosts' `key` variable to the hosts that list it."""
+    table: dict[str, list[str]] = {}
+    for host in hosts:
+        for domain in hostvars[host].get(key) or []:
+            table.setdefault(str(domain), []).append(host)
+    return table
+
+
+def routes(domains: Iterable[str], candidates: Iterable[str], hostvars: Mapping[str, Any],
+           overrides: Mapping[str, list[str]] | None = None,
+           key: str = "primary_domains") -> dict[str, list[str]]:
+    """domain -> ["host:port", ...]: the override when given, else the candidates whose `key` lists it."""
+    owners = domain_hosts(candidates, hostvars, key)
+    overrides = overrides or {}
+    return {str(d): list(overrides[d]) if d in overrides else hostports(owners.get(d, []), hostvars)
+            for d in domains}
+
+
+def domain_table(routes: Mapping[str, list[str]], key: str,
+                 extra_key: str | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """{domain: {key: hosts[, extra_key: extra[domain]]}}: the domains: table of a mailfleet.yml section."""
+    table: dict[str, dict[str, Any]] = {}
+    for domain, hosts in routes.items():
+        entry: dict[str, Any] = {key: list(hosts)}
+        if extra_key and extra and extra.get(domain):
+            entry[extra_key] = list(extra[domain])
+        table[domain] = entry
+    return table
+
+
+def _hostname(host: str, hostvars: Mapping[str, Any]) -> str:
+    return str(hostvars[host].get("appliance_hostname") or host).rstrip(".")
+
+
+def _role_domains(host: str, hostvars: Mapping[str, Any], role: str, owners: Mapping[str, list[str]]) -> list[str]:
+    """Domains `role` serves on `host`: its inventory variable (`<role>_domains`), else the role's
+    default: every domain a primary other than `host` stores."""
+    configured = hostvars[host].get(f"{role}_domains")
+    if configured:
+        return [str(d) for d in configured]
+    return [d for d, hosts in owners.items() if any(h != host for h in hosts)]
+
+
+def topology(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) -> dict[str, Any]:
+    """The fleet seen from outside: per host its name, address, reverse name and roles; per domain the
+    hosts in front (incoming gateways, else its primaries), its backup MX hosts, the hosts that send its
+    mail to the world (outgoing gateways, else its primaries) and its primaries."""
+    members: dict[str, list[str]] = {}
+    for role in ROLE_GROUPS:
+        for host in groups.get(role, []):
+            members.setdefault(host, []).append(role)
+    owners = domain_hosts(groups.get("primary", []), hostvars)
+    fleet: dict[str, Any] = {"hosts": {}, "domains": {}}
+    for host, roles in members.items():
+        address = _address(host, hostvars)
+        fleet["hosts"][host] = {"name": _hostname(host, hostvars), "address": address, "roles": roles,
+                                "reverse": ipaddress.ip_address(address).reverse_pointer}
+    for domain in sorted(owners):
+        front = [h for h in groups.get("incoming_gateway", [])
+                 if domain in _role_domains(h, hostvars, "incoming_gateway", owners)] or owners[domain]
+        backup = [h for h in groups.get("backup_mx", [])
+                  if domain in _role_domains(h, hostvars, "backup_mx", owners) and h not in front]
+        senders = list(groups.get("outgoing_gateway", [])) or owners[domain]
+        fleet["domains"][domain] = {"front": front, "backup": backup, "senders": senders,
+                                    "primaries": owners[domain]}
+    return fleet
+
+
+class FilterModule:
+    """Mailfleet topology filters (mailfleet.fleet.<name>)."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "addresses": addresses,
+            "hostports": hostports,
+            "networks": networks,
+            "domain_hosts": domain_hosts,
+            "routes": routes,
+            "domain_table": domain_table,
+            "topology": topology,
+        }
