@@ -8,24 +8,11 @@ the line printed, and what is (no longer) in the spool or the mailbox afterwards
 from __future__ import annotations
 
 import json
-import smtplib
 
 from peers.named import free_port
+from peers.smtp_client import send
 
 from .command import assert_one_line_error, mailfleet
-
-
-def send(port: int, sender: str, rcpts: list[str], subject: str) -> str:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as conn:
-        conn.ehlo("client.test")
-        code, reply = conn.docmd("MAIL", f"FROM:<{sender}>")
-        assert code == 250, reply
-        for rcpt in rcpts:
-            code, reply = conn.docmd("RCPT", f"TO:<{rcpt}>")
-            assert code == 250, reply
-        code, reply = conn.data(f"Subject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\nbody\r\n".encode())
-        assert code == 250, reply
-        return reply.decode().rsplit(" ", 1)[1]
 
 
 def primary_and_gateway(sink_port: int, retry: str = "1h") -> dict:

@@ -9,22 +9,10 @@ import time
 from email.message import Message
 
 from peers.named import free_port
+from peers.smtp_client import send
 from peers.smtp_sink import start_refusing_server
 
 from appliance.queue.runner import next_delay
-
-
-def send(port: int, sender: str, rcpts: list[str], subject: str) -> str:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as conn:
-        conn.ehlo("client.test")
-        code, reply = conn.docmd("MAIL", f"FROM:<{sender}>")
-        assert code == 250, reply
-        for rcpt in rcpts:
-            code, reply = conn.docmd("RCPT", f"TO:<{rcpt}>")
-            assert code == 250, reply
-        code, reply = conn.data(f"Subject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\nbody\r\n".encode())
-        assert code == 250, reply
-        return reply.decode().rsplit(" ", 1)[1]
 
 
 def test_schedule_last_interval_repeats() -> None:
