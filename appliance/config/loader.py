@@ -19,8 +19,13 @@ from appliance.config.model import (
     BackupDomain,
     BackupMXConfig,
     Config,
+    DEFAULT_MAX_SCAN_SIZE,
+    ON_ERROR,
+    SCANNER_TYPES,
+    VIRUS_ACTIONS,
     DeliveryConfig,
     DNSConfig,
+    FiltersConfig,
     ForwardDomain,
     HostPort,
     IncomingGatewayConfig,
@@ -28,8 +33,11 @@ from appliance.config.model import (
     OutgoingGatewayConfig,
     PrimaryConfig,
     QueueConfig,
+    ScannerConfig,
     SMTPConfig,
+    SpamPolicy,
     TLSConfig,
+    UnixSocket,
     UserConfig,
     field_default,
     workers_per_cpu,
@@ -280,7 +288,7 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- sections
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
-            *ROLES)
+            "filters", *ROLES)
 
 
 def _build(raw: Any, source: str, base_dir: Path) -> Config:
@@ -308,6 +316,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         auth=_auth(top.get("auth")),
         delivery=_delivery(top.get("delivery")),
         queue=queue,
+        filters=_filters(top.get("filters"), base_dir),
         primary=_primary(top.get("primary")) if "primary" in roles else None,
         backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
         incoming_gateway=(_incoming(top.get("incoming_gateway"), queue)
@@ -452,6 +461,103 @@ def _queue(value: Any) -> QueueConfig:
         "retry_schedule": lambda v, w: _retry_schedule(v, w, field_default(QueueConfig, "retry_schedule")),
         "lifetime": parse_duration,
     }))
+
+
+def _filters(value: Any, base_dir: Path) -> FiltersConfig:
+    section = _mapping(value, "filters", _keys(FiltersConfig))
+    scanners: list[ScannerConfig] = []
+    names: set[str] = set()
+    for i, item in enumerate(_list(section.get("scanners"), "filters.scanners")):
+        scanner = _scanner(item, f"filters.scanners[{i}]", base_dir)
+        if scanner.name in names:
+            raise ConfigError(f"filters.scanners[{i}].name", f"{scanner.name!r} is used by an earlier scanner; "
+                                                             "give each a name of its own")
+        names.add(scanner.name)
+        scanners.append(scanner)
+    spam = _spam_policy(section.get("spam"), "filters.spam", SpamPolicy())
+    domains = {}
+    for key, entry in _mapping(section.get("domains"), "filters.domains").items():
+        where = _join("filters.domains", key)
+        domain = _domain(key, where)
+        if domain in domains:
+            raise ConfigError(where, f"{domain} is listed twice")
+        domains[domain] = _spam_policy(entry, where, spam)
+    return FiltersConfig(scanners=tuple(scanners), spam=spam, domains=domains, **_given(section, "filters", {
+        "virus_action": lambda v, w: _choice(v, w, VIRUS_ACTIONS),
+        "scan_authenticated": _bool,
+        "breaker_failures": lambda v, w: _int(v, w, 1),
+        "breaker_pause": parse_duration,
+        "trusted_gateways": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+    }))
+
+
+def _scanner(value: Any, where: str, base_dir: Path) -> ScannerConfig:
+    entry = _mapping(value, where, _keys(ScannerConfig))
+    if "type" not in entry:
+        raise ConfigError(f"{where}.type", f"is required (one of {', '.join(SCANNER_TYPES)})")
+    kind = _choice(entry["type"], f"{where}.type", SCANNER_TYPES)
+    if "address" not in entry:
+        raise ConfigError(f"{where}.address", "is required (host:port, or unix:/path for a Unix socket)")
+    address = _scanner_address(entry["address"], f"{where}.address", base_dir)
+    given = _given(entry, where, {
+        "name": _str,
+        "timeout": parse_duration,
+        "max_scan_size": _int,
+        "on_error": lambda v, w: _choice(v, w, ON_ERROR),
+        "settings_id": _str,
+        "user": _str,
+    })
+    for key, only in (("settings_id", "rspamd"), ("user", "spamassassin")):
+        if key in given and kind != only:
+            raise ConfigError(f"{where}.{key}", f"applies to {only} only, not {kind}")
+    given.setdefault("name", kind)
+    given.setdefault("max_scan_size", DEFAULT_MAX_SCAN_SIZE[kind])
+    return ScannerConfig(type=kind, address=address, **given)
+
+
+def _scanner_address(value: Any, where: str, base_dir: Path) -> HostPort | UnixSocket:
+    """'host:port', '[v6]:port', 'unix:/path'; as Postfix writes milters, also 'inet:host:port'."""
+    text = _str(value, where)
+    if text.startswith("unix:"):
+        path = Path(text[5:])
+        if not text[5:]:
+            raise ConfigError(where, f"{text!r}: give the socket's path after unix:")
+        return UnixSocket(path if path.is_absolute() else base_dir / path)
+    if text.startswith("inet:"):
+        text = text[5:]
+    hp = _host_port(text, where, default_port=0)
+    if hp.port == 0:
+        raise ConfigError(where, f"{value!r}: a scanner address needs a port (host:port) or unix:/path")
+    return hp
+
+
+def _spam_policy(value: Any, where: str, base: SpamPolicy) -> SpamPolicy:
+    """Thresholds; a key left out takes `base`'s value (the global policy, for a domain's entry)."""
+    section = _mapping(value, where, _keys(SpamPolicy))
+
+    def score(v: Any, w: str) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(w, f"expected a score (a number) or null to turn this action off, got {_kind(v)}")
+        return float(v)
+
+    policy = dataclasses.replace(base, **_given(section, where, {
+        "add_header": score, "quarantine": score, "reject": score}))
+    levels = [(key, getattr(policy, key)) for key in ("add_header", "quarantine", "reject")
+              if getattr(policy, key) is not None]
+    for (low, low_score), (high, high_score) in zip(levels, levels[1:], strict=False):
+        if low_score > high_score:
+            raise ConfigError(where, f"{low} ({low_score}) is above {high} ({high_score}): the thresholds rise "
+                                     "from add_header to quarantine to reject")
+    return policy
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    text = _str(value, where)
+    if text not in choices:
+        raise ConfigError(where, f"unknown value {text!r} (expected one of {', '.join(choices)})")
+    return text
 
 
 def _primary(value: Any) -> PrimaryConfig:

@@ -169,13 +169,86 @@ class OutgoingGatewayConfig:
 
     def allows(self, ip: str) -> bool:
         """True when a client at `ip` may relay (RFC 5321 §3.6.2: relaying is an explicit grant)."""
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr.version == net.version and addr in net for net in self.relay_networks)
+        return _in_networks(ip, self.relay_networks)
+
+
+SCANNER_TYPES = ("clamav", "spamassassin", "rspamd", "milter")
+# How much of a message each kind of scanner is given at most, in bytes, when its entry does not say (0: all of
+# it). A larger message is passed with a header saying it was not scanned. clamav: Debian's clamd.conf has
+# StreamMaxLength 25M; spamassassin: spamc's own default --max-size (500 KB); rspamd: its max_message default
+# (50 MB); milter: a milter sees every message, as Postfix gives it.
+DEFAULT_MAX_SCAN_SIZE: Mapping[str, int] = MappingProxyType(
+    {"clamav": 25 * 1024 * 1024, "spamassassin": 500 * 1024, "rspamd": 50 * 1024 * 1024, "milter": 0})
+ON_ERROR = ("tempfail", "accept")
+VIRUS_ACTIONS = ("reject", "quarantine")
+
+
+@dataclass(frozen=True)
+class UnixSocket:
+    path: Path
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True)
+class ScannerConfig:
+    """One entry of filters.scanners: a daemon the filter engine asks about every message."""
+
+    type: str  # one of SCANNER_TYPES
+    address: HostPort | UnixSocket
+    name: str = ""  # unique among the scanners; the loader gives the type when left out
+    timeout: float = 30.0  # for the whole scan of one message (connect, send, answer)
+    max_scan_size: int = 0  # bytes; the loader gives DEFAULT_MAX_SCAN_SIZE[type] when left out
+    on_error: str = "tempfail"  # daemon down, timeout, protocol error: 451 4.7.1 (tempfail) or pass, marked
+    settings_id: str | None = None  # rspamd: the settings id sent with every request
+    user: str | None = None  # spamassassin: the user whose preferences spamd applies
+
+
+@dataclass(frozen=True)
+class SpamPolicy:
+    """Score thresholds (the highest score any spam scanner gave); null: that action is off."""
+
+    add_header: float | None = 5.0  # X-Spam-Flag: YES; the primary files it into Junk
+    quarantine: float | None = None
+    reject: float | None = 15.0  # 550 5.7.1 in the session (rspamd's default reject score)
+
+
+@dataclass(frozen=True)
+class FiltersConfig:
+    scanners: tuple[ScannerConfig, ...] = ()
+    spam: SpamPolicy = SpamPolicy()
+    # Per recipient domain, replacing the global spam policy for mail to that domain.
+    domains: Mapping[str, SpamPolicy] = field(default_factory=dict)  # read-only once built
+    virus_action: str = "reject"  # or "quarantine"
+    scan_authenticated: bool = False  # scan mail from authenticated submission users too
+    # The circuit breaker: a scanner that failed this many times in a row is not asked for breaker_pause,
+    # its on_error applying at once; logged once when it opens and once when it closes.
+    breaker_failures: int = 5
+    breaker_pause: float = 30.0
+    # Hosts whose X-Spam-* and X-Mailfleet-Scan headers are believed (the fleet's incoming gateways); the
+    # same headers from anyone else are removed at DATA.
+    trusted_gateways: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def __post_init__(self) -> None:
+        _frozen(self, "domains")
+
+    def policy_for(self, domain: str) -> SpamPolicy:
+        return self.domains.get(domain.lower(), self.spam)
+
+    def trusts(self, ip: str) -> bool:
+        """True when `ip` is one of the trusted gateways."""
+        return _in_networks(ip, self.trusted_gateways)
+
+
+def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in networks)
 
 
 @dataclass(frozen=True)
@@ -191,6 +264,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     queue: QueueConfig = QueueConfig()
+    filters: FiltersConfig = FiltersConfig()
     primary: PrimaryConfig | None = None
     backup_mx: BackupMXConfig | None = None
     incoming_gateway: IncomingGatewayConfig | None = None
@@ -219,3 +293,7 @@ class Config:
     @property
     def mail_dir(self) -> Path:
         return self.data_dir / "mail"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"

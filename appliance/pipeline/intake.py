@@ -7,16 +7,19 @@ are safe on disk; it returns those it could not take, for the next target. Two t
 - the mailbox target (delivery/local.py): a message only for this host's own mailboxes is stored in them
   before the 250, as Mox and Maddy do (the store's commit is as durable as the spool's);
 - the spool target (queue/target.py): everything else, and whatever a mailbox refused (full, store error),
-  goes into the spool, to be delivered, retried or bounced by the queue.
+  goes into the spool, to be delivered, retried or bounced by the queue;
+- the quarantine target (quarantine/): a message a content check held (META_QUARANTINE in its meta) waits there,
+  for all its recipients, until an administrator releases or deletes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from appliance.message.model import QueuedMessage, Recipient
+from appliance.message.model import META_QUARANTINE, QueuedMessage, Recipient
 
 
 class Delivery(Protocol):
@@ -64,10 +67,11 @@ class Intake:
     """Chooses the targets of a message: the mailboxes when every recipient is local, then the spool."""
 
     def __init__(self, spool: Target, mailboxes: Target | None = None,
-                 is_local: Callable[[str], bool] | None = None) -> None:
+                 is_local: Callable[[str], bool] | None = None, quarantine: Target | None = None) -> None:
         self._spool = spool
         self._mailboxes = mailboxes
         self._is_local = is_local
+        self._quarantine = quarantine
 
     def reconfigure(self, mailboxes: Target | None, is_local: Callable[[str], bool] | None) -> None:
         """SIGHUP: the routing (which addresses are local) and the mailbox target follow the new config."""
@@ -77,6 +81,14 @@ class Intake:
     async def commit(self, message: QueuedMessage, data: bytes) -> None:
         """Every recipient of ``message`` is durable in some target when this returns (the 250 is then true)."""
         recipients = message.recipients
+        if META_QUARANTINE in message.meta:
+            # A content check held the message: it waits in the quarantine for an administrator's decision.
+            if self._quarantine is None:
+                raise OSError(errno.ENOENT, "a check asked for the quarantine, but this host keeps none")
+            left = await _deliver(self._quarantine, message, recipients, data)
+            if left:
+                raise OSError(errno.EIO, f"the quarantine did not take {len(left)} recipient(s)")
+            return
         mailboxes, is_local = self._mailboxes, self._is_local
         if mailboxes is not None and is_local is not None and recipients and all(
                 is_local(r.address) for r in recipients):

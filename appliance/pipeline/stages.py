@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -99,10 +100,19 @@ class Client(Protocol):
 
 
 class Transaction(Protocol):
-    """What a check knows of the mail transaction (the SMTP engine's envelope)."""
+    """What a check knows of the mail transaction (the SMTP engine's envelope).
+
+    At the DATA stage a check may change the transaction it was given (a milter's modifications): replace
+    ``content`` (CRLF line endings, without the Received header this host adds), change ``mail_from``, and add
+    or remove entries of ``accepted``. What ``meta`` holds is stored with the message (QueuedMessage.meta): the
+    folder local delivery files it into, a quarantine verdict.
+    """
 
     mail_from: str | None  # "<>" for the null reverse-path
     rcpt_tos: list[str]
+    accepted: list[tuple[str, tuple[str, ...]]]  # (recipient as given, where it goes), one per accepted RCPT
+    content: bytes  # DATA: the message as received, CRLF line endings, dots unstuffed
+    meta: dict[str, object]
     size: int  # declared with SIZE=
     smtp_utf8: bool
     verdicts: dict[str, object]  # set by checks for this message (reset with the transaction)
@@ -143,9 +153,24 @@ class Pipeline:
 
     def __init__(self) -> None:
         self._checks: dict[Stage, list[Check]] = {stage: [] for stage in Stage}
+        self._on_close: list[Callable[[Client], None]] = []
 
     def register(self, stage: Stage, check: Check) -> None:
         self._checks[stage].append(check)
+
+    def on_close(self, callback: Callable[[Client], None]) -> None:
+        """``callback(client)`` runs when a connection ends, for checks that hold something per connection
+        (a milter's own connection)."""
+        self._on_close.append(callback)
+
+    def closed(self, client: Client) -> None:
+        """The connection of ``client`` ended: the close callbacks run (each on its own; one failing does not
+        keep the others from running)."""
+        for callback in self._on_close:
+            try:
+                callback(client)
+            except Exception:  # a cleanup that failed must not end the others; it is a bug to log
+                logging.getLogger("appliance.pipeline").exception("close callback %r failed", callback)
 
     def checks(self, stage: Stage) -> tuple[Check, ...]:
         return tuple(self._checks[stage])

@@ -78,7 +78,8 @@ class Envelope:
     """One mail transaction: MAIL, RCPTs, the data."""
 
     __slots__ = ("mail_from", "mail_options", "smtp_utf8", "size", "rcpt_tos", "rcpt_options", "accepted",
-                 "content", "dot_lines", "oversize", "long_line", "bare_line_ending", "verdicts", "added_headers")
+                 "content", "dot_lines", "oversize", "long_line", "bare_line_ending", "verdicts", "added_headers",
+                 "meta")
 
     def __init__(self) -> None:
         self.mail_from: str | None = None  # "<>" for the null reverse-path, so that it is true
@@ -96,6 +97,7 @@ class Envelope:
         self.bare_line_ending = False  # a CR or LF that is not part of a CRLF (RFC 5321 §2.3.8)
         self.verdicts: dict[str, object] = {}  # the pipeline's checks' findings about this message
         self.added_headers: list[tuple[str, str]] = []  # headers the checks add to the message
+        self.meta: dict[str, object] = {}  # what the checks want stored with the message (QueuedMessage.meta)
 
 
 Reply = str | Awaitable[str]  # a decision at once, or one that has to wait (a DNS lookup, a milter)
@@ -120,6 +122,9 @@ class Handler(Protocol):
     async def handle_DATA(self, session: Session, envelope: Envelope) -> str: ...
     async def handle_AUTH(self, conn: SMTPServerProtocol, mechanism: str, initial: str | None) -> str | None: ...
     def handle_exception(self, error: BaseException) -> str: ...
+    def handle_CLOSE(self, session: Session) -> None:
+        """The connection ended (whatever the reason)."""
+        ...
 
 
 class SessionSet(Protocol):
@@ -196,6 +201,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._timer.cancel()
         if self._line_waiter is not None and not self._line_waiter.done():
             self._line_waiter.set_result(None)
+        self.handler.handle_CLOSE(self.session)
         # A DATA task still running is left to finish: the message may be stored, nobody hears the 250;
         # the client sends it again, which is a duplicate at worst, never a loss.
 

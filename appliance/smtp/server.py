@@ -26,6 +26,7 @@ from appliance.config import HostPort
 from appliance.config.model import SMTPConfig
 from appliance.message import codes
 from appliance.message.address import AddressError, parse_mailbox
+from appliance.message.lines import has_bare_cr_or_lf
 from appliance.message.model import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
 from appliance.pipeline.stages import MailFrom, Outcome, Pipeline, RcptTo, Result, Stage
 from appliance.smtp.commands import MailParams
@@ -199,14 +200,26 @@ class InboundHandler:
             return _rcpt_given(outcome, envelope, rcpt, options)
         return _after(outcome, _rcpt_given, envelope, rcpt, options)
 
+    def handle_CLOSE(self, session: Session) -> None:
+        self._pipeline.closed(session)
+
     async def handle_DATA(self, session: Session, envelope: Envelope) -> str:
-        outcome = self._pipeline.run(Stage.DATA, session, envelope, envelope.content)
+        received = envelope.content
+        outcome = self._pipeline.run(Stage.DATA, session, envelope, received)
         if outcome is not None and not isinstance(outcome, Result):
             outcome = await outcome
         if outcome is not None and outcome.refused:
             assert outcome.reply is not None
             return outcome.reply
         raw = envelope.content  # CRLF line endings only: the checks refused others
+        dot_free = not envelope.dot_lines
+        if raw is not received:  # a check rewrote the message (a milter): measure what goes on
+            if has_bare_cr_or_lf(raw):
+                log.error("a check rewrote the message with bare CR or LF line endings; answering 451")
+                return codes.TEMP_INTERNAL_ERROR
+            dot_free = not (raw.startswith(b".") or b"\r\n." in raw)
+        if not envelope.accepted:  # a check removed every recipient (a milter's delrcpt)
+            return "554 5.7.1 No recipients left after the content checks"
         ip = session.ip
         queue_id = new_queue_id()
         recipients: list[Recipient] = []
@@ -225,8 +238,8 @@ class InboundHandler:
                                 arrival=time.time(), client=ip, helo=session.host_name or "",
                                 smtputf8=envelope.smtp_utf8,
                                 # checked by the pipeline: the next hop gets it as it is
-                                meta={META_CRLF_ONLY: True, META_DOT_FREE: True} if not envelope.dot_lines
-                                else {META_CRLF_ONLY: True})
+                                meta={**envelope.meta, META_CRLF_ONLY: True, META_DOT_FREE: True} if dot_free
+                                else {**envelope.meta, META_CRLF_ONLY: True})
         try:
             await self._commit(message, data)
         except OSError as exc:

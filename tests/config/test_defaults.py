@@ -23,6 +23,7 @@ from appliance.config.model import (
     BackupMXConfig,
     DeliveryConfig,
     DNSConfig,
+    FiltersConfig,
     IncomingGatewayConfig,
     ListenConfig,
     OutgoingGatewayConfig,
@@ -36,7 +37,7 @@ from appliance.config.model import (
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "appliance" / "config" / "reference.yml"
 # Keys of reference.yml that show an example rather than the default (which is empty).
-EXAMPLES = {"primary.users", "primary.aliases"}
+EXAMPLES = {"primary.users", "primary.aliases", "filters.scanners"}
 # Role variables that are the deployment's choice, not the service's default: the service by itself opens no
 # listener, the roles open the standard ports.
 ROLE_CHOICES = {"appliance_listen_smtp", "primary_listen_submission", "primary_listen_imap", "primary_listen_pop3"}
@@ -133,7 +134,7 @@ def test_a_file_that_leaves_keys_out_gets_the_model_defaults() -> None:
     assert config.data_dir == field_default(Config, "data_dir")
     assert config.log_level == field_default(Config, "log_level")
     for section in (ListenConfig, TLSConfig, DNSConfig, SMTPConfig, AuthConfig, DeliveryConfig, QueueConfig,
-                    OutgoingGatewayConfig):
+                    FiltersConfig, OutgoingGatewayConfig):
         name = next(name for name, cls in SECTIONS.items() if cls is section)
         assert getattr(config, name) == section(), name
     assert config.primary == PrimaryConfig(domains=("example.org",))

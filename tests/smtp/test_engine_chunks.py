@@ -90,6 +90,9 @@ class _Handler:
     def handle_exception(self, error: BaseException) -> str:
         raise AssertionError(f"unexpected {error!r}")
 
+    def handle_CLOSE(self, session: Session) -> None:
+        pass
+
 
 class _Sessions(set):
     pass
