@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 
 FLOORS = [
     {"message", "durable", "config"},  # the ground floor: imports nothing of appliance
-    {"dns", "store", "auth", "pipeline"},
+    {"dns", "store", "auth", "pipeline", "quarantine"},
     {"delivery", "imap", "pop3", "filters", "web"},
     {"queue", "smtp"},
     {"service"},
