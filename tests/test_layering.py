@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 
 FLOORS = [
     {"message", "durable", "config"},  # the ground floor: imports nothing of appliance
-    {"dns", "store", "auth", "pipeline", "quarantine"},
-    {"delivery", "imap", "pop3", "filters", "web"},
+    {"dns", "store", "auth", "pipeline"},
+    {"delivery", "imap", "pop3", "filters", "quarantine", "web"},
     {"queue", "smtp"},
     {"service"},
     {"cli"},
