@@ -105,6 +105,8 @@ class Appliance:
         self.handlers: list[InboundHandler] = []
         self.control: ControlServer | None = None
         self._runner_task: asyncio.Task[None] | None = None
+        self.pipeline: Pipeline | None = None  # the SMTP listeners' checks; its scanners live as long as it
+        self._retiring: set[asyncio.Task[None]] = set()  # pipelines a reload replaced, closing their scanners
 
     # ------------------------------------------------------------------ parts built from the config
 
@@ -209,7 +211,7 @@ class Appliance:
         seat = self._seat
         if seat is not None:
             counter.table = SessionTable(config.data_dir / "smtp-sessions", seat.workers, seat.index)
-        pipeline = self._pipeline(config)
+        pipeline = self.pipeline = self._pipeline(config)
         authenticator = self.authenticator
 
         def handler_for(options: ListenerOptions) -> InboundHandler:
@@ -268,9 +270,14 @@ class Appliance:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
         if self.handlers:
-            pipeline = self._pipeline(new)
+            retired, pipeline = self.pipeline, self._pipeline(new)
+            self.pipeline = pipeline
             for handler in self.handlers:
                 handler.reconfigure(pipeline, _postmaster_domain(new))
+            if retired is not None:  # its scanners close once the scans still running on them are done
+                task = asyncio.get_running_loop().create_task(retired.stop(), name="pipeline-retire")
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
         logging.getLogger("appliance").setLevel(new.log_level.upper())
 
     async def stop(self) -> None:
@@ -280,6 +287,10 @@ class Appliance:
             server.close()
         if self.listeners is not None:
             await self.listeners.drain(DRAIN_SECONDS)
+        if self.pipeline is not None:
+            await self.pipeline.stop()
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         if self.runner is not None:
             await self.runner.stop(grace=DRAIN_SECONDS)
         if self._runner_task is not None:
