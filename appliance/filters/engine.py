@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -155,7 +156,7 @@ class Engine:
         except ScanError as exc:
             error = str(exc) or type(exc).__name__
         except OSError as exc:
-            error = f"{config.address}: {exc.strerror or exc}"
+            error = f"{config.address}: {os.strerror(exc.errno) if exc.errno else exc}"
         except Exception as exc:  # a bug in a scanner: a failure of that scanner, never the session's
             if not breaker.streak:
                 log.error("scanner %s failed unexpectedly", config.name, exc_info=exc)
