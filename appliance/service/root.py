@@ -4,8 +4,8 @@ The parts and who uses them:
 
 - the spool and the queue runner (queue/): in the queue process;
 - the user directory, the login bans and the mailbox store (auth/, store/): on a primary;
-- the pipeline (checks.py) and the intake with its two targets, the mailboxes and the spool: in every process
-  that answers SMTP;
+- the pipeline (checks.py) and the intake with its three targets, the mailboxes, the spool and the quarantine:
+  in every process that answers SMTP;
 - the SMTP listeners (smtp/), IMAP and POP3 (imap/, pop3/), the control socket (queue/control.py).
 
 A process runs in one of three modes: ``ALL`` (everything in one asyncio process), ``QUEUE`` (no SMTP
@@ -36,6 +36,8 @@ from appliance.pipeline.intake import Intake
 from appliance.pipeline.recipients import RecipientPolicy
 from appliance.pipeline.stages import Pipeline
 from appliance.pop3.server import start_pop3
+from appliance.quarantine.store import Quarantine
+from appliance.quarantine.target import QuarantineTarget
 from appliance.queue.control import ControlServer
 from appliance.queue.runner import QueueRunner
 from appliance.queue.spool import Spool
@@ -99,7 +101,10 @@ class Appliance:
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
                                       config.hostname, config.queue.lifetime)
-        self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local)
+        # Every process that answers SMTP writes held messages itself: the files are named by queue ID.
+        self.quarantine = Quarantine(config.quarantine_dir)
+        self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local,
+                             quarantine=QuarantineTarget(self.quarantine))
         self.listeners: SMTPListeners | None = None
         self.other_servers: list[asyncio.Server] = []
         self.handlers: list[InboundHandler] = []
@@ -190,6 +195,7 @@ class Appliance:
     async def start(self) -> None:
         config = self.config
         if self.runner is not None:
+            self.quarantine.recover()  # before any acceptor starts: what is in its tmp/ now was never answered
             loaded = self.runner.load_spool()
             if loaded:
                 log.info("spool: %d message(s) waiting from before the start", loaded)
@@ -197,7 +203,7 @@ class Appliance:
         tls = server_tls_context(config)
         if self.runner is not None:
             # The control socket first: once SMTP answers, `mailfleet queue ...` must find the server.
-            self.control = ControlServer(config.data_dir / "control.sock", self.runner)
+            self.control = ControlServer(config.data_dir / "control.sock", self.runner, self.quarantine)
             await self.control.start()
             await self._start_mailbox_access(tls)
         if self.mode is not Mode.QUEUE:
