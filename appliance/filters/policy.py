@@ -241,7 +241,7 @@ def spam_status(tagged: bool, score: float, required: float | None, rules: Itera
     head = f"{'Yes' if tagged else 'No'}, score={score:.1f}"
     if required is not None:
         head += f" required={required:.1f}"
-    return fold([head + " tests=" + (tests[0] if tests else "none"), *tests[1:]], ",")
+    return fold([head + " tests=" + (tests[0] if tests else "none"), *tests[1:]], ",", spaced=False)
 
 
 def summary(answers: Iterable[Answer], policy: SpamPolicy, hostname: str) -> str:
@@ -271,19 +271,20 @@ def _result(answer: Answer, policy: SpamPolicy) -> str:
     return result + _comment(answer.detail) if answer.detail else result
 
 
-def fold(parts: list[str], separator: str) -> str:
-    """``parts`` joined by ``separator`` and a space, with a line break (which becomes a fold, RFC 5322
-    §2.2.3) instead of the space where a line would pass FOLD_AT characters."""
+def fold(parts: list[str], separator: str, spaced: bool = True) -> str:
+    """``parts`` joined by ``separator`` (and a space when ``spaced``), with a line break (which becomes a fold,
+    RFC 5322 §2.2.3) between two parts where a line would pass FOLD_AT characters."""
+    joint = " " if spaced else ""
     out = ""
     line = 0
     for index, part in enumerate(parts):
         piece = part + (separator if index < len(parts) - 1 else "")
-        if index and line + 1 + len(piece) > FOLD_AT:
+        if index and line + len(joint) + len(piece) > FOLD_AT:
             out += "\n" + piece
             line = len(piece) + 1
         else:
-            out += (" " if index else "") + piece
-            line += len(piece) + (1 if index else 0)
+            out += (joint if index else "") + piece
+            line += len(piece) + (len(joint) if index else 0)
     return out
 
 

@@ -5,6 +5,7 @@ quarantine directory."""
 from __future__ import annotations
 
 import imaplib
+import re
 import smtplib
 import subprocess
 import sys
@@ -15,6 +16,10 @@ PASSWORD = "s3cret-Pass"
 FORGED = (b"From: friend@far.test\r\nSubject: forged\r\nX-Spam-Flag: YES\r\nX-Spam-Score: 99.0\r\n"
           b"X-Mailfleet-Scan: gw.test; spamassassin=spam score=99.0\r\n\r\nI say I am spam.\r\n")
 GATEWAY = "127.0.0.2"  # the trusted gateway's address; the untrusted client sends from 127.0.0.1
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+SPAM = b"From: friend@far.test\r\nSubject: buy now\r\nMessage-ID: <spam@far.test>\r\n\r\n" + GTUBE + b"\r\n"
+HAM = (b"From: friend@far.test\r\nSubject: lunch\r\nMessage-ID: <ham@far.test>\r\n\r\n"
+       b"Shall we meet for lunch on Tuesday at noon?\r\n")
 
 
 def _hash() -> str:
@@ -84,3 +89,110 @@ def test_spam_for_a_user_without_a_junk_folder_goes_to_the_inbox_and_says_so(mai
     server.wait_for_log("alice@home.test has no folder 'Junk'; delivering into INBOX", since=mark)
     [message] = _folder(server, "INBOX")
     assert b"X-Spam-Flag: YES" in _headers(message)
+
+
+def _spamassassin(spamd, **entry: object) -> dict:
+    return {"type": "spamassassin", "address": f"{spamd.address}:{spamd.port}", **entry}
+
+
+def _score(headers: str) -> float:
+    found = re.search(r"^X-Spam-Score: (\S+)\r?$", headers, re.MULTILINE)
+    assert found is not None, headers
+    return float(found[1])
+
+
+def _unfolded(message: bytes) -> str:
+    """The header section with its folds undone (RFC 5322 §2.2.3; a fold's white space kept as one space)."""
+    return re.sub(rb"\r\n[ \t]+", b" ", _headers(message)).decode()
+
+
+def test_spam_goes_to_junk_and_ham_to_the_inbox_each_with_its_headers(mailfleet_factory, spamd) -> None:
+    server = _primary(mailfleet_factory, {"scanners": [_spamassassin(spamd)],
+                                          "spam": {"add_header": 5.0, "reject": None}})
+    _send(server, SPAM)
+    _send(server, HAM)
+    server.wait_for(lambda: server.mailbox_files("alice@home.test", "Junk") and
+                    server.mailbox_files("alice@home.test"), what="delivery into Junk and INBOX")
+    [junk] = _folder(server, "Junk")
+    assert b"Message-ID: <spam@far.test>" in junk
+    headers = _unfolded(junk)
+    score = _score(headers)  # GTUBE's 1000 and whatever else hit
+    assert "X-Spam-Flag: YES" in headers and score >= 1000
+    status = re.search(r"X-Spam-Status: Yes, score=(\S+) required=5.0 tests=(\S+)", headers)
+    assert status is not None and float(status[1]) == score and "GTUBE" in status[2].split(",")
+    assert status[2].startswith("GTUBE,")  # the rules comma-separated, as SpamAssassin writes them
+    assert f"X-Mailfleet-Scan: mf.test.example; spamassassin=spam score={score:.1f}" in headers
+    [inbox] = _folder(server, "INBOX")
+    assert b"Message-ID: <ham@far.test>" in inbox
+    headers = _unfolded(inbox)
+    assert "X-Spam-Flag: NO" in headers and "X-Spam-Status: No, score=" in headers
+
+
+def test_spam_above_the_quarantine_threshold_is_held_not_delivered(mailfleet_factory, spamd) -> None:
+    server = _primary(mailfleet_factory, {"scanners": [_spamassassin(spamd)],
+                                          "spam": {"add_header": 5.0, "quarantine": 20.0, "reject": None}})
+    _send(server, SPAM)
+    held = server.data_dir / "quarantine" / "msg"
+    server.wait_for(lambda: held.exists() and list(held.iterdir()), what="a message in the quarantine")
+    [path] = list(held.iterdir())
+    assert GTUBE in path.read_bytes()
+    listing = server.cli("quarantine", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"spam score \d+\.\d >= 20.0 \(spamassassin\)", listing.stdout), listing.stdout
+    assert server.mailbox_files("alice@home.test") == []
+    assert server.mailbox_files("alice@home.test", "Junk") == []
+
+
+def test_spam_above_reject_is_refused_in_the_session(mailfleet_factory, spamd) -> None:
+    server = _primary(mailfleet_factory, {"scanners": [_spamassassin(spamd)]})
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _send(server, SPAM)
+    assert refused.value.smtp_code == 550
+    assert re.fullmatch(rb"5\.7\.1 Message refused as spam \(score \d+\.\d\)", refused.value.smtp_error)
+
+
+def test_recipients_with_different_policies_go_in_separate_transactions(mailfleet_factory, spamd) -> None:
+    server = _primary(mailfleet_factory, {"scanners": [_spamassassin(spamd)],
+                                          "spam": {"add_header": 5.0, "reject": None},
+                                          "domains": {"strict.test": {"reject": 8.0}}})
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as conn:
+        conn.ehlo("client.test")
+        assert conn.mail("friend@far.test")[0] == 250
+        assert conn.rcpt("alice@home.test")[0] == 250
+        assert conn.rcpt("sam@strict.test") == (
+            452, b"4.5.3 Recipients with a different spam policy go in a separate transaction")
+        assert conn.data(SPAM)[0] == 250  # for alice, tagged into Junk
+        assert conn.mail("friend@far.test")[0] == 250
+        assert conn.rcpt("sam@strict.test")[0] == 250
+        code, reply = conn.data(SPAM)
+        assert code == 550 and reply.startswith(b"5.7.1 Message refused as spam (score ")
+    server.wait_for(lambda: server.mailbox_files("alice@home.test", "Junk"), what="alice's copy in Junk")
+    assert server.mailbox_files("sam@strict.test") == [] and server.mailbox_files("sam@strict.test", "Junk") == []
+
+
+def test_a_message_above_max_scan_size_is_delivered_saying_it_was_not_scanned(mailfleet_factory, spamd) -> None:
+    server = _primary(mailfleet_factory, {"scanners": [_spamassassin(spamd, max_scan_size=100)]})
+    _send(server, SPAM)
+    server.wait_for(lambda: server.mailbox_files("alice@home.test"), what="delivery into INBOX")
+    [message] = _folder(server, "INBOX")
+    headers = _unfolded(message)
+    assert "X-Mailfleet-Scan: mf.test.example; spamassassin=skipped (larger than 100 bytes)" in headers
+    assert "X-Spam-Flag: NO" in headers and "X-Spam-Score" not in headers
+
+
+def test_a_gateway_tags_spam_and_the_primary_behind_it_files_it_into_junk(mailfleet_factory, spamd) -> None:
+    primary = _primary(mailfleet_factory, {"trusted_gateways": ["127.0.0.1/32"]}, name="primary")
+    gateway = mailfleet_factory({
+        "roles": ["incoming_gateway"],
+        "incoming_gateway": {"domains": {"home.test": {"destinations": [f"127.0.0.1:{primary.smtp_port}"]}}},
+        "filters": {"scanners": [_spamassassin(spamd)], "spam": {"add_header": 5.0, "reject": None}},
+    }, name="gateway")
+    _send(gateway, SPAM)
+    _send(gateway, FORGED)  # its forged headers go at the gateway; its own say it is not spam
+    primary.wait_for(lambda: primary.mailbox_files("alice@home.test", "Junk") and
+                     primary.mailbox_files("alice@home.test"), what="both messages at the primary")
+    [junk] = _folder(primary, "Junk")
+    assert "X-Mailfleet-Scan: gateway.test.example; spamassassin=spam score=" in _unfolded(junk)
+    [inbox] = _folder(primary, "INBOX")
+    assert b"Subject: forged" in inbox and "X-Spam-Flag: NO" in _unfolded(inbox)
+    assert "X-Spam-Score: 99.0" not in _unfolded(inbox)
