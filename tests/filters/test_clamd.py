@@ -148,6 +148,18 @@ async def test_nested_archives_beyond_max_recursion_are_skipped_not_a_virus(clam
     assert verdict.detail == "Heuristics.Limits.Exceeded.MaxRecursion"
 
 
+async def test_a_message_over_max_file_size_is_skipped_with_alert_exceeds_max(
+        clamd_factory: Callable[..., ClamdServer]) -> None:
+    # A MaxFileSize below StreamMaxLength: clamd stops at MaxFileSize, so the virus at the end goes unseen.
+    data = message(body="filler\n" * 20_000 + EICAR.decode() + "\n")
+    strict = clamd_factory(options={"MaxFileSize": "64K", "AlertExceedsMax": "yes"})
+    verdict = await scan(strict.unix, data)
+    assert (verdict.virus, verdict.skipped) == (None, "over clamd's MaxFileSize limit")
+    # Why the Ansible role turns AlertExceedsMax on: without it clamd calls the unscanned message clean.
+    lax = clamd_factory(options={"MaxFileSize": "64K", "AlertExceedsMax": "no"})
+    assert await scan(lax.unix, data) == Verdict(scanner=NAME)
+
+
 async def test_a_host_name_is_resolved_and_each_of_its_addresses_tried(clamd: ClamdServer) -> None:
     # localhost may resolve to ::1 first, where this clamd does not listen: the next address answers.
     verdict = await scan(HostPort("localhost", clamd.port), message(attachments=(("eicar.com", EICAR),)))
