@@ -24,6 +24,7 @@ from waits import WaitTimeout, wait_until
 from appliance.config.model import HostPort, UnixSocket
 
 from .named import free_port
+from .process import stop_process
 
 CLAMD = "/usr/sbin/clamd"
 SIGTOOL = "/usr/bin/sigtool"
@@ -61,13 +62,7 @@ class ClamdServer:
         return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def build_database(directory: Path) -> Path:
