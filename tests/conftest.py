@@ -10,7 +10,9 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)  # `peers` lives in tests/
 
 pytest_plugins = [
-    "peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet", "peers.disk", "peers.spamd",
+    "peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet", "peers.disk",
+    # the content scanners: each a real daemon the tests start
+    "peers.clamd", "peers.spamd",
 ]
 
 # Property tests judge what the code does, not how fast a shared machine runs it: no per-example deadline

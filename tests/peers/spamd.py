@@ -32,6 +32,7 @@ from waits import WaitTimeout, wait_until
 from appliance.config.model import HostPort, ScannerConfig, UnixSocket
 
 from .named import free_port
+from .process import stop_process
 
 SPAMD = "/usr/sbin/spamd"
 RULES = Path("/usr/share/spamassassin")  # the rules Debian ships (DEF_RULES_DIR)
@@ -74,13 +75,7 @@ class SpamdServer:
 
     def stop(self) -> None:
         """SIGTERM: spamd stops its children and removes its pid file and socket."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=20.0)
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
