@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from peers.clamd import EICAR, EICAR_FOUND
 
 PASSWORD = "s3cret-Pass"
 FORGED = (b"From: friend@far.test\r\nSubject: forged\r\nX-Spam-Flag: YES\r\nX-Spam-Score: 99.0\r\n"
@@ -196,3 +197,23 @@ def test_a_gateway_tags_spam_and_the_primary_behind_it_files_it_into_junk(mailfl
     [inbox] = _folder(primary, "INBOX")
     assert b"Subject: forged" in inbox and "X-Spam-Flag: NO" in _unfolded(inbox)
     assert "X-Spam-Score: 99.0" not in _unfolded(inbox)
+
+
+def test_a_virus_is_refused_at_smtp_naming_the_signature_and_clean_mail_passes_both(mailfleet_factory, clamd,
+                                                                                    spamd) -> None:
+    server = _primary(mailfleet_factory, {"scanners": [{"type": "clamav", "address": f"unix:{clamd.socket_path}"},
+                                                       _spamassassin(spamd)]})
+    attachment = (b"From: friend@far.test\r\nSubject: see attached\r\nMIME-Version: 1.0\r\n"
+                  b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+                  b"--b1\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+                  b"filename=eicar.com\r\n\r\n" + EICAR + b"\r\n--b1--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _send(server, attachment)
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (
+        554, f"5.7.1 Message refused: virus {EICAR_FOUND} found".encode())
+    _send(server, HAM)
+    server.wait_for(lambda: server.mailbox_files("alice@home.test"), what="delivery into INBOX")
+    [message] = _folder(server, "INBOX")
+    headers = _unfolded(message)
+    assert re.search(r"X-Mailfleet-Scan: mf.test.example; clamav=clean; spamassassin=ham score=-?\d+\.\d", headers)
+    assert "X-Spam-Flag: NO" in headers
