@@ -217,3 +217,21 @@ def test_a_virus_is_refused_at_smtp_naming_the_signature_and_clean_mail_passes_b
     headers = _unfolded(message)
     assert re.search(r"X-Mailfleet-Scan: mf.test.example; clamav=clean; spamassassin=ham score=-?\d+\.\d", headers)
     assert "X-Spam-Flag: NO" in headers
+
+
+def test_a_reload_swaps_the_scanners_and_a_stop_closes_them_cleanly(mailfleet_factory, spamd) -> None:
+    server = _primary(mailfleet_factory, {"scanners": [_spamassassin(spamd)],
+                                          "spam": {"add_header": 5.0, "reject": None}})
+    _send(server, SPAM)
+    server.wait_for(lambda: server.mailbox_files("alice@home.test", "Junk"), what="delivery into Junk")
+    config = dict(server.config)
+    config["filters"] = {"scanners": [_spamassassin(spamd, name="sa")], "spam": {"reject": 15.0}}
+    mark = server.log_mark()
+    server.reload(config)
+    server.wait_for_log("config reloaded from", since=mark)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _send(server, SPAM)
+    assert refused.value.smtp_code == 550
+    assert server.stop() == 0
+    log = server.log()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
