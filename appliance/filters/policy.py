@@ -201,7 +201,7 @@ def scanner_reply(reply: str | None, kind: str) -> str | None:
         return None
     line = reply.splitlines()[0] if reply.splitlines() else ""
     match = _REPLY.match(line)
-    if match is None or match.group(1) != kind:
+    if match is None or match.group(1) != kind or line.startswith("421"):  # 421 would mean a closing channel
         return None
     code, text = line[:3], _text(line[4:], _REPLY_MAX).strip()
     if not _ENHANCED.match(text):
@@ -256,8 +256,6 @@ def _result(answer: Answer, policy: SpamPolicy) -> str:
     if isinstance(answer, Failure):
         word = "skipped" if answer.on_error == "accept" else "temperror"
         return word + _comment("error: " + answer.reason)
-    if answer.skipped is not None:
-        return "skipped" + _comment(answer.skipped)
     parts = []
     if answer.virus is not None:
         parts.append("virus" + _comment(answer.virus))
@@ -267,6 +265,8 @@ def _result(answer: Answer, policy: SpamPolicy) -> str:
         parts.append(f"{'spam' if spam else 'ham'} score={answer.score:.1f}")
     if answer.action is not Action.NONE:
         parts.append("action=" + answer.action.value.replace(" ", "-"))
+    if answer.skipped is not None:  # not scanned, or not wholly: never "clean"
+        parts.append("skipped" + _comment(answer.skipped))
     result = " ".join(parts) if parts else "clean"
     return result + _comment(answer.detail) if answer.detail else result
 

@@ -159,3 +159,9 @@ def test_any_mix_of_answers_gives_exactly_one_well_formed_outcome(answers, polic
             value = headers.get(name, "")
             assert value.isascii() and all(line.isprintable() for line in value.split("\n")), (name, value)
             assert "\r" not in value
+
+
+def test_a_verdict_that_did_not_see_everything_never_reads_clean() -> None:
+    decision = decide([Verdict("clamav", skipped="Heuristics.Limits.Exceeded.MaxScanSize")], POLICY, HOST)
+    assert _headers(decision)[SUMMARY] == "mx.test; clamav=skipped (Heuristics.Limits.Exceeded.MaxScanSize)"
+    assert scanner_reply("421 4.3.0 closing", "4") is None
