@@ -18,6 +18,7 @@ import aiosmtplib
 import pytest
 import yaml
 from peers.named import free_port
+from peers.smtp_client import data_reply
 
 from appliance.config.loader import parse_config
 from appliance.filters import check as filters
@@ -125,19 +126,8 @@ class _Gateway:
         await self.pipeline.stop()
 
     async def send(self, data: bytes = MESSAGE) -> aiosmtplib.SMTPResponse:
-        """One transaction; the reply to DATA (or to the command that refused it)."""
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, timeout=30)
-        await smtp.connect()
-        try:
-            await smtp.ehlo(hostname="client.test")
-            await smtp.mail("a@far.test")
-            await smtp.rcpt("b@far.test")
-            try:
-                return await smtp.data(data)
-            except aiosmtplib.SMTPResponseException as exc:
-                return aiosmtplib.SMTPResponse(exc.code, exc.message)
-        finally:
-            await smtp.quit()
+        """One transaction; the reply to DATA."""
+        return await data_reply(self.port, "a@far.test", "b@far.test", data)
 
     def stored_headers(self, index: int = -1) -> bytes:
         return self.target.committed[index][1].split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ")
