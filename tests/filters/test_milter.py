@@ -496,12 +496,12 @@ def _packet(code: bytes, data: bytes = b"") -> bytes:
 
 
 NEGOTIATED = codec.encode_reply(codec.OptNeg(6, 0, 0))
-CONTINUED = codec.encode_reply(codec.Continue())
+CONTINUED = codec.encode_reply(codec.Status.CONTINUE)
 
 
 @pytest.mark.parametrize(("answers", "complaint"), [
     ([b"\x00\x00\x00\x05zzzzz"], "unknown reply code"),
-    ([codec.encode_reply(codec.Continue())], "answered the negotiation with Continue"),
+    ([codec.encode_reply(codec.Status.CONTINUE)], "answered the negotiation with CONTINUE"),
     ([codec.encode_reply(codec.OptNeg(7, 0, 0))], "version 7"),
     ([codec.encode_reply(codec.OptNeg(6, 0x200, 0))], "beyond those we offer"),
     ([NEGOTIATED, b"\x7f\xff\xff\xff"], "more than"),

@@ -30,8 +30,7 @@ COMMANDS = st.one_of(
     st.builds(codec.Helo, TEXT), st.builds(codec.Mail, ARGS), st.builds(codec.Rcpt, ARGS),
     st.builds(codec.Header, TEXT, TEXT), st.builds(codec.Body, st.binary(max_size=300)),
     st.builds(codec.Unknown, TEXT),
-    st.sampled_from([codec.EndOfHeaders(), codec.EndOfBody(), codec.Abort(), codec.Quit(),
-                     codec.QuitNewConnection(), codec.Data()]),
+    st.sampled_from(codec.Step),
 )
 
 
@@ -45,8 +44,7 @@ def smtp_replies(draw: st.DrawFn) -> str:
 
 OPTIONAL = st.none() | TEXT
 REPLIES = st.one_of(
-    st.sampled_from([codec.Accept(), codec.Continue(), codec.Discard(), codec.Reject(), codec.Tempfail(),
-                     codec.Skip(), codec.Progress(), codec.ConnFail(), codec.Shutdown()]),
+    st.sampled_from(codec.Status),
     st.builds(codec.ReplyCode, smtp_replies()),
     st.builds(codec.AddHeader, TEXT, TEXT), st.builds(codec.InsertHeader, U32, TEXT, TEXT),
     st.builds(codec.ChangeHeader, U32, TEXT, TEXT), st.builds(codec.ReplaceBody, st.binary(max_size=300)),
@@ -54,10 +52,9 @@ REPLIES = st.one_of(
     st.builds(codec.DeleteRecipient, TEXT), st.builds(codec.Quarantine, TEXT),
     st.builds(codec.SetSymList, U32, TEXT), OPTNEG,
 )
-REPLY_TYPES = (codec.Accept, codec.Continue, codec.Discard, codec.Reject, codec.Tempfail, codec.ReplyCode,
-               codec.Skip, codec.Progress, codec.ConnFail, codec.Shutdown, codec.AddHeader, codec.InsertHeader,
-               codec.ChangeHeader, codec.ReplaceBody, codec.ChangeFrom, codec.AddRecipient, codec.DeleteRecipient,
-               codec.Quarantine, codec.SetSymList, codec.OptNeg)
+REPLY_TYPES = (codec.Status, codec.ReplyCode, codec.AddHeader, codec.InsertHeader, codec.ChangeHeader,
+               codec.ReplaceBody, codec.ChangeFrom, codec.AddRecipient, codec.DeleteRecipient, codec.Quarantine,
+               codec.SetSymList, codec.OptNeg)
 
 
 def _packet(code: bytes, data: bytes = b"") -> bytes:

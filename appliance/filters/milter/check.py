@@ -259,8 +259,9 @@ class Milter:
         """The values of the macros we know, by name without braces; the milter's lists (or Postfix's default
         lists) say which are sent at each stage."""
         ip = client.ip
+        # Sendmail tags an IPv6 client address "IPv6:" in {client_addr}, as RFC 5321 §4.1.3 writes it.
         values = {"j": self.hostname, "daemon_name": self.hostname, "v": MTA_VERSION, "_": f"unknown [{ip}]",
-                  "client_addr": ip, "client_name": "unknown"}
+                  "client_addr": f"IPv6:{ip}" if ":" in ip else ip, "client_name": "unknown"}
         peer = _peer(client)
         if peer is not None and len(peer) > 1:
             values["client_port"] = str(peer[1])

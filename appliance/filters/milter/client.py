@@ -151,7 +151,7 @@ class MilterClient:
         self._writer: asyncio.StreamWriter | None = None
         self._decoder = codec.ReplyDecoder()
         self._replies: list[codec.Reply] = []
-        self._skipping: type | None = None  # SMFIR_SKIP: later events of this command are not sent
+        self._skipping: object | None = None  # SMFIR_SKIP: later events of this kind are not sent (_kind)
 
     def __str__(self) -> str:
         return f"milter {self.name} ({self.address})"
@@ -225,14 +225,14 @@ class MilterClient:
             return
         self._transaction_done()
         if self.state is State.READY:
-            await self._guarded(self._send(codec.encode(codec.Abort())))
+            await self._guarded(self._send(codec.encode(codec.Step.ABORT)))
 
     def quit(self) -> None:
         """The SMTP connection ended: SMFIC_ABORT for a transaction still open, SMFIC_QUIT, and close."""
         writer, self._writer = self._writer, None
         if self.state is State.READY and writer is not None:
             aborting = self.message is not Message.NONE
-            writer.write((codec.encode(codec.Abort()) if aborting else b"") + codec.encode(codec.Quit()))
+            writer.write((codec.encode(codec.Step.ABORT) if aborting else b"") + codec.encode(codec.Step.QUIT))
         if self.usable:
             self.state = State.CLOSED
         if writer is not None:
@@ -284,7 +284,7 @@ class MilterClient:
     async def _ask(self, command: codec.Command, stage: MacroStage | None, macros: Macros, leave_out: Protocol,
                    no_reply: Protocol, connection: bool) -> Answer:
         if self._skipping is not None:
-            if type(command) is self._skipping:
+            if _kind(command) is self._skipping:
                 return CONTINUE
             self._skipping = None
         # The macros go out even for a step the milter left out, as Postfix sends them: a later step's
@@ -302,10 +302,10 @@ class MilterClient:
     async def _content(self, data: bytes, macros: Macros) -> MessageAnswer:
         fields, body = header_fields(data)
         steps: list[tuple[codec.Command, MacroStage | None, Protocol, Protocol]] = [
-            (codec.Data(), MacroStage.DATA, Protocol.NODATA, Protocol.NR_DATA)]
+            (codec.Step.DATA, MacroStage.DATA, Protocol.NODATA, Protocol.NR_DATA)]
         steps += [(codec.Header(name, self._header_value(value)), None, Protocol.NOHDRS, Protocol.NR_HDR)
                   for name, value in fields]
-        steps.append((codec.EndOfHeaders(), MacroStage.EOH, Protocol.NOEOH, Protocol.NR_EOH))
+        steps.append((codec.Step.END_OF_HEADERS, MacroStage.EOH, Protocol.NOEOH, Protocol.NR_EOH))
         for command, stage, leave_out, no_reply in _chain(steps, body):
             answer = await self._ask(command, stage, macros, leave_out, no_reply, connection=False)
             if answer.decision is not Decision.CONTINUE:
@@ -313,10 +313,10 @@ class MilterClient:
             if isinstance(command, codec.Body) and self._skipping is codec.Body:
                 break  # SMFIR_SKIP: the rest of the body is not wanted
         self._skipping = None
-        await self._send(self._macros(MacroStage.EOM, macros) + codec.encode(codec.EndOfBody()))
+        await self._send(self._macros(MacroStage.EOM, macros) + codec.encode(codec.Step.END_OF_BODY))
         modifications: list[codec.Modification] = []
-        final = await self._final(codec.EndOfBody(), connection=False, modifications=modifications)
-        answer = self._decide(final, codec.EndOfBody(), connection=False)
+        final = await self._final(codec.Step.END_OF_BODY, connection=False, modifications=modifications)
+        answer = self._decide(final, codec.Step.END_OF_BODY, connection=False)
         if answer.refused:
             return MessageAnswer(answer, quarantine=self.quarantine)
         return MessageAnswer(answer, changes(modifications, bool(self.protocol & Protocol.HDR_LEADSPC)),
@@ -344,7 +344,7 @@ class MilterClient:
         while True:
             reply = await self._next_reply()
             match reply:
-                case codec.Progress():
+                case codec.Status.PROGRESS:
                     continue
                 case codec.Quarantine(reason=reason):
                     if connection:
@@ -365,31 +365,31 @@ class MilterClient:
     def _decide(self, reply: codec.Reply, command: codec.Command, connection: bool) -> Answer:
         """The state change and the answer of a final reply (milter8.c, milter8_event)."""
         match reply:
-            case codec.Continue():
+            case codec.Status.CONTINUE:
                 return CONTINUE
-            case codec.Skip():
-                self._skipping = type(command)
+            case codec.Status.SKIP:
+                self._skipping = _kind(command)
                 return CONTINUE
-            case codec.Accept():
+            case codec.Status.ACCEPT:
                 if connection:
                     self._finish(State.ACCEPTED)
                 elif self.message is Message.OPEN:
                     self.message = Message.ACCEPTED
                 return Answer(Decision.ACCEPT)
-            case codec.Discard():
+            case codec.Status.DISCARD:
                 if connection:
                     log.warning("%s: a discard at connect or HELO means nothing; carrying on", self)
                     return CONTINUE
                 self.message = Message.DISCARDED
                 return Answer(Decision.DISCARD)
-            case codec.Reject():
+            case codec.Status.REJECT:
                 return self._refused(Answer(Decision.REJECT, REJECTED), connection)
-            case codec.Tempfail():
+            case codec.Status.TEMPFAIL:
                 return self._refused(Answer(Decision.TEMPFAIL, TEMPFAILED), connection)
             case codec.ReplyCode(text=text):
                 decision = Decision.REJECT if text.startswith("5") else Decision.TEMPFAIL
                 return self._refused(Answer(decision, text), connection)
-            case codec.Shutdown() | codec.ConnFail():
+            case codec.Status.SHUTDOWN | codec.Status.CONN_FAIL:
                 return self._refused(Answer(Decision.TEMPFAIL, SHUT_DOWN), connection=True)
         raise MilterProtocolError(f"sent {_name(reply)} in reply to {_name(command)}")
 
@@ -485,7 +485,12 @@ def _chain(steps: list[tuple[codec.Command, MacroStage | None, Protocol, Protoco
 
 
 def _name(value: object) -> str:
-    return type(value).__name__
+    return str(value.name) if isinstance(value, enum.Enum) else type(value).__name__
+
+
+def _kind(command: codec.Command) -> object:
+    """What SMFIR_SKIP skips more of: the command's class, or the command itself for those without data."""
+    return command if isinstance(command, codec.Step) else type(command)
 
 
 def _c_text(text: str) -> str:

@@ -18,6 +18,7 @@ import re
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 VERSION = 6  # SMFI_PROT_VERSION
 CHUNK_SIZE = 65535  # MILTER_CHUNK_SIZE: the largest body chunk; libmilter refuses bigger commands by default
@@ -146,38 +147,8 @@ class Header:
 
 
 @dataclass(frozen=True, slots=True)
-class EndOfHeaders:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
 class Body:
     chunk: bytes  # at most CHUNK_SIZE bytes
-
-
-@dataclass(frozen=True, slots=True)
-class EndOfBody:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Abort:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Quit:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class QuitNewConnection:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Data:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,35 +156,34 @@ class Unknown:
     command: str
 
 
-Command = (OptNeg | DefineMacros | Connect | Helo | Mail | Rcpt | Header | EndOfHeaders | Body | EndOfBody | Abort
-           | Quit | QuitNewConnection | Data | Unknown)
+class Step(enum.Enum):
+    """The commands that carry no data, by their SMFIC letter."""
+
+    DATA = "T"
+    END_OF_HEADERS = "N"
+    END_OF_BODY = "E"
+    ABORT = "A"
+    QUIT = "Q"
+    QUIT_NEW_CONNECTION = "K"
+
+
+Command = OptNeg | DefineMacros | Connect | Helo | Mail | Rcpt | Header | Body | Unknown | Step
 
 
 # -- replies (milter to MTA) --------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Accept:
-    pass
+class Status(enum.Enum):
+    """The replies that carry no data, by their SMFIR letter."""
 
-
-@dataclass(frozen=True, slots=True)
-class Continue:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Discard:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Tempfail:
-    pass
+    ACCEPT = "a"
+    CONTINUE = "c"
+    DISCARD = "d"
+    REJECT = "r"
+    TEMPFAIL = "t"
+    SKIP = "s"
+    PROGRESS = "p"
+    CONN_FAIL = "f"
+    SHUTDOWN = "4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,26 +195,6 @@ class ReplyCode:
     @property
     def permanent(self) -> bool:
         return self.text.startswith("5")
-
-
-@dataclass(frozen=True, slots=True)
-class Skip:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ConnFail:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Shutdown:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,22 +250,13 @@ class SetSymList:
     names: str
 
 
-Reply = (Accept | Continue | Discard | Reject | Tempfail | ReplyCode | Skip | Progress | ConnFail | Shutdown
-         | AddHeader | InsertHeader | ChangeHeader | ReplaceBody | ChangeFrom | AddRecipient | DeleteRecipient
-         | Quarantine | SetSymList | OptNeg)
+Reply = (Status | ReplyCode | AddHeader | InsertHeader | ChangeHeader | ReplaceBody | ChangeFrom | AddRecipient
+         | DeleteRecipient | Quarantine | SetSymList | OptNeg)
 Modification = AddHeader | InsertHeader | ChangeHeader | ReplaceBody | ChangeFrom | AddRecipient | DeleteRecipient
 
-# Replies that carry no data, by SMFIR letter.
-_BARE_REPLIES: dict[int, Reply] = {
-    ord("a"): Accept(), ord("c"): Continue(), ord("d"): Discard(), ord("r"): Reject(), ord("t"): Tempfail(),
-    ord("s"): Skip(), ord("p"): Progress(), ord("f"): ConnFail(), ord("4"): Shutdown(),
-}
-_BARE_CODES = {type(reply): code for code, reply in _BARE_REPLIES.items()}
-_BARE_COMMANDS: dict[int, Command] = {
-    ord("N"): EndOfHeaders(), ord("E"): EndOfBody(), ord("A"): Abort(), ord("Q"): Quit(),
-    ord("K"): QuitNewConnection(), ord("T"): Data(),
-}
-_BARE_COMMAND_CODES = {type(command): code for code, command in _BARE_COMMANDS.items()}
+_E = TypeVar("_E", "Status", "Step")
+_STATUSES = {ord(status.value): status for status in Status}
+_STEPS = {ord(step.value): step for step in Step}
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 
@@ -380,7 +321,9 @@ def encode(command: Command) -> bytes:
             return packet(ord("B"), chunk)
         case Unknown(command=text):
             return packet(ord("U"), _string(text))
-    return packet(_BARE_COMMAND_CODES[type(command)])
+        case Step():
+            return packet(ord(command.value))
+    raise TypeError(f"not a milter command: {command!r}")
 
 
 def body_chunks(body: bytes) -> Iterator[Body]:
@@ -417,7 +360,9 @@ def encode_reply(reply: Reply) -> bytes:
             return packet(ord("q"), _string(reason))
         case SetSymList(stage=stage, names=names):
             return packet(ord("l"), _U32.pack(stage) + _string(names))
-    return packet(_BARE_CODES[type(reply)])
+        case Status():
+            return packet(ord(reply.value))
+    raise TypeError(f"not a milter reply: {reply!r}")
 
 
 # -- decoding -----------------------------------------------------------------------------------------------
@@ -435,17 +380,16 @@ class _Fields:
         return len(self._data) - self._at
 
     def u32(self) -> int:
-        if self.left < 4:
-            raise MilterProtocolError(f"{self._what}: {self.left} bytes where a 32-bit number belongs")
-        (value,) = _U32.unpack_from(self._data, self._at)
-        self._at += 4
-        return int(value)
+        return self._number(_U32, "a 32-bit number")
 
     def u16(self) -> int:
-        if self.left < 2:
-            raise MilterProtocolError(f"{self._what}: {self.left} bytes where a 16-bit port belongs")
-        (value,) = _U16.unpack_from(self._data, self._at)
-        self._at += 2
+        return self._number(_U16, "a 16-bit port")
+
+    def _number(self, layout: struct.Struct, what: str) -> int:
+        if self.left < layout.size:
+            raise MilterProtocolError(f"{self._what}: {self.left} bytes where {what} belongs")
+        (value,) = layout.unpack_from(self._data, self._at)
+        self._at += layout.size
         return int(value)
 
     def octet(self) -> str:
@@ -505,14 +449,19 @@ _REPLY_LINE = re.compile(r"[45][0-9][0-9][ -]")
 _PERCENT = re.compile(r"%%|%")  # "%%" is one "%"; a single "%" (an invalid format) is dropped, as Postfix does
 
 
+def _without_data(name: str, value: _E | None, data: bytes) -> _E | None:
+    """A command or reply of those that carry no data, checked to carry none."""
+    if value is not None and data:
+        raise MilterProtocolError(f"{name} carries {len(data)} bytes of data; it has none")
+    return value
+
+
 def decode_reply(code: int, data: bytes) -> Reply:
     """One reply from its code byte and data; MilterProtocolError when it is not a valid reply."""
-    bare = _BARE_REPLIES.get(code)
     name = f"reply {chr(code)!r}"
-    if bare is not None:
-        if data:
-            raise MilterProtocolError(f"{name} carries {len(data)} bytes of data; it has none")
-        return bare
+    status = _without_data(name, _STATUSES.get(code), data)
+    if status is not None:
+        return status
     fields = _Fields(name, data)
     reply: Reply
     if code == ord("y"):
@@ -547,12 +496,10 @@ def decode_reply(code: int, data: bytes) -> Reply:
 
 def decode_command(code: int, data: bytes) -> Command:
     """One MTA command from its code byte and data (what a milter reads; for tests and test peers)."""
-    bare = _BARE_COMMANDS.get(code)
     name = f"command {chr(code)!r}"
-    if bare is not None:
-        if data:
-            raise MilterProtocolError(f"{name} carries {len(data)} bytes of data; it has none")
-        return bare
+    step = _without_data(name, _STEPS.get(code), data)
+    if step is not None:
+        return step
     fields = _Fields(name, data)
     command: Command
 
