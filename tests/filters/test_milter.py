@@ -12,7 +12,6 @@ import base64
 import logging
 import struct
 from dataclasses import replace
-from pathlib import Path
 
 import aiosmtplib
 import dkim
@@ -149,7 +148,8 @@ async def test_a_refusal_at_mail_refuses_that_sender_and_the_next_one_is_asked(s
     assert await conversation.rcpt("bob@other.test") is None
     conversation.close()
     # A refused MAIL opened no transaction to abort; the one open when the connection ends is aborted.
-    assert process.wait_for("close") and process.names() == [
+    process.wait_for("close")
+    assert process.names() == [
         "negotiate", "connect", "hello", "envfrom", "envfrom", "envfrom", "envrcpt", "abort", "close"]
 
 
@@ -433,7 +433,8 @@ async def test_a_session_started_afresh_closes_the_milter_connection_of_before(s
     after = Conversation(milter, port=40002)
     after.pipeline = before.pipeline
     assert await after.helo("client.test") is None
-    names = process.wait_for("close") and process.names()
+    process.wait_for("close")
+    names = process.names()
     assert names[:3] == ["negotiate", "connect", "hello"]
     # the two milter connections' threads record concurrently: the order after the first three is theirs
     assert sorted(names[3:]) == ["close", "connect", "hello", "negotiate"]
@@ -581,7 +582,7 @@ class _Kept:
         pass
 
 
-async def test_over_a_real_smtp_session(scripted_milter, tmp_path: Path) -> None:
+async def test_over_a_real_smtp_session(scripted_milter) -> None:
     """The milter's checks in the SMTP engine: a refused recipient, RSET aborting the transaction, a message
     the milter rejects at its end (a DATA check standing in for the filter engine), QUIT at the end."""
     process = scripted_milter({"on": {"envrcpt": {"match": "nobody@", "result": "reject",
