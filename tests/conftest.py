@@ -12,7 +12,7 @@ if _TESTS not in sys.path:
 pytest_plugins = [
     "peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet", "peers.disk",
     # the content scanners: each a real daemon the tests start
-    "peers.clamd", "peers.spamd",
+    "peers.clamd", "peers.spamd", "peers.rspamd", "peers.milter",
 ]
 
 # Property tests judge what the code does, not how fast a shared machine runs it: no per-example deadline
