@@ -235,3 +235,45 @@ def test_a_reload_swaps_the_scanners_and_a_stop_closes_them_cleanly(mailfleet_fa
     assert server.stop() == 0
     log = server.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def _milter(milter) -> dict:
+    return {"type": "milter", "name": "scripted", "address": f"inet:{milter.address.host}:{milter.address.port}"}
+
+
+def test_rspamd_and_a_milter_at_once_milter_changes_made_rspamd_rejects_gtube(mailfleet_factory, rspamd,
+                                                                             scripted_milter) -> None:
+    milter = scripted_milter({"on": {
+        "envrcpt": [{"match": "sam@", "result": "reject", "reply": ["550", "5.7.1", "not for sam"]}],
+        "eom": {"do": [["addheader", "X-Milter", "seen"], ["chgheader", "Subject", 1, "[checked] lunch"]]}}})
+    server = _primary(mailfleet_factory, {"scanners": [
+        {"type": "rspamd", "address": f"unix:{rspamd.socket_path}"}, _milter(milter)]})
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as conn:
+        conn.ehlo("client.test")
+        assert conn.mail("friend@far.test")[0] == 250
+        assert conn.rcpt("sam@strict.test") == (550, b"5.7.1 not for sam")
+        assert conn.rcpt("alice@home.test")[0] == 250
+        assert conn.data(HAM)[0] == 250
+        assert conn.mail("friend@far.test")[0] == 250
+        assert conn.rcpt("alice@home.test")[0] == 250
+        code, reply = conn.data(SPAM)
+        assert code == 550 and reply.startswith(b"5.7.1 "), reply
+    server.wait_for(lambda: server.mailbox_files("alice@home.test"), what="delivery into INBOX")
+    [message] = _folder(server, "INBOX")
+    headers = _unfolded(message)
+    assert "Subject: [checked] lunch" in headers and "Subject: lunch" not in headers
+    assert headers.endswith("X-Milter: seen")  # SMFIR_ADDHEADER: at the end of the header section
+    assert re.search(r"X-Mailfleet-Scan: mf.test.example; rspamd=ham score=-?\d+\.\d[^;]*; scripted=clean",
+                     headers), headers
+    assert message.endswith(b"Shall we meet for lunch on Tuesday at noon?\r\n")
+
+
+def test_a_milter_that_asks_for_the_quarantine_gets_it(mailfleet_factory, scripted_milter) -> None:
+    milter = scripted_milter({"on": {"eom": {"do": [["quarantine", "looks odd"]]}}})
+    server = _primary(mailfleet_factory, {"scanners": [_milter(milter)]})
+    _send(server, HAM)
+    held = server.data_dir / "quarantine" / "msg"
+    server.wait_for(lambda: held.exists() and list(held.iterdir()), what="a message in the quarantine")
+    listing = server.cli("quarantine", "list")
+    assert listing.returncode == 0 and "looks odd" in listing.stdout, listing
+    assert server.mailbox_files("alice@home.test") == []
