@@ -4,14 +4,17 @@ quarantine directory."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import re
 import smtplib
 import subprocess
 import sys
 
+import dkim
 import pytest
 from peers.clamd import EICAR, EICAR_FOUND
+from peers.milter import start_opendkim
 
 PASSWORD = "s3cret-Pass"
 FORGED = (b"From: friend@far.test\r\nSubject: forged\r\nX-Spam-Flag: YES\r\nX-Spam-Score: 99.0\r\n"
@@ -277,3 +280,27 @@ def test_a_milter_that_asks_for_the_quarantine_gets_it(mailfleet_factory, script
     listing = server.cli("quarantine", "list")
     assert listing.returncode == 0 and "looks odd" in listing.stdout, listing
     assert server.mailbox_files("alice@home.test") == []
+
+
+def test_opendkim_signs_through_the_gateway_and_the_signature_verifies_in_the_mailbox(mailfleet_factory,
+                                                                                     tmp_path) -> None:
+    opendkim = start_opendkim(tmp_path / "opendkim", domain="home.test")
+    try:
+        server = _primary(mailfleet_factory, {"scanners": [
+            {"type": "milter", "name": "dkim", "address": f"inet:127.0.0.1:{opendkim.address.port}"}]})
+        _send(server, b"From: alice@home.test\r\nTo: alice@home.test\r\nSubject: signed\r\n"
+                      b"Message-ID: <dkim@home.test>\r\nDate: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\n"
+                      b"Signed on the way in.\r\n")
+        server.wait_for(lambda: server.mailbox_files("alice@home.test"), what="delivery into INBOX")
+    finally:
+        opendkim.stop()
+    [message] = _folder(server, "INBOX")
+    assert "X-Mailfleet-Scan: mf.test.example; dkim=clean" in _unfolded(message)
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(opendkim.public_key)
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name.rstrip(b".") == b"mail._domainkey.home.test" else None
+
+    assert b"DKIM-Signature: " in _headers(message)
+    assert dkim.verify(message, dnsfunc=dns)
+    assert not dkim.verify(message.replace(b"Signed on the way in.", b"Changed on the way."), dnsfunc=dns)
