@@ -48,7 +48,10 @@ class MilterProcess:
         assert self.events_file is not None
         if not self.events_file.exists():
             return []
-        return [json.loads(line) for line in self.events_file.read_text(encoding="utf-8").splitlines()]
+        text = self.events_file.read_text(encoding="utf-8")
+        # Only whole lines: the milter may be writing the next one while we read.
+        complete = text[:text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines()]
 
     def names(self) -> list[str]:
         return [event["event"] for event in self.events()]
