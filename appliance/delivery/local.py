@@ -90,7 +90,7 @@ class MailboxTarget:
     mailboxes only is stored in them before the 250. ``delivered`` hears of each mailbox that got mail (the
     queue process wakes the IMAP sessions idling on it)."""
 
-    def __init__(self, local: LocalDelivery, delivered: Callable[[str], None] | None = None) -> None:
+    def __init__(self, local: LocalDelivery, delivered: Callable[[str, str], None] | None = None) -> None:
         self._local = local
         self._delivered = delivered
 
@@ -101,7 +101,7 @@ class MailboxTarget:
 class MailboxDelivery(BufferedDelivery):
     __slots__ = ("_local", "_delivered")
 
-    def __init__(self, local: LocalDelivery, delivered: Callable[[str], None] | None,
+    def __init__(self, local: LocalDelivery, delivered: Callable[[str, str], None] | None,
                  message: QueuedMessage) -> None:
         super().__init__(message)
         self._local = local
@@ -119,7 +119,7 @@ class MailboxDelivery(BufferedDelivery):
             if result.code == 250:
                 log_outcome(message.queue_id, rcpt.address, LOCAL, 0, DELIVERED, result)
                 if self._delivered is not None:
-                    self._delivered(rcpt.address)
+                    self._delivered(rcpt.address, str(message.meta.get(META_FOLDER) or "INBOX"))
             else:
                 left.append(rcpt)
         return left

@@ -157,11 +157,11 @@ class Appliance:
 
     # ------------------------------------------------------------------ what the acceptors tell the queue process
 
-    def on_delivered(self, address: str) -> None:
-        """Queue process: an acceptor put mail into this mailbox; IMAP sessions idling on it hear it now
-        instead of at their next poll."""
+    def on_delivered(self, address: str, folder: str = "INBOX") -> None:
+        """Queue process: an acceptor put mail into this folder (INBOX, or Junk for tagged spam); IMAP sessions
+        idling on it hear it now instead of at their next poll."""
         if self.store is not None:
-            self.store.changed_elsewhere(address, "INBOX")
+            self.store.changed_elsewhere(address, folder)
 
     def on_committed(self, queue_id: str, notice: Notice | None = None) -> None:
         """Queue process: an acceptor (with the envelope it just wrote) or the rescan names a message."""
