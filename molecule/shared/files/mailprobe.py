@@ -2,7 +2,7 @@
 """Send and read back real mail from inside the scenario containers (stdlib only: the targets have no PyPI).
 
   mailprobe send --host H [--port 25] --sender A --to B [--to C] --subject S [--starttls] [--auth USER PASS]
-                 [--payload eicar|gtube] [--expect refused]
+                 [--payload eicar|gtube] [--header "Name: value"] [--expect refused]
   mailprobe maildir --root DIR --subject S [--timeout 60] [--absent]
   mailprobe imap --host H --user U --password P --subject S [--folder INBOX] [--timeout 30] [--absent]
   mailprobe pop3 --host H --user U --password P --subject S [--timeout 30]
@@ -44,7 +44,8 @@ def _message(a: argparse.Namespace) -> str:
     """The test message: a plain text, GTUBE in the text, or EICAR as a base64 attachment (as malware comes,
     so the scanner has to decode the MIME part to find it)."""
     head = (f"From: <{a.sender}>\r\nTo: {', '.join(f'<{t}>' for t in a.to)}\r\nSubject: {a.subject}\r\n"
-            f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{a.subject}@mailprobe.test>\r\n")
+            f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{a.subject}@mailprobe.test>\r\n"
+            + "".join(f"{field}\r\n" for field in a.header))
     text = f"mailprobe test message {a.subject}\r\n"
     if a.payload == "gtube":
         return f"{head}\r\n{text}\r\n{GTUBE}\r\n"
@@ -217,6 +218,7 @@ def main() -> int:
     s.add_argument("--starttls", action="store_true")
     s.add_argument("--auth", nargs=2, metavar=("USER", "PASSWORD"))
     s.add_argument("--payload", choices=["eicar", "gtube"])
+    s.add_argument("--header", action="append", default=[], help='an extra header field, "Name: value"')
     s.add_argument("--expect", choices=["accepted", "refused", "refused-any"], default="accepted")
     m = sub.add_parser("maildir")
     m.add_argument("--root", required=True)
