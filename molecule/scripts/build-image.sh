@@ -10,9 +10,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # docker network, so nothing can be installed later.
 packages=(
   python3 python3-venv systemd systemd-sysv dbus iproute2 ca-certificates sudo   # Ansible target + systemd
+  python3-apt                             # Ansible's apt module (content_filter installs its daemons)
   swaks                                   # SMTP client for the verify steps
   bind9 bind9-dnsutils                    # the fleet's DNS server (named) and dig
   postfix                                 # foreign-primary scenario and the "internet" sink MX
+  clamav-daemon clamdscan spamd spamc     # the incoming gateway's scanners (content_filter), and their clients
   procps less                             # for humans debugging a scenario
 )
 recipe_hash="$( { cat "$0"; } | sha256sum | cut -c1-12)"
@@ -26,10 +28,13 @@ fi
 workdir="$(mktemp -d)"
 trap 'rm -rf "$workdir"' EXIT
 echo "build-image: mmdebstrap bookworm for $image" >&2
-# Services that must not start on their own in every container: the scenarios start postfix/named
-# only where a host plays that part.
+# Services that must not start on their own in every container: the scenarios start postfix/named and
+# the roles clamd/spamd only where a host plays that part. freshclam and sa-update would only knock on
+# mirrors no container reaches. Recommends stay out (mmdebstrap's default), as on a lean server.
 mmdebstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
-  --customize-hook='chroot "$1" systemctl disable postfix.service named.service >/dev/null 2>&1 || true' \
+  --customize-hook='chroot "$1" systemctl disable postfix.service named.service spamd.service \
+    clamav-daemon.service clamav-daemon.socket clamav-freshclam.service spamassassin-maintenance.timer \
+    >/dev/null 2>&1 || true' \
   --customize-hook='chroot "$1" systemctl mask systemd-resolved.service getty@tty1.service >/dev/null 2>&1 || true' \
   --customize-hook='rm -f "$1"/etc/hostname "$1"/etc/machine-id && touch "$1"/etc/machine-id' \
   bookworm "$workdir/rootfs.tar" >&2

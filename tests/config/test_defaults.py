@@ -248,3 +248,19 @@ def test_role_defaults_are_the_model_defaults() -> None:
             wrong.append(f"{name} ({path}): the role has {value!r}, the model {model_default(path)!r}")
     assert not wrong, "\n".join(wrong)
     assert len(checked) >= 15, checked
+
+
+def test_content_filter_scanner_defaults_are_the_model_defaults() -> None:
+    """content_filter_<type>_{timeout,max_scan_size,on_error} render each scanner entry whole: the entry the role
+    writes by default is the one the loader builds from type and address alone."""
+    defaults = role_defaults()
+    kinds = [name.removeprefix("content_filter_").removesuffix("_enabled") for name in defaults
+             if name.startswith("content_filter_") and name.endswith("_enabled")]
+    assert sorted(kinds) == ["clamav", "rspamd", "spamassassin"]
+    keys = ("timeout", "max_scan_size", "on_error")
+    for kind in kinds:
+        given = {key: defaults[f"content_filter_{kind}_{key}"][1] for key in keys}
+        bare = {"type": kind, "address": "127.0.0.1:1"}
+        role, model = (parse_with(reference_doc(), "filters.scanners", [entry]).filters.scanners[0]
+                       for entry in ({**bare, **given}, bare))
+        assert role == model, kind

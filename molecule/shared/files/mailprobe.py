@@ -2,9 +2,10 @@
 """Send and read back real mail from inside the scenario containers (stdlib only: the targets have no PyPI).
 
   mailprobe send --host H [--port 25] --sender A --to B [--to C] --subject S [--starttls] [--auth USER PASS]
-                 [--expect refused]
+                 [--payload eicar|gtube] [--header "Name: value"] [--expect refused]
   mailprobe maildir --root DIR --subject S [--timeout 60] [--absent]
-  mailprobe imap|pop3 --host H --user U --password P --subject S [--timeout 30]
+  mailprobe imap --host H --user U --password P --subject S [--folder INBOX] [--timeout 30] [--absent]
+  mailprobe pop3 --host H --user U --password P --subject S [--timeout 30]
   mailprobe sinkdir --root DIR --subject S [--timeout 60]
   mailprobe tls-name --host H [--port 25]
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import email
+import email.utils
 import imaplib
 import poplib
 import smtplib
@@ -32,9 +34,35 @@ def _tls() -> ssl.SSLContext:
     return ctx
 
 
+# The industry's test patterns, assembled here so that this file itself matches no scanner: EICAR's test file
+# (eicar.org) for antivirus, GTUBE (SpamAssassin's "Generic Test for Unsolicited Bulk Email") for spam filters.
+EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def _message(a: argparse.Namespace) -> str:
+    """The test message: a plain text, GTUBE in the text, or EICAR as a base64 attachment (as malware comes,
+    so the scanner has to decode the MIME part to find it)."""
+    head = (f"From: <{a.sender}>\r\nTo: {', '.join(f'<{t}>' for t in a.to)}\r\nSubject: {a.subject}\r\n"
+            f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{a.subject}@mailprobe.test>\r\n"
+            + "".join(f"{field}\r\n" for field in a.header))
+    text = f"mailprobe test message {a.subject}\r\n"
+    if a.payload == "gtube":
+        return f"{head}\r\n{text}\r\n{GTUBE}\r\n"
+    if a.payload == "eicar":
+        import base64
+
+        boundary = f"mailprobe-{a.subject}"
+        return (f"{head}MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n"
+                f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n{text}"
+                f"--{boundary}\r\nContent-Type: application/octet-stream; name=\"eicar.com\"\r\n"
+                f"Content-Disposition: attachment; filename=\"eicar.com\"\r\nContent-Transfer-Encoding: base64\r\n"
+                f"\r\n{base64.b64encode(EICAR.encode()).decode()}\r\n--{boundary}--\r\n")
+    return f"{head}\r\n{text}"
+
+
 def send(a: argparse.Namespace) -> int:
-    body = (f"From: <{a.sender}>\r\nTo: {', '.join(f'<{t}>' for t in a.to)}\r\nSubject: {a.subject}\r\n"
-            f"Message-ID: <{a.subject}@mailprobe.test>\r\n\r\nmailprobe test message {a.subject}\r\n")
+    body = _message(a)
     try:
         with smtplib.SMTP(a.host, a.port, local_hostname="probe.test", timeout=30) as smtp:
             smtp.ehlo()
@@ -131,18 +159,27 @@ def sinkdir(a: argparse.Namespace) -> int:
 
 
 def imap(a: argparse.Namespace) -> int:
+    """Find the subject in one folder of the user's (INBOX, Junk, ...), over IMAP with STARTTLS; --absent: it is
+    not there now (a folder that does not exist counts as holding nothing)."""
     def look() -> str | None:
         with imaplib.IMAP4(a.host, a.port or 143, timeout=30) as conn:
             conn.starttls(ssl_context=_tls())
             conn.login(a.user, a.password)
-            conn.select("INBOX", readonly=True)
+            typ, _ = conn.select(f'"{a.folder}"', readonly=True)
+            if typ != "OK":
+                return None
             typ, data = conn.search(None, "SUBJECT", f'"{a.subject}"')
             ids = data[0].split() if typ == "OK" and data and data[0] else []
             if not ids:
                 return None
-            typ, fetched = conn.fetch(ids[-1], "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            return f"imap: {a.user} INBOX message {ids[-1].decode()}: {fetched[0][1].decode().strip()}"
-    return _report(_wait(look, a.timeout), f"imap: no message with subject {a.subject} for {a.user}")
+            typ, fetched = conn.fetch(ids[-1], "(BODY.PEEK[HEADER.FIELDS (SUBJECT X-SPAM-FLAG)])")
+            headers = " ".join(fetched[0][1].decode().split())
+            return f"imap: {a.user} {a.folder} message {ids[-1].decode()}: {headers}"
+    if a.absent:
+        found = look()
+        print(found or f"imap: no message with subject {a.subject} in {a.user}'s {a.folder}")
+        return 1 if found else 0
+    return _report(_wait(look, a.timeout), f"imap: no message with subject {a.subject} in {a.user}'s {a.folder}")
 
 
 def pop3(a: argparse.Namespace) -> int:
@@ -180,6 +217,8 @@ def main() -> int:
     s.add_argument("--subject", required=True)
     s.add_argument("--starttls", action="store_true")
     s.add_argument("--auth", nargs=2, metavar=("USER", "PASSWORD"))
+    s.add_argument("--payload", choices=["eicar", "gtube"])
+    s.add_argument("--header", action="append", default=[], help='an extra header field, "Name: value"')
     s.add_argument("--expect", choices=["accepted", "refused", "refused-any"], default="accepted")
     m = sub.add_parser("maildir")
     m.add_argument("--root", required=True)
@@ -201,6 +240,9 @@ def main() -> int:
         p.add_argument("--password", required=True)
         p.add_argument("--subject", required=True)
         p.add_argument("--timeout", type=float, default=30)
+        if name == "imap":
+            p.add_argument("--folder", default="INBOX")
+            p.add_argument("--absent", action="store_true")
     args = parser.parse_args()
     commands = {"send": send, "maildir": maildir, "sinkdir": sinkdir, "imap": imap, "pop3": pop3,
                 "tls-name": tls_name}
