@@ -383,7 +383,7 @@ async def test_a_peer_closing_early_or_not_speaking_http_is_a_scan_error() -> No
 
 async def test_httpx_own_timeout_is_a_scan_error() -> None:
     peer = await HttpPeer(hang).start()
-    client = peer.scanner(timeout=0.2)
+    client = peer.scanner(timeout=1.0)
     try:
         with pytest.raises(ScanError, match=rf"^rspamd 127\.0\.0\.1:{peer.port}: timed out"):
             await client.scan(scan_request(message()))
@@ -421,7 +421,7 @@ async def test_the_engines_wait_for_ends_a_hanging_scan_cleanly() -> None:
     client = peer.scanner()
     try:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(client.scan(scan_request(message())), 0.2)
+            await asyncio.wait_for(client.scan(scan_request(message())), 1.0)
         await wait_until_async(lambda: peer.disconnected == 1, what="the timed-out scan's connection to close")
     finally:
         await client.close()

@@ -453,5 +453,5 @@ async def test_a_scan_cancelled_while_the_peer_does_not_read_closes_its_connecti
 async def test_the_engine_s_timeout_on_a_peer_that_never_answers_closes_the_connection() -> None:
     async with hostile(_mute) as (peer, address):
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(_scanner(address).scan(_request(CLEAN)), 0.2)
+            await asyncio.wait_for(_scanner(address).scan(_request(CLEAN)), 1.0)
         await wait_until_async(peer.client_gone, what="the peer to see the timed-out scan's connection closed")
