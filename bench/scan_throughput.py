@@ -658,7 +658,7 @@ def _pair(pf: Result | None, mf: Result | None, value: Callable[[Result], float]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--messages", type=int, default=600, help="messages per measurement (default 600)")
+    p.add_argument("--messages", type=int, default=300, help="messages per measurement (default 300)")
     p.add_argument("--kinds", default="text,attachment", help="text (5 KB), attachment (50 KB), comma separated")
     p.add_argument("--sessions", default="10,50", help="parallel sessions, comma separated (default 10,50)")
     p.add_argument("--repeat", type=int, default=3, help="measurements per case and server; the best counts")
