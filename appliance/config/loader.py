@@ -14,15 +14,15 @@ from typing import Any
 import yaml
 
 from appliance.config.model import (
+    DEFAULT_MAX_SCAN_SIZE,
+    ON_ERROR,
     ROLES,
+    SCANNER_TYPES,
+    VIRUS_ACTIONS,
     AuthConfig,
     BackupDomain,
     BackupMXConfig,
     Config,
-    DEFAULT_MAX_SCAN_SIZE,
-    ON_ERROR,
-    SCANNER_TYPES,
-    VIRUS_ACTIONS,
     DeliveryConfig,
     DNSConfig,
     FiltersConfig,
@@ -504,8 +504,8 @@ def _scanner(value: Any, where: str, base_dir: Path) -> ScannerConfig:
         "timeout": parse_duration,
         "max_scan_size": _int,
         "on_error": lambda v, w: _choice(v, w, ON_ERROR),
-        "settings_id": _str,
-        "user": _str,
+        "settings_id": _header_token,
+        "user": _header_token,
     })
     for key, only in (("settings_id", "rspamd"), ("user", "spamassassin")):
         if key in given and kind != only:
@@ -513,6 +513,15 @@ def _scanner(value: Any, where: str, base_dir: Path) -> ScannerConfig:
     given.setdefault("name", kind)
     given.setdefault("max_scan_size", DEFAULT_MAX_SCAN_SIZE[kind])
     return ScannerConfig(type=kind, address=address, **given)
+
+
+def _header_token(value: Any, where: str) -> str:
+    """A value sent to a scanner in a request header (spamd's User:, rspamd's Settings-ID): printable ASCII
+    without spaces or colons, so that it cannot add a header of its own."""
+    text = _str(value, where)
+    if not all(33 <= ord(c) < 127 and c != ":" for c in text):
+        raise ConfigError(where, f"{text!r}: use printable ASCII without spaces or colons")
+    return text
 
 
 def _scanner_address(value: Any, where: str, base_dir: Path) -> HostPort | UnixSocket:

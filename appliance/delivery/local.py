@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from appliance.delivery.client import RcptResult
 from appliance.delivery.outcome import log_outcome
 from appliance.delivery.router import LOCAL
-from appliance.message.model import DELIVERED, QueuedMessage, Recipient
+from appliance.message.model import DELIVERED, META_FOLDER, QueuedMessage, Recipient
 from appliance.pipeline.intake import BufferedDelivery
 from appliance.store import MailStore
-from appliance.store.errors import QuotaExceeded, StoreError
+from appliance.store.errors import FolderNotFound, InvalidFolderName, QuotaExceeded, StoreError
 
 log = logging.getLogger("appliance.delivery")
 
@@ -32,20 +32,30 @@ class LocalDelivery:
 
     async def __call__(self, message: QueuedMessage, rcpts: Sequence[Recipient],
                        data: bytes) -> dict[str, RcptResult]:
-        """Deliver to every recipient at once: deliveries to one mailbox share a commit (MailStore.deliver_async)."""
-        pending: dict[str, asyncio.Future] = {}
+        """Deliver to every recipient at once: deliveries to one mailbox share a commit (MailStore.deliver_async).
+
+        The folder is the message's META_FOLDER (a content check's Junk) where that user has it, else INBOX."""
+        folder = message.meta.get(META_FOLDER)
+        folder = folder if isinstance(folder, str) and folder else "INBOX"
+        pending: dict[str, tuple[asyncio.Future, bytes]] = {}
         results: dict[str, RcptResult] = {}
         for rcpt in rcpts:
             # RFC 5321 §4.4: the delivering MTA records the envelope sender as Return-Path.
             headers = f"Return-Path: <{message.mail_from}>\r\nDelivered-To: {rcpt.address}\r\n".encode()
             try:
                 await self._apply_quota(rcpt.address)
-                pending[rcpt.address] = self.store.deliver_async(rcpt.address, headers + data)
+                pending[rcpt.address] = (self.store.deliver_async(rcpt.address, headers + data, folder),
+                                         headers + data)
             except Exception as exc:
                 results[rcpt.address] = self._failure(message, rcpt.address, exc)
-        for address, future in pending.items():
+        for address, (future, copy) in pending.items():
             try:
-                uid = (await future)[1]
+                try:
+                    uid = (await future)[1]
+                except (FolderNotFound, InvalidFolderName):  # the user deleted (or never had) that folder
+                    log.info("queue_id=%s %s has no folder %r; delivering into INBOX", message.queue_id,
+                             address, folder)
+                    uid = (await self.store.deliver_async(address, copy))[1]
             except Exception as exc:
                 results[address] = self._failure(message, address, exc)
             else:
@@ -80,7 +90,7 @@ class MailboxTarget:
     mailboxes only is stored in them before the 250. ``delivered`` hears of each mailbox that got mail (the
     queue process wakes the IMAP sessions idling on it)."""
 
-    def __init__(self, local: LocalDelivery, delivered: Callable[[str], None] | None = None) -> None:
+    def __init__(self, local: LocalDelivery, delivered: Callable[[str, str], None] | None = None) -> None:
         self._local = local
         self._delivered = delivered
 
@@ -91,7 +101,7 @@ class MailboxTarget:
 class MailboxDelivery(BufferedDelivery):
     __slots__ = ("_local", "_delivered")
 
-    def __init__(self, local: LocalDelivery, delivered: Callable[[str], None] | None,
+    def __init__(self, local: LocalDelivery, delivered: Callable[[str, str], None] | None,
                  message: QueuedMessage) -> None:
         super().__init__(message)
         self._local = local
@@ -109,7 +119,7 @@ class MailboxDelivery(BufferedDelivery):
             if result.code == 250:
                 log_outcome(message.queue_id, rcpt.address, LOCAL, 0, DELIVERED, result)
                 if self._delivered is not None:
-                    self._delivered(rcpt.address)
+                    self._delivered(rcpt.address, str(message.meta.get(META_FOLDER) or "INBOX"))
             else:
                 left.append(rcpt)
         return left

@@ -154,6 +154,7 @@ class Pipeline:
     def __init__(self) -> None:
         self._checks: dict[Stage, list[Check]] = {stage: [] for stage in Stage}
         self._on_close: list[Callable[[Client], None]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
 
     def register(self, stage: Stage, check: Check) -> None:
         self._checks[stage].append(check)
@@ -171,6 +172,19 @@ class Pipeline:
                 callback(client)
             except Exception:  # a cleanup that failed must not end the others; it is a bug to log
                 logging.getLogger("appliance.pipeline").exception("close callback %r failed", callback)
+
+    def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """``await callback()`` runs when the pipeline is retired (a reload built a new one, or the service
+        stops), for checks that hold something for their lifetime (a scanner's connection pool)."""
+        self._on_stop.append(callback)
+
+    async def stop(self) -> None:
+        """Retire the pipeline: the stop callbacks run, in order, each on its own."""
+        for callback in self._on_stop:
+            try:
+                await callback()
+            except Exception:  # one cleanup that failed must not keep the others from running; a bug to log
+                logging.getLogger("appliance.pipeline").exception("stop callback %r failed", callback)
 
     def checks(self, stage: Stage) -> tuple[Check, ...]:
         return tuple(self._checks[stage])

@@ -1,4 +1,5 @@
-"""The control socket: how `mailfleet queue flush|delete|bounce` reach the running queue.
+"""The control socket: how `mailfleet queue flush|delete|bounce` and `mailfleet quarantine release` reach the
+running queue.
 
 A Unix socket under data_dir (mode 0600, so only root and the service user), one JSON request per connection,
 one JSON answer. The spool files stay the source of truth; the socket only asks the runner to act now.
@@ -15,15 +16,19 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from appliance.message.model import QueuedMessage
+from appliance.quarantine.store import Quarantine, QuarantineError
 from appliance.queue.runner import QueueRunner
+from appliance.queue.spool import Spool
 
 log = logging.getLogger("appliance.queue")
 
 
 class ControlServer:
-    def __init__(self, path: Path, runner: QueueRunner) -> None:
+    def __init__(self, path: Path, runner: QueueRunner, quarantine: Quarantine | None = None) -> None:
         self.path = path
         self.runner = runner
+        self.quarantine = quarantine
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -69,9 +74,35 @@ class ControlServer:
             if await self.runner.bounce_now(queue_id or ""):
                 return {"ok": True}
             return {"ok": False, "error": f"no message {queue_id} in the queue (or it is being delivered)"}
+        if command == "release":
+            return await self._release(queue_id or "")
         if command == "ping":
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {command!r}"}
+
+    async def _release(self, queue_id: str) -> dict[str, Any]:
+        """A quarantined message into the spool, and to the runner at once (as a message an acceptor committed)."""
+        if self.quarantine is None:
+            return {"ok": False, "error": "this server keeps no quarantine"}
+        try:
+            message = await release_into_spool(self.quarantine, queue_id, self.runner.spool)
+        except QuarantineError as exc:
+            return {"ok": False, "error": str(exc)}
+        except OSError as exc:
+            log.error("queue_id=%s: release from the quarantine failed: %s", queue_id, exc)
+            return {"ok": False, "error": f"{queue_id}: cannot release: {exc.strerror or exc}"}
+        if not self.runner.knows(message.queue_id):  # known: an earlier release was cut short after the spool
+            self.runner.adopt(message)
+        log.info("queue_id=%s released from the quarantine by the administrator: rcpts=%d", message.queue_id,
+                 len(message.recipients))
+        return {"ok": True, "recipients": len(message.recipients)}
+
+
+async def release_into_spool(quarantine: Quarantine, queue_id: str, spool: Spool) -> QueuedMessage:
+    """Release a held message into ``spool``: its commit (file, rename, group flush) is durable before the
+    quarantine lets go of it (see ``Quarantine.release``). Here and not in quarantine/, which sits below the
+    queue. Used by the running server and, with none running, by the command itself."""
+    return await quarantine.release(queue_id, spool.commit)
 
 
 def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from appliance.auth.directory import Directory
 from appliance.config import Config
+from appliance.filters import check as filters
 from appliance.pipeline import limits, smuggling
 from appliance.pipeline.recipients import RecipientCheck, RecipientPolicy
 from appliance.pipeline.senders import SenderOwnership
@@ -22,4 +23,7 @@ def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory
     pipeline.register(Stage.MAIL, SenderOwnership(directory))  # submission users send as themselves
     pipeline.register(Stage.RCPT, RecipientCheck(policy))  # no open relay; local users, backup, forward
     pipeline.register(Stage.DATA, smuggling.line_endings)
+    # The content filters last: the trusted-gateway rule on every host, the scanners where configured (their
+    # connections are closed when the pipeline stops).
+    filters.register(pipeline, config)
     return pipeline

@@ -58,8 +58,9 @@ class Notifier:
                 line = full
         self._send(line)
 
-    def delivered(self, address: str) -> None:
-        self._send(DELIVERED + b" " + address.encode("utf-8"))
+    def delivered(self, address: str, folder: str = "INBOX") -> None:
+        # A tab cannot be part of an address or a folder name: it separates them.
+        self._send(DELIVERED + b" " + address.encode("utf-8") + b"\t" + folder.encode("utf-8"))
 
     def reloaded(self, worker: int, ok: bool) -> None:
         self._send(RELOADED + b" %d %d" % (worker, ok))
@@ -89,7 +90,7 @@ class Notice:
 
 
 def _dispatch(line: bytes, on_committed: Callable[[str, Notice | None], None], pool: Listener,
-              on_delivered: Callable[[str], None] | None = None) -> None:
+              on_delivered: Callable[[str, str], None] | None = None) -> None:
     kind, _, rest = line.strip().partition(b" ")
     try:
         if kind == ENVELOPE:
@@ -101,7 +102,8 @@ def _dispatch(line: bytes, on_committed: Callable[[str, Notice | None], None], p
             on_committed(rest.decode("ascii"), None)
         elif kind == DELIVERED:
             if on_delivered is not None:
-                on_delivered(rest.decode("utf-8"))
+                address, _, folder = rest.decode("utf-8").partition("\t")
+                on_delivered(address, folder or "INBOX")
         elif kind == RELOADED:
             worker, ok = rest.split()
             pool.on_reloaded(int(worker), ok == b"1")
@@ -114,7 +116,7 @@ def _dispatch(line: bytes, on_committed: Callable[[str, Notice | None], None], p
 
 
 async def listen(path: Path, on_committed: Callable[[str, Notice | None], None], pool: Listener,
-                 on_delivered: Callable[[str], None] | None = None) -> asyncio.AbstractServer:
+                 on_delivered: Callable[[str, str], None] | None = None) -> asyncio.AbstractServer:
     """The queue process's end, a Unix socket at `path` (mode 0600)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

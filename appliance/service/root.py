@@ -4,8 +4,8 @@ The parts and who uses them:
 
 - the spool and the queue runner (queue/): in the queue process;
 - the user directory, the login bans and the mailbox store (auth/, store/): on a primary;
-- the pipeline (checks.py) and the intake with its two targets, the mailboxes and the spool: in every process
-  that answers SMTP;
+- the pipeline (checks.py) and the intake with its three targets, the mailboxes, the spool and the quarantine:
+  in every process that answers SMTP;
 - the SMTP listeners (smtp/), IMAP and POP3 (imap/, pop3/), the control socket (queue/control.py).
 
 A process runs in one of three modes: ``ALL`` (everything in one asyncio process), ``QUEUE`` (no SMTP
@@ -36,6 +36,8 @@ from appliance.pipeline.intake import Intake
 from appliance.pipeline.recipients import RecipientPolicy
 from appliance.pipeline.stages import Pipeline
 from appliance.pop3.server import start_pop3
+from appliance.quarantine.store import Quarantine
+from appliance.quarantine.target import QuarantineTarget
 from appliance.queue.control import ControlServer
 from appliance.queue.runner import QueueRunner
 from appliance.queue.spool import Spool
@@ -99,12 +101,17 @@ class Appliance:
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
                                       config.hostname, config.queue.lifetime)
-        self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local)
+        # Every process that answers SMTP writes held messages itself: the files are named by queue ID.
+        self.quarantine = Quarantine(config.quarantine_dir)
+        self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local,
+                             quarantine=QuarantineTarget(self.quarantine))
         self.listeners: SMTPListeners | None = None
         self.other_servers: list[asyncio.Server] = []
         self.handlers: list[InboundHandler] = []
         self.control: ControlServer | None = None
         self._runner_task: asyncio.Task[None] | None = None
+        self.pipeline: Pipeline | None = None  # the SMTP listeners' checks; its scanners live as long as it
+        self._retiring: set[asyncio.Task[None]] = set()  # pipelines a reload replaced, closing their scanners
 
     # ------------------------------------------------------------------ parts built from the config
 
@@ -150,11 +157,11 @@ class Appliance:
 
     # ------------------------------------------------------------------ what the acceptors tell the queue process
 
-    def on_delivered(self, address: str) -> None:
-        """Queue process: an acceptor put mail into this mailbox; IMAP sessions idling on it hear it now
-        instead of at their next poll."""
+    def on_delivered(self, address: str, folder: str = "INBOX") -> None:
+        """Queue process: an acceptor put mail into this folder (INBOX, or Junk for tagged spam); IMAP sessions
+        idling on it hear it now instead of at their next poll."""
         if self.store is not None:
-            self.store.changed_elsewhere(address, "INBOX")
+            self.store.changed_elsewhere(address, folder)
 
     def on_committed(self, queue_id: str, notice: Notice | None = None) -> None:
         """Queue process: an acceptor (with the envelope it just wrote) or the rescan names a message."""
@@ -188,6 +195,7 @@ class Appliance:
     async def start(self) -> None:
         config = self.config
         if self.runner is not None:
+            self.quarantine.recover()  # before any acceptor starts: what is in its tmp/ now was never answered
             loaded = self.runner.load_spool()
             if loaded:
                 log.info("spool: %d message(s) waiting from before the start", loaded)
@@ -195,7 +203,7 @@ class Appliance:
         tls = server_tls_context(config)
         if self.runner is not None:
             # The control socket first: once SMTP answers, `mailfleet queue ...` must find the server.
-            self.control = ControlServer(config.data_dir / "control.sock", self.runner)
+            self.control = ControlServer(config.data_dir / "control.sock", self.runner, self.quarantine)
             await self.control.start()
             await self._start_mailbox_access(tls)
         if self.mode is not Mode.QUEUE:
@@ -209,7 +217,7 @@ class Appliance:
         seat = self._seat
         if seat is not None:
             counter.table = SessionTable(config.data_dir / "smtp-sessions", seat.workers, seat.index)
-        pipeline = self._pipeline(config)
+        pipeline = self.pipeline = self._pipeline(config)
         authenticator = self.authenticator
 
         def handler_for(options: ListenerOptions) -> InboundHandler:
@@ -268,9 +276,14 @@ class Appliance:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
         if self.handlers:
-            pipeline = self._pipeline(new)
+            retired, pipeline = self.pipeline, self._pipeline(new)
+            self.pipeline = pipeline
             for handler in self.handlers:
                 handler.reconfigure(pipeline, _postmaster_domain(new))
+            if retired is not None:  # its scanners close once the scans still running on them are done
+                task = asyncio.get_running_loop().create_task(retired.stop(), name="pipeline-retire")
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
         logging.getLogger("appliance").setLevel(new.log_level.upper())
 
     async def stop(self) -> None:
@@ -280,6 +293,10 @@ class Appliance:
             server.close()
         if self.listeners is not None:
             await self.listeners.drain(DRAIN_SECONDS)
+        if self.pipeline is not None:
+            await self.pipeline.stop()
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         if self.runner is not None:
             await self.runner.stop(grace=DRAIN_SECONDS)
         if self._runner_task is not None:

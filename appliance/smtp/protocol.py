@@ -627,6 +627,8 @@ class SMTPServerProtocol(asyncio.Protocol):
         if tls is None:  # pragma: no cover - the connection went away during the handshake
             return
         self.transport = tls
+        # RFC 3207 §4.2: the session starts afresh; what the checks held for the plaintext one ends with it.
+        self.handler.handle_CLOSE(self.session)
         self.session = Session(self.session.peer, tls.get_extra_info("ssl_object"))
         self._reset()
 

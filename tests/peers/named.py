@@ -21,6 +21,8 @@ from waits import WaitTimeout, wait_until
 
 from appliance.dns.resolver import Resolver
 
+from .process import stop_process
+
 NAMED = "/usr/sbin/named"
 NAMED_CHECKCONF = "/usr/bin/named-checkconf"
 
@@ -63,13 +65,7 @@ class NamedServer:
         return (self.workdir / "named.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def _zone_text(origin: str, records: str, address: str) -> str:

@@ -18,6 +18,7 @@ import pytest
 from waits import WaitTimeout, wait_until
 
 from .named import free_port
+from .process import stop_process
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
@@ -35,13 +36,7 @@ class PostfixSink:
         return [email.message_from_bytes(p.read_bytes()) for p in files]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_postfix_sink(

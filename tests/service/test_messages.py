@@ -24,15 +24,16 @@ class _Pool:
         self.events.append(("ready", worker))
 
 
-async def _exchange(path: Path) -> tuple[list[tuple], list[str], list[tuple]]:
+async def _exchange(path: Path) -> tuple[list[tuple], list[tuple[str, str]], list[tuple]]:
     committed: list[tuple] = []
-    delivered: list[str] = []
+    delivered: list[tuple[str, str]] = []
     pool = _Pool()
     server = await notify.listen(path, lambda queue_id, notice: committed.append((queue_id, notice)), pool,
-                                 delivered.append)
+                                 lambda address, folder: delivered.append((address, folder)))
     notifier = await notify.Notifier.connect(path)
     notifier.committed("18EB5102B1F8D1D8683B35")
     notifier.delivered("jörg@example.org")
+    notifier.delivered("bob@example.org", "Junk")  # tagged spam: IMAP sessions idling on Junk hear of it
     notifier._send(b"X nonsense")  # a malformed line is logged and skipped, the stream goes on
     notifier._send(b"Q " + b"x" * 300)  # so is an ID line over the limit
     notifier.committed("18EB5102B1F8D1D8683B36", b'{"id":"18EB5102B1F8D1D8683B36"}', 57, 1024)
@@ -51,7 +52,7 @@ def test_notices_arrive_in_order_and_a_bad_line_is_skipped(tmp_path: Path) -> No
         ("18EB5102B1F8D1D8683B35", True), ("18EB5102B1F8D1D8683B36", False), ("18EB5102B1F8D1D8683B37", True)]
     notice = committed[1][1]
     assert (notice.data_offset, notice.size, notice.envelope) == (57, 1024, b'{"id":"18EB5102B1F8D1D8683B36"}')
-    assert delivered == ["jörg@example.org"]
+    assert delivered == [("jörg@example.org", "INBOX"), ("bob@example.org", "Junk")]
     assert events == [("reloaded", 1, True), ("ready", 1)]
 
 
