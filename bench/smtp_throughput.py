@@ -32,9 +32,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -79,6 +80,29 @@ def listening(address: str, port: int) -> bool:
         return False
 
 
+def wait_serving(proc: subprocess.Popen, log: Path, name: str, ready: Callable[[], bool], timeout: float) -> None:
+    """Wait until a server we started is `ready`; if it exits first, the error quotes the end of its `log`."""
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise BenchError(f"{name} exited with {proc.returncode}; its log ends:\n{tail}")
+        return ready()
+
+    wait_until(up, timeout, f"{name} to listen", interval=0.1)
+
+
+def terminate(proc: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM a process we started, SIGKILL it when it has not exited after `grace` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def count_files(dirs: list[Path]) -> int:
     total = 0
     for d in dirs:
@@ -98,11 +122,13 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process (all its threads), seconds."""
+def proc_cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU time of one process (all its threads), seconds; with `reaped`, plus that of its children
+    that have exited and been waited for (cutime + cstime: a prefork server's retired children, forked helpers)."""
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+        return ticks / os.sysconf("SC_CLK_TCK")
     return 0.0
 
 
@@ -145,15 +171,20 @@ class Sink:
     def __init__(self, address: str) -> None:
         self.address = address
         self.port = free_port(address)
+        self.dump: Path | None = None  # a directory smtp-sink writes every message into (-d), while set
         self.count = 0
         self._offset = 0  # what earlier smtp-sink processes counted
         self.last_output = b""
         self.proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, dump: Path | None = None) -> None:
+        """Start smtp-sink; with `dump`, it also writes each message it receives to a file in that directory
+        (for checking what arrived; it costs a file per message, so measurements run without it)."""
+        self.dump = dump
+        keep = ["-d", f"{dump}/%H%M%S."] if dump is not None else []
         self.proc = subprocess.Popen(
-            ["smtp-sink", "-c", "-u", "nobody", f"{self.address}:{self.port}", "1024"],
+            ["smtp-sink", "-c", "-u", "nobody", *keep, f"{self.address}:{self.port}", "1024"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
@@ -165,7 +196,7 @@ class Sink:
             print(f"  bench: smtp-sink had exited (status {self.proc.returncode}, last output "
                   f"{self.last_output!r}); started again", flush=True)
             self._offset = self.count
-            self.start()
+            self.start(self.dump)
 
     def _follow(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -187,6 +218,10 @@ class Sink:
                 self.proc.wait(10)
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait(10)
+        if self._thread is not None:
+            self._thread.join(10)  # the count of this process is final before another one starts
+        self._offset = self.count
 
 
 # ---------------------------------------------------------------------------------------------- the servers
@@ -215,8 +250,10 @@ class Server:
 class PostfixInstance(Server):
     """A private Postfix instance: own config_directory, queue_directory and data_directory under `workdir`."""
 
-    def __init__(self, workdir: Path, users: list[str], sink: Sink, max_smtpd: int) -> None:
+    def __init__(self, workdir: Path, users: list[str], sink: Sink, max_smtpd: int,
+                 main_cf: Mapping[str, str] | None = None) -> None:
         super().__init__("Postfix", POSTFIX_ADDR, free_port(POSTFIX_ADDR), workdir, users)
+        self.main_cf = dict(main_cf or {})  # main.cf settings on top of the bench's own (milters, relay_domains)
         self.etc = workdir / "etc"
         self.spool = workdir / "spool"
         self.data = workdir / "data"
@@ -271,6 +308,7 @@ class PostfixInstance(Server):
             "smtpd_client_message_rate_limit": "0",
             "maillog_file": str(self.workdir / "maillog"),
             "maillog_file_prefixes": str(self.workdir),
+            **self.main_cf,
         }
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
         lines = []
@@ -307,6 +345,11 @@ class PostfixInstance(Server):
         master = self._master_pid()
         pids = [p for p in processes_named("smtpd") if _parent(p) == master]
         return len(pids), sum(proc_status(p).get("VmRSS", 0) for p in pids), sum(proc_pss(p) for p in pids)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this instance's processes: master and its live children (smtpd, cleanup, qmgr, smtp, ...),
+        and the children master has reaped."""
+        return sum(proc_cpu_seconds(p, reaped=True) for p in process_tree(self._master_pid()))
 
     def _master_pid(self) -> int:
         pidfile = self.spool / "pid" / "master.pid"
@@ -347,25 +390,29 @@ class MailfleetInstance(Server):
     """`mailfleet serve` as a real process: roles primary (local Maildir) and outgoing_gateway (to the sink)."""
 
     def __init__(self, workdir: Path, users: list[str], sink: Sink, max_sessions: int,
-                 src: Path = REPO, smtp_workers: str | None = None) -> None:
+                 src: Path = REPO, smtp_workers: str | None = None,
+                 roles_config: dict[str, Any] | None = None) -> None:
         super().__init__("Mailfleet", MAILFLEET_ADDR, free_port(MAILFLEET_ADDR), workdir, users)
         self.sink = sink
         self.src = src  # the directory holding the `appliance` package to run (another checkout for A/B runs)
         self.proc: subprocess.Popen | None = None
         self.config_path = workdir / "mailfleet.yml"
         self.data_dir = workdir / "data"
-        config = {
+        config: dict[str, Any] = {
             "hostname": "mailfleet.bench.example",
             "data_dir": str(self.data_dir),
-            "roles": ["primary", "outgoing_gateway"],
             "log_level": "info",
             "listen": {"smtp": [f"{self.address}:{self.port}"]},
             "smtp": {"max_sessions": max_sessions},
+        }
+        # The roles and their sections; by default those of this benchmark: primary + outgoing_gateway.
+        config.update(roles_config if roles_config is not None else {
+            "roles": ["primary", "outgoing_gateway"],
             "delivery": {"smarthost": f"{sink.address}:{sink.port}"},
             "primary": {"domains": [LOCAL_DOMAIN],
                         "users": [{"address": f"{u}@{LOCAL_DOMAIN}", "password_hash": None} for u in users]},
             "outgoing_gateway": {"relay_networks": ["127.0.0.0/8"]},
-        }
+        })
         if smtp_workers is not None:
             config["smtp"]["workers"] = _workers(smtp_workers)
         self.config = config
@@ -380,23 +427,11 @@ class MailfleetInstance(Server):
             [sys.executable, "-m", "appliance.cli.main", "--config", str(self.config_path), "serve"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.src, preexec_fn=lambda: raise_nofile(20000))
         log.close()
-
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                log_tail = (self.workdir / "server.log").read_text(errors="replace")[-2000:]
-                raise BenchError(f"mailfleet exited with {self.proc.returncode}; its log ends:\n{log_tail}")
-            return listening(self.address, self.port)
-
-        wait_until(up, 60, "Mailfleet to listen")
+        wait_serving(self.proc, self.workdir / "server.log", "Mailfleet", lambda: listening(self.address, self.port),
+                     60)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 40)
 
     @property
     def pid(self) -> int:
@@ -405,7 +440,7 @@ class MailfleetInstance(Server):
 
     def cpu_seconds(self) -> float:
         """CPU time of the Mailfleet processes (the server and any acceptor processes it runs)."""
-        return sum(proc_cpu_seconds(p) for p in process_tree(self.pid))
+        return sum(proc_cpu_seconds(p, reaped=True) for p in process_tree(self.pid))
 
     def maildir_dirs(self, user: str) -> list[Path]:
         base = self.data_dir / "mail" / LOCAL_DOMAIN / user
@@ -461,10 +496,7 @@ def run_load(server: Server, sink: Sink, case: str, user: str, size_kb: int, ses
            "-M", "source.example", "-f", SENDER, "-t", rcpt, f"{server.address}:{server.port}"]
     profiler = None
     if profile_dir is not None and isinstance(server, MailfleetInstance):
-        svg = profile_dir / f"mailfleet-{case}-{size_kb}k-{sessions}s.svg"
-        profiler = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", "-r", "200", "-o", str(svg),
-                                     "--pid", str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        time.sleep(1.0)
+        profiler = start_profile(server.pid, profile_dir / f"mailfleet-{case}-{size_kb}k-{sessions}s.svg")
     cpu_before = server.cpu_seconds() if isinstance(server, MailfleetInstance) else None
     start = time.monotonic()
     source = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -498,15 +530,30 @@ def run_load(server: Server, sink: Sink, case: str, user: str, size_kb: int, ses
             source.wait()
         accept_end = time.monotonic()
     if profiler is not None:
-        profiler.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            profiler.wait(60)
+        stop_profile(profiler)
     got = arrived()
     if got < messages and not errors:
         errors = f"only {got}/{messages} arrived"
     cpu = server.cpu_seconds() - cpu_before if isinstance(server, MailfleetInstance) and cpu_before is not None \
         else None
     return Result(server.name, case, size_kb, sessions, messages, accept_end - start, end - start, errors, cpu)
+
+
+def start_profile(pid: int, svg: Path, subprocesses: bool = False) -> subprocess.Popen:
+    """py-spy recording a flame graph of `pid` (with `subprocesses`, of its acceptors too) into `svg`, until
+    stopped."""
+    children = ["--subprocesses"] if subprocesses else []
+    profiler = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", *children, "-r", "200",
+                                 "-o", str(svg), "--pid", str(pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # py-spy attaches before the load starts
+    return profiler
+
+
+def stop_profile(profiler: subprocess.Popen) -> None:
+    profiler.send_signal(signal.SIGINT)  # py-spy writes the graph on SIGINT
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        profiler.wait(60)
 
 
 def open_idle_sessions(address: str, port: int, count: int, timeout: float) -> tuple[list[socket.socket], int]:
