@@ -3,8 +3,9 @@ circuit breaker per scanner; what each answered (a Verdict) or why it could not 
 
 - Concurrently: one task per scanner, so a message waits for the slowest scanner, not for their sum.
 - ``max_scan_size``: a scanner whose limit (non-zero) is below the message's size is not asked; its answer is a
-  Verdict that says so (``skipped``), which the policy writes into the summary header. clamd itself reports
-  "OK" for data past its StreamMaxLength; asking it would make an unscanned message look clean.
+  Verdict that says so (``skipped``), which the policy writes into the summary header: a message no scanner
+  read whole never looks clean (clamd, for one, answers "OK" for a file past its MaxFileSize unless
+  AlertExceedsMax is on).
 - Errors: a ScanError, an OSError or the timeout is a Failure, and the scanner's ``on_error`` says what the
   policy makes of it. Any other exception is a bug in a scanner: logged with its traceback (once per run of
   failures) and taken as a Failure, never let through to the SMTP session.
