@@ -9,9 +9,9 @@ import logging
 import time
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 from peers.disk import fill
+from peers.smtp_client import data_reply
 
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.message.model import META_QUARANTINE, QueuedMessage, Recipient, new_queue_id
@@ -96,26 +96,14 @@ async def _smtp_host(host: Host, held: bool) -> tuple[object, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def _send(port: int, data: bytes) -> aiosmtplib.SMTPResponse:
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10)
-    await smtp.connect()
-    try:
-        await smtp.ehlo(hostname="client.test")
-        await smtp.mail("spammer@outside.test")
-        await smtp.rcpt("bob@home.test")
-        try:
-            return await smtp.data(data)
-        except aiosmtplib.SMTPDataError as exc:
-            return aiosmtplib.SMTPResponse(exc.code, exc.message)
-    finally:
-        await smtp.quit()
+SENDER, RCPT = "spammer@outside.test", "bob@home.test"
 
 
 async def test_over_smtp_the_250_names_the_message_held_in_the_quarantine(tmp_path: Path) -> None:
     host = Host(tmp_path)
     server, port = await _smtp_host(host, held=True)
     try:
-        reply = await _send(port, DATA)
+        reply = await data_reply(port, SENDER, RCPT, DATA)
     finally:
         server.close()
     assert reply.code == 250
@@ -132,12 +120,13 @@ async def test_a_quarantine_on_a_full_disk_answers_452_and_keeps_nothing(small_d
     filler = fill(disk)
     server, port = await _smtp_host(host, held=True)
     try:
-        reply = await _send(port, b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 500)
+        big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 500
+        reply = await data_reply(port, SENDER, RCPT, big)
         assert (reply.code, reply.message.split(" ", 1)[0]) == (452, "4.3.1")
         assert host.quarantine.list() == [] and list(host.quarantine.tmp_dir.iterdir()) == []
         assert host.mailbox_files() == [] and host.spool.ids() == []
         filler.unlink()
-        reply = await _send(port, DATA)  # room again: the sender's retry is held
+        reply = await data_reply(port, SENDER, RCPT, DATA)  # room again: the sender's retry is held
         assert reply.code == 250
         assert [e.queue_id for e in host.quarantine.list()] == [reply.message.rsplit(" ", 1)[1]]
     finally:
