@@ -23,6 +23,12 @@ from appliance.store.errors import FolderNotFound, InvalidFolderName, QuotaExcee
 log = logging.getLogger("appliance.delivery")
 
 
+def folder_of(message: QueuedMessage) -> str:
+    """The folder a message is filed into: its META_FOLDER (a content check's Junk), else INBOX."""
+    folder = message.meta.get(META_FOLDER)
+    return folder if isinstance(folder, str) and folder else "INBOX"
+
+
 class LocalDelivery:
     def __init__(self, store: MailStore, hostname: str, quota_of: Callable[[str], int] | None = None) -> None:
         self.store = store
@@ -35,8 +41,7 @@ class LocalDelivery:
         """Deliver to every recipient at once: deliveries to one mailbox share a commit (MailStore.deliver_async).
 
         The folder is the message's META_FOLDER (a content check's Junk) where that user has it, else INBOX."""
-        folder = message.meta.get(META_FOLDER)
-        folder = folder if isinstance(folder, str) and folder else "INBOX"
+        folder = folder_of(message)
         pending: dict[str, tuple[asyncio.Future, bytes]] = {}
         results: dict[str, RcptResult] = {}
         for rcpt in rcpts:
@@ -44,8 +49,8 @@ class LocalDelivery:
             headers = f"Return-Path: <{message.mail_from}>\r\nDelivered-To: {rcpt.address}\r\n".encode()
             try:
                 await self._apply_quota(rcpt.address)
-                pending[rcpt.address] = (self.store.deliver_async(rcpt.address, headers + data, folder),
-                                         headers + data)
+                copy = headers + data
+                pending[rcpt.address] = (self.store.deliver_async(rcpt.address, copy, folder), copy)
             except Exception as exc:
                 results[rcpt.address] = self._failure(message, rcpt.address, exc)
         for address, (future, copy) in pending.items():
@@ -119,7 +124,7 @@ class MailboxDelivery(BufferedDelivery):
             if result.code == 250:
                 log_outcome(message.queue_id, rcpt.address, LOCAL, 0, DELIVERED, result)
                 if self._delivered is not None:
-                    self._delivered(rcpt.address, str(message.meta.get(META_FOLDER) or "INBOX"))
+                    self._delivered(rcpt.address, folder_of(message))
             else:
                 left.append(rcpt)
         return left
