@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from appliance.config.model import HostPort, UnixSocket
-from appliance.filters import scanner
+from appliance.filters import headers, scanner
 from appliance.filters.milter import codec
 from appliance.filters.milter.codec import Actions, MacroStage, MilterProtocolError, Protocol
 
@@ -506,35 +506,19 @@ def _os_error(exc: BaseException) -> str:
 
 # -- the message as a milter sees it ---------------------------------------------------------------------
 
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # RFC 5322 §3.6.8 field name, then the colon
-
-
 def header_fields(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
     """The header fields of a message (CRLF line endings) as (name, value) with the value as it follows the
-    colon, its folds kept as CRLF, and the body after the empty line. A line that is neither a field nor a
-    continuation ends the header section and starts the body, as in Postfix's MIME state machine. Text is
-    decoded with surrogateescape, so its bytes reach the milter unchanged."""
-    fields: list[tuple[str, str]] = []
-    at = 0
-    size = len(data)
-    while at < size:
-        end = data.find(b"\r\n", at)
-        line_end = size if end < 0 else end
-        next_at = size if end < 0 else end + 2
-        line = data[at:line_end]
-        if not line:
-            return fields, data[next_at:]
-        if line[:1] in (b" ", b"\t") and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + "\r\n" + line.decode("utf-8", "surrogateescape"))
-        else:
-            match = _FIELD.match(line)
-            if match is None:
-                return fields, data[at:]
-            fields.append((match.group(1).decode("ascii"),
-                           line[match.end():].decode("utf-8", "surrogateescape")))
-        at = next_at
-    return fields, b""
+    colon, its folds kept as CRLF, and the body after the empty line. The header section is split as the filter
+    engine splits it (filters/headers.py: a line that is neither a field nor a continuation ends it, as in
+    Postfix's MIME state machine). Text is decoded with surrogateescape, so its bytes reach the milter
+    unchanged."""
+    message = headers.parse(data)
+    fields = []
+    for raw in message.fields:
+        name, _, value = raw.partition(b":")
+        value = value[:-2] if value.endswith(b"\r\n") else value
+        fields.append((name.rstrip(b" \t").decode("ascii"), value.decode("utf-8", "surrogateescape")))
+    return fields, message.body
 
 
 # -- the milter's modifications as the scanner interface's changes ------------------------------------------
