@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 FLOORS = [
     {"message", "durable", "config"},  # the ground floor: imports nothing of appliance
     {"dns", "store", "auth", "pipeline"},
-    {"delivery", "imap", "pop3", "filters", "quarantine", "web"},
+    {"delivery", "imap", "pop3", "filters", "quarantine", "web", "abuse", "screening", "senderauth"},
     {"queue", "smtp"},
     {"service"},
     {"cli"},

@@ -22,18 +22,23 @@ from appliance.config.model import (
     AuthConfig,
     BackupDomain,
     BackupMXConfig,
+    BansConfig,
     Config,
     DeliveryConfig,
     DNSConfig,
     FiltersConfig,
     ForwardDomain,
+    GreylistConfig,
     HostPort,
     IncomingGatewayConfig,
+    LimitsConfig,
     ListenConfig,
     OutgoingGatewayConfig,
     PrimaryConfig,
     QueueConfig,
     ScannerConfig,
+    ScreeningConfig,
+    SenderAuthConfig,
     SMTPConfig,
     SpamPolicy,
     TLSConfig,
@@ -288,7 +293,7 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- sections
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
-            "filters", *ROLES)
+            "filters", "limits", "bans", "screening", "greylisting", "sender_auth", *ROLES)
 
 
 def _build(raw: Any, source: str, base_dir: Path) -> Config:
@@ -317,6 +322,11 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         delivery=_delivery(top.get("delivery")),
         queue=queue,
         filters=_filters(top.get("filters"), base_dir),
+        limits=_limits(top.get("limits")),
+        bans=_bans(top.get("bans")),
+        screening=_screening(top.get("screening")),
+        greylisting=_greylisting(top.get("greylisting")),
+        sender_auth=_sender_auth(top.get("sender_auth")),
         primary=_primary(top.get("primary")) if "primary" in roles else None,
         backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
         incoming_gateway=(_incoming(top.get("incoming_gateway"), queue)
@@ -567,6 +577,31 @@ def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise ConfigError(where, f"unknown value {text!r} (expected one of {', '.join(choices)})")
     return text
+
+
+def _limits(value: Any) -> LimitsConfig:
+    section = _mapping(value, "limits", _keys(LimitsConfig))
+    return LimitsConfig(**_given(section, "limits", {}))
+
+
+def _bans(value: Any) -> BansConfig:
+    section = _mapping(value, "bans", _keys(BansConfig))
+    return BansConfig(**_given(section, "bans", {}))
+
+
+def _screening(value: Any) -> ScreeningConfig:
+    section = _mapping(value, "screening", _keys(ScreeningConfig))
+    return ScreeningConfig(**_given(section, "screening", {}))
+
+
+def _greylisting(value: Any) -> GreylistConfig:
+    section = _mapping(value, "greylisting", _keys(GreylistConfig))
+    return GreylistConfig(**_given(section, "greylisting", {}))
+
+
+def _sender_auth(value: Any) -> SenderAuthConfig:
+    section = _mapping(value, "sender_auth", _keys(SenderAuthConfig))
+    return SenderAuthConfig(**_given(section, "sender_auth", {}))
 
 
 def _primary(value: Any) -> PrimaryConfig:

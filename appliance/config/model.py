@@ -241,6 +241,36 @@ class FiltersConfig:
         return _in_networks(ip, self.trusted_gateways)
 
 
+# The sections of abuse detection and sender authentication (issue 15): each is filled in by its own module's
+# work; the loader builds them from the file's sections of the same name.
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-client limits (as Postfix's anvil): concurrent sessions, rates of connections, messages, recipients
+    and AUTH attempts, per client IP and per network; the reply over a limit is 421 4.7.0 with the reason."""
+
+
+@dataclass(frozen=True)
+class BansConfig:
+    """Bans for abuse (dictionary attacks) and login failures alike: escalation, the exempt list, the tarpit."""
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    """The screening before and at the greeting (as Postfix's postscreen): pregreet test, DNSBL and DNSWL."""
+
+
+@dataclass(frozen=True)
+class GreylistConfig:
+    """Greylisting (off by default): the triplet, its delays, the auto-allow, the clients it skips."""
+
+
+@dataclass(frozen=True)
+class SenderAuthConfig:
+    """SPF, DKIM, DMARC and ARC verification on the way in, the Authentication-Results header and its policy."""
+
+
 def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -265,6 +295,11 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     queue: QueueConfig = QueueConfig()
     filters: FiltersConfig = FiltersConfig()
+    limits: LimitsConfig = LimitsConfig()
+    bans: BansConfig = BansConfig()
+    screening: ScreeningConfig = ScreeningConfig()
+    greylisting: GreylistConfig = GreylistConfig()
+    sender_auth: SenderAuthConfig = SenderAuthConfig()
     primary: PrimaryConfig | None = None
     backup_mx: BackupMXConfig | None = None
     incoming_gateway: IncomingGatewayConfig | None = None

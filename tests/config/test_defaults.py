@@ -89,7 +89,7 @@ def reference_doc() -> dict[str, Any]:
 
 def reference_keys(doc: dict[str, Any]) -> list[str]:
     return [f"{key}.{sub}" if key in SECTIONS else key
-            for key, value in doc.items() for sub in (value if key in SECTIONS else [None])]
+            for key, value in doc.items() for sub in ((value or {}) if key in SECTIONS else [None])]
 
 
 def parse_with(doc: dict[str, Any], path: str, value: Any) -> Config:
