@@ -112,7 +112,7 @@ class Greylisting:
         if waits:
             result = tempfail(f"451 4.7.1 {prefix}Greylisted: the first attempt from your network with this "
                               f"sender and recipient is deferred; try again {retry_text(max(waits))}")
-        if not changes and not self.store.purge_due(now):
+        if not changes:
             return result
         return self._write(tuple(changes), now, network, result)
 

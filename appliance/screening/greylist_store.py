@@ -8,7 +8,9 @@ a thread: a write may wait for another process's lock. Every write is a single-r
 depend on what this process read, so two acceptors racing on one triplet or network cannot double-count.
 
 Rows expire (a triplet not passed within the retry window, anything not seen for the lifetime) in batches of
-PURGE_BATCH, at most once every PURGE_EVERY seconds per process, so no write waits on a large delete.
+PURGE_BATCH, at most once every PURGE_EVERY seconds per process, inside a write that happens anyway (a first
+attempt, a pass, a refresh: a host that receives mail makes some every day), so no write waits on a large delete
+and a read never becomes a write.
 
 ``synchronous=NORMAL``: a commit survives a crash or kill of the process; a power loss may lose the last ones,
 which costs a sender one more greylisting, never a message.
@@ -85,9 +87,6 @@ class GreylistStore:
             else:
                 triplets[name] = TripletRow(float(a), float(seen), bool(passed))
         return net, triplets
-
-    def purge_due(self, now: float) -> bool:
-        return now >= self._next_purge
 
     # ------------------------------------------------------------------ writing (on a thread)
 
