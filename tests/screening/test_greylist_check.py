@@ -105,6 +105,14 @@ async def test_the_triplet_is_the_clients_24_sender_and_recipient(tmp_path, cloc
     assert await _rcpt(check, transaction=_Transaction(mail_from="news+2026-12@example.com")) is None
 
 
+async def test_an_ipv6_client_is_known_by_its_64(tmp_path, clock) -> None:
+    check = _check(tmp_path, clock)
+    assert _greylisted(await _rcpt(check, _Client(ip="2001:db8:1:2::10")))
+    clock.now += 300
+    assert await _rcpt(check, _Client(ip="2001:db8:1:2:ffff::99")) is None
+    assert _greylisted(await _rcpt(check, _Client(ip="2001:db8:1:3::10")))
+
+
 async def test_a_network_is_auto_allowed_after_n_passes_one_per_interval(tmp_path, clock, caplog) -> None:
     check = _check(tmp_path, clock, auto_allow=2)
     caplog.set_level(logging.INFO, "appliance.screening")
