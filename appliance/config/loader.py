@@ -596,7 +596,29 @@ def _screening(value: Any) -> ScreeningConfig:
 
 def _greylisting(value: Any) -> GreylistConfig:
     section = _mapping(value, "greylisting", _keys(GreylistConfig))
-    return GreylistConfig(**_given(section, "greylisting", {}))
+    config = GreylistConfig(**_given(section, "greylisting", {
+        "enabled": _bool,
+        "delay": parse_duration,
+        "retry_window": parse_duration,
+        "lifetime": parse_duration,
+        "auto_allow": lambda v, w: _int(v, w, 0),
+        "auto_allow_interval": lambda v, w: parse_duration(v, w, allow_zero=True),
+        "exempt": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "exempt_recipients": _greylist_recipients,
+    }))
+    if config.retry_window <= config.delay:
+        raise ConfigError("greylisting.retry_window", f"must be longer than delay ({config.delay:g}s): a retry "
+                                                      "could never come late enough to pass")
+    return config
+
+
+def _greylist_recipients(value: Any, where: str) -> frozenset[str]:
+    """Domains (example.org) and addresses (postmaster@example.org), lower-cased."""
+    found = set()
+    for i, item in enumerate(_list(value, where)):
+        text = _str(item, f"{where}[{i}]")
+        found.add((_address(text, f"{where}[{i}]") if "@" in text else _domain(text, f"{where}[{i}]")).lower())
+    return frozenset(found)
 
 
 def _sender_auth(value: Any) -> SenderAuthConfig:

@@ -263,7 +263,26 @@ class ScreeningConfig:
 
 @dataclass(frozen=True)
 class GreylistConfig:
-    """Greylisting (off by default): the triplet, its delays, the auto-allow, the clients it skips."""
+    """Greylisting (off by default): the triplet, its delays, the auto-allow, the clients it skips.
+
+    The defaults are postgrey's (--delay, --retry-window, --max-age, --auto-whitelist-clients).
+    """
+
+    enabled: bool = False
+    delay: float = 300.0  # a retry sooner than this after the first attempt is greylisted again
+    retry_window: float = 2 * 86400.0  # a first retry later than this after the first attempt starts over
+    lifetime: float = 35 * 86400.0  # a passed triplet, an auto-allowed network: kept this long after last seen
+    auto_allow: int = 5  # a client network whose triplets passed this often is greylisted no more; 0: off
+    auto_allow_interval: float = 3600.0  # passes of one network closer together than this count once
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # clients never greylisted
+    exempt_recipients: frozenset[str] = frozenset()  # lower-case domains and addresses never greylisted
+
+    def exempts_client(self, ip: str) -> bool:
+        return _in_networks(ip, self.exempt)
+
+    def exempts_recipient(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.exempt_recipients or address.rpartition("@")[2] in self.exempt_recipients
 
 
 @dataclass(frozen=True)
