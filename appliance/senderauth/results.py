@@ -119,6 +119,8 @@ def _fields(head: bytes) -> Iterable[tuple[int, int]]:
 def remove_ours(content: bytes, own_id: str) -> tuple[bytes, int]:
     """``content`` without the Authentication-Results fields whose authserv-id is ``own_id`` (RFC 8601 §5: a
     receiver removes those that claim to come from it), and how many there were; the same object when none."""
+    if content.startswith(b"\r\n"):
+        return content, 0  # no header section at all
     end = content.find(b"\r\n\r\n")
     head_end = len(content) if end < 0 else end + 2
     if _NAME not in content[:head_end].lower():
