@@ -89,13 +89,13 @@ class SenderAuth:
         self._files_junk = config.primary is not None
         self._hosted = frozenset(config.local_domains | set(config.forward_domains) | set(config.backup_domains))
         self._own_id = own_id
-        self._lookups = lookups
+        self.lookups = lookups  # the resolver and its cache, the thread pool
         self._spf = SpfChecker(lookups)
         self._signatures = Verifier(lookups)
         self._dmarc = DmarcChecker(lookups)
 
     async def close(self) -> None:
-        await self._lookups.close()
+        await self.lookups.close()
 
     def _outside(self, client: Client) -> bool:
         """Mail from outside: not ours (a submission user, relay_networks) and not a trusted gateway's."""
@@ -121,7 +121,7 @@ class SenderAuth:
         helo = client.host_name or ""
         waits: list[Awaitable[object]] = []
         if verdicts.IPREV not in client.verdicts:
-            waits.append(iprev.check(self._lookups, client.ip))
+            waits.append(iprev.check(self.lookups, client.ip))
         if self._settings.spf:
             waits.append(self._spf.helo(client.ip, helo))
             if sender:  # for the null reverse-path, the MAIL FROM identity is HELO's (RFC 7208 §2.4)

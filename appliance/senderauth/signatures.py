@@ -23,7 +23,7 @@ log = logging.getLogger("appliance.senderauth")
 MAX_SIGNATURES = 8
 MAX_KEYS = 24
 _SIGNED = (b"dkim-signature", b"arc-message-signature", b"arc-seal")
-_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # as dkimpy reads a field: no space before the colon
 _silent = logging.getLogger("appliance.senderauth.dkimpy")  # dkimpy logs every failure as an error
 _silent.propagate = False
 _silent.addHandler(logging.NullHandler())
@@ -158,6 +158,10 @@ class Verifier:
                     results.append(result("fail", "body hash did not verify"))
                 else:  # a signature that cannot be processed (RFC 8601 §2.7.1 neutral)
                     results.append(result("neutral", str(exc)))
+            except Exception as exc:  # dkimpy tripping over hostile input: that signature is not verified
+                log.warning("DKIM signature d=%s s=%s could not be checked: %s: %s", domain, selector,
+                            exc.__class__.__name__, exc)
+                results.append(result("neutral", "the signature could not be checked"))
             else:
                 results.append(result("pass") if verified else result("fail", "signature did not verify"))
         return results
@@ -170,5 +174,8 @@ class Verifier:
             return ArcResult("fail", 0, f"key lookup: {exc}")  # RFC 8617 §5.2 knows no temperror
         except (_Missing, dkim.DKIMException) as exc:
             return ArcResult("fail", 0, str(exc))
+        except Exception as exc:  # dkimpy tripping over hostile input: the chain is not verified
+            log.warning("ARC chain could not be checked: %s: %s", exc.__class__.__name__, exc)
+            return ArcResult("fail", 0, "the chain could not be checked")
         text = {dkim.CV_Pass: "pass", dkim.CV_None: "none"}.get(outcome, "fail")
         return ArcResult(text, len(instances), "" if text != "fail" else str(reason))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dkim
 from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.senderauth.results import MethodResult, authserv_id, header_value, remove_ours, value
+from appliance.senderauth.signatures import usable
 
 OWN = "mx.home.test"
 TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40)
@@ -71,3 +73,12 @@ def test_removal_takes_our_fields_only_and_leaves_the_rest_byte_for_byte(case: t
     assert cleaned == b"".join(kept)
     assert (removed == 0) == (cleaned is content)
     assert remove_ours(cleaned, OWN) == (cleaned, 0)
+
+
+@given(st.lists(st.sampled_from([b"From: a@b.test", b" folded", b"Subject : spaced", b"garbage line", b"\tx",
+                                 b"", b"X-\xff: bytes", b"DKIM-Signature: v=1; d=b.test"]), max_size=8))
+def test_what_dkimpy_is_given_it_can_always_read(lines: list[bytes]) -> None:
+    content = b"\r\n".join(lines) + b"\r\n"
+    fixed = usable(content)
+    dkim.rfc822_parse(fixed)  # raises MessageFormatError (or IndexError) on a header section it cannot read
+    assert fixed.replace(b"\r\n", b"") == content.replace(b"\r\n", b"")  # only a line end added, nothing lost

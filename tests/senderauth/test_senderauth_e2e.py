@@ -55,7 +55,6 @@ def _zones() -> dict[str, str]:
     spf = f'@ IN TXT "v=spf1 ip4:{GOOD} -all"\n'
     return {
         "sender.test": spf + 'mail IN A 127.0.35.1\nmail IN TXT "v=spf1 a -all"\n'
-                       
                        f"rsa._domainkey IN TXT {_txt('v=DKIM1; k=rsa; p=' + _rsa_public())}\n"
                        f'ed._domainkey IN TXT "v=DKIM1; k=ed25519; p={_ed_public()}"\n'
                        '_dmarc IN TXT "v=DMARC1; p=reject"\n',
@@ -99,7 +98,8 @@ def _message(sender: str, subject: str, body: str = "Shall we meet on Tuesday?",
 def _signed(message: bytes, *, rsa_key: bool = True, ed: bool = False) -> bytes:
     """``message`` with a DKIM signature by the rsa key and, with ``ed``, one by the ed25519 key above it."""
     if rsa_key:
-        message = dkim.sign(message, b"rsa", b"sender.test", RSA_PEM, include_headers=[b"from", b"to", b"subject"]) + message
+        message = dkim.sign(message, b"rsa", b"sender.test", RSA_PEM,
+                            include_headers=[b"from", b"to", b"subject"]) + message
     if ed:
         message = dkim.sign(message, b"ed", b"sender.test", ED_PRIVATE, signature_algorithm=b"ed25519-sha256",
                             include_headers=[b"from", b"to", b"subject"]) + message
