@@ -1,7 +1,8 @@
 """Sender authentication as checks of the pipeline: what ``register`` adds, from the config's sender_auth section.
 
 - On every host, at DATA, first: Authentication-Results fields that carry our authserv-id are removed (RFC 8601
-  §5), unless the client is one of filters.trusted_gateways (the primary keeps its gateways' results).
+  §5), unless the client is one of filters.trusted_gateways (the primary keeps its gateways' results). On a
+  primary, a trusted gateway's DMARC failure files the message into Junk where the actions say junk.
 - With sender_auth.enabled, for mail from outside (not an authenticated submission user, not relay_networks,
   not a trusted gateway, whose results are already in the message):
   - at MAIL: a sender address in a domain the fleet hosts is refused (refuse_local_senders); iprev, once per
@@ -31,7 +32,7 @@ from appliance.pipeline.stages import tempfail as defer
 from . import iprev
 from .dmarc import DmarcChecker, DmarcResult
 from .resolver import Lookups
-from .results import AUTHENTICATION_RESULTS, MethodResult, header_value, remove_ours
+from .results import AUTHENTICATION_RESULTS, MethodResult, gateway_dmarc_disposition, header_value, remove_ours
 from .signatures import ArcResult, DkimResult, Verifier, headers, usable
 from .spfcheck import SpfChecker, SpfResult
 
@@ -47,6 +48,8 @@ def register(pipeline: Pipeline, config: Config) -> SenderAuth | None:
     of forged results then)."""
     own_id = config.sender_auth.authserv_id or config.hostname
     pipeline.register(Stage.DATA, ForgedResults(own_id, config.filters))
+    if config.primary is not None and config.filters.trusted_gateways:
+        pipeline.register(Stage.DATA, GatewayResults(own_id, config))
     if not config.sender_auth.enabled:
         return None
     auth = SenderAuth(config, Lookups(config.dns), own_id)
@@ -77,6 +80,29 @@ class ForgedResults:
             transaction.content = content
             log.info("client=%s from=<%s> removed %d Authentication-Results claiming to be ours (%s)",
                      client.ip, transaction.mail_from, removed, self._own_id)
+
+
+class GatewayResults:
+    """DATA, on a primary behind gateways: a trusted gateway's DMARC failure (in its Authentication-Results, the
+    topmost with our authserv-id) is filed into Junk when this host's actions for the recipient's domain say
+    junk for that disposition. A gateway cannot file into Junk itself; refusing here would bounce (backscatter),
+    so only Junk is done."""
+
+    def __init__(self, own_id: str, config: Config) -> None:
+        self._own_id = own_id
+        self._filters = config.filters
+        self._settings = config.sender_auth
+
+    def __call__(self, client: Client, transaction: Transaction, data: bytes) -> None:
+        if not self._filters.trusts(client.ip) or not transaction.accepted:
+            return
+        disposition = gateway_dmarc_disposition(transaction.content, self._own_id)
+        if disposition not in ("reject", "quarantine"):
+            return
+        actions = self._settings.actions_for(_domain(transaction.accepted[0][0]))
+        action = actions.dmarc_reject if disposition == "reject" else actions.dmarc_quarantine
+        if action == "junk":
+            transaction.meta[META_FOLDER] = JUNK
 
 
 class SenderAuth:

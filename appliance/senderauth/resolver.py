@@ -79,8 +79,10 @@ class Lookups:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     async def close(self) -> None:
+        """The pool's threads end once the checks already handed to them are done (a reload retires a pipeline
+        while sessions may still be using it)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)
             self._pool = None
 
     async def _answer(self, name: str | dns.name.Name, rdtype: str) -> list[object]:

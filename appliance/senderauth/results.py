@@ -7,7 +7,7 @@ authserv-id of a field), and the reader must never fail on the hostile fields it
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 AUTHENTICATION_RESULTS = "Authentication-Results"
@@ -116,27 +116,46 @@ def _fields(head: bytes) -> Iterable[tuple[int, int]]:
         start = end
 
 
+_DMARC_FAILURE = re.compile(r"(?:^|;)\s*dmarc\s*=\s*fail\s*\(p=[a-z]+ dis=([a-z]+)\)", re.IGNORECASE)
+
+
+def _ours(content: bytes, own_id: str) -> Iterator[tuple[int, int, str]]:
+    """(start, end, unfolded value) of each Authentication-Results field whose authserv-id is ``own_id``, in the
+    header section of ``content``, topmost first."""
+    if content.startswith(b"\r\n"):
+        return  # no header section at all
+    end = content.find(b"\r\n\r\n")
+    head = content if end < 0 else content[:end + 2]
+    if _NAME not in head.lower():
+        return
+    own = own_id.lower()
+    for start, stop in _fields(head):
+        name, colon, rest = head[start:stop].partition(b":")
+        if colon and name.rstrip(b" \t").lower() == _NAME:
+            text = rest.replace(b"\r\n", b"").decode("utf-8", "replace")
+            if (authserv_id(text) or "").lower() == own:
+                yield start, stop, text
+
+
+def gateway_dmarc_disposition(content: bytes, own_id: str) -> str | None:
+    """The DMARC disposition (``dis=``) of a failure in the topmost Authentication-Results with ``own_id``: what
+    a gateway of ours, which wrote it (``header_value``), found; None when it found no failure."""
+    for _, _, text in _ours(content, own_id):
+        found = _DMARC_FAILURE.search(text)
+        return found.group(1).lower() if found else None
+    return None
+
+
 def remove_ours(content: bytes, own_id: str) -> tuple[bytes, int]:
     """``content`` without the Authentication-Results fields whose authserv-id is ``own_id`` (RFC 8601 §5: a
     receiver removes those that claim to come from it), and how many there were; the same object when none."""
-    if content.startswith(b"\r\n"):
-        return content, 0  # no header section at all
-    end = content.find(b"\r\n\r\n")
-    head_end = len(content) if end < 0 else end + 2
-    if _NAME not in content[:head_end].lower():
+    spans = list(_ours(content, own_id))
+    if not spans:
         return content, 0
-    own = own_id.lower()
-    kept: list[bytes] = []
-    removed = 0
-    for start, stop in _fields(content[:head_end]):
-        field = content[start:stop]
-        name, colon, rest = field.partition(b":")
-        if colon and name.rstrip(b" \t").lower() == _NAME:
-            found = authserv_id(rest.decode("utf-8", "replace"))
-            if found is not None and found.lower() == own:
-                removed += 1
-                continue
-        kept.append(field)
-    if not removed:
-        return content, 0
-    return b"".join(kept) + content[head_end:], removed
+    kept = []
+    position = 0
+    for start, stop, _ in spans:
+        kept.append(content[position:start])
+        position = stop
+    kept.append(content[position:])
+    return b"".join(kept), len(spans)

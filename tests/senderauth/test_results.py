@@ -6,7 +6,14 @@ import dkim
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.senderauth.results import MethodResult, authserv_id, header_value, remove_ours, value
+from appliance.senderauth.results import (
+    MethodResult,
+    authserv_id,
+    gateway_dmarc_disposition,
+    header_value,
+    remove_ours,
+    value,
+)
 from appliance.senderauth.signatures import usable
 
 OWN = "mx.home.test"
@@ -82,3 +89,14 @@ def test_what_dkimpy_is_given_it_can_always_read(lines: list[bytes]) -> None:
     fixed = usable(content)
     dkim.rfc822_parse(fixed)  # raises MessageFormatError (or IndexError) on a header section it cannot read
     assert fixed.replace(b"\r\n", b"") == content.replace(b"\r\n", b"")  # only a line end added, nothing lost
+
+
+def test_a_gateways_dmarc_disposition_is_read_from_the_topmost_of_ours() -> None:
+    failure = header_value(OWN, [MethodResult("dmarc", "fail", "no aligned pass", (("header.from", "a.test"),),
+                                              "p=reject dis=quarantine")])
+    ours = f"Authentication-Results: {failure}".replace("\n", "\r\n\t").encode() + b"\r\n"
+    passed = f"Authentication-Results: {OWN}; dmarc=pass header.from=a.test\r\n".encode()
+    other = b"Authentication-Results: other.test; dmarc=fail (p=reject dis=reject)\r\n"
+    assert gateway_dmarc_disposition(other + ours + passed + b"\r\nbody", OWN) == "quarantine"
+    assert gateway_dmarc_disposition(passed + ours + b"\r\nbody", OWN) is None  # the nearest gateway's counts
+    assert gateway_dmarc_disposition(other + b"\r\n" + ours, OWN) is None  # in the body: not a field

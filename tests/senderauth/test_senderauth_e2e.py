@@ -219,6 +219,15 @@ def test_forged_results_are_removed_and_a_trusted_gateways_kept(mailfleet_factor
     kept = _results(gateway, own)
     assert len(kept) == 2 and "dkim=pass header.d=sender.test" in kept[0]  # the gateway's, and none added
 
+    # The gateway found a p=quarantine failure, which it cannot file into Junk: the primary does.
+    verdict = (f"Authentication-Results: {own};\r\n\tspf=fail smtp.mailfrom=quarantine.test;\r\n"
+               '\tdmarc=fail (p=quarantine dis=quarantine) reason="no aligned SPF or DKIM pass"'
+               " header.from=quarantine.test\r\n")
+    assert _send(server, "eve@quarantine.test", _message("eve@quarantine.test", "gateway junk", extra=verdict),
+                 GATEWAY)[0] == 250
+    [junk] = _delivered(server, 1, folder="Junk")
+    assert b"Subject: gateway junk" in junk and len(_results(junk, own)) == 1
+
 
 def test_forged_results_are_removed_with_sender_auth_off(mailfleet_factory, named) -> None:
     server = _primary(mailfleet_factory, named, {"enabled": False, "authserv_id": "mx.home.test"})
