@@ -51,6 +51,10 @@ class _Missing(Exception):
     """The key record does not exist (a permanent error of that signature)."""
 
 
+class _BadKey(Exception):
+    """The key record is not a key (dkimpy reports it as a failed signature; RFC 6376 §6.1.2: a PERMFAIL)."""
+
+
 def usable(content: bytes) -> bytes:
     """``content`` with its header section ended at the first line that is neither a field nor a continuation
     (the body from there on, as filters/headers.py reads a message): dkimpy refuses such a message outright,
@@ -128,6 +132,10 @@ class Verifier:
             answer = keys.get(name.lower())
             if isinstance(answer, Exception):
                 raise answer
+            try:
+                dkim.evaluate_pk(name, answer)
+            except dkim.KeyFormatError as exc:
+                raise _BadKey(f"the key at {name.decode('ascii', 'replace')} is not a key: {exc}") from None
             return answer
 
         results = self._dkim(content, fields, dnsfunc) if check_dkim else []
@@ -151,7 +159,7 @@ class Verifier:
                 verified = verifier.verify(index, dnsfunc=dnsfunc)
             except TempError as exc:
                 results.append(result("temperror", f"key lookup: {exc}"))
-            except (_Missing, dkim.KeyFormatError) as exc:  # no key, or one that is not a key (RFC 6376 §6.1.2)
+            except (_Missing, _BadKey, dkim.KeyFormatError) as exc:  # no key, or not a key (RFC 6376 §6.1.2)
                 results.append(result("permerror", str(exc)))
             except dkim.DKIMException as exc:
                 if str(exc).startswith("body hash mismatch"):  # RFC 6376 §6.1.3: the body was changed
@@ -172,7 +180,7 @@ class Verifier:
             outcome, instances, reason = chain.verify(dnsfunc=dnsfunc)
         except TempError as exc:
             return ArcResult("fail", 0, f"key lookup: {exc}")  # RFC 8617 §5.2 knows no temperror
-        except (_Missing, dkim.DKIMException) as exc:
+        except (_Missing, _BadKey, dkim.DKIMException) as exc:
             return ArcResult("fail", 0, str(exc))
         except Exception as exc:  # dkimpy tripping over hostile input: the chain is not verified
             log.warning("ARC chain could not be checked: %s: %s", exc.__class__.__name__, exc)

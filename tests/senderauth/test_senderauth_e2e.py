@@ -25,6 +25,7 @@ GOOD = "127.0.35.1"  # mail.sender.test, in sender.test's SPF record: iprev and 
 STRANGER = "127.0.35.2"  # PTR stranger.elsewhere.test, which has no address: iprev fail, SPF fail
 NOBODY = "127.0.35.3"  # no PTR record
 GATEWAY = "127.0.35.9"  # the primary's trusted gateway
+RELAYED = "127.0.35.8"  # in outgoing_gateway.relay_networks
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 
@@ -79,7 +80,7 @@ def named(tmp_path: Path):
 
 def _primary(mailfleet_factory, named, sender_auth: dict | None = None, **more: object):
     return mailfleet_factory({
-        "roles": ["primary"],
+        "roles": more.pop("roles", ["primary"]),
         "dns": {"nameservers": [named.address], "port": named.port, "timeout": "2s"},
         "primary": {"domains": ["home.test", "lenient.test"],
                     "users": [{"address": "alice@home.test", "password_hash": _hash()},
@@ -237,8 +238,9 @@ def test_forged_results_are_removed_with_sender_auth_off(mailfleet_factory, name
     assert b"Authentication-Results" not in message
 
 
-def test_a_local_sender_from_outside_is_refused_and_a_submission_user_is_not(mailfleet_factory, named) -> None:
-    server = _primary(mailfleet_factory, named)
+def test_a_local_sender_from_outside_is_refused_and_ours_are_not(mailfleet_factory, named) -> None:
+    server = _primary(mailfleet_factory, named, roles=["primary", "outgoing_gateway"],
+                      outgoing_gateway={"relay_networks": [f"{RELAYED}/32"]})
     own = server.config["hostname"]
     code, reply = _send(server, "alice@home.test", _message("alice@home.test", "spoofed"), STRANGER)
     assert code == 550 and reply.startswith(b"5.7.1 <alice@home.test>")
@@ -248,6 +250,10 @@ def test_a_local_sender_from_outside_is_refused_and_a_submission_user_is_not(mai
         conn.sendmail("lee@lenient.test", ["alice@home.test"], _message("lee@lenient.test", "mine", extra=extra))
     [message] = _delivered(server, 1)
     assert b"Subject: mine" in message and b"Authentication-Results" not in message
+    # A host of relay_networks (the fleet's own) sends as a local user: not refused, not judged, forgery removed.
+    assert _send(server, "alice@home.test", _message("alice@home.test", "relayed", extra=extra), RELAYED)[0] == 250
+    relayed = _by_subject(_delivered(server, 2), "relayed")
+    assert b"Authentication-Results" not in relayed
 
 
 def test_arc_chain_is_verified(mailfleet_factory, named) -> None:
