@@ -23,8 +23,11 @@ from appliance.config.model import (
     BackupDomain,
     BackupMXConfig,
     BansConfig,
+    CodeRange,
     Config,
     DeliveryConfig,
+    DNSBLConfig,
+    DNSBLSite,
     DNSConfig,
     FiltersConfig,
     ForwardDomain,
@@ -34,6 +37,7 @@ from appliance.config.model import (
     LimitsConfig,
     ListenConfig,
     OutgoingGatewayConfig,
+    PregreetConfig,
     PrimaryConfig,
     QueueConfig,
     ScannerConfig,
@@ -591,7 +595,85 @@ def _bans(value: Any) -> BansConfig:
 
 def _screening(value: Any) -> ScreeningConfig:
     section = _mapping(value, "screening", _keys(ScreeningConfig))
-    return ScreeningConfig(**_given(section, "screening", {}))
+    return ScreeningConfig(**_given(section, "screening", {"pregreet": _pregreet, "dnsbl": _dnsbl}))
+
+
+def _pregreet(value: Any, where: str) -> PregreetConfig:
+    section = _mapping(value, where, _keys(PregreetConfig))
+    return PregreetConfig(**_given(section, where, {
+        "enabled": _bool,
+        "wait": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+
+
+def _dnsbl(value: Any, where: str) -> DNSBLConfig:
+    section = _mapping(value, where, _keys(DNSBLConfig))
+    config = DNSBLConfig(**_given(section, where, {
+        "sites": lambda v, w: tuple(_dnsbl_site(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "threshold": _number,
+        "allow_threshold": _number,
+        "timeout": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+    if config.allow_threshold >= config.threshold:
+        raise ConfigError(f"{where}.allow_threshold", f"must be below threshold ({config.threshold:g}), "
+                                                      f"got {config.allow_threshold:g}")
+    return config
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(where, f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _dnsbl_site(value: Any, where: str) -> DNSBLSite:
+    section = _mapping(value, where, _keys(DNSBLSite))
+    if "zone" not in section:
+        raise ConfigError(f"{where}.zone", "required: the DNS zone to ask, such as zen.spamhaus.org")
+
+    def weight(v: Any, w: str) -> float:
+        number = _number(v, w)
+        if number == 0:
+            raise ConfigError(w, "must not be 0 (a zone that counts nothing); negative makes it an allow list")
+        return number
+
+    return DNSBLSite(**_given(section, where, {
+        "zone": _domain,
+        "weight": weight,
+        "codes": lambda v, w: tuple(_code_range(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+    }))
+
+
+_LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
+_DNSBL_ERRORS = ipaddress.IPv4Network("127.255.255.0/24")
+
+
+def _code_range(value: Any, where: str) -> CodeRange:
+    """A DNSBL return code: '127.0.0.2', a range '127.0.0.4-127.0.0.7' or a network '127.0.1.0/24'.
+
+    RFC 5782 §2.1: the codes are addresses in 127.0.0.0/8; 127.255.255.0/24 is where Spamhaus answers "query
+    refused" (a public or unregistered resolver), never a listing, so a code there is refused too."""
+    text = _str(value, where)
+    try:
+        if "/" in text:
+            network = ipaddress.IPv4Network(text, strict=True)
+            first, last = network.network_address, network.broadcast_address
+        else:
+            low, sep, high = text.partition("-")
+            first = ipaddress.IPv4Address(low.strip())
+            last = ipaddress.IPv4Address(high.strip()) if sep else first
+    except ValueError:
+        raise ConfigError(where, f"{text!r} is not a return code (expected an IPv4 address such as 127.0.0.2, a "
+                                 f"range 127.0.0.4-127.0.0.7 or a network 127.0.1.0/24)") from None
+    if first > last:
+        raise ConfigError(where, f"{text!r}: the range ends before it starts")
+    if first not in _LOOPBACK_NET or last not in _LOOPBACK_NET:
+        raise ConfigError(where, f"{text!r}: DNSBL return codes are in 127.0.0.0/8 (RFC 5782 §2.1)")
+    if first <= _DNSBL_ERRORS.broadcast_address and last >= _DNSBL_ERRORS.network_address:
+        raise ConfigError(where, f"{text!r}: 127.255.255.0/24 holds error codes (query refused), never listings")
+    return first, last
 
 
 def _greylisting(value: Any) -> GreylistConfig:

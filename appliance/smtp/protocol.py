@@ -103,11 +103,28 @@ class Envelope:
 Reply = str | Awaitable[str]  # a decision at once, or one that has to wait (a DNS lookup, a milter)
 
 
+class Pregreet(Protocol):
+    """A pregreet test (screening/pregreet.py): how long the greeting waits between its "220-" line and its
+    final line, whether the test was called off meanwhile, and what the client's early bytes mean."""
+
+    wait: float
+
+    def skipped(self) -> bool: ...
+
+    def done(self, early: bytes) -> str | None:
+        """The refusal that answers every command but QUIT from now on, or None."""
+        ...
+
+
 class Handler(Protocol):
     """The decisions the engine asks for (smtp.server.InboundHandler)."""
 
     def handle_CONNECT(self, session: Session) -> str | None | Awaitable[str | None]:
         """None to greet the client, or the reply that refuses it (the connection is then closed)."""
+        ...
+
+    def handle_PREGREET(self, session: Session) -> Pregreet | None:
+        """After handle_CONNECT: the pregreet test this client takes at the greeting, or None."""
         ...
 
     def handle_HELO(self, session: Session, name: str) -> str | None | Awaitable[str | None]:
@@ -163,6 +180,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._data = bytearray()
         self._scan = 0
         self._dotted = False  # a line of the data starts with "." (dot-stuffed)
+        self._refusal: str | None = None  # the screening refused the client after "220-": every reply but QUIT's
 
     # ------------------------------------------------------------------ connection
 
@@ -174,10 +192,16 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._last = self._loop.time()
         self._timer = self._loop.call_later(self._timeout, self._check_idle)
         verdict = self.handler.handle_CONNECT(self.session)
-        if verdict is None:
-            transport.write(f"220 {self.hostname} Mailfleet ESMTP\r\n".encode())
-        elif isinstance(verdict, str):
+        if isinstance(verdict, str):
             self._refuse_connection(verdict)
+            return
+        pregreet = self.handler.handle_PREGREET(self.session)
+        if pregreet is not None:
+            # RFC 5321 §4.2.1: a greeting may span lines, and the client speaks only after the last one.
+            transport.write(f"220-{self.hostname} Mailfleet ESMTP\r\n".encode())
+            self._wait_for(self._pregreet(pregreet, verdict))
+        elif verdict is None:
+            transport.write(f"220 {self.hostname} Mailfleet ESMTP\r\n".encode())
         else:
             self._wait_for(self._greet_after(verdict))
 
@@ -193,6 +217,28 @@ class SMTPServerProtocol(asyncio.Protocol):
             self.push_plain(f"220 {self.hostname} Mailfleet ESMTP")
         else:
             self._refuse_connection(reply)
+
+    async def _pregreet(self, test: Pregreet, verdict: Awaitable[str | None] | None) -> None:
+        """The pregreet test: the CONNECT checks (DNS lookups) finish during the wait, then the final 220 line.
+
+        What the client sent meanwhile stays in the buffer (the engine is busy); a refusal, by the checks or
+        by the test, cannot change the 220 code any more (RFC 5321 §4.2.1), so it answers every command but
+        QUIT after the greeting (postscreen's "enforce"); a 421 is sent at once and the connection closed.
+        """
+        deadline = self._loop.time() + test.wait
+        reply = await verdict if verdict is not None else None
+        if reply is None and not test.skipped():
+            await asyncio.sleep(deadline - self._loop.time())
+        if self.transport is None:
+            return
+        if reply is None:
+            reply = test.done(bytes(self._buf))
+        self.push_plain(f"220 {self.hostname} Mailfleet ESMTP")
+        if reply is not None and reply.startswith("421"):
+            self.push(reply)
+            self.close()
+        elif reply is not None:
+            self._refusal = reply
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sessions.discard(self)
@@ -259,6 +305,9 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._command(line)
 
     def _command(self, line: bytes) -> None:
+        if self._refusal is not None and line.rstrip(b"\r\n").upper() != b"QUIT":
+            self.push(self._refusal)  # refused after a 220- greeting (see _pregreet)
+            return
         try:
             command = parse_command(line)
         except CommandError as exc:
