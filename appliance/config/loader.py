@@ -616,8 +616,12 @@ def _dnsbl(value: Any, where: str) -> DNSBLConfig:
         "timeout": parse_duration,
         "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
     }))
-    if config.allow_threshold >= config.threshold:
-        raise ConfigError(f"{where}.allow_threshold", f"must be below threshold ({config.threshold:g}), "
+    # A client listed nowhere scores 0: it must be neither refused nor allow-listed.
+    if config.threshold <= 0:
+        raise ConfigError(f"{where}.threshold", f"must be above 0 (a client listed nowhere scores 0), "
+                                                f"got {config.threshold:g}")
+    if config.allow_threshold >= 0:
+        raise ConfigError(f"{where}.allow_threshold", f"must be below 0 (a client listed nowhere scores 0), "
                                                       f"got {config.allow_threshold:g}")
     return config
 
