@@ -180,6 +180,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._data = bytearray()
         self._scan = 0
         self._dotted = False  # a line of the data starts with "." (dot-stuffed)
+        self._connect_verdicts: dict[str, object] = {}  # the CONNECT checks' verdicts, kept across STARTTLS
         self._refusal: str | None = None  # the screening refused the client after "220-": every reply but QUIT's
 
     # ------------------------------------------------------------------ connection
@@ -202,6 +203,7 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._wait_for(self._pregreet(pregreet, verdict))
         elif verdict is None:
             transport.write(f"220 {self.hostname} Mailfleet ESMTP\r\n".encode())
+            self._connect_verdicts = dict(self.session.verdicts)
         else:
             self._wait_for(self._greet_after(verdict))
 
@@ -215,6 +217,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         reply = await verdict
         if reply is None:
             self.push_plain(f"220 {self.hostname} Mailfleet ESMTP")
+            self._connect_verdicts = dict(self.session.verdicts)
         else:
             self._refuse_connection(reply)
 
@@ -234,6 +237,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         if reply is None:
             reply = test.done(bytes(self._buf))
         self.push_plain(f"220 {self.hostname} Mailfleet ESMTP")
+        self._connect_verdicts = dict(self.session.verdicts)
         if reply is not None and reply.startswith("421"):
             self.push(reply)
             self.close()
@@ -679,6 +683,8 @@ class SMTPServerProtocol(asyncio.Protocol):
         # RFC 3207 §4.2: the session starts afresh; what the checks held for the plaintext one ends with it.
         self.handler.handle_CLOSE(self.session)
         self.session = Session(self.session.peer, tls.get_extra_info("ssl_object"))
+        # What the CONNECT checks found by themselves (a DNSWL listing) was not obtained from the client: it stays.
+        self.session.verdicts.update(self._connect_verdicts)
         self._reset()
 
     def smtp_AUTH(self, arg: str | None) -> Coroutine[Any, Any, None] | None:

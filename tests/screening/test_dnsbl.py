@@ -8,17 +8,22 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiosmtplib
 from hypothesis import given
 from hypothesis import strategies as st
+from peers.tls import self_signed_cert
 
 from appliance.config.model import DNSBLConfig, DNSBLSite, DNSConfig, PregreetConfig, ScreeningConfig
-from appliance.pipeline.stages import Pipeline, Result, Stage
+from appliance.pipeline.intake import Intake
+from appliance.pipeline.stages import Pipeline, Result, Stage, accept
 from appliance.pipeline.verdicts import DNSBL_SCORE, DNSWL, PREGREET
 from appliance.screening.cache import ScreeningCache
 from appliance.screening.check import Screening
 from appliance.screening.dnsbl import ZoneAnswer, query_name, score
 from appliance.screening.lookup import DNSBLLookup
 from appliance.screening.pregreet import PregreetTest
+from appliance.smtp.protocol import SMTPServerProtocol
+from appliance.smtp.server import InboundHandler, ListenerOptions, SessionCounter
 
 pytest_plugins = ["peers.rbldnsd"]
 
@@ -196,3 +201,38 @@ def test_an_unusable_cache_file_tests_every_client_afresh(tmp_path: Path) -> Non
     cache.pregreet_record("127.0.33.45", passed=True)
     assert not cache.pregreet_passed("127.0.33.45")
     assert cache.dnsbl_answers("127.0.33.45", [BL]) == {}
+
+
+async def test_the_dnswl_verdict_outlives_starttls(rbldnsd_factory, tmp_path: Path) -> None:
+    """RFC 3207 §4.2 discards what the client said before STARTTLS, not what the CONNECT checks found out by
+    themselves: a later check (greylisting) still sees the DNSWL listing inside TLS."""
+    rbl = rbldnsd_factory({BL: {}, WL: {"127.0.33.46": "127.0.0.2"}})
+    check, cache = _screening(rbl, tmp_path, _Clock())
+    pipeline = Pipeline()
+    pipeline.register(Stage.CONNECT, check)
+    pipeline.register(Stage.MAIL, lambda client, transaction, sender: accept(
+        f"250 2.1.0 dnswl={','.join(client.verdicts.get(DNSWL, ())) or '-'}"))
+    handler = InboundHandler("mx.test", pipeline, Intake(_Nowhere()).commit, ListenerOptions("smtp"), None)
+    tls = self_signed_cert(tmp_path, "mx.test").server_context()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTPServerProtocol(handler, SessionCounter(10), hostname="mx.test", data_size_limit=10_000,
+                                   tls_context=tls, require_starttls=False), "127.0.0.1", 0)
+    try:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.sockets[0].getsockname()[1], timeout=10,
+                               source_address=("127.0.33.46", 0), start_tls=False, validate_certs=False)
+        await smtp.connect()
+        await smtp.starttls()
+        reply = await smtp.mail("friend@far.test")
+        assert reply.message == f"2.1.0 dnswl={WL}"
+        await smtp.quit()
+    finally:
+        server.close()
+        await server.wait_closed()
+        cache.close()
+
+
+class _Nowhere:
+    """A delivery target for a test that sends no message."""
+
+    def start(self, message: object) -> object:
+        raise AssertionError("no message is sent in this test")
