@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from appliance.config.dnsbl_codes import parse_codes
 from appliance.config.model import (
     DEFAULT_MAX_SCAN_SIZE,
     ON_ERROR,
@@ -646,38 +647,20 @@ def _dnsbl_site(value: Any, where: str) -> DNSBLSite:
     return DNSBLSite(**_given(section, where, {
         "zone": _domain,
         "weight": weight,
-        "codes": lambda v, w: tuple(_code_range(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "codes": _codes,
     }))
 
 
-_LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
-_DNSBL_ERRORS = ipaddress.IPv4Network("127.255.255.0/24")
-
-
-def _code_range(value: Any, where: str) -> CodeRange:
-    """A DNSBL return code: '127.0.0.2', a range '127.0.0.4-127.0.0.7' or a network '127.0.1.0/24'.
-
-    RFC 5782 §2.1: the codes are addresses in 127.0.0.0/8; 127.255.255.0/24 is where Spamhaus answers "query
-    refused" (a public or unregistered resolver), never a listing, so a code there is refused too."""
-    text = _str(value, where)
-    try:
-        if "/" in text:
-            network = ipaddress.IPv4Network(text, strict=True)
-            first, last = network.network_address, network.broadcast_address
-        else:
-            low, sep, high = text.partition("-")
-            first = ipaddress.IPv4Address(low.strip())
-            last = ipaddress.IPv4Address(high.strip()) if sep else first
-    except ValueError:
-        raise ConfigError(where, f"{text!r} is not a return code (expected an IPv4 address such as 127.0.0.2, a "
-                                 f"range 127.0.0.4-127.0.0.7 or a network 127.0.1.0/24)") from None
-    if first > last:
-        raise ConfigError(where, f"{text!r}: the range ends before it starts")
-    if first not in _LOOPBACK_NET or last not in _LOOPBACK_NET:
-        raise ConfigError(where, f"{text!r}: DNSBL return codes are in 127.0.0.0/8 (RFC 5782 §2.1)")
-    if first <= _DNSBL_ERRORS.broadcast_address and last >= _DNSBL_ERRORS.network_address:
-        raise ConfigError(where, f"{text!r}: 127.255.255.0/24 holds error codes (query refused), never listings")
-    return first, last
+def _codes(value: Any, where: str) -> tuple[CodeRange, ...]:
+    """A site's return codes (config/dnsbl_codes.py has the syntax), each item becoming one or more ranges."""
+    ranges: list[CodeRange] = []
+    for i, item in enumerate(_list(value, where)):
+        text = _str(item, f"{where}[{i}]")
+        try:
+            ranges += parse_codes(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}[{i}]", f"{text!r}: {exc}") from None
+    return tuple(ranges)
 
 
 def _greylisting(value: Any) -> GreylistConfig:

@@ -15,10 +15,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from appliance.config.dnsbl_codes import ERRORS, LISTINGS
 from appliance.config.model import CodeRange, DNSBLSite
-
-LISTINGS = ipaddress.IPv4Network("127.0.0.0/8")
-ERRORS = ipaddress.IPv4Network("127.255.255.0/24")
 
 
 def query_name(ip: str, zone: str) -> str:

@@ -9,7 +9,8 @@ to carry the same code, so the refusal cannot replace the greeting. The engine f
 ``220`` line and then answers every command but QUIT with 554 5.7.1 (postscreen's ``enforce`` action, rather
 than ``drop``, which answers 521 after the ``220-`` line against §4.2.1). The client hears a permanent refusal
 to MAIL and RCPT: nothing is accepted from it, and a legitimate but broken client bounces the message with a
-reason instead of retrying blindly. The failure is logged with what the client sent, and forgets any earlier
+reason instead of retrying blindly; after 20 refused commands (postscreen_command_count_limit) the engine
+answers 421 and hangs up. The failure is logged with what the client sent, and forgets any earlier
 pass, so the client is tested again on its next connection; a pass is cached for ``ttl``.
 """
 

@@ -42,6 +42,8 @@ log = logging.getLogger("appliance.smtp")
 # RFC 3207 §4: before STARTTLS on a port that requires it, only these commands are served.
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 BOGUS_LIMIT = 5  # unknown commands before we hang up
+REFUSED_COMMAND_LIMIT = 20  # commands a screened-out client is refused before we hang up (postscreen's
+                            # postscreen_command_count_limit)
 PENDING_LIMIT = 64 * 1024  # pipelined bytes we buffer while a command waits, before we stop reading
 SASL_LINE_LIMIT = 12 * 1024  # RFC 4954 §4: a SASL response line; far above what PLAIN/LOGIN need
 HELP_TEXT = {
@@ -182,6 +184,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._dotted = False  # a line of the data starts with "." (dot-stuffed)
         self._connect_verdicts: dict[str, object] = {}  # the CONNECT checks' verdicts, kept across STARTTLS
         self._refusal: str | None = None  # the screening refused the client after "220-": every reply but QUIT's
+        self._refused = 0  # commands answered with that refusal
 
     # ------------------------------------------------------------------ connection
 
@@ -310,7 +313,12 @@ class SMTPServerProtocol(asyncio.Protocol):
 
     def _command(self, line: bytes) -> None:
         if self._refusal is not None and line.rstrip(b"\r\n").upper() != b"QUIT":
-            self.push(self._refusal)  # refused after a 220- greeting (see _pregreet)
+            self._refused += 1  # refused after a 220- greeting (see _pregreet)
+            if self._refused > REFUSED_COMMAND_LIMIT:
+                self.push("421 4.7.0 Too many commands refused; closing connection")
+                self.close()
+                return
+            self.push(self._refusal)
             return
         try:
             command = parse_command(line)

@@ -66,11 +66,11 @@ def test_the_keys_of_the_plan_with_their_defaults() -> None:
     ({"dnsbl": {"sites": [{"zone": "a.test", "code": ["127.0.0.2"]}]}}, "sites[0].code: unknown key"),
     ({"dnsbl": {"sites": [{"zone": "a.test", "codes": "127.0.0.2"}]}}, "sites[0].codes: expected a list"),
     ({"dnsbl": {"sites": [{"zone": "a.test", "codes": ["127.0.0.x"]}]}},
-     "sites[0].codes[0]: '127.0.0.x' is not a return code"),
+     "sites[0].codes[0]: '127.0.0.x': not a return code"),
     ({"dnsbl": {"sites": [{"zone": "a.test", "codes": ["127.0.0.7-127.0.0.4"]}]}},
      "sites[0].codes[0]: '127.0.0.7-127.0.0.4': the range ends before it starts"),
     ({"dnsbl": {"sites": [{"zone": "a.test", "codes": ["10.0.0.2"]}]}}, "are in 127.0.0.0/8 (RFC 5782 §2.1)"),
-    ({"dnsbl": {"sites": [{"zone": "a.test", "codes": ["127.0.0.1/8"]}]}}, "is not a return code"),
+    ({"dnsbl": {"sites": [{"zone": "a.test", "codes": ["127.0.0.1/8"]}]}}, "': not a return code"),
     ({"dnsbl": {"sites": [{"zone": "a.test", "codes": ["127.255.255.254"]}]}},
      "127.255.255.0/24 holds error codes (query refused), never listings"),
     ({"dnsbl": {"sites": [{"zone": "a.test", "codes": ["127.0.0.2-127.255.255.255"]}]}}, "holds error codes"),
@@ -93,3 +93,43 @@ def test_any_range_of_listing_codes_reads_back_as_written(first: ipaddress.IPv4A
     first, last = min(first, last), max(first, last)
     [site] = load({"dnsbl": {"sites": [{"zone": "a.test", "codes": [f"{first}-{last}", str(first)]}]}}).dnsbl.sites
     assert site.codes == ((first, last), (first, first))
+
+
+def test_postfix_octet_patterns_stand_for_the_codes_they_name() -> None:
+    [trusted, any_wl] = load({"dnsbl": {"sites": [
+        {"zone": "list.dnswl.org", "weight": -3, "codes": ["127.0.[0..255].[2;3]"]},
+        {"zone": "list.dnswl.org", "weight": -1, "codes": ["127.0.0.[2;4..7;5]"]}]}}).dnsbl.sites
+    assert len(trusted.codes) == 256 and trusted.codes[0] == (A("127.0.0.2"), A("127.0.0.3"))
+    assert trusted.codes[-1] == (A("127.0.255.2"), A("127.0.255.3"))
+    assert any_wl.codes == ((A("127.0.0.2"), A("127.0.0.2")), (A("127.0.0.4"), A("127.0.0.7")))  # merged runs
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    ("127.0.[0..256].1", "octet '0..256' is not a number or range within 0..255"),
+    ("127.0.[3..1].1", "octet '3..1' is not a number or range"),
+    ("127.0.[0..255.1", "not a return code"),
+    ("127.[0..255].[0..255].[0..255]", "more than 4096"),
+    ("127.[0..255].255.255", "127.255.255.0/24 holds error codes"),
+    ("[10;127].0.0.2", "are in 127.0.0.0/8"),
+])
+def test_a_wrong_pattern_is_a_one_line_error(code: str, expected: str) -> None:
+    text = error({"dnsbl": {"sites": [{"zone": "a.test", "codes": [code]}]}})
+    assert f"screening.dnsbl.sites[0].codes[0]: {code!r}: " in text and expected in text
+
+
+_octet_sets = st.lists(st.tuples(st.integers(0, 254), st.integers(0, 254)).map(sorted), min_size=1, max_size=3)
+
+
+@given(st.tuples(_octet_sets, _octet_sets))
+def test_a_pattern_matches_exactly_the_addresses_whose_octets_it_names(octets: tuple[list, list]) -> None:
+    third, fourth = octets
+
+    def written(runs: list) -> str:
+        return "[" + ";".join(f"{low}..{high}" for low, high in runs) + "]"
+
+    [site] = load({"dnsbl": {"sites": [{"zone": "a.test", "codes": [
+        f"127.0.{written(third)}.{written(fourth)}"]}]}}).dnsbl.sites
+    covered = {a for first, last in site.codes for a in range(int(first), int(last) + 1)}
+    expected = {(127 << 24) | (c << 8) | d for low, high in third for c in range(low, high + 1)
+                for first, last in fourth for d in range(first, last + 1)}
+    assert covered == expected

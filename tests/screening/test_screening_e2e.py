@@ -14,7 +14,8 @@ pytest_plugins = ["peers.rbldnsd"]  # the `rbldnsd_factory` fixture
 BL, BL2, WL = "bl.screen.test", "bl2.screen.test", "wl.screen.test"
 LISTED, CLEAN, REFUSING, OTHER_CODE, ALLOWED, LATER = (
     "127.0.33.2", "127.0.33.3", "127.0.33.4", "127.0.33.5", "127.0.33.6", "127.0.33.7")
-TALKER, POLITE, ALLOWED_TALKER, LISTED_POLITE = "127.0.33.20", "127.0.33.21", "127.0.33.22", "127.0.33.23"
+TALKER, POLITE, ALLOWED_TALKER, LISTED_POLITE, FLOODER = (
+    "127.0.33.20", "127.0.33.21", "127.0.33.22", "127.0.33.23", "127.0.33.24")
 MESSAGE = b"From: friend@far.test\r\nSubject: hello\r\n\r\nHello.\r\n"
 SITES = [{"zone": BL, "weight": 2, "codes": ["127.0.0.2-127.0.0.3"]},
          {"zone": BL2, "weight": 1},
@@ -162,6 +163,16 @@ def test_a_pregreet_talker_is_refused_and_a_polite_client_passes_once(mailfleet_
     finally:
         talker.close()
     assert "PREGREET" in server.wait_for_log(f"client={TALKER} PREGREET")
+
+    # A bot that keeps going is refused 20 commands (postscreen_command_count_limit), then hung up on.
+    flood = _Raw(server.smtp_port, FLOODER, first=b"NOOP\r\n" * 25)
+    try:
+        assert flood.reply()[-1].startswith(b"220 ")
+        replies = [flood.reply()[0][:3] for _ in range(21)]
+        assert replies == [b"554"] * 20 + [b"421"]
+        assert flood.file.readline() == b""  # closed by the server
+    finally:
+        flood.close()
 
     _send(server, POLITE)  # smtplib waits for the last line of the greeting
     _delivered(server, 1)
