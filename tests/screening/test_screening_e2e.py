@@ -12,8 +12,8 @@ import pytest
 pytest_plugins = ["peers.rbldnsd"]  # the `rbldnsd_factory` fixture
 
 BL, BL2, WL = "bl.screen.test", "bl2.screen.test", "wl.screen.test"
-LISTED, CLEAN, REFUSING, OTHER_CODE, ALLOWED, LATER = (
-    "127.0.33.2", "127.0.33.3", "127.0.33.4", "127.0.33.5", "127.0.33.6", "127.0.33.7")
+LISTED, CLEAN, REFUSING, OTHER_CODE, ALLOWED, LATER, HIJACKED = (
+    "127.0.33.2", "127.0.33.3", "127.0.33.4", "127.0.33.5", "127.0.33.6", "127.0.33.7", "127.0.33.8")
 TALKER, POLITE, ALLOWED_TALKER, LISTED_POLITE, FLOODER = (
     "127.0.33.20", "127.0.33.21", "127.0.33.22", "127.0.33.23", "127.0.33.24")
 MESSAGE = b"From: friend@far.test\r\nSubject: hello\r\n\r\nHello.\r\n"
@@ -24,7 +24,7 @@ SITES = [{"zone": BL, "weight": 2, "codes": ["127.0.0.2-127.0.0.3"]},
 
 def _zones() -> dict[str, dict[str, str]]:
     return {BL: {LISTED: "127.0.0.2", OTHER_CODE: "127.0.0.9", LISTED_POLITE: "127.0.0.3"},
-            BL2: {REFUSING: "127.255.255.254"},
+            BL2: {REFUSING: "127.255.255.254", HIJACKED: "10.1.2.3"},
             WL: {ALLOWED: "127.0.0.2", ALLOWED_TALKER: "127.0.0.2"}}
 
 
@@ -99,6 +99,9 @@ def test_dnsbl_listed_client_is_refused_a_clean_one_accepted_and_errors_fail_ope
     _delivered(server, 3)
     log = server.wait_for_log("127.255.255.254", since=mark)
     assert "dns.nameservers" in log[mark:]  # the log says what to fix: the host's own resolver
+    _send(server, HIJACKED)  # an answer outside 127.0.0.0/8 (a resolver rewriting NXDOMAIN) is no listing
+    _delivered(server, 4)
+    assert "rewrites NXDOMAIN" in server.wait_for_log("10.1.2.3", since=mark)
 
     # List the clean client, then delist it: rbldnsd reloads the edited file, the next connection sees it.
     rbl.write(BL, {**_zones()[BL], LATER: "127.0.0.2"})
@@ -106,7 +109,21 @@ def test_dnsbl_listed_client_is_refused_a_clean_one_accepted_and_errors_fail_ope
     assert code == 554 and BL.encode() in text
     rbl.delist(BL, LATER, _zones()[BL])
     _send(server, LATER)
-    _delivered(server, 4)
+    _delivered(server, 5)
+
+    # SIGHUP turns the pregreet test on in both acceptors; a talker is refused from then on.
+    config = dict(server.config)
+    config["screening"] = {**config["screening"], "pregreet": {"enabled": True, "wait": "1s"}}
+    server.reload(config)
+    server.wait_for(lambda: "(2 of 2 SMTP workers)" in server.log(), what="both acceptors to reload")
+    for _ in range(2):  # new connections land on either acceptor
+        talker = _Raw(server.smtp_port, CLEAN, first=b"EHLO bot.test\r\n")
+        try:
+            assert talker.reply()[0].startswith(b"220-")
+            assert talker.reply()[0].startswith(b"554 5.7.1")
+        finally:
+            talker.close()
+    assert "Traceback" not in server.log()
 
 
 def test_dnswl_listed_client_skips_the_pregreet_test(mailfleet_factory, rbldnsd_factory) -> None:
@@ -201,3 +218,4 @@ def test_a_pregreet_talker_is_refused_and_a_polite_client_passes_once(mailfleet_
         assert submission.reply()[0].startswith(b"250")
     finally:
         submission.close()
+    assert "Traceback" not in server.log()
