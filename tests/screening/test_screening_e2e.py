@@ -84,6 +84,15 @@ class _Raw:
         self.sock.close()
 
 
+def _talk_first(port: int, source: str) -> tuple[bytes, bytes]:
+    """A client that sends EHLO before the greeting ends: (the greeting's first line, the answer to EHLO)."""
+    client = _Raw(port, source, first=b"EHLO bot.test\r\n")
+    try:
+        return client.reply()[0], client.reply()[0]
+    finally:
+        client.close()
+
+
 def test_dnsbl_listed_client_is_refused_a_clean_one_accepted_and_errors_fail_open(
         mailfleet_factory, rbldnsd_factory) -> None:
     rbl = rbldnsd_factory(_zones())
@@ -117,12 +126,8 @@ def test_dnsbl_listed_client_is_refused_a_clean_one_accepted_and_errors_fail_ope
     server.reload(config)
     server.wait_for(lambda: "(2 of 2 SMTP workers)" in server.log(), what="both acceptors to reload")
     for _ in range(2):  # new connections land on either acceptor
-        talker = _Raw(server.smtp_port, CLEAN, first=b"EHLO bot.test\r\n")
-        try:
-            assert talker.reply()[0].startswith(b"220-")
-            assert talker.reply()[0].startswith(b"554 5.7.1")
-        finally:
-            talker.close()
+        greeting, answer = _talk_first(server.smtp_port, CLEAN)
+        assert greeting.startswith(b"220-") and answer.startswith(b"554 5.7.1")
     assert "Traceback" not in server.log()
 
 
@@ -212,10 +217,6 @@ def test_a_pregreet_talker_is_refused_and_a_polite_client_passes_once(mailfleet_
         listed.close()
 
     # Submission is never screened: a client that talks first there is served as usual.
-    submission = _Raw(server.ports["submission"], TALKER, first=b"EHLO bot.test\r\n")
-    try:
-        assert submission.reply()[0].startswith(b"220 ")
-        assert submission.reply()[0].startswith(b"250")
-    finally:
-        submission.close()
+    greeting, answer = _talk_first(server.ports["submission"], TALKER)
+    assert greeting.startswith(b"220 ") and answer.startswith(b"250")
     assert "Traceback" not in server.log()
