@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from appliance.config.dnsbl_codes import parse_codes
 from appliance.config.model import (
     DEFAULT_MAX_SCAN_SIZE,
     DMARC_ACTIONS,
@@ -24,9 +25,12 @@ from appliance.config.model import (
     BackupDomain,
     BackupMXConfig,
     BansConfig,
+    CodeRange,
     Config,
     DeliveryConfig,
     DmarcActions,
+    DNSBLConfig,
+    DNSBLSite,
     DNSConfig,
     FiltersConfig,
     ForwardDomain,
@@ -36,6 +40,7 @@ from appliance.config.model import (
     LimitsConfig,
     ListenConfig,
     OutgoingGatewayConfig,
+    PregreetConfig,
     PrimaryConfig,
     QueueConfig,
     ScannerConfig,
@@ -593,7 +598,71 @@ def _bans(value: Any) -> BansConfig:
 
 def _screening(value: Any) -> ScreeningConfig:
     section = _mapping(value, "screening", _keys(ScreeningConfig))
-    return ScreeningConfig(**_given(section, "screening", {}))
+    return ScreeningConfig(**_given(section, "screening", {"pregreet": _pregreet, "dnsbl": _dnsbl}))
+
+
+def _pregreet(value: Any, where: str) -> PregreetConfig:
+    section = _mapping(value, where, _keys(PregreetConfig))
+    return PregreetConfig(**_given(section, where, {
+        "enabled": _bool,
+        "wait": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+
+
+def _dnsbl(value: Any, where: str) -> DNSBLConfig:
+    section = _mapping(value, where, _keys(DNSBLConfig))
+    config = DNSBLConfig(**_given(section, where, {
+        "sites": lambda v, w: tuple(_dnsbl_site(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "threshold": _number,
+        "allow_threshold": _number,
+        "timeout": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+    # A client listed nowhere scores 0: it must be neither refused nor allow-listed.
+    if config.threshold <= 0:
+        raise ConfigError(f"{where}.threshold", f"must be above 0 (a client listed nowhere scores 0), "
+                                                f"got {config.threshold:g}")
+    if config.allow_threshold >= 0:
+        raise ConfigError(f"{where}.allow_threshold", f"must be below 0 (a client listed nowhere scores 0), "
+                                                      f"got {config.allow_threshold:g}")
+    return config
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(where, f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _dnsbl_site(value: Any, where: str) -> DNSBLSite:
+    section = _mapping(value, where, _keys(DNSBLSite))
+    if "zone" not in section:
+        raise ConfigError(f"{where}.zone", "required: the DNS zone to ask, such as zen.spamhaus.org")
+
+    def weight(v: Any, w: str) -> float:
+        number = _number(v, w)
+        if number == 0:
+            raise ConfigError(w, "must not be 0 (a zone that counts nothing); negative makes it an allow list")
+        return number
+
+    return DNSBLSite(**_given(section, where, {
+        "zone": _domain,
+        "weight": weight,
+        "codes": _codes,
+    }))
+
+
+def _codes(value: Any, where: str) -> tuple[CodeRange, ...]:
+    """A site's return codes (config/dnsbl_codes.py has the syntax), each item becoming one or more ranges."""
+    ranges: list[CodeRange] = []
+    for i, item in enumerate(_list(value, where)):
+        text = _str(item, f"{where}[{i}]")
+        try:
+            ranges += parse_codes(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}[{i}]", f"{text!r}: {exc}") from None
+    return tuple(ranges)
 
 
 def _greylisting(value: Any) -> GreylistConfig:

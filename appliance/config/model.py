@@ -257,8 +257,45 @@ class BansConfig:
 
 
 @dataclass(frozen=True)
+class PregreetConfig:
+    """The pregreet test on the MX listener (postscreen_greet_action): a client that talks before the end of a
+    multi-line 220 greeting is refused for the whole session."""
+
+    enabled: bool = False
+    wait: float = 6.0  # postscreen_greet_wait: between the "220-" line and the final "220 " line
+    ttl: float = 86400.0  # postscreen_greet_ttl: a client that passed is not tested again for this long
+
+
+# An inclusive range of DNSBL return codes (A records under 127.0.0.0/8, RFC 5782 §2.1).
+CodeRange = tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
+
+
+@dataclass(frozen=True)
+class DNSBLSite:
+    """One entry of screening.dnsbl.sites (postscreen_dnsbl_sites): a zone, its weight, the codes that count.
+
+    A zone may be listed more than once, each entry with its own codes and weight; it is asked once."""
+
+    zone: str
+    weight: float = 1.0  # negative: an allow list (DNSWL)
+    codes: tuple[CodeRange, ...] = ()  # empty: any answer in 127.0.0.0/8 except 127.255.255.0/24 (errors)
+
+
+@dataclass(frozen=True)
+class DNSBLConfig:
+    sites: tuple[DNSBLSite, ...] = ()
+    threshold: float = 1.0  # a score at or above: 554 5.7.1 naming the zones (postscreen_dnsbl_threshold)
+    allow_threshold: float = -1.0  # at or below: allow-listed, verdict DNSWL (postscreen_dnsbl_allowlist_threshold)
+    timeout: float = 3.0  # for all zones together; a failure or timeout counts nothing (fail open)
+    ttl: float = 3600.0  # answers are cached per client IP this long
+
+
+@dataclass(frozen=True)
 class ScreeningConfig:
     """The screening before and at the greeting (as Postfix's postscreen): pregreet test, DNSBL and DNSWL."""
+
+    pregreet: PregreetConfig = PregreetConfig()
+    dnsbl: DNSBLConfig = DNSBLConfig()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from appliance.pipeline import limits, smuggling
 from appliance.pipeline.recipients import RecipientCheck, RecipientPolicy
 from appliance.pipeline.senders import SenderOwnership
 from appliance.pipeline.stages import Pipeline, Stage
+from appliance.screening import check as screening
 from appliance.screening import greylist
 from appliance.senderauth import check as senderauth
 
@@ -22,6 +23,7 @@ def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory
     pipeline = Pipeline()
     # The limits first: they cost nothing and spare the later checks the work.
     limits.register(pipeline, config.smtp.max_message_size, config.smtp.max_recipients)
+    screening.register(pipeline, config)  # MX listener, CONNECT: DNSBL/DNSWL score, pregreet test
     pipeline.register(Stage.MAIL, SenderOwnership(directory))  # submission users send as themselves
     pipeline.register(Stage.RCPT, RecipientCheck(policy))  # no open relay; local users, backup, forward
     greylist.register(pipeline, config)  # greylisting.enabled: 451 4.7.1 for a triplet's first attempt
