@@ -22,6 +22,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 
+from appliance.abuse.counts import CountTable, slots_for
+from appliance.abuse.limits import SessionHolds
 from appliance.auth.authenticator import Authenticator
 from appliance.auth.directory import Directory
 from appliance.config import Config
@@ -57,6 +59,7 @@ from appliance.store import MailStore
 log = logging.getLogger("appliance.serve")
 
 DRAIN_SECONDS = 20.0
+LIMITS_TABLE = "smtp-limits"  # under data_dir: the per-client counts of every acceptor (abuse/counts.py)
 
 
 class Mode(enum.Enum):
@@ -111,6 +114,7 @@ class Appliance:
         self.control: ControlServer | None = None
         self._runner_task: asyncio.Task[None] | None = None
         self.pipeline: Pipeline | None = None  # the SMTP listeners' checks; its scanners live as long as it
+        self.client_holds: SessionHolds | None = None  # the per-client limits' sessions; outlive the pipelines
         self._retiring: set[asyncio.Task[None]] = set()  # pipelines a reload replaced, closing their scanners
 
     # ------------------------------------------------------------------ parts built from the config
@@ -134,7 +138,7 @@ class Appliance:
 
     def _pipeline(self, config: Config) -> Pipeline:
         policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None)
-        return build_pipeline(config, policy, self.directory)
+        return build_pipeline(config, policy, self.directory, self.client_holds)
 
     def _over_quota(self, address: str, size: int) -> bool:
         assert self.directory is not None and self.store is not None
@@ -217,6 +221,11 @@ class Appliance:
         seat = self._seat
         if seat is not None:
             counter.table = SessionTable(config.data_dir / "smtp-sessions", seat.workers, seat.index)
+            counts = CountTable.shared(config.data_dir / LIMITS_TABLE, seat.workers, seat.index)
+        else:
+            counts = CountTable.private(slots_for(config.smtp.max_sessions))
+        self.client_holds = SessionHolds(counts)
+        counter.ended = self.client_holds.ended
         pipeline = self.pipeline = self._pipeline(config)
         authenticator = self.authenticator
 
