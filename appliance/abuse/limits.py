@@ -27,13 +27,14 @@ from appliance.pipeline.stages import Client, MailFrom, Pipeline, RcptTo, Result
 log = logging.getLogger("appliance.abuse")
 
 IP, NETWORK, USER = 1, 2, 3  # the kinds of keys
+KNOWN_ADDRESSES = 8192  # client addresses whose keys are remembered (the memo starts afresh when full)
 _IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
 # What each counter is called in the reply and the log, and the key of its limit in a LimitSet.
 _EVENTS = {CONNECTIONS: ("connection", "connection_rate"), MESSAGES: ("message", "message_rate"),
            RECIPIENTS: ("recipient", "recipient_rate"), AUTH: ("AUTH", "auth_rate")}
 
 
-def _key(packed: bytes, kind: int, prefix: int) -> bytes:
+def key_of(packed: bytes, kind: int, prefix: int) -> bytes:
     """A table key: 16 bytes (an IPv4 address as IPv4-mapped IPv6) and the tag."""
     if len(packed) == 4:
         packed = _IPV4_MAPPED + packed
@@ -84,11 +85,21 @@ class ClientLimits:
         self.window = limits.rate_window
         self._window_text = _duration(limits.rate_window)
         self._warned = False
+        self._known: dict[str, tuple[tuple[bytes, LimitSet, str], ...]] = {}
 
     # ------------------------------------------------------------------ who counts against what
 
     def _keys(self, ip: str) -> tuple[tuple[bytes, LimitSet, str], ...]:
-        """The keys `ip` counts against, each with its limits and how the reply names it; () when exempt."""
+        """The keys `ip` counts against, each with its limits and how the reply names it; () when exempt.
+        Remembered per address (the ipaddress module takes microseconds per question)."""
+        keys = self._known.get(ip)
+        if keys is None:
+            if len(self._known) >= KNOWN_ADDRESSES:
+                self._known.clear()
+            keys = self._known[ip] = self._classify(ip)
+        return keys
+
+    def _classify(self, ip: str) -> tuple[tuple[bytes, LimitSet, str], ...]:
         try:
             addr = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
@@ -98,18 +109,18 @@ class ClientLimits:
         if any(addr.version == net.version and addr in net for net in self.exempt):
             return ()
         full = addr.max_prefixlen
-        own = _key(addr.packed, IP, full)
+        own = key_of(addr.packed, IP, full)
         if any(addr.version == net.version and addr in net for net in self.relay):
             return ((own, self.limits.relay, f"relay client {addr}"),)
         prefix = self.limits.ipv4_prefix if addr.version == 4 else self.limits.ipv6_prefix
         network = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
         return ((own, self.limits.client, f"your address {addr}"),
-                (_key(network.network_address.packed, NETWORK, prefix), self.limits.network,
+                (key_of(network.network_address.packed, NETWORK, prefix), self.limits.network,
                  f"your network {network}"))
 
     def _user_key(self, login: str) -> tuple[bytes, LimitSet, str]:
         digest = hashlib.blake2b(login.lower().encode("utf-8", "surrogateescape"), digest_size=16).digest()
-        return _key(digest, USER, 0), self.limits.authenticated, f"user {login}"
+        return key_of(digest, USER, 0), self.limits.authenticated, f"user {login}"
 
     # ------------------------------------------------------------------ the checks
 

@@ -7,6 +7,7 @@ import os
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 from typing import Any
 
@@ -52,6 +53,12 @@ class Client:
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+
+def greeted(source: str, port: int) -> bool:
+    client = Client(source, port)
+    client.close()
+    return client.greeting.startswith("220 ")
 
 
 def workers_of(pid: int) -> list[int]:
@@ -286,3 +293,31 @@ def test_authenticated_users_count_per_login(primary) -> None:
     bob = login(server, ATTACKER, "bob@home.test")
     bob.sendmail("bob@home.test", ["alice@home.test"], b"Subject: from bob\r\n\r\nx\r\n")
     bob.quit()
+
+
+def test_a_session_stays_counted_after_starttls(mailfleet_factory, smtp_sink, workers) -> None:
+    """STARTTLS starts the SMTP session afresh (RFC 3207 §4.2) on the same connection: it still holds its
+    place, or a client could slip out of the count with a TLS handshake."""
+    server = mailfleet_factory(gateway(smtp_sink().port, workers, {"client": {"sessions": 2}}))
+    upgraded = Client(ATTACKER, server.smtp_port)
+    assert upgraded.command("EHLO tls.test").startswith("250")
+    assert upgraded.command("STARTTLS").startswith("220")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    upgraded.file.close()
+    upgraded.sock = context.wrap_socket(upgraded.sock)
+    upgraded.file = upgraded.sock.makefile("rb")
+    assert upgraded.command("EHLO tls.test").startswith("250")
+    second = Client(ATTACKER, server.smtp_port)
+    third = Client(ATTACKER, server.smtp_port)
+    try:
+        assert second.greeting.startswith("220 ")
+        assert third.greeting.startswith("421 4.7.0 Too many sessions")
+        assert upgraded.command("QUIT").startswith("221")
+        upgraded.close()
+        server.wait_for(lambda: greeted(ATTACKER, server.smtp_port),
+                        what="the upgraded session's place to be free once it ended")
+    finally:
+        for client in (second, third):
+            client.close()
