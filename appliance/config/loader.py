@@ -591,6 +591,7 @@ def _limits(value: Any) -> LimitsConfig:
         "network": lambda v, w: _limit_set(v, w, "network"),
         "relay": lambda v, w: _limit_set(v, w, "relay"),
         "authenticated": lambda v, w: _limit_set(v, w, "authenticated"),
+        "mailbox_sessions": _int,
     }))
 
 

@@ -283,6 +283,9 @@ class LimitsConfig:
     # An authenticated user (per login, whatever its address): its messages and recipients count against this
     # set instead of client and network; sessions, connections and AUTH are counted before the login is known.
     authenticated: LimitSet = LimitSet(message_rate=120, recipient_rate=1200)
+    # IMAP and POP3 sessions per client IP, both together (Dovecot's mail_max_userip_connections is 10 per user
+    # and IP); 0: no limit (the process's 2,000 still hold).
+    mailbox_sessions: int = 50
 
 
 @dataclass(frozen=True)

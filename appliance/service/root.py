@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from appliance.abuse.counts import CountTable, slots_for
 from appliance.abuse.limits import SessionHolds
 from appliance.auth.authenticator import Authenticator
+from appliance.auth.connections import ConnectionLimits
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.config.tls import server_tls_context
@@ -115,6 +116,7 @@ class Appliance:
         self._runner_task: asyncio.Task[None] | None = None
         self.pipeline: Pipeline | None = None  # the SMTP listeners' checks; its scanners live as long as it
         self.client_holds: SessionHolds | None = None  # the per-client limits' sessions; outlive the pipelines
+        self.mailbox_limits: ConnectionLimits | None = None  # IMAP and POP3 connections per client address
         self._retiring: set[asyncio.Task[None]] = set()  # pipelines a reload replaced, closing their scanners
 
     # ------------------------------------------------------------------ parts built from the config
@@ -259,14 +261,18 @@ class Appliance:
         listen = config.listen
         if self.store is None or self.authenticator is None:
             return
+        limits = self.mailbox_limits = ConnectionLimits(per_ip=config.limits.mailbox_sessions,
+                                                        exempt=config.limits.exempt)
         if listen.imap or listen.imaps:
             self.other_servers += await start_imap(
                 [(hp.host, hp.port) for hp in listen.imap], [(hp.host, hp.port) for hp in listen.imaps],
-                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback)
+                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback,
+                limits)
         if listen.pop3 or listen.pop3s:
             self.other_servers += await start_pop3(
                 [(hp.host, hp.port) for hp in listen.pop3], [(hp.host, hp.port) for hp in listen.pop3s],
-                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback)
+                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback,
+                limits=limits)
 
     def apply(self, new: Config) -> None:
         """Swap in a validated config: policy, routing, users and delivery settings; connections stay open."""
@@ -284,6 +290,8 @@ class Appliance:
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
+        if self.mailbox_limits is not None:
+            self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempt)
         if self.handlers:
             retired, pipeline = self.pipeline, self._pipeline(new)
             self.pipeline = pipeline

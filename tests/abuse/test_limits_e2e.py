@@ -321,3 +321,32 @@ def test_a_session_stays_counted_after_starttls(mailfleet_factory, smtp_sink, wo
     finally:
         for client in (second, third):
             client.close()
+
+
+def test_imap_and_pop3_sessions_are_limited_per_address(mailfleet_factory) -> None:
+    server = mailfleet_factory({
+        "roles": ["primary"], "smtp": {"workers": 0}, "limits": {"exempt": [], "mailbox_sessions": 3},
+        "primary": {"domains": ["home.test"]}}, services=("smtp", "imap", "pop3"))
+    imap, pop3 = server.ports["imap"], server.ports["pop3"]
+    held = [Client(ATTACKER, imap), Client(ATTACKER, imap), Client(ATTACKER, pop3)]
+    try:
+        assert [c.greeting[:4] for c in held] == ["* OK", "* OK", "+OK "]
+        over_imap, over_pop3 = Client(ATTACKER, imap), Client(ATTACKER, pop3)
+        held += [over_imap, over_pop3]
+        assert over_imap.greeting.startswith("* BYE Too many connections")
+        assert over_pop3.greeting.startswith("-ERR [SYS/TEMP] Too many connections from your address")
+        assert over_imap.closed() and over_pop3.closed()
+        other = Client(OTHER, imap)
+        held.append(other)
+        assert other.greeting.startswith("* OK")
+        held[0].command("a LOGOUT")
+        server.wait_for(lambda: greeted_mailbox(ATTACKER, pop3), what="the IMAP session's place to be free")
+    finally:
+        for client in held:
+            client.close()
+
+
+def greeted_mailbox(source: str, port: int) -> bool:
+    client = Client(source, port)
+    client.close()
+    return client.greeting.startswith("+OK")
