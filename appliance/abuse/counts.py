@@ -33,6 +33,9 @@ _SESSIONS_AT, _WINDOW_AT, _COUNTS_AT = 20, 24, 32
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<II")  # sessions, window number
 _COUNTS = struct.Struct("<4I4I")
+# What a reader needs of an entry for one counter, from the sessions on: sessions, window number, the
+# counter's count in that window and in the one before.
+_READ = tuple(struct.Struct(f"<II{4 + 4 * counter}xI12xI") for counter in range(4))
 _ZERO = bytes(ENTRY_SIZE - KEY_SIZE)
 PROBES = 32  # slots a key may be away from its hash slot
 MIN_SLOTS = 4096
@@ -136,16 +139,17 @@ class CountTable:
         sessions = 0
         rate = 0.0
         view = self._map
+        read = _READ[counter].unpack_from
         for region in range(self._regions):
             offset = self._own.get(key) if region == self._index else self._find(region, key)
             if offset is None:
                 continue
-            _, held, seen, _, *counts = ENTRY.unpack_from(view, offset)
+            held, seen, current, previous = read(view, offset + _SESSIONS_AT)
             sessions += held
             if seen == number:
-                rate += counts[counter] + counts[4 + counter] * left
+                rate += current + previous * left
             elif seen == number - 1:
-                rate += counts[counter] * left
+                rate += current * left
         return sessions, rate
 
     def add_session(self, key: bytes, delta: int) -> None:

@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from appliance.abuse.counts import AUTH, CONNECTIONS, MESSAGES, RECIPIENTS, CountTable
 from appliance.config.model import Config, LimitSet
@@ -30,8 +29,8 @@ IP, NETWORK, USER = 1, 2, 3  # the kinds of keys
 KNOWN_ADDRESSES = 8192  # client addresses whose keys are remembered (the memo starts afresh when full)
 _IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"
 # What each counter is called in the reply and the log, and the key of its limit in a LimitSet.
-_EVENTS = {CONNECTIONS: ("connection", "connection_rate"), MESSAGES: ("message", "message_rate"),
-           RECIPIENTS: ("recipient", "recipient_rate"), AUTH: ("AUTH", "auth_rate")}
+_EVENTS = {CONNECTIONS: ("connections", "connection_rate"), MESSAGES: ("messages", "message_rate"),
+           RECIPIENTS: ("recipients", "recipient_rate"), AUTH: ("AUTH commands", "auth_rate")}
 
 
 def key_of(packed: bytes, kind: int, prefix: int) -> bytes:
@@ -53,23 +52,26 @@ class SessionHolds:
         self.clock = clock
         self._held: dict[int, tuple[object, tuple[bytes, ...]]] = {}
 
-    def hold(self, peer: object, keys: tuple[bytes, ...]) -> None:
+    def hold(self, client: object, keys: tuple[bytes, ...]) -> None:
         for key in keys:
             self.table.add_session(key, 1)
-        self._held[id(peer)] = (peer, keys)
+        connection = _connection(client)
+        self._held[id(connection)] = (connection, keys)
 
-    def ended(self, client: Any) -> None:
+    def ended(self, client: object) -> None:
         """The connection of `client` (an SMTP session) ended: its session is released (once)."""
-        peer = getattr(client, "peer", None)
-        held = self._held.get(id(peer))
-        if held is None or held[0] is not peer:
+        connection = _connection(client)
+        held = self._held.get(id(connection))
+        if held is None or held[0] is not connection:
             return
-        del self._held[id(peer)]
+        del self._held[id(connection)]
         for key in held[1]:
             self.table.add_session(key, -1)
 
-    def __len__(self) -> int:
-        return len(self._held)
+
+def _connection(client: object) -> object:
+    """What stands for the connection: the SMTP session's peer (kept across STARTTLS), else the client."""
+    return getattr(client, "peer", None) or client
 
 
 class ClientLimits:
@@ -143,7 +145,7 @@ class ClientLimits:
                     refusal = self._rate_refusal(CONNECTIONS, limits.connection_rate, who)
         if refusal is not None:
             return self._refuse(client, refusal)
-        self.holds.hold(getattr(client, "peer", client), tuple(key for key, _, _ in keys))
+        self.holds.hold(client, tuple(key for key, _, _ in keys))
         return None
 
     def mail(self, client: Client, transaction: Transaction, sender: MailFrom) -> Result | None:
@@ -159,7 +161,7 @@ class ClientLimits:
         keys = self._keys(client.ip)
         if not keys:
             return None
-        if client.login and counter in (MESSAGES, RECIPIENTS) and keys[0][1] is not self.limits.relay:
+        if client.login and counter in (MESSAGES, RECIPIENTS):
             keys = (self._user_key(client.login),)
         table, now = self.holds.table, self.holds.clock()
         name = _EVENTS[counter][1]
@@ -177,7 +179,7 @@ class ClientLimits:
 
     def _rate_refusal(self, counter: int, limit: int, who: str) -> tuple[str, str, int]:
         event, name = _EVENTS[counter]
-        return f"Too many {event}s from {who} (limit {limit} per {self._window_text})", name, limit
+        return f"Too many {event} from {who} (limit {limit} per {self._window_text})", name, limit
 
     def _refuse(self, client: Client, refusal: tuple[str, str, int]) -> Result:
         text, name, limit = refusal

@@ -7,26 +7,29 @@ acceptors share theirs through abuse/counts.py.
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Callable
 
 from appliance.config.model import LimitsConfig
 
 MAX_CONNECTIONS = 2000  # all IMAP and POP3 connections of this process
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+def _nobody(ip: str) -> bool:
+    return False
 
 
 class ConnectionLimits:
-    """Counts open connections per client address; `exempt` networks count only toward the total."""
+    """Counts open connections per client address; an address for which `exempt(ip)` is true counts only
+    toward the total."""
 
     def __init__(self, total: int = MAX_CONNECTIONS, per_ip: int = LimitsConfig.mailbox_sessions,
-                 exempt: tuple[Network, ...] = ()) -> None:
+                 exempt: Callable[[str], bool] = _nobody) -> None:
         self.total = total
         self.open: dict[str, int] = {}
         self.per_ip = per_ip
         self.exempt = exempt
 
-    def reconfigure(self, per_ip: int, exempt: tuple[Network, ...]) -> None:
+    def reconfigure(self, per_ip: int, exempt: Callable[[str], bool]) -> None:
         """A reload: the connections open stay, the new limit applies to the next ones."""
         self.per_ip = per_ip
         self.exempt = exempt
@@ -35,7 +38,7 @@ class ConnectionLimits:
         count = self.open.get(ip, 0)
         if sum(self.open.values()) >= self.total:
             return False
-        if self.per_ip and count >= self.per_ip and not self._exempt(ip):
+        if self.per_ip and count >= self.per_ip and not self.exempt(ip):
             return False
         self.open[ip] = count + 1
         return True
@@ -46,12 +49,3 @@ class ConnectionLimits:
             self.open[ip] = left
         else:
             self.open.pop(ip, None)
-
-    def _exempt(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr.version == net.version and addr in net for net in self.exempt)

@@ -281,11 +281,15 @@ class LimitsConfig:
     # A client in outgoing_gateway.relay_networks: this set per IP, instead of client and network.
     relay: LimitSet = LimitSet(sessions=500)
     # An authenticated user (per login, whatever its address): its messages and recipients count against this
-    # set instead of client and network; sessions, connections and AUTH are counted before the login is known.
+    # set instead of its address's; sessions, connections and AUTH are counted before the login is known.
     authenticated: LimitSet = LimitSet(message_rate=120, recipient_rate=1200)
     # IMAP and POP3 sessions per client IP, both together (Dovecot's mail_max_userip_connections is 10 per user
     # and IP); 0: no limit (the process's 2,000 still hold).
     mailbox_sessions: int = 50
+
+    def exempts(self, ip: str) -> bool:
+        """True when no limit applies to a client at `ip`."""
+        return _in_networks(ip, self.exempt)
 
 
 @dataclass(frozen=True)

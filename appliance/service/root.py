@@ -262,7 +262,7 @@ class Appliance:
         if self.store is None or self.authenticator is None:
             return
         limits = self.mailbox_limits = ConnectionLimits(per_ip=config.limits.mailbox_sessions,
-                                                        exempt=config.limits.exempt)
+                                                        exempt=config.limits.exempts)
         if listen.imap or listen.imaps:
             self.other_servers += await start_imap(
                 [(hp.host, hp.port) for hp in listen.imap], [(hp.host, hp.port) for hp in listen.imaps],
@@ -291,7 +291,7 @@ class Appliance:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
         if self.mailbox_limits is not None:
-            self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempt)
+            self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempts)
         if self.handlers:
             retired, pipeline = self.pipeline, self._pipeline(new)
             self.pipeline = pipeline

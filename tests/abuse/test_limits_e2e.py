@@ -271,7 +271,7 @@ def test_auth_attempts_are_limited(primary) -> None:
     assert client.command("AUTH PLAIN AGFsaWNlQGhvbWUudGVzdAB3cm9uZw==")[:3] == "535"
     assert client.command("AUTH PLAIN AGFsaWNlQGhvbWUudGVzdAB3cm9uZzI=")[:3] == "535"
     assert client.command("AUTH PLAIN AGFsaWNlQGhvbWUudGVzdAB3cm9uZzM=") == (
-        "421 4.7.0 Too many AUTHs from your address 127.0.31.1 (limit 2 per 1h); try again later\r\n")
+        "421 4.7.0 Too many AUTH commands from your address 127.0.31.1 (limit 2 per 1h); try again later\r\n")
     assert client.closed()
 
 
@@ -350,3 +350,21 @@ def greeted_mailbox(source: str, port: int) -> bool:
     client = Client(source, port)
     client.close()
     return client.greeting.startswith("+OK")
+
+
+def test_a_reload_changes_the_limits_and_keeps_the_sessions_counted(mailfleet_factory, smtp_sink, workers) -> None:
+    server = mailfleet_factory(gateway(smtp_sink().port, workers, {"client": {"sessions": 5}}))
+    held = [Client(ATTACKER, server.smtp_port) for _ in range(3)]
+    try:
+        assert [c.greeting[:3] for c in held] == ["220"] * 3
+        config = dict(server.config)
+        config["limits"] = {**config["limits"], "client": {"sessions": 3}}
+        since = server.log_mark()
+        server.reload(config)
+        server.wait_for_log("config reloaded", since=since)
+        over = Client(ATTACKER, server.smtp_port)
+        held.append(over)
+        assert over.greeting.startswith("421 4.7.0 Too many sessions from your address 127.0.31.1 (limit 3)")
+    finally:
+        for client in held:
+            client.close()
