@@ -38,6 +38,7 @@ from appliance.config.model import (
     HostPort,
     IncomingGatewayConfig,
     LimitsConfig,
+    LimitSet,
     ListenConfig,
     OutgoingGatewayConfig,
     PregreetConfig,
@@ -588,7 +589,30 @@ def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
 
 def _limits(value: Any) -> LimitsConfig:
     section = _mapping(value, "limits", _keys(LimitsConfig))
-    return LimitsConfig(**_given(section, "limits", {}))
+    return LimitsConfig(**_given(section, "limits", {
+        "exempt": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "rate_window": parse_duration,
+        "ipv4_prefix": lambda v, w: _int(v, w, 8, 32),
+        "ipv6_prefix": lambda v, w: _int(v, w, 16, 128),
+        "client": lambda v, w: _limit_set(v, w, "client"),
+        "network": lambda v, w: _limit_set(v, w, "network"),
+        "relay": lambda v, w: _limit_set(v, w, "relay"),
+        "authenticated": lambda v, w: _limit_set(v, w, "authenticated"),
+        "mailbox_sessions": _int,
+    }))
+
+
+# An authenticated user is known only after AUTH: its sessions, connections and AUTH commands were counted
+# against its address before.
+_AFTER_LOGIN = ("message_rate", "recipient_rate")
+
+
+def _limit_set(value: Any, where: str, name: str) -> LimitSet:
+    """A set of limits; the keys it leaves out keep that set's defaults (not zero)."""
+    keys = _AFTER_LOGIN if name == "authenticated" else _keys(LimitSet)
+    section = _mapping(value, where, keys)
+    given = _given(section, where, {key: lambda v, w: _int(v, w, 0) for key in keys})
+    return dataclasses.replace(field_default(LimitsConfig, name), **given)
 
 
 def _bans(value: Any) -> BansConfig:

@@ -33,6 +33,8 @@ class Stage(enum.Enum):
     MAIL = "mail"  # MAIL FROM, address already parsed; argument: MailFrom
     RCPT = "rcpt"  # RCPT TO, address already parsed; argument: RcptTo (its targets may be rewritten)
     DATA = "data"  # after the final dot, before the 250; argument: the message bytes (CRLF, unstuffed)
+    AUTH = "auth"  # an AUTH command, before the SASL exchange; no transaction; argument: None; its checks
+    # answer at once (plain functions, no awaitable)
 
 
 class Action(enum.Enum):

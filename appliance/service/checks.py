@@ -7,6 +7,8 @@ asks for it.
 
 from __future__ import annotations
 
+from appliance.abuse import limits as client_limits
+from appliance.abuse.limits import SessionHolds
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.filters import check as filters
@@ -19,8 +21,11 @@ from appliance.screening import greylist
 from appliance.senderauth import check as senderauth
 
 
-def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None) -> Pipeline:
+def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None,
+                   holds: SessionHolds | None = None) -> Pipeline:
     pipeline = Pipeline()
+    if holds is not None:  # the per-client limits (anvil) before anything else: a refused client costs nothing
+        client_limits.register(pipeline, config, holds)
     # The limits first: they cost nothing and spare the later checks the work.
     limits.register(pipeline, config.smtp.max_message_size, config.smtp.max_recipients)
     screening.register(pipeline, config)  # MX listener, CONNECT: DNSBL/DNSWL score, pregreet test

@@ -174,6 +174,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._paused = False
         self._skipping = False  # inside an over-long line, discarding to its end
         self._bogus = BOGUS_LIMIT
+        self._hangup = False  # a 421 was answered: the connection closes once it is written
         self._line_waiter: asyncio.Future[bytes | None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
@@ -294,7 +295,7 @@ class SMTPServerProtocol(asyncio.Protocol):
     def _process(self) -> None:
         """Handle what is buffered, in order, until it runs out or a command has to wait."""
         buf = self._buf
-        while not self._busy and self.transport is not None and not self.transport.is_closing():
+        while not self._busy and not self._hangup and self.transport is not None and not self.transport.is_closing():
             if self._in_data:
                 if not self._take_data():
                     return
@@ -405,6 +406,8 @@ class SMTPServerProtocol(asyncio.Protocol):
     def push(self, status: str) -> None:
         """Queue a final reply: RFC 2034 §3, it gets an enhanced status code when it has none."""
         self._out.append(codes.with_enhanced(status).encode("utf-8", "replace") + b"\r\n")
+        if status.startswith("421"):  # RFC 5321 §3.8: a 421 reply ends the session; the server closes
+            self._hangup = True
 
     def push_plain(self, status: str) -> None:
         """Queue a reply that carries no enhanced code (EHLO/HELO answers, 354, 334)."""
@@ -413,6 +416,8 @@ class SMTPServerProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         if self._out and self.transport is not None:
             self.transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            if self._hangup:
+                self.transport.close()
         self._out.clear()
 
     # ------------------------------------------------------------------ commands
