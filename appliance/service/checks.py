@@ -7,6 +7,9 @@ asks for it.
 
 from __future__ import annotations
 
+from appliance.abuse.banned import RefuseBanned
+from appliance.abuse.dictionary import DictionaryGuard
+from appliance.auth.bans import BanStore
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.filters import check as filters
@@ -16,12 +19,18 @@ from appliance.pipeline.senders import SenderOwnership
 from appliance.pipeline.stages import Pipeline, Stage
 
 
-def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None) -> Pipeline:
+def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None,
+                   bans: BanStore | None = None) -> Pipeline:
     pipeline = Pipeline()
+    if bans is not None:  # banned clients get 421 4.7.0 at connect, on every listener
+        pipeline.register(Stage.CONNECT, RefuseBanned(bans))
     # The limits first: they cost nothing and spare the later checks the work.
     limits.register(pipeline, config.smtp.max_message_size, config.smtp.max_recipients)
     pipeline.register(Stage.MAIL, SenderOwnership(directory))  # submission users send as themselves
-    pipeline.register(Stage.RCPT, RecipientCheck(policy))  # no open relay; local users, backup, forward
+    recipients = RecipientCheck(policy)  # no open relay; local users, backup, forward
+    # Unknown recipients (550 5.1.1) from one client: slower replies, then a ban.
+    pipeline.register(Stage.RCPT, DictionaryGuard(recipients, bans, config.bans.dictionary)
+                      if bans is not None else recipients)
     pipeline.register(Stage.DATA, smuggling.line_endings)
     # The content filters last: the trusted-gateway rule on every host, the scanners where configured (their
     # connections are closed when the pipeline stops).
