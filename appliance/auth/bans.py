@@ -114,6 +114,27 @@ def _key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return format(int(address), "08x" if address.version == 4 else "032x")
 
 
+def _starts(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    """The first addresses (as keys) of every network that can hold ``address``, one per prefix length: a CIDR
+    network covers an address exactly when it starts at the address with the host bits cleared. An indexed
+    ``first IN (...)`` over these costs the same with one ban or ten thousand, as a range scan would not."""
+    bits, value = address.max_prefixlen, int(address)
+    width = "08x" if address.version == 4 else "032x"
+    full = (1 << bits) - 1
+    return list(dict.fromkeys(format(value & (full ^ ((1 << host) - 1)), width) for host in range(bits + 1)))
+
+
+def _covering(conn: sqlite3.Connection, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+              now: float) -> Ban | None:
+    """The ban in force that covers ``address`` (the longest, when several do), or None."""
+    starts = _starts(address)
+    row = conn.execute(
+        f"SELECT {_BAN_COLUMNS} FROM bans WHERE version = ? AND first IN ({', '.join('?' * len(starts))}) "
+        "AND last >= ? AND (until IS NULL OR until > ?) ORDER BY until IS NULL DESC, until DESC LIMIT 1",
+        (address.version, *starts, _key(address), now)).fetchone()
+    return Ban(*row) if row is not None else None
+
+
 def _ip(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(canonical_ip(client_ip))
@@ -169,6 +190,9 @@ class BanStore:
     def _connect(db_path: pathlib.Path | str) -> sqlite3.Connection:
         conn = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False, timeout=10.0)
         conn.execute("PRAGMA busy_timeout=10000")
+        # WAL with synchronous=NORMAL: a commit is not flushed at once; a power loss may forget the last
+        # attempts counted, never corrupt the file. A login is spared two flushes.
+        conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     def reconfigure(self, auth: AuthConfig, bans: BansConfig) -> None:
@@ -190,11 +214,7 @@ class BanStore:
         if addr is None or any(addr in network for network in self._exempt):
             return None
         with self._read_lock:
-            row = self._read_conn.execute(
-                f"SELECT {_BAN_COLUMNS} FROM bans WHERE version = ? AND first <= ? AND last >= ? "
-                "AND (until IS NULL OR until > ?) ORDER BY until IS NULL DESC, until DESC LIMIT 1",
-                (addr.version, _key(addr), _key(addr), self._clock())).fetchone()
-        return Ban(*row) if row is not None else None
+            return _covering(self._read_conn, addr, self._clock())
 
     def is_banned(self, client_ip: str) -> bool:
         return self.banned(client_ip) is not None
@@ -337,14 +357,9 @@ class BanStore:
 
     # ------------------------------------------------------------------ inside a write transaction
 
-    def _covering(self, conn: sqlite3.Connection, key: str, now: float) -> str | None:
+    def _covering(self, conn: sqlite3.Connection, key: str, now: float) -> Ban | None:
         addr = _ip(key)
-        if addr is None:
-            return None
-        row = conn.execute("SELECT network FROM bans WHERE version = ? AND first <= ? AND last >= ? "
-                           "AND (until IS NULL OR until > ?) LIMIT 1",
-                           (addr.version, _key(addr), _key(addr), now)).fetchone()
-        return None if row is None else row[0]
+        return None if addr is None else _covering(conn, addr, now)
 
     def _ban(self, conn: sqlite3.Connection, network: str, reason: str, evidence: str, base: float,
              now: float) -> Ban:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.auth.bans import DICTIONARY_ATTACK, LOGIN_FAILURES, BanError, BanStore, parse_network, span
 from appliance.config.model import AuthConfig, BansConfig, DictionaryConfig
@@ -175,3 +177,38 @@ def test_addresses_and_spans_read_as_an_administrator_writes_them() -> None:
     assert str(parse_network("::ffff:192.0.2.9")) == "192.0.2.9/32"
     assert str(parse_network(" 2001:db8::/32 ")) == "2001:db8::/32"
     assert [span(s) for s in (45, 600, 14400, 86400 * 7, 90.5)] == ["45s", "10m", "4h", "7d", "90.5s"]
+
+
+def test_overlapping_bans_the_longest_one_answers(make_store) -> None:
+    store = make_store()
+    store.add(parse_network("10.0.0.0/24"), HOUR, "small")
+    store.add(parse_network("10.0.0.0/8"), None, "large")  # starts at the same address
+    store.add(parse_network("10.0.0.5"), 2 * HOUR, "single")
+    assert store.banned("10.0.0.5").reason == "large"
+    assert store.banned("10.200.1.1").reason == "large"
+    assert store.remove(parse_network("10.0.0.0/8")) is not None
+    assert store.banned("10.0.0.5").reason == "single" and store.banned("10.0.0.6").reason == "small"
+    assert store.banned("10.0.1.0") is None
+
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_a_ban_covers_exactly_the_addresses_of_its_network(tmp_path_factory, data) -> None:
+    address, net = data.draw(st.sampled_from(((ipaddress.IPv4Address, ipaddress.IPv4Network),
+                                              (ipaddress.IPv6Address, ipaddress.IPv6Network))))
+    bits = 32 if address is ipaddress.IPv4Address else 128
+    prefix = data.draw(st.integers(0, bits))
+    start = data.draw(st.integers(0, 2**bits - 1)) >> (bits - prefix) << (bits - prefix)
+    network = net((start, prefix))
+    inside = address(start + data.draw(st.integers(0, network.num_addresses - 1)))
+    other = address(data.draw(st.integers(0, 2**bits - 1)))
+    store = BanStore(tmp_path_factory.mktemp("bans") / "bans.sqlite")
+    try:
+        store.add(network, None, "property")
+        for probe in (inside, other):
+            if isinstance(probe, ipaddress.IPv6Address) and probe.ipv4_mapped is not None:
+                continue  # ::ffff:a.b.c.d is looked up as a.b.c.d (tested above)
+            assert store.is_banned(str(probe)) == (probe in network), (network, probe)
+    finally:
+        store.close()
