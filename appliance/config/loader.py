@@ -28,6 +28,7 @@ from appliance.config.model import (
     CodeRange,
     Config,
     DeliveryConfig,
+    DictionaryConfig,
     DmarcActions,
     DNSBLConfig,
     DNSBLSite,
@@ -617,7 +618,40 @@ def _limit_set(value: Any, where: str, name: str) -> LimitSet:
 
 def _bans(value: Any) -> BansConfig:
     section = _mapping(value, "bans", _keys(BansConfig))
-    return BansConfig(**_given(section, "bans", {}))
+
+    def factor(v: Any, w: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 1:
+            raise ConfigError(w, f"expected a factor of at least 1 (1: bans do not grow), got {_kind(v)}")
+        return float(v)
+
+    return BansConfig(**_given(section, "bans", {
+        "escalation": factor,
+        "max_duration": parse_duration,
+        "memory": parse_duration,
+        "exempt": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "dictionary": _dictionary,
+    }))
+
+
+def _dictionary(value: Any, where: str) -> DictionaryConfig:
+    section = _mapping(value, where, _keys(DictionaryConfig))
+    config = DictionaryConfig(**_given(section, where, {
+        "enabled": _bool,
+        "session_threshold": lambda v, w: _int(v, w, 1),
+        "ip_threshold": lambda v, w: _int(v, w, 1),
+        "ban_after": lambda v, w: _int(v, w, 1),
+        "window": parse_duration,
+        "tarpit_delay": lambda v, w: parse_duration(v, w, allow_zero=True),
+        "tarpit_max": lambda v, w: parse_duration(v, w, allow_zero=True),
+        "ban_duration": parse_duration,
+    }))
+    if config.tarpit_max < config.tarpit_delay:
+        raise ConfigError(f"{where}.tarpit_max", f"must be at least tarpit_delay ({config.tarpit_delay:g}s), "
+                                                 f"got {config.tarpit_max:g}s")
+    if config.tarpit_max > 240:
+        raise ConfigError(f"{where}.tarpit_max", "must be at most 4m: a client waits 5 minutes for a RCPT reply "
+                                                 "(RFC 5321 §4.5.3.2) and would give up before the ban")
+    return config
 
 
 def _screening(value: Any) -> ScreeningConfig:

@@ -293,8 +293,35 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class DictionaryConfig:
+    """Dictionary attacks: unknown recipients (550 5.1.1) slow the RCPT replies down (the tarpit), then ban."""
+
+    enabled: bool = True
+    session_threshold: int = 5  # unknown recipients in one session, after which its RCPT replies slow down
+    ip_threshold: int = 10  # unknown recipients from one address within window: its RCPT replies slow down
+    ban_after: int = 30  # unknown recipients from one address within window: the address is banned
+    window: float = 600.0
+    tarpit_delay: float = 1.0  # the first delay; it doubles with each further unknown recipient ...
+    tarpit_max: float = 20.0  # ... up to this, well under the client's RCPT timeout (RFC 5321 §4.5.3.2.3: 5 min)
+    ban_duration: float = 3600.0  # a first dictionary ban; repeat offenders' bans escalate as any ban's
+
+
+@dataclass(frozen=True)
 class BansConfig:
-    """Bans for abuse (dictionary attacks) and login failures alike: escalation, the exempt list, the tarpit."""
+    """Bans for abuse (dictionary attacks) and login failures alike: escalation, the exempt list, the tarpit.
+
+    The first ban of an address lasts its reason's duration (auth.ban_duration, dictionary.ban_duration); each
+    further ban within ``memory`` of the last one ``escalation`` times the one before, up to ``max_duration``.
+    """
+
+    escalation: float = 4.0
+    max_duration: float = 30 * 86400.0
+    memory: float = 30 * 86400.0  # how long after its last ban ended an address still counts as a repeat offender
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # never banned, never tarpitted
+    dictionary: DictionaryConfig = DictionaryConfig()
+
+    def is_exempt(self, ip: str) -> bool:
+        return _in_networks(ip, self.exempt)
 
 
 @dataclass(frozen=True)

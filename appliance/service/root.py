@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from appliance.abuse.counts import CountTable, slots_for
 from appliance.abuse.limits import SessionHolds
 from appliance.auth.authenticator import Authenticator
+from appliance.auth.bans import BanStore, store_path
 from appliance.auth.connections import ConnectionLimits
 from appliance.auth.directory import Directory
 from appliance.config import Config
@@ -94,10 +95,11 @@ class Appliance:
         self.directory: Directory | None = None
         self.authenticator: Authenticator | None = None
         self.store: MailStore | None = None
+        # The bans of every listener, shared with the host's other processes and `mailfleet ban`.
+        self.bans = BanStore(store_path(config), config.auth, config.bans)
         if config.primary is not None:
             self.directory = Directory.from_config(config)
-            self.authenticator = Authenticator(self.directory, config.auth,
-                                               state_path=config.data_dir / "auth-state.sqlite")
+            self.authenticator = Authenticator(self.directory, config.auth, bans=self.bans)
             self.store = MailStore(config.mail_dir)
         self.router = self._router(config)
         self.local = self._local(config)
@@ -140,7 +142,7 @@ class Appliance:
 
     def _pipeline(self, config: Config) -> Pipeline:
         policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None)
-        return build_pipeline(config, policy, self.directory, self.client_holds)
+        return build_pipeline(config, policy, self.directory, self.client_holds, self.bans)
 
     def _over_quota(self, address: str, size: int) -> bool:
         assert self.directory is not None and self.store is not None
@@ -281,6 +283,7 @@ class Appliance:
             log.warning("reload: listen addresses, roles and data_dir change only with a restart; "
                         "the other settings take effect now")
         self.config = new
+        self.bans.reconfigure(new.auth, new.bans)
         if new.primary is not None and self.directory is not None and self.authenticator is not None:
             # Users, aliases and catch-alls rendered into the config change with it.
             self.directory = Directory.from_config(new)
