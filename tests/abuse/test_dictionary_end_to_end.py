@@ -13,6 +13,8 @@ import smtplib
 import socket
 import threading
 
+import pytest
+
 ATTACKER = "127.0.32.20"
 NEIGHBOUR = "127.0.32.21"
 CONFIG = {"roles": ["primary"], "primary": {"domains": ["example.org"], "users": [{"address": "alice@example.org"}]}}
@@ -36,11 +38,13 @@ def test_unknown_recipients_are_tarpitted_then_banned_everywhere(mailfleet_facto
         services=("smtp", "imap"))
     conn = mx(server, ATTACKER)
     replies = [conn.docmd("RCPT", f"TO:<{local}@example.org>") for local in
-               ("adam", "bert", "alice", "carl", "dave", "eric", "alice")]
+               ("adam", "bert", "alice", "carl", "dave", "eric")]
     codes = [(code, text.split(b" ", 1)[0]) for code, text in replies]
     assert codes == [(550, b"5.1.1"), (550, b"5.1.1"), (250, b"2.1.5"), (550, b"5.1.1"), (550, b"5.1.1"),
-                     (421, b"4.7.0"), (421, b"4.7.0")]
+                     (421, b"4.7.0")]
     assert b"127.0.32.20 is banned until " in replies[5][1] and b"(dictionary attack)" in replies[5][1]
+    with pytest.raises(smtplib.SMTPServerDisconnected):  # a 421 ends the session (RFC 5321 §3.8)
+        conn.docmd("RCPT", "TO:<alice@example.org>")
     conn.close()
     # the delays the server waited, in order: 0.05s from the third RCPT on, doubled per unknown one; the reply
     # that bans is not delayed
