@@ -27,6 +27,7 @@ from aiosmtplib.errors import SMTPConnectResponseError, SMTPException, SMTPHeloE
 
 from appliance.config import HostPort
 from appliance.config.model import CalloutConfig
+from appliance.delivery.client import ehlo_or_helo
 from appliance.dns.resolver import DNSError, Resolver, ip_literal
 from appliance.durable.sqlite import enable_wal, write_transaction
 from appliance.pipeline.recipients import Outcome, Verification
@@ -103,7 +104,7 @@ class RecipientCallout:
         self.hostname = hostname
         self.cache = cache
         self.resolver = resolver
-        self._running: dict[str, asyncio.Future[Verification]] = {}
+        self._running: dict[str, asyncio.Task[Verification]] = {}  # callouts under way, per address
 
     def cached(self, address: str, settings: CalloutConfig) -> Verification | None:
         try:
@@ -113,26 +114,25 @@ class RecipientCallout:
             return None
 
     async def verify(self, address: str, hosts: tuple[HostPort, ...], settings: CalloutConfig) -> Verification:
+        """The callout runs as a task of its own, which every RCPT for the address awaits (shielded): a session
+        that ends meanwhile does not cancel it for the others, and its answer is cached all the same."""
         key = address.lower()
-        running = self._running.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[Verification] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._ask_and_keep(address, hosts, settings),
+                                                          name=f"callout {key}")
+            self._running[key] = task
+            task.add_done_callback(lambda _done: self._running.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _ask_and_keep(self, address: str, hosts: tuple[HostPort, ...],
+                            settings: CalloutConfig) -> Verification:
+        verification = await self._ask(address, hosts, settings)
         try:
-            verification = await self._ask(address, hosts, settings)
-            try:
-                self.cache.put(address, verification, settings)
-            except sqlite3.Error as exc:
-                log.warning("callout cache %s not written (%s)", self.cache.path, exc)
-            future.set_result(verification)
-            return verification
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters that are gone must not make asyncio log it
-            raise
-        finally:
-            del self._running[key]
+            self.cache.put(address, verification, settings)
+        except sqlite3.Error as exc:
+            log.warning("callout cache %s not written (%s)", self.cache.path, exc)
+        return verification
 
     async def _ask(self, address: str, hosts: tuple[HostPort, ...], settings: CalloutConfig) -> Verification:
         tried: list[str] = []
@@ -142,14 +142,8 @@ class RecipientCallout:
                 try:
                     async with asyncio.timeout(settings.timeout):
                         code, text = await self._rcpt(ip, hop.port, address)
-                except TimeoutError:
-                    tried.append(f"{remote}: no answer within {settings.timeout:g}s")
-                    continue
-                except _NoFinalAnswer as exc:
-                    tried.append(f"{remote}: {exc}")
-                    continue
-                except (SMTPException, OSError) as exc:
-                    tried.append(f"{remote}: {exc.__class__.__name__}: {exc}")
+                except (TimeoutError, _NoFinalAnswer, SMTPException, OSError) as exc:
+                    tried.append(f"{remote}: {_why(exc, settings.timeout)}")
                     continue
                 answer = f"{remote}: {code} {_one_line(text)}"
                 if 200 <= code < 300:
@@ -179,12 +173,9 @@ class RecipientCallout:
             except SMTPConnectResponseError as exc:
                 raise _NoFinalAnswer(f"greeting {exc.code} {_one_line(exc.message)}") from exc
             try:
-                await smtp.ehlo()
-            except SMTPHeloError:
-                try:
-                    await smtp.helo()
-                except SMTPHeloError as exc:
-                    raise _NoFinalAnswer(f"HELO refused: {exc.code} {_one_line(exc.message)}") from exc
+                await ehlo_or_helo(smtp)
+            except SMTPHeloError as exc:
+                raise _NoFinalAnswer(f"HELO refused: {exc.code} {_one_line(exc.message)}") from exc
             mail = await smtp.execute_command(b"MAIL", b"FROM:<>")
             if mail.code != 250:
                 raise _NoFinalAnswer(f"MAIL FROM:<> refused: {mail.code} {_one_line(mail.message)}")
@@ -201,6 +192,15 @@ class RecipientCallout:
 
 class _NoFinalAnswer(Exception):
     """The destination answered, but not to the RCPT TO: ask the next one."""
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    """Why a destination gave no final answer, for the log."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, _NoFinalAnswer):
+        return str(exc)
+    return f"{exc.__class__.__name__}: {_one_line(str(exc))}"
 
 
 def _one_line(text: str) -> str:

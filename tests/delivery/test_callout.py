@@ -139,3 +139,39 @@ def test_a_peer_reply_reaches_the_log_as_one_short_printable_line(text):
 @pytest.mark.parametrize("reply", ["250 2.1.5 OK", "550 5.1.1 gone"])
 def test_one_line_keeps_an_ordinary_reply_as_it_is(reply):
     assert _one_line(reply) == reply
+
+
+async def test_a_session_that_ends_during_the_callout_cancels_it_for_no_one(tmp_path):
+    """Two RCPTs wait for one callout; the first session goes away (its task cancelled) while the destination
+    has not answered yet: the other still gets the answer, and it is cached."""
+    rcpt_seen, release = asyncio.Event(), asyncio.Event()
+    rcpts: list[bytes] = []
+
+    async def destination(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 slow.test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"RCPT":
+                rcpts.append(line)
+                rcpt_seen.set()
+                await release.wait()
+            writer.write(b"221 bye\r\n" if verb == b"QUIT" else b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(destination, "127.0.0.1", 0)
+    hosts = (HostPort("127.0.0.1", server.sockets[0].getsockname()[1]),)
+    callout = _callout(tmp_path)
+    try:
+        leaving = asyncio.create_task(callout.verify("alice@example.net", hosts, SETTINGS))
+        staying = asyncio.create_task(callout.verify("alice@example.net", hosts, SETTINGS))
+        await rcpt_seen.wait()
+        leaving.cancel()
+        release.set()
+        assert (await staying).outcome is Outcome.VALID
+        assert leaving.cancelled()
+        assert len(rcpts) == 1
+        assert callout.cached("alice@example.net", SETTINGS) is not None
+    finally:
+        server.close()
+        await server.wait_closed()
