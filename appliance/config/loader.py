@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 
+from appliance.config.dnsbl_codes import parse_codes
 from appliance.config.model import (
     CALLOUT_UNREACHABLE,
     DEFAULT_MAX_SCAN_SIZE,
+    DMARC_ACTIONS,
     ON_ERROR,
     ROLES,
     SCANNER_TYPES,
@@ -26,8 +28,12 @@ from appliance.config.model import (
     BackupMXConfig,
     BansConfig,
     CalloutConfig,
+    CodeRange,
     Config,
     DeliveryConfig,
+    DmarcActions,
+    DNSBLConfig,
+    DNSBLSite,
     DNSConfig,
     FiltersConfig,
     ForwardDomain,
@@ -37,6 +43,7 @@ from appliance.config.model import (
     LimitsConfig,
     ListenConfig,
     OutgoingGatewayConfig,
+    PregreetConfig,
     PrimaryConfig,
     QueueConfig,
     ScannerConfig,
@@ -594,17 +601,122 @@ def _bans(value: Any) -> BansConfig:
 
 def _screening(value: Any) -> ScreeningConfig:
     section = _mapping(value, "screening", _keys(ScreeningConfig))
-    return ScreeningConfig(**_given(section, "screening", {}))
+    return ScreeningConfig(**_given(section, "screening", {"pregreet": _pregreet, "dnsbl": _dnsbl}))
+
+
+def _pregreet(value: Any, where: str) -> PregreetConfig:
+    section = _mapping(value, where, _keys(PregreetConfig))
+    return PregreetConfig(**_given(section, where, {
+        "enabled": _bool,
+        "wait": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+
+
+def _dnsbl(value: Any, where: str) -> DNSBLConfig:
+    section = _mapping(value, where, _keys(DNSBLConfig))
+    config = DNSBLConfig(**_given(section, where, {
+        "sites": lambda v, w: tuple(_dnsbl_site(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "threshold": _number,
+        "allow_threshold": _number,
+        "timeout": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+    # A client listed nowhere scores 0: it must be neither refused nor allow-listed.
+    if config.threshold <= 0:
+        raise ConfigError(f"{where}.threshold", f"must be above 0 (a client listed nowhere scores 0), "
+                                                f"got {config.threshold:g}")
+    if config.allow_threshold >= 0:
+        raise ConfigError(f"{where}.allow_threshold", f"must be below 0 (a client listed nowhere scores 0), "
+                                                      f"got {config.allow_threshold:g}")
+    return config
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(where, f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _dnsbl_site(value: Any, where: str) -> DNSBLSite:
+    section = _mapping(value, where, _keys(DNSBLSite))
+    if "zone" not in section:
+        raise ConfigError(f"{where}.zone", "required: the DNS zone to ask, such as zen.spamhaus.org")
+
+    def weight(v: Any, w: str) -> float:
+        number = _number(v, w)
+        if number == 0:
+            raise ConfigError(w, "must not be 0 (a zone that counts nothing); negative makes it an allow list")
+        return number
+
+    return DNSBLSite(**_given(section, where, {
+        "zone": _domain,
+        "weight": weight,
+        "codes": _codes,
+    }))
+
+
+def _codes(value: Any, where: str) -> tuple[CodeRange, ...]:
+    """A site's return codes (config/dnsbl_codes.py has the syntax), each item becoming one or more ranges."""
+    ranges: list[CodeRange] = []
+    for i, item in enumerate(_list(value, where)):
+        text = _str(item, f"{where}[{i}]")
+        try:
+            ranges += parse_codes(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}[{i}]", f"{text!r}: {exc}") from None
+    return tuple(ranges)
 
 
 def _greylisting(value: Any) -> GreylistConfig:
     section = _mapping(value, "greylisting", _keys(GreylistConfig))
-    return GreylistConfig(**_given(section, "greylisting", {}))
+    config = GreylistConfig(**_given(section, "greylisting", {
+        "enabled": _bool,
+        "delay": parse_duration,
+        "retry_window": parse_duration,
+        "lifetime": parse_duration,
+        "auto_allow": lambda v, w: _int(v, w, 0),
+        "auto_allow_interval": lambda v, w: parse_duration(v, w, allow_zero=True),
+        "exempt": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "exempt_recipients": _greylist_recipients,
+    }))
+    if config.retry_window <= config.delay:
+        raise ConfigError("greylisting.retry_window", f"must be longer than delay ({config.delay:g}s): a retry "
+                                                      "could never come late enough to pass")
+    return config
+
+
+def _greylist_recipients(value: Any, where: str) -> frozenset[str]:
+    """Domains (example.org) and addresses (postmaster@example.org), lower-cased."""
+    found = set()
+    for i, item in enumerate(_list(value, where)):
+        text = _str(item, f"{where}[{i}]")
+        found.add((_address(text, f"{where}[{i}]") if "@" in text else _domain(text, f"{where}[{i}]")).lower())
+    return frozenset(found)
 
 
 def _sender_auth(value: Any) -> SenderAuthConfig:
     section = _mapping(value, "sender_auth", _keys(SenderAuthConfig))
-    return SenderAuthConfig(**_given(section, "sender_auth", {}))
+    given = _given(section, "sender_auth", {
+        **{key: _bool for key in ("enabled", "spf", "dkim", "dmarc", "arc", "refuse_local_senders")},
+        "authserv_id": lambda v, w: None if v is None else _hostname(v, w),
+        **_dmarc_actions_parsers(),
+    })
+    base = DmarcActions(given.get("dmarc_reject", DmarcActions.dmarc_reject),
+                        given.get("dmarc_quarantine", DmarcActions.dmarc_quarantine))
+    domains: dict[str, DmarcActions] = {}
+    for key, entry in _mapping(section.get("domains"), "sender_auth.domains").items():
+        where = _join("sender_auth.domains", key)
+        domain = _domain(key, where)
+        if domain in domains:
+            raise ConfigError(where, f"{domain} is listed twice")
+        actions = _mapping(entry, where, _keys(DmarcActions))
+        domains[domain] = dataclasses.replace(base, **_given(actions, where, _dmarc_actions_parsers()))
+    return SenderAuthConfig(domains=domains, **given)
+
+
+def _dmarc_actions_parsers() -> dict[str, _Parse]:
+    return {key: lambda v, w: _choice(v, w, DMARC_ACTIONS) for key in ("dmarc_reject", "dmarc_quarantine")}
 
 
 def _primary(value: Any) -> PrimaryConfig:

@@ -286,18 +286,108 @@ class BansConfig:
 
 
 @dataclass(frozen=True)
+class PregreetConfig:
+    """The pregreet test on the MX listener (postscreen_greet_action): a client that talks before the end of a
+    multi-line 220 greeting is refused for the whole session."""
+
+    enabled: bool = False
+    wait: float = 6.0  # postscreen_greet_wait: between the "220-" line and the final "220 " line
+    ttl: float = 86400.0  # postscreen_greet_ttl: a client that passed is not tested again for this long
+
+
+# An inclusive range of DNSBL return codes (A records under 127.0.0.0/8, RFC 5782 §2.1).
+CodeRange = tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
+
+
+@dataclass(frozen=True)
+class DNSBLSite:
+    """One entry of screening.dnsbl.sites (postscreen_dnsbl_sites): a zone, its weight, the codes that count.
+
+    A zone may be listed more than once, each entry with its own codes and weight; it is asked once."""
+
+    zone: str
+    weight: float = 1.0  # negative: an allow list (DNSWL)
+    codes: tuple[CodeRange, ...] = ()  # empty: any answer in 127.0.0.0/8 except 127.255.255.0/24 (errors)
+
+
+@dataclass(frozen=True)
+class DNSBLConfig:
+    sites: tuple[DNSBLSite, ...] = ()
+    threshold: float = 1.0  # a score at or above: 554 5.7.1 naming the zones (postscreen_dnsbl_threshold)
+    allow_threshold: float = -1.0  # at or below: allow-listed, verdict DNSWL (postscreen_dnsbl_allowlist_threshold)
+    timeout: float = 3.0  # for all zones together; a failure or timeout counts nothing (fail open)
+    ttl: float = 3600.0  # answers are cached per client IP this long
+
+
+@dataclass(frozen=True)
 class ScreeningConfig:
     """The screening before and at the greeting (as Postfix's postscreen): pregreet test, DNSBL and DNSWL."""
+
+    pregreet: PregreetConfig = PregreetConfig()
+    dnsbl: DNSBLConfig = DNSBLConfig()
 
 
 @dataclass(frozen=True)
 class GreylistConfig:
-    """Greylisting (off by default): the triplet, its delays, the auto-allow, the clients it skips."""
+    """Greylisting (off by default): the triplet, its delays, the auto-allow, the clients it skips.
+
+    The defaults are postgrey's (--delay, --retry-window, --max-age, --auto-whitelist-clients).
+    """
+
+    enabled: bool = False
+    delay: float = 300.0  # a retry sooner than this after the first attempt is greylisted again
+    retry_window: float = 2 * 86400.0  # a first retry later than this after the first attempt starts over
+    lifetime: float = 35 * 86400.0  # a passed triplet, an auto-allowed network: kept this long after last seen
+    auto_allow: int = 5  # a client network whose triplets passed this often is greylisted no more; 0: off
+    auto_allow_interval: float = 3600.0  # passes of one network closer together than this count once
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # clients never greylisted
+    exempt_recipients: frozenset[str] = frozenset()  # lower-case domains and addresses never greylisted
+
+    def exempts_client(self, ip: str) -> bool:
+        return _in_networks(ip, self.exempt)
+
+    def exempts_recipient(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.exempt_recipients or address.rpartition("@")[2] in self.exempt_recipients
+
+
+# What a DMARC failure gets under the sender domain's policy (RFC 7489 §6.3 p=reject / p=quarantine): refused
+# in the session with 550 5.7.1, filed into Junk, or only the Authentication-Results header saying so.
+DMARC_ACTIONS = ("reject", "junk", "none")
+
+
+@dataclass(frozen=True)
+class DmarcActions:
+    """What a DMARC failure of each published policy gets, for mail to one recipient domain (or all)."""
+
+    dmarc_reject: str = "reject"  # p=reject: one of DMARC_ACTIONS
+    dmarc_quarantine: str = "junk"  # p=quarantine: one of DMARC_ACTIONS
 
 
 @dataclass(frozen=True)
 class SenderAuthConfig:
     """SPF, DKIM, DMARC and ARC verification on the way in, the Authentication-Results header and its policy."""
+
+    enabled: bool = False  # the roles turn it on where mail arrives from outside
+    authserv_id: str | None = None  # RFC 8601 §2.5 authserv-id; None: the host name
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    arc: bool = True
+    dmarc_reject: str = "reject"
+    dmarc_quarantine: str = "junk"
+    # Per recipient domain, replacing the two keys above for mail to that domain.
+    domains: Mapping[str, DmarcActions] = field(default_factory=dict)  # read-only once built
+    # MAIL FROM a domain the fleet hosts, from a client that is not authenticated, not in relay_networks and
+    # not a trusted gateway: 550 5.7.1.
+    refuse_local_senders: bool = True
+
+    def __post_init__(self) -> None:
+        _frozen(self, "domains")
+
+    def actions_for(self, domain: str) -> DmarcActions:
+        """The DMARC actions for mail to ``domain``."""
+        return self.domains.get(domain.lower()) or DmarcActions(self.dmarc_reject, self.dmarc_quarantine)
 
 
 def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

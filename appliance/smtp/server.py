@@ -29,6 +29,8 @@ from appliance.message.address import AddressError, parse_mailbox
 from appliance.message.lines import has_bare_cr_or_lf
 from appliance.message.model import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
 from appliance.pipeline.stages import MailFrom, Outcome, Pipeline, RcptTo, Result, Stage
+from appliance.pipeline.verdicts import PREGREET
+from appliance.screening.pregreet import PregreetTest
 from appliance.smtp.commands import MailParams
 from appliance.smtp.protocol import Envelope, Session, SMTPServerProtocol
 
@@ -151,7 +153,11 @@ class InboundHandler:
         pipeline = self._pipeline
         if not pipeline.has_checks(Stage.CONNECT):
             return None
-        return _refusal(pipeline.run(Stage.CONNECT, session, None, None))
+        return _refusal(pipeline.run(Stage.CONNECT, session, None, self.options.name))
+
+    def handle_PREGREET(self, session: Session) -> PregreetTest | None:
+        test = session.verdicts.get(PREGREET)  # left by the CONNECT checks (screening/check.py)
+        return test if isinstance(test, PregreetTest) else None
 
     def handle_HELO(self, session: Session, name: str) -> str | None | Awaitable[str | None]:
         pipeline = self._pipeline
