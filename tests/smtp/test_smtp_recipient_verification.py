@@ -204,3 +204,20 @@ def test_callout_answers_are_cached_shared_by_the_acceptors_and_outlive_the_dest
     accepted(host, ["known@cached.example"], source=CLIENT)
     refused(host, "ghost@cached.example", 550, "5.1.1", source=CLIENT)
     refused(host, "new@cached.example", 450, "4.4.1", source=CLIENT)
+
+
+# ---------------------------------------------------------------------------------------------- reload
+
+
+def test_a_new_alias_on_the_list_is_accepted_after_a_reload(module_mailfleet, world_sink, primary):
+    """What the roles do when an alias is added to the inventory: render the longer list and reload."""
+    host = _backup(module_mailfleet, world_sink, [_at(primary)], "bk-reload", recipients=["alice@example.org"])
+    refused(host, "postmaster@example.org", 550, "5.1.1", source=CLIENT)
+    config = dict(host.server.config)
+    config["backup_mx"] = {"domains": {"example.org": {"primary_hosts": [_at(primary)],
+                                                       "recipients": ["alice@example.org",
+                                                                      "postmaster@example.org"]}}}
+    mark = host.server.log_mark()
+    host.server.reload(config)
+    host.server.wait_for_log("config reloaded", since=mark)
+    accepted(host, ["postmaster@example.org"], source=CLIENT)
