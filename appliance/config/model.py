@@ -133,16 +133,42 @@ class PrimaryConfig:
         _frozen(self, "aliases", "catch_all")
 
 
+# How a backup MX or an incoming gateway knows which addresses of a domain exist, so that it refuses at RCPT TO
+# what the primary would refuse instead of accepting it and bouncing it later to a sender that may be forged
+# (backscatter): `list` (the domain's recipients, rendered by the roles from the primary's users, aliases and
+# catch-alls), `callout` (ask the domain's own servers with an SMTP recipient callout, as Exim's callout and
+# Postfix's reject_unverified_recipient do), or `none` (accept every address: the exception an administrator
+# turns on knowingly).
+VERIFY_MODES = ("list", "callout", "none")
+# A callout that reached no destination: tempfail (450 4.4.1, the sender retries) or accept (and risk a bounce).
+CALLOUT_UNREACHABLE = ("tempfail", "accept")
+
+
+@dataclass(frozen=True)
+class CalloutConfig:
+    """The SMTP recipient callout of one role's domains: EHLO, MAIL FROM:<>, RCPT TO, RSET, QUIT at each
+    destination in order until one gives a final answer; the answers are cached per address in SQLite under
+    data_dir, shared by the acceptor processes."""
+
+    timeout: float = 10.0  # for one destination, from the connect to the RCPT reply
+    positive_ttl: float = 7 * 86400.0  # an address the destination took is believed this long (Postfix: 7d)
+    negative_ttl: float = 3 * 3600.0  # an address it refused, this long (Postfix's negative refresh: 3h)
+    unreachable: str = "tempfail"  # no destination gave a final answer: tempfail or accept
+
+
 @dataclass(frozen=True)
 class BackupDomain:
     primary_hosts: tuple[HostPort, ...]
+    # The valid addresses (lower case) for verify=list; "@domain" stands for every address (a catch-all).
     recipients: frozenset[str] = frozenset()
+    verify: str = "callout"  # one of VERIFY_MODES; in a file: list when recipients are given, else callout
 
 
 @dataclass(frozen=True)
 class BackupMXConfig:
     domains: Mapping[str, BackupDomain]
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
+    callout: CalloutConfig = CalloutConfig()
 
     def __post_init__(self) -> None:
         _frozen(self, "domains")
@@ -151,12 +177,15 @@ class BackupMXConfig:
 @dataclass(frozen=True)
 class ForwardDomain:
     destinations: tuple[HostPort, ...]
+    recipients: frozenset[str] = frozenset()  # as BackupDomain's
+    verify: str = "callout"  # as BackupDomain's
 
 
 @dataclass(frozen=True)
 class IncomingGatewayConfig:
     domains: Mapping[str, ForwardDomain]
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
+    callout: CalloutConfig = CalloutConfig()
 
     def __post_init__(self) -> None:
         _frozen(self, "domains")

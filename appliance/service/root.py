@@ -30,6 +30,7 @@ from appliance.auth.connections import ConnectionLimits
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.config.tls import server_tls_context
+from appliance.delivery.callout import CalloutCache, RecipientCallout
 from appliance.delivery.client import Deliverer
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.delivery.router import LOCAL, Router
@@ -103,6 +104,9 @@ class Appliance:
             self.store = MailStore(config.mail_dir)
         self.router = self._router(config)
         self.local = self._local(config)
+        # The recipient callout of backed-up and forwarded domains; its cache is shared by the acceptors.
+        self.callout = RecipientCallout(config.hostname, CalloutCache(config.data_dir / "recipient-callouts.sqlite"),
+                                        Resolver.from_config(config.dns))
         self.runner: QueueRunner | None = None
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
@@ -141,7 +145,8 @@ class Appliance:
         return MailboxTarget(self.local, self._seat.notifier.delivered if self._seat is not None else None)
 
     def _pipeline(self, config: Config) -> Pipeline:
-        policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None)
+        policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None,
+                                 self.callout)
         return build_pipeline(config, policy, self.directory, self.client_holds, self.bans)
 
     def _over_quota(self, address: str, size: int) -> bool:
@@ -290,6 +295,8 @@ class Appliance:
             self.authenticator.set_directory(self.directory)
         self.router = self._router(new)
         self.local = self._local(new)
+        self.callout.hostname = new.hostname
+        self.callout.resolver = Resolver.from_config(new.dns)
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
@@ -324,6 +331,7 @@ class Appliance:
         if self.control is not None:
             await self.control.stop()
         self.spool.close()
+        self.callout.cache.close()
         if self.mode is not Mode.ACCEPTOR:
             log.info("stopped")
 
