@@ -21,7 +21,7 @@ def primary_and_gateway(sink_port: int, retry: str = "1h") -> dict:
         "roles": ["primary", "incoming_gateway"],
         "queue": {"retry_schedule": [retry]},
         "primary": {"domains": ["home.test"], "users": [{"address": "alice@home.test"}]},
-        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{sink_port}"]}}},
+        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{sink_port}"], "verify": "none"}}},
     }
 
 

@@ -26,7 +26,7 @@ def test_backup_mx_retries_until_primary_comes_up(mailfleet_factory, smtp_sink) 
     server = mailfleet_factory({
         "roles": ["backup_mx"],
         "backup_mx": {"retry_schedule": ["1s", "2s"],
-                      "domains": {"example.test": {"primary_hosts": [f"127.0.0.1:{port}"]}}},
+                      "domains": {"example.test": {"primary_hosts": [f"127.0.0.1:{port}"], "verify": "none"}}},
     })
     try:
         queue_id = send(server.smtp_port, "someone@outside.test", ["alice@example.test"], "held")
@@ -61,7 +61,7 @@ def primary_and_gateway(sink_port: int, lifetime: str = "5d") -> dict:
         "roles": ["primary", "incoming_gateway"],
         "queue": {"retry_schedule": ["1s"], "lifetime": lifetime},
         "primary": {"domains": ["home.test"], "users": [{"address": "alice@home.test"}]},
-        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{sink_port}"]}}},
+        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"127.0.0.1:{sink_port}"], "verify": "none"}}},
     }
 
 
@@ -132,8 +132,8 @@ def test_a_recipient_delivered_before_a_crash_is_not_delivered_again(mailfleet_f
     server = mailfleet_factory({
         "roles": ["incoming_gateway"],
         "queue": {"retry_schedule": ["1s"]},
-        "incoming_gateway": {"domains": {"one.test": {"destinations": [f"127.0.0.1:{first.port}"]},
-                                         "two.test": {"destinations": [f"127.0.0.1:{second_port}"]}}},
+        "incoming_gateway": {"domains": {"one.test": {"destinations": [f"127.0.0.1:{first.port}"], "verify": "none"},
+                                         "two.test": {"destinations": [f"127.0.0.1:{second_port}"], "verify": "none"}}},
     })
     queue_id = send(server.smtp_port, "someone@outside.test", ["a@one.test", "b@two.test"], "twice")
     server.wait_for(lambda: "rcpt=b@two.test" in server.log() and len(first.messages) == 1,
