@@ -43,6 +43,9 @@ log = logging.getLogger("appliance.smtp")
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 BOGUS_LIMIT = 5  # unknown commands before we hang up
 PENDING_LIMIT = 64 * 1024  # pipelined bytes we buffer while a command waits, before we stop reading
+# Replies to one batch of pipelined commands written at once; past this many, they go out and, when the
+# transport's buffer is over its high-water mark (the client does not read), reading stops until it drains.
+REPLY_BATCH = 256
 SASL_LINE_LIMIT = 12 * 1024  # RFC 4954 §4: a SASL response line; far above what PLAIN/LOGIN need
 HELP_TEXT = {
     "AUTH": "AUTH <mechanism>", "DATA": "DATA", "EHLO": "EHLO hostname", "HELO": "HELO hostname",
@@ -152,7 +155,8 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._buf = bytearray()  # received, not yet handled
         self._out: list[bytes] = []  # replies not yet written
         self._busy = False  # a command is waiting for something; later lines stay in _buf
-        self._paused = False
+        self._paused = False  # reading is paused (transport.pause_reading)
+        self._write_paused = False  # the transport's write buffer is over its high-water mark
         self._skipping = False  # inside an over-long line, discarding to its end
         self._bogus = BOGUS_LIMIT
         self._line_waiter: asyncio.Future[bytes | None] | None = None
@@ -216,6 +220,9 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._timer = self._loop.call_later(max(self._timeout - idle, 1.0), self._check_idle)
             return
         log.info("client=%s idle for %.0f s; closing", self.session.ip, idle)
+        if self._write_paused:  # the client reads nothing: a close would wait for the buffer forever
+            self.transport.abort()
+            return
         self.transport.write(b"421 4.4.2 Idle too long; closing connection\r\n")
         self.transport.close()
 
@@ -231,17 +238,54 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._buf += data
         if self._line_waiter is not None:
             self._feed_waiter()
-        elif not self._busy:
+        elif not self._busy and not self._write_paused:
             self._process()
             self._flush()
-        elif len(self._buf) > PENDING_LIMIT and not self._paused and self.transport is not None:
+        elif len(self._buf) > PENDING_LIMIT:
+            self._pause_reading()
+
+    # Flow control (asyncio.Protocol): a client that sends commands and never reads the replies fills the
+    # transport's write buffer. Past its high-water mark reading stops, so the commands wait in the kernel's
+    # socket buffers and TCP stops the client; the replies of at most one batch (REPLY_BATCH) are held here.
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        # Not at once: the TLS transport may call this from inside a write of ours.
+        self._loop.call_soon(self._carry_on)
+
+    def _carry_on(self) -> None:
+        if self.transport is None or self._write_paused:
+            return
+        if not self._busy or len(self._buf) <= PENDING_LIMIT:
+            self._resume_reading()
+        if not self._busy and self._line_waiter is None:
+            self._process()
+            self._flush()
+
+    def _pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
+    def _resume_reading(self) -> None:
+        if self._paused and not self._write_paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
     def _process(self) -> None:
-        """Handle what is buffered, in order, until it runs out or a command has to wait."""
+        """Handle what is buffered, in order, until it runs out, a command has to wait or the client stops
+        reading the replies."""
         buf = self._buf
+        out = self._out
         while not self._busy and self.transport is not None and not self.transport.is_closing():
+            if len(out) >= REPLY_BATCH:
+                self._flush()  # may pause writing: then the rest waits in _buf for resume_writing
+                if self._write_paused:
+                    return
             if self._in_data:
                 if not self._take_data():
                     return
@@ -302,10 +346,9 @@ class SMTPServerProtocol(asyncio.Protocol):
             self.push(self.handler.handle_exception(error))
         if self.transport is None:
             return
-        if self._paused:
-            self._paused = False
-            self.transport.resume_reading()
-        self._process()
+        self._resume_reading()
+        if not self._write_paused:
+            self._process()
         self._flush()
 
     def _take_line(self) -> bytes | None:
