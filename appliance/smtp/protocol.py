@@ -81,8 +81,8 @@ class Envelope:
     """One mail transaction: MAIL, RCPTs, the data."""
 
     __slots__ = ("mail_from", "mail_options", "smtp_utf8", "size", "rcpt_tos", "rcpt_options", "accepted",
-                 "content", "dot_lines", "oversize", "long_line", "bare_line_ending", "verdicts", "added_headers",
-                 "meta")
+                 "content", "dot_lines", "oversize", "long_line", "bare_line_ending", "nul", "verdicts",
+                 "added_headers", "meta")
 
     def __init__(self) -> None:
         self.mail_from: str | None = None  # "<>" for the null reverse-path, so that it is true
@@ -98,6 +98,7 @@ class Envelope:
         self.oversize = False  # more than the size limit arrived; content is empty (nothing was kept)
         self.long_line = False  # a line over 998 octets (RFC 5321 §4.5.3.1.6)
         self.bare_line_ending = False  # a CR or LF that is not part of a CRLF (RFC 5321 §2.3.8)
+        self.nul = False  # a NUL octet (RFC 5322 §3.5, RFC 2045 §2.8)
         self.verdicts: dict[str, object] = {}  # the pipeline's checks' findings about this message
         self.added_headers: list[tuple[str, str]] = []  # headers the checks add to the message
         self.meta: dict[str, object] = {}  # what the checks want stored with the message (QueuedMessage.meta)
@@ -609,7 +610,7 @@ class SMTPServerProtocol(asyncio.Protocol):
                 envelope.oversize = True
                 envelope.long_line = _longest_line(body) > MAX_DATA_LINE
             else:
-                envelope.bare_line_ending, envelope.long_line = scan_lines(body)
+                envelope.bare_line_ending, envelope.long_line, envelope.nul = scan_lines(body)
                 # RFC 5321 §4.5.2: a line that starts with a dot loses it (transparency).
                 envelope.dot_lines = self._dotted
                 envelope.content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:] if self._dotted else body
