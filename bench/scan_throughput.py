@@ -20,7 +20,6 @@ not scan fails the run instead of measuring fast. Run as root (Postfix's master 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import os
@@ -28,7 +27,6 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,9 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import smtp_load
+from daemons import Daemon, LogCount
+from smtp_load import Sent
 from smtp_throughput import (
     REPO,
     BenchError,
@@ -45,16 +46,11 @@ from smtp_throughput import (
     PostfixInstance,
     Sink,
     filesystem_note,
-    free_port,
-    proc_cpu_seconds,
-    process_tree,
     raise_nofile,
     server_dir,
     spread_subdirectories,
     start_profile,
     stop_profile,
-    terminate,
-    wait_serving,
     wait_until,
 )
 
@@ -77,7 +73,7 @@ WORDS = ("the report for this quarter is attached please find the figures we dis
          "regards").split()
 
 
-def _text(rnd: random.Random, size: int) -> str:
+def office_text(rnd: random.Random, size: int) -> str:
     """Plain English-looking lines of about `size` bytes (word salad from an office mail, not spam-like)."""
     lines, total = [], 0
     while total < size:
@@ -110,10 +106,10 @@ def make_message(kind: str, i: int, round_: str = "") -> bytes:
     caches the hash of each clean part it scanned, and would answer a repeated one from memory."""
     rnd = random.Random(f"{kind}-{i}-{round_}")
     if kind == "text":
-        body = _text(rnd, KINDS["text"] * 1024 - 300)
+        body = office_text(rnd, KINDS["text"] * 1024 - 300)
         return (_headers(i, "Minutes", "text/plain; charset=utf-8") + "\r\n" + body).encode()
     boundary = f"=-bench-{i}"
-    text = _text(rnd, 2500)
+    text = office_text(rnd, 2500)
     binary = _pdf_like(rnd, (KINDS["attachment"] * 1024 - 3300) * 3 // 4)
     return (_headers(i, "Quarterly report", f"multipart/mixed; boundary=\"{boundary}\"") + "\r\n"
             f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}"
@@ -136,151 +132,11 @@ def gtube_message() -> bytes:
 # ---------------------------------------------------------------------------------------------- the client
 
 
-@dataclass
-class Sent:
-    """One SMTP transaction as the client saw it: the reply to the end of data and how long it took."""
-
-    reply: str  # the end-of-data reply ("250 ..."), or what failed before it ("RCPT: 554 ...", "connect: ...")
-    latency: float = 0.0  # seconds from the final dot to the reply
-
-    @property
-    def accepted(self) -> bool:
-        return self.reply.startswith("250")
-
-
-async def _reply(reader: asyncio.StreamReader) -> str:
-    """One SMTP reply, multi-line ones joined (RFC 5321 §4.2.1: the last line has a space after the code)."""
-    lines = []
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("connection closed")
-        lines.append(line.decode(errors="replace").rstrip())
-        if len(line) < 4 or line[3:4] != b"-":
-            return " / ".join(lines)
-
-
-async def send_one(address: str, port: int, message: bytes, rcpt: str = RCPT) -> Sent:
-    """One message in its own session; the clock runs from writing the final ".\\r\\n" to the reply."""
-    try:
-        reader, writer = await asyncio.open_connection(address, port)
-    except OSError as exc:
-        return Sent(f"connect: {exc}")
-    try:
-        steps = [(None, "220"), (b"EHLO load.source.example\r\n", "250"), (f"MAIL FROM:<{SENDER}>\r\n".encode(), "250"),
-                 (f"RCPT TO:<{rcpt}>\r\n".encode(), "250"), (b"DATA\r\n", "354")]
-        for command, want in steps:
-            if command is not None:
-                writer.write(command)
-            reply = await _reply(reader)
-            if not reply.startswith(want):
-                return Sent(f"{(command or b'banner').split(b' ')[0].decode().strip()}: {reply}")
-        # RFC 5321 §4.5.2: a line starting with "." gets another one.
-        data = message.replace(b"\r\n.", b"\r\n..")
-        writer.write(data if data.endswith(b"\r\n") else data + b"\r\n")
-        await writer.drain()
-        start = time.perf_counter()
-        writer.write(b".\r\n")
-        reply = await _reply(reader)
-        sent = Sent(reply, time.perf_counter() - start)
-        writer.write(b"QUIT\r\n")
-        await writer.drain()
-        return sent
-    except (OSError, ConnectionError) as exc:
-        return Sent(f"session: {exc}")
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
-
-
-async def _load(address: str, port: int, messages: list[bytes], sessions: int) -> list[Sent]:
-    results: list[Sent] = []
-    todo = iter(messages)
-
-    async def client() -> None:
-        for message in todo:  # the shared iterator hands each message to one client
-            results.append(await send_one(address, port, message))
-
-    await asyncio.gather(*(client() for _ in range(sessions)))
-    return results
-
-
 def run_client(address: str, port: int, messages: list[bytes], sessions: int, timeout: float) -> list[Sent]:
-    async def bounded() -> list[Sent]:
-        return await asyncio.wait_for(_load(address, port, messages, sessions), timeout)
-
-    try:
-        return asyncio.run(bounded())
-    except TimeoutError as exc:
-        raise BenchError(f"the load did not finish within {timeout:.0f}s") from exc
+    return smtp_load.run_client(address, port, messages, sessions, timeout, rcpt=RCPT, sender=SENDER)
 
 
 # ---------------------------------------------------------------------------------------------- the scanners
-
-
-class LogCount:
-    """Counts the lines of a growing log file that contain a marker, reading only what was added since."""
-
-    def __init__(self, path: Path, markers: dict[str, Callable[[str], bool]]) -> None:
-        self.path = path
-        self.markers = markers
-        self.counts = dict.fromkeys(markers, 0)
-        self._offset = 0
-        self._partial = ""
-
-    def read(self) -> dict[str, int]:
-        if self.path.exists():
-            with self.path.open("r", errors="replace") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-                self._offset = f.tell()
-            *lines, self._partial = (self._partial + chunk).split("\n")
-            for line in lines:
-                for name, match in self.markers.items():
-                    if match(line):
-                        self.counts[name] += 1
-        return dict(self.counts)
-
-
-class Daemon:
-    """A scanner daemon or milter run in the foreground as our child, with its own config under `workdir`."""
-
-    name = "daemon"
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port(ADDR)
-        self.proc: subprocess.Popen | None = None
-        self.log = workdir / f"{self.name}.out"
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def ready(self) -> bool:
-        try:
-            socket.create_connection((ADDR, self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def start(self, timeout: float = 120) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.workdir)
-        out.close()
-        wait_serving(self.proc, self.log, " ".join(self.command()), self.ready, timeout)
-
-    def stop(self) -> None:
-        terminate(self.proc, 30)
-
-    def cpu_seconds(self) -> float:
-        """The daemon's CPU time with all its threads, its live children and the children it has reaped."""
-        if self.proc is None:
-            return 0.0
-        return sum(proc_cpu_seconds(p, reaped=True) for p in process_tree(self.proc.pid))
 
 
 def _debian_conf(path: Path, drop: set[str], add: dict[str, str]) -> str:
