@@ -68,20 +68,22 @@ bench: venv ## Mailfleet vs Postfix: msg/s (local Maildir, relay to smtp-sink) a
 	$(PY) bench/smtp_throughput.py $(BENCH_ARGS)
 
 BENCH_SCAN_PACKAGES := postfix clamav-daemon clamav-milter spamassassin spamd spamc spamass-milter
-bench-scan: venv ## Mailfleet vs Postfix+milters scanning with one clamd and spamd: msg/s, p50/p99 to 250; root
-	@missing=""; for p in $(BENCH_SCAN_PACKAGES); do \
+# The Debian packages a benchmark needs, installed when one is missing: $(call bench_packages,LIST)
+define bench_packages
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+endef
+
+bench-scan: venv ## Mailfleet vs Postfix+milters scanning with one clamd and spamd: msg/s, p50/p99 to 250; root
+	$(call bench_packages,$(BENCH_SCAN_PACKAGES))
 	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
 	$(PY) bench/scan_throughput.py $(BENCH_ARGS)
 
 BENCH_AUTH_PACKAGES := postfix rbldnsd bind9 opendkim opendkim-tools opendmarc
 bench-auth: venv ## Mailfleet vs Postfix+postscreen+OpenDKIM+OpenDMARC: msg/s, CPU ms/msg with and without; root
-	@missing=""; for p in $(BENCH_AUTH_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+	$(call bench_packages,$(BENCH_AUTH_PACKAGES))
 	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
 	$(PY) bench/auth_throughput.py $(BENCH_ARGS)
 

@@ -45,6 +45,17 @@ import dns.exception
 import dns.message
 import dns.query
 from daemons import ADDR, Daemon
+from runs import (
+    add_common_options,
+    best_of,
+    conclude,
+    failed,
+    in_turns,
+    nearest_rank,
+    preflight,
+    progress,
+    stop_all,
+)
 from scan_throughput import office_text
 from smtp_load import Sent, run_client
 from smtp_throughput import (
@@ -63,7 +74,7 @@ from smtp_throughput import (
 )
 
 sys.path.insert(0, str(REPO / "tests"))
-from peers.named import NamedServer, start_named  # noqa: E402 - tests/ is on the path only from here
+from peers.named import start_named  # noqa: E402 - tests/ is on the path only from here
 
 DNS_ADDR = "127.0.0.1"  # the BIND everyone asks, on port 53 (the only port resolv.conf can name; BIND listens
 # only on addresses an interface has, and loopback has 127.0.0.1)
@@ -364,10 +375,7 @@ class Result:
         return self.per_msg(self.mta_cpu + self.milter_cpu + self.dns_cpu)
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] * 1000
+        return nearest_rank(self.latencies, p)
 
 
 def measure(relay: Relay, sink: Sink, dns_cpu: Callable[[], float], sessions: int, messages: list[bytes],
@@ -403,18 +411,8 @@ def measure(relay: Relay, sink: Sink, dns_cpu: Callable[[], float], sessions: in
 ORDER = ("Postfix", "Postfix+checks", "Mailfleet", "Mailfleet+checks")
 
 
-def best(results: list[Result]) -> dict[tuple[str, int], Result]:
-    """Per server and session count, the fastest measurement that succeeded (a failed one only if all failed)."""
-    keyed: dict[tuple[str, int], Result] = {}
-    for r in results:
-        held = keyed.get((r.server, r.sessions))
-        if held is None or (held.errors and not r.errors) or (not r.errors and r.rate > held.rate):
-            keyed[(r.server, r.sessions)] = r
-    return keyed
-
-
 def print_table(results: list[Result]) -> None:
-    keyed = best(results)
+    keyed = best_of(results, lambda r: (r.server, r.sessions))
     header = (f"{'server':<17} {'sessions':>8} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7}   "
               f"{'CPU ms/msg: MTA':>15} {'milters':>8} {'DNS':>6} {'all':>6}")
     print(header)
@@ -449,17 +447,9 @@ def print_table(results: list[Result]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--messages", type=int, default=1000, help="messages per measurement (default 1000)")
-    p.add_argument("--sessions", default="10,50", help="parallel sessions, comma separated (default 10,50)")
-    p.add_argument("--repeat", type=int, default=3, help="measurements per case and server; the best counts")
-    p.add_argument("--timeout", type=float, default=300, help="bound on each measurement, seconds (default 300)")
-    p.add_argument("--only", choices=["postfix", "mailfleet"], help="run one MTA only")
+    add_common_options(p, messages=1000, timeout=300)
     p.add_argument("--checks", choices=["both", "on", "off"], default="both",
                    help="measure each MTA with the checks, without, or both (default)")
-    p.add_argument("--mailfleet-src", type=Path, default=REPO,
-                   help="run the `appliance` package found in this directory (A/B runs against another checkout)")
-    p.add_argument("--smtp-workers", help="Mailfleet's smtp.workers setting (default: the config default)")
-    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs) for inspection")
     return p.parse_args(argv)
 
 
@@ -477,17 +467,12 @@ def _dns_free() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     me = "bench/auth_throughput.py"
-    if os.geteuid() != 0:
-        print(f"{me}: run as root (Postfix's master must start as root; the DNS listens on port 53)",
-              file=sys.stderr)
-        return 2
     tools = ("postfix", "postconf", "smtp-sink", "rbldnsd", "/usr/sbin/named", "/usr/sbin/opendkim",
              "/usr/sbin/opendmarc", "opendkim-genkey", "unshare", "nsenter")
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        print(f"{me}: {', '.join(missing)} not found; apt-get install postfix rbldnsd bind9 opendkim opendkim-tools "
-              "opendmarc util-linux", file=sys.stderr)
-        return 2
+    refused = preflight(me, "Postfix's master must start as root; the DNS listens on port 53", tools,
+                        "postfix rbldnsd bind9 opendkim opendkim-tools opendmarc util-linux")
+    if refused is not None:
+        return refused
     taken = _dns_free()
     if taken:
         print(f"{me}: {taken}", file=sys.stderr)
@@ -506,7 +491,6 @@ def main(argv: list[str] | None = None) -> int:
     dump.mkdir()
     shutil.chown(dump, "nobody")
     namespace = ResolvNamespace(dns_dir)
-    named: NamedServer | None = None
     relays: list[Relay] = []
     results: list[Result] = []
     started: list[Any] = []
@@ -522,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         named = start_named(dns_dir / "named", {SIGNER: signer_zone(signer.record), "other.example": "",
                                                 "37.0.127.in-addr.arpa": reverse_zone()},
                             address=DNS_ADDR, port=53, forwards={zone: (ADDR, rbl.port) for zone in ZONES})
+        started.append(named)
         dns_procs = (named.process.pid, rbl.proc.pid if rbl.proc else 0)
 
         def dns_cpu() -> float:
@@ -561,29 +546,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: signing {args.messages} messages", flush=True)
         batch = [signer.sign(make_message(i)) for i in range(1, args.messages + 1)]
         for sessions in session_counts:
-            for rep in range(args.repeat):
-                # All four run all along and take turns, the order flipped every round (as in the other benches).
-                for relay in (relays if rep % 2 == 0 else relays[::-1]):
-                    r = measure(relay, sink, dns_cpu, sessions, batch, args.timeout)
-                    results.append(r)
-                    note = f"  ({r.errors})" if r.errors else ""
-                    print(f"  {relay.name:<17} {sessions:>2} sessions: {r.rate:7,.1f} msg/s, p50 "
-                          f"{r.percentile(50):5,.0f} ms, p99 {r.percentile(99):5,.0f} ms; CPU ms/msg "
-                          f"{r.per_msg(r.mta_cpu):.2f} MTA + {r.per_msg(r.milter_cpu):.2f} milters + "
-                          f"{r.per_msg(r.dns_cpu):.2f} DNS{note}", flush=True)
+            for _, relay in in_turns(relays, args.repeat):
+                r = measure(relay, sink, dns_cpu, sessions, batch, args.timeout)
+                results.append(r)
+                progress(f"{relay.name:<17} {sessions:>2} sessions", r, f"{r.per_msg(r.mta_cpu):.2f} MTA + "
+                         f"{r.per_msg(r.milter_cpu):.2f} milters + {r.per_msg(r.dns_cpu):.2f} DNS")
     except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
+        return failed(exc)
     finally:
-        for part in reversed(started):
-            part.stop()
-        if named is not None:
-            named.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print()
-    print_table(results)
-    return 1 if any(r.errors for r in results) else 0
+        stop_all(started, tmp, args.keep)
+    return conclude(results, print_table)
 
 
 if __name__ == "__main__":

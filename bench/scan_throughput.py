@@ -38,9 +38,19 @@ from typing import Any
 
 import smtp_load
 from daemons import Daemon, LogCount
+from runs import (
+    add_common_options,
+    best_of,
+    conclude,
+    failed,
+    in_turns,
+    nearest_rank,
+    preflight,
+    progress,
+    stop_all,
+)
 from smtp_load import Sent
 from smtp_throughput import (
-    REPO,
     BenchError,
     MailfleetInstance,
     PostfixInstance,
@@ -388,11 +398,7 @@ class Result:
         return self.messages / self.total_s if self.total_s and not self.errors else 0.0
 
     def percentile(self, p: float) -> float:
-        """Milliseconds; nearest rank."""
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] * 1000
+        return nearest_rank(self.latencies, p)
 
     def per_msg(self, seconds: float) -> float:
         return seconds * 1000 / self.messages
@@ -446,20 +452,9 @@ def measure(gw: Gateway, sink: Sink, clamd: Clamd, spamd: Spamd, kind: str, sess
 # ---------------------------------------------------------------------------------------------- report
 
 
-def best(results: list[Result]) -> dict[tuple[str, str, int], Result]:
-    """Per server and case, the fastest measurement that succeeded (a failed one only if all failed)."""
-    keyed: dict[tuple[str, str, int], Result] = {}
-    for r in results:
-        key = (r.server, r.kind, r.sessions)
-        held = keyed.get(key)
-        if held is None or (held.errors and not r.errors) or (not r.errors and r.rate > held.rate):
-            keyed[key] = r
-    return keyed
-
-
 def _section(title: str, results: list[Result], row: Callable[[Result | None, Result | None], str]) -> None:
     """One table: a row per case, `row` formatting the best Postfix and Mailfleet measurements of it."""
-    keyed = best(results)
+    keyed = best_of(results, lambda r: (r.server, r.kind, r.sessions))
     print(title)
     print("-" * len(title))
     for kind, sessions in sorted({(r.kind, r.sessions) for r in results}, key=lambda c: (KINDS[c[0]], c[1])):
@@ -514,35 +509,23 @@ def _pair(pf: Result | None, mf: Result | None, value: Callable[[Result], float]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--messages", type=int, default=300, help="messages per measurement (default 300)")
+    add_common_options(p, messages=300, timeout=600)
     p.add_argument("--kinds", default="text,attachment", help="text (5 KB), attachment (50 KB), comma separated")
-    p.add_argument("--sessions", default="10,50", help="parallel sessions, comma separated (default 10,50)")
-    p.add_argument("--repeat", type=int, default=3, help="measurements per case and server; the best counts")
     p.add_argument("--signatures", type=int, default=100_000, help="random body signatures in clamd's DB")
     p.add_argument("--spamd-children", type=int, default=4, help="spamd's preforked children (default 4)")
-    p.add_argument("--timeout", type=float, default=600, help="bound on each measurement, seconds (default 600)")
-    p.add_argument("--only", choices=["postfix", "mailfleet"], help="run one server only")
-    p.add_argument("--mailfleet-src", type=Path, default=REPO,
-                   help="run the `appliance` package found in this directory (A/B runs against another checkout)")
-    p.add_argument("--smtp-workers", help="Mailfleet's smtp.workers setting (default: the config default)")
     p.add_argument("--profile", type=Path, help="record a py-spy flame graph of Mailfleet per measurement here")
-    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs) for inspection")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     me = "bench/scan_throughput.py"
-    if os.geteuid() != 0:
-        print(f"{me}: run as root (Postfix's master must start as root)", file=sys.stderr)
-        return 2
     tools = ("postfix", "postconf", "smtp-sink", "/usr/sbin/clamd", "/usr/sbin/clamav-milter", "/usr/sbin/spamd",
              "/usr/sbin/spamass-milter", "spamc")
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        print(f"{me}: {', '.join(missing)} not found; apt-get install postfix clamav-daemon clamav-milter spamd "
-              "spamc spamass-milter", file=sys.stderr)
-        return 2
+    refused = preflight(me, "Postfix's master must start as root", tools,
+                        "postfix clamav-daemon clamav-milter spamd spamc spamass-milter")
+    if refused is not None:
+        return refused
     if args.profile is not None and shutil.which("py-spy") is None:
         print(f"{me}: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return 2
@@ -602,30 +585,18 @@ def main(argv: list[str] | None = None) -> int:
         sink.start()  # measurements without writing each message to a file
         for kind in kinds:
             for sessions in session_counts:
-                for rep in range(args.repeat):
-                    # Both gateways run all along and take turns, the order flipped every round (as in
-                    # smtp_throughput.py); each measurement has messages of its own.
-                    for gw in (gateways if rep % 2 == 0 else gateways[::-1]):
-                        batch = [make_message(kind, i, f"{gw.name}-{sessions}-{rep}")
-                                 for i in range(1, args.messages + 1)]
-                        r = measure(gw, sink, clamd, spamd, kind, sessions, batch, args.timeout, args.profile)
-                        results.append(r)
-                        note = f"  ({r.errors})" if r.errors else ""
-                        print(f"  {gw.name:<9} {KINDS[kind]:>2} KB {kind:<10} {sessions:>2} sessions: {r.rate:7,.1f} "
-                              f"msg/s, p50 {r.percentile(50):5,.0f} ms, p99 {r.percentile(99):5,.0f} ms; CPU ms/msg "
-                              f"{r.per_msg(r.mta_cpu):.2f} MTA + {r.per_msg(r.milter_cpu):.2f} milters, clamd "
-                              f"{r.per_msg(r.clamd_cpu):.2f}, spamd {r.per_msg(r.spamd_cpu):.2f}{note}", flush=True)
+                for rep, gw in in_turns(gateways, args.repeat):  # each measurement has messages of its own
+                    batch = [make_message(kind, i, f"{gw.name}-{sessions}-{rep}") for i in range(1, args.messages + 1)]
+                    r = measure(gw, sink, clamd, spamd, kind, sessions, batch, args.timeout, args.profile)
+                    results.append(r)
+                    progress(f"{gw.name:<9} {KINDS[kind]:>2} KB {kind:<10} {sessions:>2} sessions", r,
+                             f"{r.per_msg(r.mta_cpu):.2f} MTA + {r.per_msg(r.milter_cpu):.2f} milters, clamd "
+                             f"{r.per_msg(r.clamd_cpu):.2f}, spamd {r.per_msg(r.spamd_cpu):.2f}")
     except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
+        return failed(exc)
     finally:
-        for part in reversed(started):
-            part.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print()
-    print_table(results)
-    return 1 if any(r.errors for r in results) else 0
+        stop_all(started, tmp, args.keep)
+    return conclude(results, print_table)
 
 
 if __name__ == "__main__":
