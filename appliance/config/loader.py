@@ -15,6 +15,7 @@ import yaml
 
 from appliance.config.model import (
     DEFAULT_MAX_SCAN_SIZE,
+    DMARC_ACTIONS,
     ON_ERROR,
     ROLES,
     SCANNER_TYPES,
@@ -25,6 +26,7 @@ from appliance.config.model import (
     BansConfig,
     Config,
     DeliveryConfig,
+    DmarcActions,
     DNSConfig,
     FiltersConfig,
     ForwardDomain,
@@ -596,12 +598,53 @@ def _screening(value: Any) -> ScreeningConfig:
 
 def _greylisting(value: Any) -> GreylistConfig:
     section = _mapping(value, "greylisting", _keys(GreylistConfig))
-    return GreylistConfig(**_given(section, "greylisting", {}))
+    config = GreylistConfig(**_given(section, "greylisting", {
+        "enabled": _bool,
+        "delay": parse_duration,
+        "retry_window": parse_duration,
+        "lifetime": parse_duration,
+        "auto_allow": lambda v, w: _int(v, w, 0),
+        "auto_allow_interval": lambda v, w: parse_duration(v, w, allow_zero=True),
+        "exempt": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "exempt_recipients": _greylist_recipients,
+    }))
+    if config.retry_window <= config.delay:
+        raise ConfigError("greylisting.retry_window", f"must be longer than delay ({config.delay:g}s): a retry "
+                                                      "could never come late enough to pass")
+    return config
+
+
+def _greylist_recipients(value: Any, where: str) -> frozenset[str]:
+    """Domains (example.org) and addresses (postmaster@example.org), lower-cased."""
+    found = set()
+    for i, item in enumerate(_list(value, where)):
+        text = _str(item, f"{where}[{i}]")
+        found.add((_address(text, f"{where}[{i}]") if "@" in text else _domain(text, f"{where}[{i}]")).lower())
+    return frozenset(found)
 
 
 def _sender_auth(value: Any) -> SenderAuthConfig:
     section = _mapping(value, "sender_auth", _keys(SenderAuthConfig))
-    return SenderAuthConfig(**_given(section, "sender_auth", {}))
+    given = _given(section, "sender_auth", {
+        **{key: _bool for key in ("enabled", "spf", "dkim", "dmarc", "arc", "refuse_local_senders")},
+        "authserv_id": lambda v, w: None if v is None else _hostname(v, w),
+        **_dmarc_actions_parsers(),
+    })
+    base = DmarcActions(given.get("dmarc_reject", DmarcActions.dmarc_reject),
+                        given.get("dmarc_quarantine", DmarcActions.dmarc_quarantine))
+    domains: dict[str, DmarcActions] = {}
+    for key, entry in _mapping(section.get("domains"), "sender_auth.domains").items():
+        where = _join("sender_auth.domains", key)
+        domain = _domain(key, where)
+        if domain in domains:
+            raise ConfigError(where, f"{domain} is listed twice")
+        actions = _mapping(entry, where, _keys(DmarcActions))
+        domains[domain] = dataclasses.replace(base, **_given(actions, where, _dmarc_actions_parsers()))
+    return SenderAuthConfig(domains=domains, **given)
+
+
+def _dmarc_actions_parsers() -> dict[str, _Parse]:
+    return {key: lambda v, w: _choice(v, w, DMARC_ACTIONS) for key in ("dmarc_reject", "dmarc_quarantine")}
 
 
 def _primary(value: Any) -> PrimaryConfig:

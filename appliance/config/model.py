@@ -263,12 +263,65 @@ class ScreeningConfig:
 
 @dataclass(frozen=True)
 class GreylistConfig:
-    """Greylisting (off by default): the triplet, its delays, the auto-allow, the clients it skips."""
+    """Greylisting (off by default): the triplet, its delays, the auto-allow, the clients it skips.
+
+    The defaults are postgrey's (--delay, --retry-window, --max-age, --auto-whitelist-clients).
+    """
+
+    enabled: bool = False
+    delay: float = 300.0  # a retry sooner than this after the first attempt is greylisted again
+    retry_window: float = 2 * 86400.0  # a first retry later than this after the first attempt starts over
+    lifetime: float = 35 * 86400.0  # a passed triplet, an auto-allowed network: kept this long after last seen
+    auto_allow: int = 5  # a client network whose triplets passed this often is greylisted no more; 0: off
+    auto_allow_interval: float = 3600.0  # passes of one network closer together than this count once
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # clients never greylisted
+    exempt_recipients: frozenset[str] = frozenset()  # lower-case domains and addresses never greylisted
+
+    def exempts_client(self, ip: str) -> bool:
+        return _in_networks(ip, self.exempt)
+
+    def exempts_recipient(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.exempt_recipients or address.rpartition("@")[2] in self.exempt_recipients
+
+
+# What a DMARC failure gets under the sender domain's policy (RFC 7489 §6.3 p=reject / p=quarantine): refused
+# in the session with 550 5.7.1, filed into Junk, or only the Authentication-Results header saying so.
+DMARC_ACTIONS = ("reject", "junk", "none")
+
+
+@dataclass(frozen=True)
+class DmarcActions:
+    """What a DMARC failure of each published policy gets, for mail to one recipient domain (or all)."""
+
+    dmarc_reject: str = "reject"  # p=reject: one of DMARC_ACTIONS
+    dmarc_quarantine: str = "junk"  # p=quarantine: one of DMARC_ACTIONS
 
 
 @dataclass(frozen=True)
 class SenderAuthConfig:
     """SPF, DKIM, DMARC and ARC verification on the way in, the Authentication-Results header and its policy."""
+
+    enabled: bool = False  # the roles turn it on where mail arrives from outside
+    authserv_id: str | None = None  # RFC 8601 §2.5 authserv-id; None: the host name
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    arc: bool = True
+    dmarc_reject: str = "reject"
+    dmarc_quarantine: str = "junk"
+    # Per recipient domain, replacing the two keys above for mail to that domain.
+    domains: Mapping[str, DmarcActions] = field(default_factory=dict)  # read-only once built
+    # MAIL FROM a domain the fleet hosts, from a client that is not authenticated, not in relay_networks and
+    # not a trusted gateway: 550 5.7.1.
+    refuse_local_senders: bool = True
+
+    def __post_init__(self) -> None:
+        _frozen(self, "domains")
+
+    def actions_for(self, domain: str) -> DmarcActions:
+        """The DMARC actions for mail to ``domain``."""
+        return self.domains.get(domain.lower()) or DmarcActions(self.dmarc_reject, self.dmarc_quarantine)
 
 
 def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

@@ -14,6 +14,8 @@ from appliance.pipeline import limits, smuggling
 from appliance.pipeline.recipients import RecipientCheck, RecipientPolicy
 from appliance.pipeline.senders import SenderOwnership
 from appliance.pipeline.stages import Pipeline, Stage
+from appliance.screening import greylist
+from appliance.senderauth import check as senderauth
 
 
 def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None) -> Pipeline:
@@ -22,7 +24,11 @@ def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory
     limits.register(pipeline, config.smtp.max_message_size, config.smtp.max_recipients)
     pipeline.register(Stage.MAIL, SenderOwnership(directory))  # submission users send as themselves
     pipeline.register(Stage.RCPT, RecipientCheck(policy))  # no open relay; local users, backup, forward
+    greylist.register(pipeline, config)  # greylisting.enabled: 451 4.7.1 for a triplet's first attempt
     pipeline.register(Stage.DATA, smuggling.line_endings)
+    # Sender authentication before the content filters: forged Authentication-Results go on every host, and
+    # where sender_auth is on, SPF and iprev at MAIL, DKIM, ARC and DMARC at DATA.
+    senderauth.register(pipeline, config)
     # The content filters last: the trusted-gateway rule on every host, the scanners where configured (their
     # connections are closed when the pipeline stops).
     filters.register(pipeline, config)
