@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from appliance.config.dnsbl_codes import parse_codes
 from appliance.config.model import (
     DEFAULT_MAX_SCAN_SIZE,
     DMARC_ACTIONS,
@@ -24,9 +25,12 @@ from appliance.config.model import (
     BackupDomain,
     BackupMXConfig,
     BansConfig,
+    CodeRange,
     Config,
     DeliveryConfig,
     DmarcActions,
+    DNSBLConfig,
+    DNSBLSite,
     DNSConfig,
     FiltersConfig,
     ForwardDomain,
@@ -34,8 +38,10 @@ from appliance.config.model import (
     HostPort,
     IncomingGatewayConfig,
     LimitsConfig,
+    LimitSet,
     ListenConfig,
     OutgoingGatewayConfig,
+    PregreetConfig,
     PrimaryConfig,
     QueueConfig,
     ScannerConfig,
@@ -583,7 +589,30 @@ def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
 
 def _limits(value: Any) -> LimitsConfig:
     section = _mapping(value, "limits", _keys(LimitsConfig))
-    return LimitsConfig(**_given(section, "limits", {}))
+    return LimitsConfig(**_given(section, "limits", {
+        "exempt": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "rate_window": parse_duration,
+        "ipv4_prefix": lambda v, w: _int(v, w, 8, 32),
+        "ipv6_prefix": lambda v, w: _int(v, w, 16, 128),
+        "client": lambda v, w: _limit_set(v, w, "client"),
+        "network": lambda v, w: _limit_set(v, w, "network"),
+        "relay": lambda v, w: _limit_set(v, w, "relay"),
+        "authenticated": lambda v, w: _limit_set(v, w, "authenticated"),
+        "mailbox_sessions": _int,
+    }))
+
+
+# An authenticated user is known only after AUTH: its sessions, connections and AUTH commands were counted
+# against its address before.
+_AFTER_LOGIN = ("message_rate", "recipient_rate")
+
+
+def _limit_set(value: Any, where: str, name: str) -> LimitSet:
+    """A set of limits; the keys it leaves out keep that set's defaults (not zero)."""
+    keys = _AFTER_LOGIN if name == "authenticated" else _keys(LimitSet)
+    section = _mapping(value, where, keys)
+    given = _given(section, where, {key: lambda v, w: _int(v, w, 0) for key in keys})
+    return dataclasses.replace(field_default(LimitsConfig, name), **given)
 
 
 def _bans(value: Any) -> BansConfig:
@@ -593,7 +622,71 @@ def _bans(value: Any) -> BansConfig:
 
 def _screening(value: Any) -> ScreeningConfig:
     section = _mapping(value, "screening", _keys(ScreeningConfig))
-    return ScreeningConfig(**_given(section, "screening", {}))
+    return ScreeningConfig(**_given(section, "screening", {"pregreet": _pregreet, "dnsbl": _dnsbl}))
+
+
+def _pregreet(value: Any, where: str) -> PregreetConfig:
+    section = _mapping(value, where, _keys(PregreetConfig))
+    return PregreetConfig(**_given(section, where, {
+        "enabled": _bool,
+        "wait": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+
+
+def _dnsbl(value: Any, where: str) -> DNSBLConfig:
+    section = _mapping(value, where, _keys(DNSBLConfig))
+    config = DNSBLConfig(**_given(section, where, {
+        "sites": lambda v, w: tuple(_dnsbl_site(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "threshold": _number,
+        "allow_threshold": _number,
+        "timeout": parse_duration,
+        "ttl": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+    # A client listed nowhere scores 0: it must be neither refused nor allow-listed.
+    if config.threshold <= 0:
+        raise ConfigError(f"{where}.threshold", f"must be above 0 (a client listed nowhere scores 0), "
+                                                f"got {config.threshold:g}")
+    if config.allow_threshold >= 0:
+        raise ConfigError(f"{where}.allow_threshold", f"must be below 0 (a client listed nowhere scores 0), "
+                                                      f"got {config.allow_threshold:g}")
+    return config
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(where, f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _dnsbl_site(value: Any, where: str) -> DNSBLSite:
+    section = _mapping(value, where, _keys(DNSBLSite))
+    if "zone" not in section:
+        raise ConfigError(f"{where}.zone", "required: the DNS zone to ask, such as zen.spamhaus.org")
+
+    def weight(v: Any, w: str) -> float:
+        number = _number(v, w)
+        if number == 0:
+            raise ConfigError(w, "must not be 0 (a zone that counts nothing); negative makes it an allow list")
+        return number
+
+    return DNSBLSite(**_given(section, where, {
+        "zone": _domain,
+        "weight": weight,
+        "codes": _codes,
+    }))
+
+
+def _codes(value: Any, where: str) -> tuple[CodeRange, ...]:
+    """A site's return codes (config/dnsbl_codes.py has the syntax), each item becoming one or more ranges."""
+    ranges: list[CodeRange] = []
+    for i, item in enumerate(_list(value, where)):
+        text = _str(item, f"{where}[{i}]")
+        try:
+            ranges += parse_codes(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}[{i}]", f"{text!r}: {exc}") from None
+    return tuple(ranges)
 
 
 def _greylisting(value: Any) -> GreylistConfig:

@@ -246,9 +246,50 @@ class FiltersConfig:
 
 
 @dataclass(frozen=True)
+class LimitSet:
+    """One set of per-client limits; 0: no limit. The rates count events per LimitsConfig.rate_window."""
+
+    sessions: int = 0  # concurrent SMTP sessions (Postfix: smtpd_client_connection_count_limit)
+    connection_rate: int = 0  # connections (smtpd_client_connection_rate_limit)
+    message_rate: int = 0  # MAIL FROM commands (smtpd_client_message_rate_limit)
+    recipient_rate: int = 0  # RCPT TO commands (smtpd_client_recipient_rate_limit)
+    auth_rate: int = 0  # AUTH commands (smtpd_client_auth_rate_limit)
+
+
+def _exempt_default() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Per-client limits (as Postfix's anvil): concurrent sessions, rates of connections, messages, recipients
-    and AUTH attempts, per client IP and per network; the reply over a limit is 421 4.7.0 with the reason."""
+    and AUTH attempts, per client IP and per network; the reply over a limit is 421 4.7.0 with the reason.
+
+    Postfix's anvil limits only the sessions (50) by default and leaves the rates off; here the rates are on,
+    at flood levels no single legitimate MTA reaches (a client at a limit gets a 421 and comes back later).
+    """
+
+    # Clients no limit applies to (Postfix: smtpd_client_event_limit_exceptions, $mynetworks).
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default_factory=_exempt_default)
+    rate_window: float = 60.0  # what the rates count over (Postfix: anvil_rate_time_unit)
+    ipv4_prefix: int = 24  # a "network" is the client's /24 ...
+    ipv6_prefix: int = 64  # ... or /64
+    client: LimitSet = LimitSet(sessions=50, connection_rate=600, message_rate=1200, recipient_rate=6000,
+                                auth_rate=60)  # per client IP
+    network: LimitSet = LimitSet(sessions=200, connection_rate=1200, message_rate=2400, recipient_rate=12000,
+                                 auth_rate=120)  # all clients of one network together
+    # A client in outgoing_gateway.relay_networks: this set per IP, instead of client and network.
+    relay: LimitSet = LimitSet(sessions=500)
+    # An authenticated user (per login, whatever its address): its messages and recipients count against this
+    # set instead of its address's; sessions, connections and AUTH are counted before the login is known.
+    authenticated: LimitSet = LimitSet(message_rate=120, recipient_rate=1200)
+    # IMAP and POP3 sessions per client IP, both together (Dovecot's mail_max_userip_connections is 10 per user
+    # and IP); 0: no limit (the process's 2,000 still hold).
+    mailbox_sessions: int = 50
+
+    def exempts(self, ip: str) -> bool:
+        """True when no limit applies to a client at `ip`."""
+        return _in_networks(ip, self.exempt)
 
 
 @dataclass(frozen=True)
@@ -257,8 +298,45 @@ class BansConfig:
 
 
 @dataclass(frozen=True)
+class PregreetConfig:
+    """The pregreet test on the MX listener (postscreen_greet_action): a client that talks before the end of a
+    multi-line 220 greeting is refused for the whole session."""
+
+    enabled: bool = False
+    wait: float = 6.0  # postscreen_greet_wait: between the "220-" line and the final "220 " line
+    ttl: float = 86400.0  # postscreen_greet_ttl: a client that passed is not tested again for this long
+
+
+# An inclusive range of DNSBL return codes (A records under 127.0.0.0/8, RFC 5782 §2.1).
+CodeRange = tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
+
+
+@dataclass(frozen=True)
+class DNSBLSite:
+    """One entry of screening.dnsbl.sites (postscreen_dnsbl_sites): a zone, its weight, the codes that count.
+
+    A zone may be listed more than once, each entry with its own codes and weight; it is asked once."""
+
+    zone: str
+    weight: float = 1.0  # negative: an allow list (DNSWL)
+    codes: tuple[CodeRange, ...] = ()  # empty: any answer in 127.0.0.0/8 except 127.255.255.0/24 (errors)
+
+
+@dataclass(frozen=True)
+class DNSBLConfig:
+    sites: tuple[DNSBLSite, ...] = ()
+    threshold: float = 1.0  # a score at or above: 554 5.7.1 naming the zones (postscreen_dnsbl_threshold)
+    allow_threshold: float = -1.0  # at or below: allow-listed, verdict DNSWL (postscreen_dnsbl_allowlist_threshold)
+    timeout: float = 3.0  # for all zones together; a failure or timeout counts nothing (fail open)
+    ttl: float = 3600.0  # answers are cached per client IP this long
+
+
+@dataclass(frozen=True)
 class ScreeningConfig:
     """The screening before and at the greeting (as Postfix's postscreen): pregreet test, DNSBL and DNSWL."""
+
+    pregreet: PregreetConfig = PregreetConfig()
+    dnsbl: DNSBLConfig = DNSBLConfig()
 
 
 @dataclass(frozen=True)

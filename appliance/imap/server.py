@@ -7,36 +7,12 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
+from appliance.auth.connections import ConnectionLimits
 from appliance.imap.session import Authenticator, Session
 from appliance.imap.wire import MAX_LINE
 from appliance.store import MailStore
 
 log = logging.getLogger("appliance.imap")
-
-MAX_CONNECTIONS = 2000  # all IMAP connections of this process
-MAX_PER_IP = 100  # Dovecot's mail_max_userip_connections is 10 per user and IP; this caps a flood
-
-
-class ConnectionLimits:
-    """Counts open connections so that one address cannot exhaust the process's descriptors."""
-
-    def __init__(self, total: int = MAX_CONNECTIONS, per_ip: int = MAX_PER_IP) -> None:
-        self.total = total
-        self.per_ip = per_ip
-        self.open: dict[str, int] = {}
-
-    def admit(self, ip: str) -> bool:
-        if sum(self.open.values()) >= self.total or self.open.get(ip, 0) >= self.per_ip:
-            return False
-        self.open[ip] = self.open.get(ip, 0) + 1
-        return True
-
-    def release(self, ip: str) -> None:
-        left = self.open.get(ip, 1) - 1
-        if left:
-            self.open[ip] = left
-        else:
-            self.open.pop(ip, None)
 
 
 async def start_imap(
@@ -47,10 +23,13 @@ async def start_imap(
     ssl_context: ssl.SSLContext,
     hostname: str,
     plaintext_auth_on_loopback: bool,
+    limits: ConnectionLimits | None = None,
 ) -> list[asyncio.base_events.Server]:
-    """Start one asyncio server per address; the caller closes them (``server.close()``)."""
+    """Start one asyncio server per address; the caller closes them (``server.close()``). `limits` counts the
+    connections per client address (shared with POP3 by the service)."""
 
-    limits = ConnectionLimits()
+    if limits is None:
+        limits = ConnectionLimits()
 
     def factory(tls: bool) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -28,11 +28,13 @@ from appliance.message.address import Mailbox
 class Stage(enum.Enum):
     """Where a check runs; each stage gives its checks one argument beside Client and Transaction."""
 
-    CONNECT = "connect"  # before the greeting; no transaction; argument: None
+    CONNECT = "connect"  # before the greeting; no transaction; argument: the listener (smtp, submission, ...)
     HELO = "helo"  # HELO/EHLO; no transaction; argument: the name the client gave (str)
     MAIL = "mail"  # MAIL FROM, address already parsed; argument: MailFrom
     RCPT = "rcpt"  # RCPT TO, address already parsed; argument: RcptTo (its targets may be rewritten)
     DATA = "data"  # after the final dot, before the 250; argument: the message bytes (CRLF, unstuffed)
+    AUTH = "auth"  # an AUTH command, before the SASL exchange; no transaction; argument: None; its checks
+    # answer at once (plain functions, no awaitable)
 
 
 class Action(enum.Enum):

@@ -10,6 +10,9 @@ from __future__ import annotations
 # (tuple[str, ...], empty when none) and the DNSBL score the listings add up to (float).
 DNSWL = "dnswl"
 DNSBL_SCORE = "dnsbl.score"
+# Connection, set at CONNECT by screening/ on the MX listener when the client is to take the pregreet test: the
+# test (screening.pregreet.PregreetTest) the SMTP engine runs at the greeting.
+PREGREET = "pregreet"
 
 # Connection, set by senderauth/: the client's reverse DNS (RFC 8601 §3 "iprev", RFC 8601 §2.7.3): "pass" when a
 # PTR name of the client's address resolves back to it, "fail", "temperror" or "permerror"; and the

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from appliance.auth.authenticator import Authenticator, is_loopback
+from appliance.auth.connections import ConnectionLimits
 from appliance.pop3.session import Pop3Session, Reply, err
 from appliance.store import MailStore
 
@@ -49,7 +50,9 @@ class Pop3Server:
         hostname: str,
         plaintext_auth_on_loopback: bool,
         idle_timeout: float = IDLE_TIMEOUT,
+        limits: ConnectionLimits | None = None,
     ) -> None:
+        self.limits = limits if limits is not None else ConnectionLimits()
         self.store = store
         self.authenticator = authenticator
         self.ssl_context = ssl_context
@@ -60,6 +63,19 @@ class Pop3Server:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         client_ip = str(peer[0])
+        if not self.limits.admit(client_ip):
+            log.warning("POP3: refusing a connection from %s: too many connections", client_ip)
+            await self._send(writer, err("[SYS/TEMP] Too many connections from your address; try again later",
+                                         close=True))
+            writer.close()
+            return
+        try:
+            await self._serve(client_ip, reader, writer, implicit_tls)
+        finally:
+            self.limits.release(client_ip)
+
+    async def _serve(self, client_ip: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     implicit_tls: bool) -> None:
         session = Pop3Session(
             store=self.store,
             authenticator=self.authenticator,
@@ -146,13 +162,15 @@ async def start_pop3(
     hostname: str,
     plaintext_auth_on_loopback: bool,
     idle_timeout: float = IDLE_TIMEOUT,
+    limits: ConnectionLimits | None = None,
 ) -> list[asyncio.Server]:
     """Start POP3 (STLS) on every ``listen`` address and POP3S (implicit TLS) on every ``listen_tls``.
 
     Addresses are config ``HostPort`` objects (or "host:port" strings); port 0 picks a free port
     (tests read it from ``server.sockets``). Implicit TLS needs ``ssl_context``.
     """
-    pop3 = Pop3Server(store, authenticator, ssl_context, hostname, plaintext_auth_on_loopback, idle_timeout)
+    pop3 = Pop3Server(store, authenticator, ssl_context, hostname, plaintext_auth_on_loopback, idle_timeout,
+                      limits)
     servers: list[asyncio.Server] = []
     listen_tls = list(listen_tls)
     if listen_tls and ssl_context is None:

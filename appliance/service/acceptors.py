@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("appliance.smtp")
@@ -40,8 +41,9 @@ class AcceptorPool:
     """Starts, watches, signals and stops the acceptor processes."""
 
     def __init__(self, config_path: Path, snapshot: Path, count: int, sockets: dict[str, list[socket.socket]],
-                 notify_path: Path) -> None:
+                 notify_path: Path, on_exit: Callable[[int], None] | None = None) -> None:
         self.config_path = config_path
+        self.on_exit = on_exit  # told the index of an acceptor that exited, before it is started again
         self.snapshot = snapshot
         self.count = count
         self.sockets = sockets
@@ -76,6 +78,8 @@ class AcceptorPool:
 
     async def _watch(self, index: int, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        if self.on_exit is not None:
+            self.on_exit(index)
         if self._stopping:
             return
         log.error("SMTP worker %d (pid %d) exited with %s; starting it again", index, proc.pid, code)

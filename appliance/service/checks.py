@@ -7,6 +7,8 @@ asks for it.
 
 from __future__ import annotations
 
+from appliance.abuse import limits as client_limits
+from appliance.abuse.limits import SessionHolds
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.filters import check as filters
@@ -14,14 +16,19 @@ from appliance.pipeline import limits, smuggling
 from appliance.pipeline.recipients import RecipientCheck, RecipientPolicy
 from appliance.pipeline.senders import SenderOwnership
 from appliance.pipeline.stages import Pipeline, Stage
+from appliance.screening import check as screening
 from appliance.screening import greylist
 from appliance.senderauth import check as senderauth
 
 
-def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None) -> Pipeline:
+def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None,
+                   holds: SessionHolds | None = None) -> Pipeline:
     pipeline = Pipeline()
+    if holds is not None:  # the per-client limits (anvil) before anything else: a refused client costs nothing
+        client_limits.register(pipeline, config, holds)
     # The limits first: they cost nothing and spare the later checks the work.
     limits.register(pipeline, config.smtp.max_message_size, config.smtp.max_recipients)
+    screening.register(pipeline, config)  # MX listener, CONNECT: DNSBL/DNSWL score, pregreet test
     pipeline.register(Stage.MAIL, SenderOwnership(directory))  # submission users send as themselves
     pipeline.register(Stage.RCPT, RecipientCheck(policy))  # no open relay; local users, backup, forward
     greylist.register(pipeline, config)  # greylisting.enabled: 451 4.7.1 for a triplet's first attempt

@@ -22,7 +22,10 @@ import socket
 import ssl
 from dataclasses import dataclass
 
+from appliance.abuse.counts import CountTable, slots_for
+from appliance.abuse.limits import SessionHolds
 from appliance.auth.authenticator import Authenticator
+from appliance.auth.connections import ConnectionLimits
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.config.tls import server_tls_context
@@ -57,6 +60,7 @@ from appliance.store import MailStore
 log = logging.getLogger("appliance.serve")
 
 DRAIN_SECONDS = 20.0
+LIMITS_TABLE = "smtp-limits"  # under data_dir: the per-client counts of every acceptor (abuse/counts.py)
 
 
 class Mode(enum.Enum):
@@ -111,6 +115,8 @@ class Appliance:
         self.control: ControlServer | None = None
         self._runner_task: asyncio.Task[None] | None = None
         self.pipeline: Pipeline | None = None  # the SMTP listeners' checks; its scanners live as long as it
+        self.client_holds: SessionHolds | None = None  # the per-client limits' sessions; outlive the pipelines
+        self.mailbox_limits: ConnectionLimits | None = None  # IMAP and POP3 connections per client address
         self._retiring: set[asyncio.Task[None]] = set()  # pipelines a reload replaced, closing their scanners
 
     # ------------------------------------------------------------------ parts built from the config
@@ -134,7 +140,7 @@ class Appliance:
 
     def _pipeline(self, config: Config) -> Pipeline:
         policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None)
-        return build_pipeline(config, policy, self.directory)
+        return build_pipeline(config, policy, self.directory, self.client_holds)
 
     def _over_quota(self, address: str, size: int) -> bool:
         assert self.directory is not None and self.store is not None
@@ -217,6 +223,11 @@ class Appliance:
         seat = self._seat
         if seat is not None:
             counter.table = SessionTable(config.data_dir / "smtp-sessions", seat.workers, seat.index)
+            counts = CountTable.shared(config.data_dir / LIMITS_TABLE, seat.workers, seat.index)
+        else:
+            counts = CountTable.private(slots_for(config.smtp.max_sessions))
+        self.client_holds = SessionHolds(counts)
+        counter.ended = self.client_holds.ended
         pipeline = self.pipeline = self._pipeline(config)
         authenticator = self.authenticator
 
@@ -250,14 +261,18 @@ class Appliance:
         listen = config.listen
         if self.store is None or self.authenticator is None:
             return
+        limits = self.mailbox_limits = ConnectionLimits(per_ip=config.limits.mailbox_sessions,
+                                                        exempt=config.limits.exempts)
         if listen.imap or listen.imaps:
             self.other_servers += await start_imap(
                 [(hp.host, hp.port) for hp in listen.imap], [(hp.host, hp.port) for hp in listen.imaps],
-                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback)
+                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback,
+                limits)
         if listen.pop3 or listen.pop3s:
             self.other_servers += await start_pop3(
                 [(hp.host, hp.port) for hp in listen.pop3], [(hp.host, hp.port) for hp in listen.pop3s],
-                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback)
+                self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback,
+                limits=limits)
 
     def apply(self, new: Config) -> None:
         """Swap in a validated config: policy, routing, users and delivery settings; connections stay open."""
@@ -275,6 +290,8 @@ class Appliance:
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
+        if self.mailbox_limits is not None:
+            self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempts)
         if self.handlers:
             retired, pipeline = self.pipeline, self._pipeline(new)
             self.pipeline = pipeline

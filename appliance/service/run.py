@@ -21,12 +21,13 @@ import signal
 import socket
 from pathlib import Path
 
+from appliance.abuse.counts import CountTable, slots_for
 from appliance.config import Config, ConfigError, load_config, load_config_with_text, parse_config
 from appliance.service import messages
 from appliance.service.acceptors import AcceptorPool, die_with_parent
 from appliance.service.logs import EscapingFormatter
 from appliance.service.messages import Notifier
-from appliance.service.root import DRAIN_SECONDS, AcceptorSeat, Appliance, Mode
+from appliance.service.root import DRAIN_SECONDS, LIMITS_TABLE, AcceptorSeat, Appliance, Mode
 from appliance.smtp.server import SessionTable, bind_listeners
 
 log = logging.getLogger("appliance.serve")
@@ -117,7 +118,18 @@ async def _serve_with_acceptors(config_path: Path, config: Config, text: str) ->
     snapshot = config.data_dir / "run" / "config.yml"
     write_snapshot(snapshot, text)
     SessionTable.allocate(config.data_dir / "smtp-sessions", config.smtp.workers)
-    pool = AcceptorPool(config_path, snapshot, config.smtp.workers, sockets, config.data_dir / "notify.sock")
+    limits = config.data_dir / LIMITS_TABLE
+    CountTable.allocate(limits, config.smtp.workers, slots_for(config.smtp.max_sessions))
+
+    def forget_counts(index: int) -> None:
+        """An acceptor exited: the sessions it counted for its clients are gone with it."""
+        try:
+            CountTable.clear(limits, config.smtp.workers, index)
+        except OSError as exc:  # its replacement clears its region at start anyway
+            log.warning("limits: cannot clear the counts of SMTP worker %d: %s", index, exc)
+
+    pool = AcceptorPool(config_path, snapshot, config.smtp.workers, sockets, config.data_dir / "notify.sock",
+                        on_exit=forget_counts)
     done = _stop_event()
     reloads: set[asyncio.Task] = set()
 

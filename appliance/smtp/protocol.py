@@ -42,6 +42,8 @@ log = logging.getLogger("appliance.smtp")
 # RFC 3207 §4: before STARTTLS on a port that requires it, only these commands are served.
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 BOGUS_LIMIT = 5  # unknown commands before we hang up
+REFUSED_COMMAND_LIMIT = 20  # commands a screened-out client is refused before we hang up (postscreen's
+                            # postscreen_command_count_limit)
 PENDING_LIMIT = 64 * 1024  # pipelined bytes we buffer while a command waits, before we stop reading
 # Replies to one batch of pipelined commands written at once; past this many, they go out and, when the
 # transport's buffer is over its high-water mark (the client does not read), reading stops until it drains.
@@ -107,11 +109,28 @@ class Envelope:
 Reply = str | Awaitable[str]  # a decision at once, or one that has to wait (a DNS lookup, a milter)
 
 
+class Pregreet(Protocol):
+    """A pregreet test (screening/pregreet.py): how long the greeting waits between its "220-" line and its
+    final line, whether the test was called off meanwhile, and what the client's early bytes mean."""
+
+    wait: float
+
+    def skipped(self) -> bool: ...
+
+    def done(self, early: bytes) -> str | None:
+        """The refusal that answers every command but QUIT from now on, or None."""
+        ...
+
+
 class Handler(Protocol):
     """The decisions the engine asks for (smtp.server.InboundHandler)."""
 
     def handle_CONNECT(self, session: Session) -> str | None | Awaitable[str | None]:
         """None to greet the client, or the reply that refuses it (the connection is then closed)."""
+        ...
+
+    def handle_PREGREET(self, session: Session) -> Pregreet | None:
+        """After handle_CONNECT: the pregreet test this client takes at the greeting, or None."""
         ...
 
     def handle_HELO(self, session: Session, name: str) -> str | None | Awaitable[str | None]:
@@ -160,6 +179,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._write_paused = False  # the transport's write buffer is over its high-water mark
         self._skipping = False  # inside an over-long line, discarding to its end
         self._bogus = BOGUS_LIMIT
+        self._hangup = False  # a 421 was answered: the connection closes once it is written
         self._line_waiter: asyncio.Future[bytes | None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
@@ -168,6 +188,9 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._data = bytearray()
         self._scan = 0
         self._dotted = False  # a line of the data starts with "." (dot-stuffed)
+        self._connect_verdicts: dict[str, object] = {}  # the CONNECT checks' verdicts, kept across STARTTLS
+        self._refusal: str | None = None  # the screening refused the client after "220-": every reply but QUIT's
+        self._refused = 0  # commands answered with that refusal
 
     # ------------------------------------------------------------------ connection
 
@@ -179,10 +202,17 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._last = self._loop.time()
         self._timer = self._loop.call_later(self._timeout, self._check_idle)
         verdict = self.handler.handle_CONNECT(self.session)
-        if verdict is None:
-            transport.write(f"220 {self.hostname} Mailfleet ESMTP\r\n".encode())
-        elif isinstance(verdict, str):
+        if isinstance(verdict, str):
             self._refuse_connection(verdict)
+            return
+        pregreet = self.handler.handle_PREGREET(self.session)
+        if pregreet is not None:
+            # RFC 5321 §4.2.1: a greeting may span lines, and the client speaks only after the last one.
+            transport.write(f"220-{self.hostname} Mailfleet ESMTP\r\n".encode())
+            self._wait_for(self._pregreet(pregreet, verdict))
+        elif verdict is None:
+            transport.write(f"220 {self.hostname} Mailfleet ESMTP\r\n".encode())
+            self._connect_verdicts = dict(self.session.verdicts)
         else:
             self._wait_for(self._greet_after(verdict))
 
@@ -196,8 +226,32 @@ class SMTPServerProtocol(asyncio.Protocol):
         reply = await verdict
         if reply is None:
             self.push_plain(f"220 {self.hostname} Mailfleet ESMTP")
+            self._connect_verdicts = dict(self.session.verdicts)
         else:
             self._refuse_connection(reply)
+
+    async def _pregreet(self, test: Pregreet, verdict: Awaitable[str | None] | None) -> None:
+        """The pregreet test: the CONNECT checks (DNS lookups) finish during the wait, then the final 220 line.
+
+        What the client sent meanwhile stays in the buffer (the engine is busy); a refusal, by the checks or
+        by the test, cannot change the 220 code any more (RFC 5321 §4.2.1), so it answers every command but
+        QUIT after the greeting (postscreen's "enforce"); a 421 is sent at once and the connection closed.
+        """
+        deadline = self._loop.time() + test.wait
+        reply = await verdict if verdict is not None else None
+        if reply is None and not test.skipped():
+            await asyncio.sleep(deadline - self._loop.time())
+        if self.transport is None:
+            return
+        if reply is None:
+            reply = test.done(bytes(self._buf))
+        self.push_plain(f"220 {self.hostname} Mailfleet ESMTP")
+        self._connect_verdicts = dict(self.session.verdicts)
+        if reply is not None and reply.startswith("421"):
+            self.push(reply)
+            self.close()
+        elif reply is not None:
+            self._refusal = reply
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sessions.discard(self)
@@ -282,7 +336,7 @@ class SMTPServerProtocol(asyncio.Protocol):
         reading the replies."""
         buf = self._buf
         out = self._out
-        while not self._busy and self.transport is not None and not self.transport.is_closing():
+        while not self._busy and not self._hangup and self.transport is not None and not self.transport.is_closing():
             if len(out) >= REPLY_BATCH:
                 self._flush()  # may pause writing: then the rest waits in _buf for resume_writing
                 if self._write_paused:
@@ -304,6 +358,14 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._command(line)
 
     def _command(self, line: bytes) -> None:
+        if self._refusal is not None and line.rstrip(b"\r\n").upper() != b"QUIT":
+            self._refused += 1  # refused after a 220- greeting (see _pregreet)
+            if self._refused > REFUSED_COMMAND_LIMIT:
+                self.push("421 4.7.0 Too many commands refused; closing connection")
+                self.close()
+                return
+            self.push(self._refusal)
+            return
         try:
             command = parse_command(line)
         except CommandError as exc:
@@ -388,6 +450,8 @@ class SMTPServerProtocol(asyncio.Protocol):
     def push(self, status: str) -> None:
         """Queue a final reply: RFC 2034 §3, it gets an enhanced status code when it has none."""
         self._out.append(codes.with_enhanced(status).encode("utf-8", "replace") + b"\r\n")
+        if status.startswith("421"):  # RFC 5321 §3.8: a 421 reply ends the session; the server closes
+            self._hangup = True
 
     def push_plain(self, status: str) -> None:
         """Queue a reply that carries no enhanced code (EHLO/HELO answers, 354, 334)."""
@@ -396,6 +460,8 @@ class SMTPServerProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         if self._out and self.transport is not None:
             self.transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            if self._hangup:
+                self.transport.close()
         self._out.clear()
 
     # ------------------------------------------------------------------ commands
@@ -674,6 +740,8 @@ class SMTPServerProtocol(asyncio.Protocol):
         # RFC 3207 §4.2: the session starts afresh; what the checks held for the plaintext one ends with it.
         self.handler.handle_CLOSE(self.session)
         self.session = Session(self.session.peer, tls.get_extra_info("ssl_object"))
+        # What the CONNECT checks found by themselves (a DNSWL listing) was not obtained from the client: it stays.
+        self.session.verdicts.update(self._connect_verdicts)
         self._reset()
 
     def smtp_AUTH(self, arg: str | None) -> Coroutine[Any, Any, None] | None:

@@ -30,6 +30,8 @@ from appliance.message.lines import has_bare_cr_or_lf
 from appliance.message.model import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
 from appliance.message.printable import printable
 from appliance.pipeline.stages import MailFrom, Outcome, Pipeline, RcptTo, Result, Stage
+from appliance.pipeline.verdicts import PREGREET
+from appliance.screening.pregreet import PregreetTest
 from appliance.smtp.commands import MailParams
 from appliance.smtp.protocol import Envelope, Session, SMTPServerProtocol
 
@@ -98,6 +100,9 @@ class SessionCounter:
     limit: int
     active: set = field(default_factory=set)
     table: SessionTable | None = None  # set in acceptor processes: the limit is for all of them together
+    # Told of every connection that ended, with its session (once or more): the per-client limits release
+    # what the connection held. Not the pipeline's close callbacks: those run at STARTTLS too.
+    ended: Callable[[Session], None] | None = None
 
     def full(self) -> bool:
         count = self.table.total() if self.table is not None else len(self.active)
@@ -112,6 +117,8 @@ class SessionCounter:
         self.active.discard(protocol)
         if self.table is not None:
             self.table.set(len(self.active))
+        if self.ended is not None and isinstance(protocol, SMTPServerProtocol):
+            self.ended(protocol.session)
 
 
 class InboundHandler:
@@ -146,13 +153,23 @@ class InboundHandler:
             return codes.AUTH_UNAVAILABLE
         if self._is_banned(session.ip):
             return "454 4.7.0 Too many failed logins from your address; try again later"
-        return None
+        pipeline = self._pipeline
+        if not pipeline.has_checks(Stage.AUTH):
+            return None
+        outcome = pipeline.run(Stage.AUTH, session, None, None)
+        if outcome is not None and not isinstance(outcome, Result):
+            raise TypeError("a check of the AUTH stage must answer at once")
+        return outcome.reply if outcome is not None and outcome.refused else None
 
     def handle_CONNECT(self, session: Session) -> str | None | Awaitable[str | None]:
         pipeline = self._pipeline
         if not pipeline.has_checks(Stage.CONNECT):
             return None
-        return _refusal(pipeline.run(Stage.CONNECT, session, None, None))
+        return _refusal(pipeline.run(Stage.CONNECT, session, None, self.options.name))
+
+    def handle_PREGREET(self, session: Session) -> PregreetTest | None:
+        test = session.verdicts.get(PREGREET)  # left by the CONNECT checks (screening/check.py)
+        return test if isinstance(test, PregreetTest) else None
 
     def handle_HELO(self, session: Session, name: str) -> str | None | Awaitable[str | None]:
         pipeline = self._pipeline

@@ -55,6 +55,9 @@ class _Handler:
     def handle_CONNECT(self, session: Session) -> str | None:
         return None
 
+    def handle_PREGREET(self, session: Session) -> None:
+        return None
+
     def handle_HELO(self, session: Session, name: str) -> str | None:
         return None
 
