@@ -2,7 +2,8 @@
 
 A command is handled inside the callback that received it, and only the steps that really wait (committing a
 message, checking a password, the TLS handshake) run as a task; commands that arrive meanwhile (PIPELINING) wait
-in the buffer and are answered in order. Replies to one batch of pipelined commands go out in one write. A
+in the buffer and are answered in order. Replies to one batch of pipelined commands go out in one write (at
+most REPLY_BATCH of them; a client that does not read them is held back, see pause_writing). A
 coroutine per session awaiting a StreamReader for each line, as aiosmtpd's engine does, costs three times the
 CPU per message for the same replies (the figures are in the README's Dependencies section).
 
