@@ -45,18 +45,8 @@ import dkim
 import dns.exception
 import dns.message
 import dns.query
+import runs
 from daemons import ADDR, Daemon
-from runs import (
-    add_common_options,
-    best_of,
-    conclude,
-    failed,
-    in_turns,
-    nearest_rank,
-    preflight,
-    progress,
-    stop_all,
-)
 from scan_throughput import office_text
 from smtp_load import Sent, run_client
 from smtp_throughput import (
@@ -376,7 +366,7 @@ class Result:
         return self.per_msg(self.mta_cpu + self.milter_cpu + self.dns_cpu)
 
     def percentile(self, p: float) -> float:
-        return nearest_rank(self.latencies, p)
+        return runs.nearest_rank(self.latencies, p)
 
 
 def measure(relay: Relay, sink: Sink, dns_cpu: Callable[[], float], sessions: int, messages: list[bytes],
@@ -413,7 +403,7 @@ ORDER = ("Postfix", "Postfix+checks", "Mailfleet", "Mailfleet+checks")
 
 
 def print_table(results: list[Result]) -> None:
-    keyed = best_of(results, lambda r: (r.server, r.sessions))
+    keyed = runs.best_of(results, lambda r: (r.server, r.sessions))
     header = (f"{'server':<17} {'sessions':>8} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7}   "
               f"{'CPU ms/msg: MTA':>15} {'milters':>8} {'DNS':>6} {'all':>6}")
     print(header)
@@ -432,10 +422,10 @@ def print_table(results: list[Result]) -> None:
             print(f"{'':<17} {sessions:>8} with the checks, Mailfleet / Postfix: {mf.rate / pf.rate:.2f}x msg/s, "
                   f"{mf.cpu_ms / pf.cpu_ms:.2f}x CPU per message")
     print("(best of the repeats; every measurement, msg/s:)")
-    runs: dict[tuple[str, int], list[str]] = {}
+    every: dict[tuple[str, int], list[str]] = {}
     for r in results:
-        runs.setdefault((r.server, r.sessions), []).append("FAILED" if r.errors else f"{r.rate:,.1f}")
-    for (server, sessions), rates in sorted(runs.items()):
+        every.setdefault((r.server, r.sessions), []).append("FAILED" if r.errors else f"{r.rate:,.1f}")
+    for (server, sessions), rates in sorted(every.items()):
         print(f"  {server:<17} {sessions:>2} sessions: {', '.join(rates)}")
     for r in results:
         if r.errors:
@@ -448,7 +438,7 @@ def print_table(results: list[Result]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_options(p, messages=1000, timeout=300)
+    runs.add_common_options(p, messages=1000, timeout=300)
     p.add_argument("--checks", choices=["both", "on", "off"], default="both",
                    help="measure each MTA with the checks, without, or both (default)")
     return p.parse_args(argv)
@@ -470,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     me = "bench/auth_throughput.py"
     tools = ("postfix", "postconf", "smtp-sink", "rbldnsd", "/usr/sbin/named", "/usr/sbin/opendkim",
              "/usr/sbin/opendmarc", "opendkim-genkey", "unshare", "nsenter")
-    refused = preflight(me, "Postfix's master must start as root; the DNS listens on port 53", tools,
+    refused = runs.preflight(me, "Postfix's master must start as root; the DNS listens on port 53", tools,
                         "postfix rbldnsd bind9 opendkim opendkim-tools opendmarc util-linux")
     if refused is not None:
         return refused
@@ -547,16 +537,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: signing {args.messages} messages", flush=True)
         batch = [signer.sign(make_message(i)) for i in range(1, args.messages + 1)]
         for sessions in session_counts:
-            for _, relay in in_turns(relays, args.repeat):
+            for _, relay in runs.in_turns(relays, args.repeat):
                 r = measure(relay, sink, dns_cpu, sessions, batch, args.timeout)
                 results.append(r)
-                progress(f"{relay.name:<17} {sessions:>2} sessions", r, f"{r.per_msg(r.mta_cpu):.2f} MTA + "
+                runs.progress(f"{relay.name:<17} {sessions:>2} sessions", r, f"{r.per_msg(r.mta_cpu):.2f} MTA + "
                          f"{r.per_msg(r.milter_cpu):.2f} milters + {r.per_msg(r.dns_cpu):.2f} DNS")
     except BenchError as exc:
-        return failed(exc)
+        return runs.failed(exc)
     finally:
-        stop_all(started, tmp, args.keep)
-    return conclude(results, print_table)
+        runs.stop_all(started, tmp, args.keep)
+    return runs.conclude(results, print_table)
 
 
 if __name__ == "__main__":
