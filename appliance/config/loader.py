@@ -15,19 +15,23 @@ import yaml
 
 from appliance.config.dnsbl_codes import parse_codes
 from appliance.config.model import (
+    CALLOUT_UNREACHABLE,
     DEFAULT_MAX_SCAN_SIZE,
     DMARC_ACTIONS,
     ON_ERROR,
     ROLES,
     SCANNER_TYPES,
+    VERIFY_MODES,
     VIRUS_ACTIONS,
     AuthConfig,
     BackupDomain,
     BackupMXConfig,
     BansConfig,
+    CalloutConfig,
     CodeRange,
     Config,
     DeliveryConfig,
+    DictionaryConfig,
     DmarcActions,
     DNSBLConfig,
     DNSBLSite,
@@ -617,7 +621,40 @@ def _limit_set(value: Any, where: str, name: str) -> LimitSet:
 
 def _bans(value: Any) -> BansConfig:
     section = _mapping(value, "bans", _keys(BansConfig))
-    return BansConfig(**_given(section, "bans", {}))
+
+    def factor(v: Any, w: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 1:
+            raise ConfigError(w, f"expected a factor of at least 1 (1: bans do not grow), got {_kind(v)}")
+        return float(v)
+
+    return BansConfig(**_given(section, "bans", {
+        "escalation": factor,
+        "max_duration": parse_duration,
+        "memory": parse_duration,
+        "exempt": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+        "dictionary": _dictionary,
+    }))
+
+
+def _dictionary(value: Any, where: str) -> DictionaryConfig:
+    section = _mapping(value, where, _keys(DictionaryConfig))
+    config = DictionaryConfig(**_given(section, where, {
+        "enabled": _bool,
+        "session_threshold": lambda v, w: _int(v, w, 1),
+        "ip_threshold": lambda v, w: _int(v, w, 1),
+        "ban_after": lambda v, w: _int(v, w, 1),
+        "window": parse_duration,
+        "tarpit_delay": lambda v, w: parse_duration(v, w, allow_zero=True),
+        "tarpit_max": lambda v, w: parse_duration(v, w, allow_zero=True),
+        "ban_duration": parse_duration,
+    }))
+    if config.tarpit_max < config.tarpit_delay:
+        raise ConfigError(f"{where}.tarpit_max", f"must be at least tarpit_delay ({config.tarpit_delay:g}s), "
+                                                 f"got {config.tarpit_max:g}s")
+    if config.tarpit_max > 240:
+        raise ConfigError(f"{where}.tarpit_max", "must be at most 4m: a client waits 5 minutes for a RCPT reply "
+                                                 "(RFC 5321 §4.5.3.2) and would give up before the ban")
+    return config
 
 
 def _screening(value: Any) -> ScreeningConfig:
@@ -835,19 +872,14 @@ def _backup_mx(value: Any, queue: QueueConfig) -> BackupMXConfig:
 
     def build(entry: Any, where: str, domain: str) -> BackupDomain:
         entry = _mapping(entry, where, _keys(BackupDomain))
-        recipients = []
-        for i, item in enumerate(_list(entry.get("recipients"), f"{where}.recipients")):
-            address = _address(item, f"{where}.recipients[{i}]")
-            if address.rpartition("@")[2] != domain:
-                raise ConfigError(f"{where}.recipients[{i}]", f"{address} is not in {domain}")
-            recipients.append(address.lower())
         return BackupDomain(primary_hosts=_hosts(entry.get("primary_hosts"), f"{where}.primary_hosts"),
-                            recipients=frozenset(recipients))
+                            **_verification(entry, where, domain))
 
     return BackupMXConfig(
         domains=_domain_table(section.get("domains"), "backup_mx.domains", build),
         retry_schedule=_retry_schedule(section.get("retry_schedule"), "backup_mx.retry_schedule",
                                        queue.retry_schedule),
+        **_given(section, "backup_mx", {"callout": _callout}),
     )
 
 
@@ -859,13 +891,49 @@ def _incoming(value: Any, queue: QueueConfig) -> IncomingGatewayConfig:
 
     def build(entry: Any, where: str, domain: str) -> ForwardDomain:
         entry = _mapping(entry, where, _keys(ForwardDomain))
-        return ForwardDomain(destinations=_hosts(entry.get("destinations"), f"{where}.destinations"))
+        return ForwardDomain(destinations=_hosts(entry.get("destinations"), f"{where}.destinations"),
+                             **_verification(entry, where, domain))
 
     return IncomingGatewayConfig(
         domains=_domain_table(section.get("domains"), "incoming_gateway.domains", build),
         retry_schedule=_retry_schedule(section.get("retry_schedule"), "incoming_gateway.retry_schedule",
                                        queue.retry_schedule),
+        **_given(section, "incoming_gateway", {"callout": _callout}),
     )
+
+
+def _verification(entry: Mapping[str, Any], where: str, domain: str) -> dict[str, Any]:
+    """`recipients` and `verify` of a backed-up or forwarded domain. Left out, verify is list when recipients are
+    given and callout when not, so that no domain accepts every address unless `verify: none` says so."""
+    recipients: list[str] = []
+    for i, item in enumerate(_list(entry.get("recipients"), f"{where}.recipients")):
+        item_where = f"{where}.recipients[{i}]"
+        text = _str(item, item_where)
+        # "@domain": every address of the domain (the primary has a catch-all), as in Postfix's
+        # relay_recipient_maps.
+        address = f"@{_domain(text[1:], item_where)}" if text.startswith("@") else _address(text, item_where)
+        if address.rpartition("@")[2] != domain:
+            raise ConfigError(item_where, f"{address} is not in {domain}")
+        recipients.append(address.lower())
+    verify = _choice(entry["verify"], f"{where}.verify", VERIFY_MODES) if "verify" in entry else (
+        "list" if recipients else "callout")
+    if verify == "list" and not recipients:
+        raise ConfigError(f"{where}.recipients", "verify is list but no recipient is listed: every address would "
+                                                 "be refused (list them, or use verify: callout or none)")
+    if verify != "list" and recipients:
+        raise ConfigError(f"{where}.verify", f"is {verify}, so the recipients listed would not be used "
+                                             "(verify: list, or drop the list)")
+    return {"recipients": frozenset(recipients), "verify": verify}
+
+
+def _callout(value: Any, where: str) -> CalloutConfig:
+    section = _mapping(value, where, _keys(CalloutConfig))
+    return CalloutConfig(**_given(section, where, {
+        "timeout": parse_duration,
+        "positive_ttl": parse_duration,
+        "negative_ttl": parse_duration,
+        "unreachable": lambda v, w: _choice(v, w, CALLOUT_UNREACHABLE),
+    }))
 
 
 def _outgoing(value: Any, queue: QueueConfig) -> OutgoingGatewayConfig:

@@ -133,16 +133,42 @@ class PrimaryConfig:
         _frozen(self, "aliases", "catch_all")
 
 
+# How a backup MX or an incoming gateway knows which addresses of a domain exist, so that it refuses at RCPT TO
+# what the primary would refuse instead of accepting it and bouncing it later to a sender that may be forged
+# (backscatter): `list` (the domain's recipients, rendered by the roles from the primary's users, aliases and
+# catch-alls), `callout` (ask the domain's own servers with an SMTP recipient callout, as Exim's callout and
+# Postfix's reject_unverified_recipient do), or `none` (accept every address: the exception an administrator
+# turns on knowingly).
+VERIFY_MODES = ("list", "callout", "none")
+# A callout that reached no destination: tempfail (450 4.4.1, the sender retries) or accept (and risk a bounce).
+CALLOUT_UNREACHABLE = ("tempfail", "accept")
+
+
+@dataclass(frozen=True)
+class CalloutConfig:
+    """The SMTP recipient callout of one role's domains: EHLO, MAIL FROM:<>, RCPT TO, RSET, QUIT at each
+    destination in order until one gives a final answer; the answers are cached per address in SQLite under
+    data_dir, shared by the acceptor processes."""
+
+    timeout: float = 10.0  # for one destination, from the connect to the RCPT reply
+    positive_ttl: float = 7 * 86400.0  # an address the destination took is believed this long (Postfix: 7d)
+    negative_ttl: float = 3 * 3600.0  # an address it refused, this long (Postfix's negative refresh: 3h)
+    unreachable: str = "tempfail"  # no destination gave a final answer: tempfail or accept
+
+
 @dataclass(frozen=True)
 class BackupDomain:
     primary_hosts: tuple[HostPort, ...]
+    # The valid addresses (lower case) for verify=list; "@domain" stands for every address (a catch-all).
     recipients: frozenset[str] = frozenset()
+    verify: str = "callout"  # one of VERIFY_MODES; in a file: list when recipients are given, else callout
 
 
 @dataclass(frozen=True)
 class BackupMXConfig:
     domains: Mapping[str, BackupDomain]
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
+    callout: CalloutConfig = CalloutConfig()
 
     def __post_init__(self) -> None:
         _frozen(self, "domains")
@@ -151,12 +177,15 @@ class BackupMXConfig:
 @dataclass(frozen=True)
 class ForwardDomain:
     destinations: tuple[HostPort, ...]
+    recipients: frozenset[str] = frozenset()  # as BackupDomain's
+    verify: str = "callout"  # as BackupDomain's
 
 
 @dataclass(frozen=True)
 class IncomingGatewayConfig:
     domains: Mapping[str, ForwardDomain]
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
+    callout: CalloutConfig = CalloutConfig()
 
     def __post_init__(self) -> None:
         _frozen(self, "domains")
@@ -293,8 +322,35 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class DictionaryConfig:
+    """Dictionary attacks: unknown recipients (550 5.1.1) slow the RCPT replies down (the tarpit), then ban."""
+
+    enabled: bool = True
+    session_threshold: int = 5  # unknown recipients in one session, after which its RCPT replies slow down
+    ip_threshold: int = 10  # unknown recipients from one address within window: its RCPT replies slow down
+    ban_after: int = 30  # unknown recipients from one address within window: the address is banned
+    window: float = 600.0
+    tarpit_delay: float = 1.0  # the first delay; it doubles with each further unknown recipient ...
+    tarpit_max: float = 20.0  # ... up to this, well under the client's RCPT timeout (RFC 5321 §4.5.3.2.3: 5 min)
+    ban_duration: float = 3600.0  # a first dictionary ban; repeat offenders' bans escalate as any ban's
+
+
+@dataclass(frozen=True)
 class BansConfig:
-    """Bans for abuse (dictionary attacks) and login failures alike: escalation, the exempt list, the tarpit."""
+    """Bans for abuse (dictionary attacks) and login failures alike: escalation, the exempt list, the tarpit.
+
+    The first ban of an address lasts its reason's duration (auth.ban_duration, dictionary.ban_duration); each
+    further ban within ``memory`` of the last one ``escalation`` times the one before, up to ``max_duration``.
+    """
+
+    escalation: float = 4.0
+    max_duration: float = 30 * 86400.0
+    memory: float = 30 * 86400.0  # how long after its last ban ended an address still counts as a repeat offender
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # never banned, never tarpitted
+    dictionary: DictionaryConfig = DictionaryConfig()
+
+    def is_exempt(self, ip: str) -> bool:
+        return _in_networks(ip, self.exempt)
 
 
 @dataclass(frozen=True)

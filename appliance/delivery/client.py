@@ -251,6 +251,14 @@ class _ConnectionCache:
         task.add_done_callback(self._closing.discard)
 
 
+async def ehlo_or_helo(smtp: aiosmtplib.SMTP) -> None:
+    """EHLO, and HELO when the server refuses it (RFC 5321 §4.1.1.1, §3.2); SMTPHeloError when both are refused."""
+    try:
+        await smtp.ehlo()
+    except SMTPHeloError:
+        await smtp.helo()
+
+
 async def _quit(smtp: aiosmtplib.SMTP, timeout: float = 10.0) -> None:
     if smtp.is_connected:
         with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
@@ -526,12 +534,9 @@ class Deliverer:
 
     async def _ehlo(self, smtp: aiosmtplib.SMTP, remote: str) -> None:
         try:
-            await smtp.ehlo()
-        except SMTPHeloError:
-            try:
-                await smtp.helo()
-            except SMTPHeloError as exc:
-                raise _Failover(_refused_to_talk(exc.code, exc.message, remote)) from exc
+            await ehlo_or_helo(smtp)
+        except SMTPHeloError as exc:
+            raise _Failover(_refused_to_talk(exc.code, exc.message, remote)) from exc
 
     async def _transaction(
         self, smtp: aiosmtplib.SMTP, remote: str, msg: _Message, rcpts: list[str]

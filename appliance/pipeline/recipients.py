@@ -5,15 +5,24 @@ Relaying is never the default: a recipient outside the domains this host serves 
 inside the outgoing gateway's explicit relay_networks, or for an authenticated submission user. Everyone else
 gets a 5.7.1 refusal. An accepted local recipient is expanded (aliases, catch-all) into the mailboxes it
 delivers to: the check writes them into the stage's ``RcptTo.targets``.
+
+A backed-up or forwarded domain's address is verified before it is accepted, so that the host refuses at RCPT TO
+what the primary would refuse instead of bouncing it later to a sender that may be forged (backscatter): against
+the domain's list, or by an SMTP callout to the domain's own servers (the ``RecipientVerifier``, which
+delivery/callout.py implements; the service hands it in). Every unknown address is answered ``550 5.1.1``, the
+shape the dictionary-attack detection counts.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.config import Config
+from appliance.config import Config, HostPort
+from appliance.config.model import CalloutConfig
 from appliance.message.address import Mailbox
 from appliance.pipeline.stages import Client, RcptTo, Result, Transaction, refuse, tempfail
 
@@ -29,11 +38,40 @@ class QuotaCheck(Protocol):
     def __call__(self, address: str, size: int) -> bool: ...
 
 
+class Outcome(enum.Enum):
+    """What a recipient callout learnt of an address."""
+
+    VALID = "valid"  # a destination answered 2xx to RCPT TO
+    INVALID = "invalid"  # a destination answered 5xx to RCPT TO
+    UNKNOWN = "unknown"  # no destination gave a final answer (down, 4xx, refused to talk)
+
+
+@dataclass(frozen=True)
+class Verification:
+    outcome: Outcome
+    detail: str = ""  # the answer (or why there was none), for the log: "mail.example.net: 550 5.1.1 ..."
+    cached: bool = False  # from the cache, not asked now
+
+
+class RecipientVerifier(Protocol):
+    """Asks a domain's own servers whether an address exists (delivery/callout.py's RecipientCallout)."""
+
+    def cached(self, address: str, settings: CalloutConfig) -> Verification | None:
+        """The cached answer still within its TTL, or None: answers at once, no network."""
+        ...
+
+    def verify(self, address: str, hosts: tuple[HostPort, ...], settings: CalloutConfig) -> Awaitable[Verification]:
+        """Ask `hosts` in order; the final answer is cached."""
+        ...
+
+
 @dataclass(frozen=True)
 class Decision:
-    reply: str  # the SMTP reply to send
+    reply: str  # the SMTP reply to send ("" while a callout has to answer first)
     addresses: tuple[str, ...] = ()  # final recipients to queue (after alias expansion) when accepted
     kind: str = ""  # local, backup, forward, relay: for the transaction log
+    callout: tuple[HostPort, ...] = ()  # verify the address with these servers before answering
+    settings: CalloutConfig | None = None  # the callout's, with callout
 
     @property
     def accepted(self) -> bool:
@@ -45,6 +83,7 @@ class RecipientPolicy:
     config: Config
     directory: UserDirectory | None = None
     over_quota: QuotaCheck | None = None  # True when the mailbox cannot take `size` more bytes
+    verifier: RecipientVerifier | None = None  # the callout, for domains with verify: callout
     _relay_denied_code: int = field(init=False, default=550)
 
     def __post_init__(self) -> None:
@@ -67,11 +106,14 @@ class RecipientPolicy:
             return self._local(address, size_hint)
         backup = config.backup_domains.get(domain)
         if backup is not None:
-            if backup.recipients and address.lower() not in backup.recipients:
-                return Decision(f"550 5.1.1 <{address}>: recipient unknown (not in the backup list)")
-            return Decision("250 2.1.5 OK", (address,), "backup")
-        if domain in config.forward_domains:
-            return Decision("250 2.1.5 OK", (address,), "forward")
+            assert config.backup_mx is not None
+            return _verified(address, domain, "backup", backup.verify, backup.recipients, backup.primary_hosts,
+                             config.backup_mx.callout)
+        forward = config.forward_domains.get(domain)
+        if forward is not None:
+            assert config.incoming_gateway is not None
+            return _verified(address, domain, "forward", forward.verify, forward.recipients, forward.destinations,
+                             config.incoming_gateway.callout)
         if login is not None:
             return Decision("250 2.1.5 OK", (address,), "relay")
         if config.outgoing_gateway is not None and config.outgoing_gateway.allows(ip):
@@ -92,14 +134,64 @@ class RecipientPolicy:
         return Decision("250 2.1.5 OK", tuple(targets), "local")
 
 
+def _verified(address: str, domain: str, kind: str, verify: str, recipients: frozenset[str],
+              hosts: tuple[HostPort, ...], settings: CalloutConfig) -> Decision:
+    """A backed-up or forwarded domain's address: accepted when it is listed (or the domain's catch-all is), or
+    after the callout (see ``after_callout``), or at once with verify none."""
+    if verify == "list":
+        if address.lower() not in recipients and f"@{domain}" not in recipients:
+            return Decision(f"550 5.1.1 <{address}>: recipient unknown (not in the list of {domain})")
+    elif verify == "callout":
+        return Decision("", (address,), kind, callout=hosts, settings=settings)
+    return Decision("250 2.1.5 OK", (address,), kind)
+
+
+def after_callout(decision: Decision, address: str, verification: Verification) -> Decision:
+    """The answer to a RCPT TO that waited for a callout."""
+    if verification.outcome is Outcome.VALID:
+        return Decision("250 2.1.5 OK", decision.addresses, decision.kind)
+    if verification.outcome is Outcome.INVALID:
+        return Decision(f"550 5.1.1 <{address}>: recipient unknown (refused by its destination)")
+    assert decision.settings is not None
+    if decision.settings.unreachable == "accept":
+        log.warning("rcpt=<%s> accepted unverified (callout.unreachable: accept): %s", address, verification.detail)
+        return Decision("250 2.1.5 OK", decision.addresses, decision.kind)
+    # RFC 3463 4.4.1: no answer from host; the sender keeps the message and retries.
+    return Decision(f"450 4.4.1 <{address}>: recipient cannot be verified now (its destination did not answer); "
+                    "try again later")
+
+
 class RecipientCheck:
-    """The RCPT stage's check: the policy's decision, and on acceptance the mailboxes the address delivers to."""
+    """The RCPT stage's check: the policy's decision, and on acceptance the mailboxes the address delivers to.
+    A decision that needs a callout answers from the verifier's cache at once, or awaits the callout."""
 
     def __init__(self, policy: RecipientPolicy) -> None:
         self.policy = policy
 
-    def __call__(self, client: Client, transaction: Transaction, rcpt: RcptTo) -> Result | None:
+    def __call__(self, client: Client, transaction: Transaction, rcpt: RcptTo) -> Result | None | Awaitable[
+            Result | None]:
         decision = self.policy.check(rcpt.mailbox, client.ip, client.login, transaction.size)
+        if decision.callout:
+            verifier = self.policy.verifier
+            address, settings = str(rcpt.mailbox), decision.settings
+            assert settings is not None
+            if verifier is None:
+                decision = Decision(f"451 4.3.0 <{address}>: recipient verification unavailable")
+            else:
+                known = verifier.cached(address, settings)
+                if known is None:
+                    return self._after(client, transaction, rcpt, decision,
+                                       verifier.verify(address, decision.callout, settings))
+                decision = after_callout(decision, address, known)
+        return self._answer(client, transaction, rcpt, decision)
+
+    async def _after(self, client: Client, transaction: Transaction, rcpt: RcptTo, decision: Decision,
+                     pending: Awaitable[Verification]) -> Result | None:
+        verification = await pending
+        log.info("rcpt=<%s> callout: %s (%s)", rcpt.address, verification.outcome.value, verification.detail)
+        return self._answer(client, transaction, rcpt, after_callout(decision, str(rcpt.mailbox), verification))
+
+    def _answer(self, client: Client, transaction: Transaction, rcpt: RcptTo, decision: Decision) -> Result | None:
         if not decision.accepted:
             log.info("client=%s from=<%s> rcpt=<%s> refused: %s", client.ip, transaction.mail_from, rcpt.address,
                      decision.reply)

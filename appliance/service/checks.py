@@ -8,7 +8,10 @@ asks for it.
 from __future__ import annotations
 
 from appliance.abuse import limits as client_limits
+from appliance.abuse.banned import RefuseBanned
+from appliance.abuse.dictionary import DictionaryGuard
 from appliance.abuse.limits import SessionHolds
+from appliance.auth.bans import BanStore
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.filters import check as filters
@@ -22,15 +25,20 @@ from appliance.senderauth import check as senderauth
 
 
 def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None,
-                   holds: SessionHolds | None = None) -> Pipeline:
+                   holds: SessionHolds | None = None, bans: BanStore | None = None) -> Pipeline:
     pipeline = Pipeline()
+    if bans is not None:  # banned clients get 421 4.7.0 at connect, on every listener
+        pipeline.register(Stage.CONNECT, RefuseBanned(bans))
     if holds is not None:  # the per-client limits (anvil) before anything else: a refused client costs nothing
         client_limits.register(pipeline, config, holds)
     # The limits first: they cost nothing and spare the later checks the work.
     limits.register(pipeline, config.smtp.max_message_size, config.smtp.max_recipients)
     screening.register(pipeline, config)  # MX listener, CONNECT: DNSBL/DNSWL score, pregreet test
     pipeline.register(Stage.MAIL, SenderOwnership(directory))  # submission users send as themselves
-    pipeline.register(Stage.RCPT, RecipientCheck(policy))  # no open relay; local users, backup, forward
+    recipients = RecipientCheck(policy)  # no open relay; local users, backup, forward
+    # Unknown recipients (550 5.1.1) from one client: slower replies, then a ban.
+    pipeline.register(Stage.RCPT, DictionaryGuard(recipients, bans, config.bans.dictionary)
+                      if bans is not None else recipients)
     greylist.register(pipeline, config)  # greylisting.enabled: 451 4.7.1 for a triplet's first attempt
     pipeline.register(Stage.DATA, smuggling.line_endings)
     # Sender authentication before the content filters: forged Authentication-Results go on every host, and

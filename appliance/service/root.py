@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from appliance.abuse.counts import CountTable, slots_for
 from appliance.abuse.limits import SessionHolds
 from appliance.auth.authenticator import Authenticator
+from appliance.auth.bans import BanStore, store_path
 from appliance.auth.connections import ConnectionLimits
 from appliance.auth.directory import Directory
 from appliance.config import Config
 from appliance.config.tls import server_tls_context
+from appliance.delivery.callout import CalloutCache, RecipientCallout
 from appliance.delivery.client import Deliverer
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.delivery.router import LOCAL, Router
@@ -94,13 +96,17 @@ class Appliance:
         self.directory: Directory | None = None
         self.authenticator: Authenticator | None = None
         self.store: MailStore | None = None
+        # The bans of every listener, shared with the host's other processes and `mailfleet ban`.
+        self.bans = BanStore(store_path(config), config.auth, config.bans)
         if config.primary is not None:
             self.directory = Directory.from_config(config)
-            self.authenticator = Authenticator(self.directory, config.auth,
-                                               state_path=config.data_dir / "auth-state.sqlite")
+            self.authenticator = Authenticator(self.directory, config.auth, bans=self.bans)
             self.store = MailStore(config.mail_dir)
         self.router = self._router(config)
         self.local = self._local(config)
+        # The recipient callout of backed-up and forwarded domains; its cache is shared by the acceptors.
+        self.callout = RecipientCallout(config.hostname, CalloutCache(config.data_dir / "recipient-callouts.sqlite"),
+                                        Resolver.from_config(config.dns))
         self.runner: QueueRunner | None = None
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
@@ -139,8 +145,9 @@ class Appliance:
         return MailboxTarget(self.local, self._seat.notifier.delivered if self._seat is not None else None)
 
     def _pipeline(self, config: Config) -> Pipeline:
-        policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None)
-        return build_pipeline(config, policy, self.directory, self.client_holds)
+        policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None,
+                                 self.callout)
+        return build_pipeline(config, policy, self.directory, self.client_holds, self.bans)
 
     def _over_quota(self, address: str, size: int) -> bool:
         assert self.directory is not None and self.store is not None
@@ -281,12 +288,15 @@ class Appliance:
             log.warning("reload: listen addresses, roles and data_dir change only with a restart; "
                         "the other settings take effect now")
         self.config = new
+        self.bans.reconfigure(new.auth, new.bans)
         if new.primary is not None and self.directory is not None and self.authenticator is not None:
             # Users, aliases and catch-alls rendered into the config change with it.
             self.directory = Directory.from_config(new)
             self.authenticator.set_directory(self.directory)
         self.router = self._router(new)
         self.local = self._local(new)
+        self.callout.hostname = new.hostname
+        self.callout.resolver = Resolver.from_config(new.dns)
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
@@ -321,6 +331,7 @@ class Appliance:
         if self.control is not None:
             await self.control.stop()
         self.spool.close()
+        self.callout.cache.close()
         if self.mode is not Mode.ACCEPTOR:
             log.info("stopped")
 

@@ -79,15 +79,54 @@ def routes(domains: Iterable[str], candidates: Iterable[str], hostvars: Mapping[
             for d in domains}
 
 
-def domain_table(routes: Mapping[str, list[str]], key: str,
-                 extra_key: str | None = None,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """{domain: {key: hosts[, extra_key: extra[domain]]}}: the domains: table of a mailfleet.yml section."""
+VERIFY_MODES = ("list", "callout", "none")
+
+
+def recipients(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> dict[str, list[str]]:
+    """domain -> every address the Mailfleet primaries among `hosts` accept for it: their users and aliases, or
+    "@domain" alone for a domain with a catch-all (it accepts every address). A foreign primary (primary_foreign)
+    keeps its users to itself: its domains are verified by callout."""
+    table: dict[str, set[str]] = {}
+    catch_alls: set[str] = set()
+    for host in hosts:
+        hv = hostvars[host]
+        if hv.get("primary_foreign"):
+            continue
+        addresses = [str(user["address"]) for user in hv.get("primary_users") or []]
+        addresses += [str(alias) for alias in hv.get("primary_aliases") or {}]
+        for address in addresses:
+            table.setdefault(address.rpartition("@")[2].lower(), set()).add(address.lower())
+        catch_alls.update(str(domain).lower() for domain in hv.get("primary_catch_all") or {})
+    for domain in catch_alls:
+        table[domain] = {f"@{domain}"}
+    return {domain: sorted(found) for domain, found in sorted(table.items())}
+
+
+def verified_domain_table(routes: Mapping[str, list[str]], key: str, derived: Mapping[str, list[str]],
+                          overridden: Iterable[str] = (), modes: Mapping[str, str] | None = None,
+                          extra: Mapping[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """{domain: {key: hosts, verify: mode[, recipients: [...]]}}: the domains: table of a backup_mx or
+    incoming_gateway section with recipient verification.
+
+    A domain's list is what the primaries it is routed to accept (`derived`, from `recipients`; none for a domain
+    whose route is `overridden`) plus its `extra` addresses; its mode is the one `modes` gives, else list when it
+    has a list and callout when not (a foreign primary, a destination outside the fleet)."""
+    modes, extra, skip = modes or {}, extra or {}, set(overridden)
     table: dict[str, dict[str, Any]] = {}
     for domain, hosts in routes.items():
-        entry: dict[str, Any] = {key: list(hosts)}
-        if extra_key and extra and extra.get(domain):
-            entry[extra_key] = list(extra[domain])
+        listed = sorted({str(a).lower() for a in ([] if domain in skip else derived.get(domain, []))}
+                        | {str(a).lower() for a in extra.get(domain) or []})
+        mode = str(modes.get(domain) or ("list" if listed else "callout"))
+        if mode not in VERIFY_MODES:
+            raise AnsibleFilterError(f"mailfleet recipients: {domain}: verification {mode!r} is not one of "
+                                     f"{', '.join(VERIFY_MODES)}")
+        if mode == "list" and not listed:
+            raise AnsibleFilterError(f"mailfleet recipients: {domain}: verification list, but no primary of the "
+                                     "fleet stores it with users, aliases or a catch-all, and no extra recipient "
+                                     "is given (give them, or use callout)")
+        entry: dict[str, Any] = {key: list(hosts), "verify": mode}
+        if mode == "list":
+            entry["recipients"] = listed
         table[domain] = entry
     return table
 
@@ -140,6 +179,7 @@ class FilterModule:
             "networks": networks,
             "domain_hosts": domain_hosts,
             "routes": routes,
-            "domain_table": domain_table,
+            "recipients": recipients,
+            "verified_domain_table": verified_domain_table,
             "topology": topology,
         }

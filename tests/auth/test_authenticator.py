@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 
 import pytest
 from waits import wait_until_async
 
 from appliance.auth.authenticator import Authenticator
+from appliance.auth.bans import parse_network
 from appliance.config.model import AuthConfig
 
 
@@ -81,7 +83,7 @@ async def test_failures_outside_the_window_do_not_count(make_auth, clock):
     clock.now += 601
     await auth.authenticate("alice@example.org", "wrong", "192.0.2.5")
     assert not auth.is_banned("192.0.2.5")
-    assert auth.failures.failures("192.0.2.5") == 1
+    assert auth.bans.failures("192.0.2.5") == 1
 
 
 async def test_loopback_is_counted_by_default_and_exempt_when_configured(make_auth):
@@ -125,3 +127,58 @@ async def test_verification_does_not_block_the_event_loop(directory, clock, monk
         assert await task == "alice@example.org"
     finally:
         auth.close()
+
+
+async def test_parallel_guesses_get_the_threshold_checked_and_no_more(make_auth, directory, monkeypatch):
+    """Twenty logins at once from one address, the right password last: three passwords are checked (the
+    threshold), the rest are refused unchecked, the address is banned, and the right password never got in."""
+    checked: list[str] = []
+    real_verify = directory.verify_password
+
+    def counting_verify(username: str, password: str) -> str | None:
+        checked.append(password)
+        return real_verify(username, password)
+
+    monkeypatch.setattr(directory, "verify_password", counting_verify)
+    auth = make_auth()
+    passwords = [f"guess-{n}" for n in range(19)] + ["right"]
+    results = await asyncio.gather(*(auth.authenticate("alice@example.org", p, "203.0.113.5") for p in passwords))
+    assert results == [None] * 20
+    assert len(checked) == 3 and "right" not in checked
+    assert auth.is_banned("203.0.113.5")
+    assert await auth.authenticate("alice@example.org", "right", "203.0.113.6") == "alice@example.org"
+
+
+async def test_a_client_banned_while_its_check_waits_gets_no_check(directory, clock, monkeypatch):
+    """A session already past the ban check, whose password waits its turn for the argon2 pool, is not checked
+    once the ban is there."""
+    started, release = threading.Event(), threading.Event()
+    checked: list[str] = []
+    real_verify = directory.verify_password
+
+    def slow_verify(username: str, password: str) -> str | None:
+        checked.append(password)
+        started.set()
+        release.wait(5)
+        return real_verify(username, password)
+
+    monkeypatch.setattr(directory, "verify_password", slow_verify)
+    auth = Authenticator(directory, AuthConfig(ban_threshold=5), clock=clock, max_parallel_verifications=1)
+    try:
+        first = asyncio.create_task(auth.authenticate("alice@example.org", "guess", "203.0.113.9"))
+        await wait_until_async(started.is_set, 5, "the first password check to start")
+        second = asyncio.create_task(auth.authenticate("alice@example.org", "right", "203.0.113.9"))
+        await wait_until_async(lambda: auth.bans.failures("203.0.113.9") == 0 and _pending(auth) == 2, 5,
+                               "the second attempt to be reserved")
+        auth.bans.add(parse_network("203.0.113.9"), None, "by hand")
+        release.set()
+        assert await first is None and await second is None
+        assert checked == ["guess"]
+    finally:
+        auth.close()
+
+
+def _pending(auth: Authenticator) -> int:
+    """Attempts reserved and not yet settled, read from the store's file as another process would."""
+    with sqlite3.connect(auth.bans.path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM auth_attempts WHERE pending = 1").fetchone()[0]

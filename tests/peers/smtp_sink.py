@@ -52,6 +52,7 @@ class SinkHandler:
     max_rcpts: int = 0  # >0: answer 452 4.5.3 beyond this many recipients per transaction
     pipelining: bool = False  # announce PIPELINING (RFC 2920); aiosmtpd reads pipelined commands in order
     messages: list[ReceivedMessage] = field(default_factory=list)
+    rcpts: list[str] = field(default_factory=list)  # every RCPT TO address, in order, whatever the reply
     sessions: int = 0
     active: int = 0
     max_active: int = 0
@@ -84,6 +85,7 @@ class SinkHandler:
         return f"250 {server.hostname}"
 
     async def handle_RCPT(self, server, session, envelope: Envelope, address: str, rcpt_options) -> str:
+        self.rcpts.append(address)
         reply = self.rcpt_replies.get(address.lower())
         if reply:
             return reply

@@ -65,7 +65,9 @@ def send(a: argparse.Namespace) -> int:
     body = _message(a)
     try:
         with smtplib.SMTP(a.host, a.port, local_hostname="probe.test", timeout=30) as smtp:
-            smtp.ehlo()
+            code, msg = smtp.ehlo()
+            if code != 250:
+                return _verdict(a, code, msg, "EHLO")
             if a.starttls:
                 smtp.starttls(context=_tls())
                 smtp.ehlo()
@@ -82,6 +84,8 @@ def send(a: argparse.Namespace) -> int:
             return _verdict(a, code, msg, "DATA")
     except smtplib.SMTPAuthenticationError as exc:
         return _verdict(a, exc.smtp_code, exc.smtp_error, "AUTH")
+    except smtplib.SMTPConnectError as exc:  # a 4xx/5xx greeting (RFC 5321 §3.1: 554 instead of 220)
+        return _verdict(a, exc.smtp_code, exc.smtp_error, "CONNECT")
     except (OSError, smtplib.SMTPException) as exc:
         print(f"send: {a.host}:{a.port}: {exc}")
         return 1
