@@ -10,7 +10,7 @@ APT_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-pe
   rbldnsd opendmarc
 MOLECULE_APT_PACKAGES := docker.io mmdebstrap
 
-.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan clean
+.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -68,13 +68,24 @@ bench: venv ## Mailfleet vs Postfix: msg/s (local Maildir, relay to smtp-sink) a
 	$(PY) bench/smtp_throughput.py $(BENCH_ARGS)
 
 BENCH_SCAN_PACKAGES := postfix clamav-daemon clamav-milter spamassassin spamd spamc spamass-milter
-bench-scan: venv ## Mailfleet vs Postfix+milters scanning with one clamd and spamd: msg/s, p50/p99 to 250; root
-	@missing=""; for p in $(BENCH_SCAN_PACKAGES); do \
+# The Debian packages a benchmark needs, installed when one is missing: $(call bench_packages,LIST)
+define bench_packages
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+endef
+
+bench-scan: venv ## Mailfleet vs Postfix+milters scanning with one clamd and spamd: msg/s, p50/p99 to 250; root
+	$(call bench_packages,$(BENCH_SCAN_PACKAGES))
 	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
 	$(PY) bench/scan_throughput.py $(BENCH_ARGS)
+
+BENCH_AUTH_PACKAGES := postfix rbldnsd bind9 opendkim opendkim-tools opendmarc
+bench-auth: venv ## Mailfleet vs Postfix+postscreen+OpenDKIM+OpenDMARC: msg/s, CPU ms/msg with and without; root
+	$(call bench_packages,$(BENCH_AUTH_PACKAGES))
+	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
+	$(PY) bench/auth_throughput.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

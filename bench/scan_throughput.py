@@ -20,7 +20,6 @@ not scan fails the run instead of measuring fast. Run as root (Postfix's master 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import os
@@ -28,7 +27,6 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,23 +36,31 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import smtp_load
+from daemons import Daemon, LogCount
+from runs import (
+    add_common_options,
+    best_of,
+    conclude,
+    failed,
+    in_turns,
+    nearest_rank,
+    preflight,
+    progress,
+    stop_all,
+)
+from smtp_load import Sent
 from smtp_throughput import (
-    REPO,
     BenchError,
     MailfleetInstance,
     PostfixInstance,
     Sink,
     filesystem_note,
-    free_port,
-    proc_cpu_seconds,
-    process_tree,
     raise_nofile,
     server_dir,
     spread_subdirectories,
     start_profile,
     stop_profile,
-    terminate,
-    wait_serving,
     wait_until,
 )
 
@@ -77,7 +83,7 @@ WORDS = ("the report for this quarter is attached please find the figures we dis
          "regards").split()
 
 
-def _text(rnd: random.Random, size: int) -> str:
+def office_text(rnd: random.Random, size: int) -> str:
     """Plain English-looking lines of about `size` bytes (word salad from an office mail, not spam-like)."""
     lines, total = [], 0
     while total < size:
@@ -110,10 +116,10 @@ def make_message(kind: str, i: int, round_: str = "") -> bytes:
     caches the hash of each clean part it scanned, and would answer a repeated one from memory."""
     rnd = random.Random(f"{kind}-{i}-{round_}")
     if kind == "text":
-        body = _text(rnd, KINDS["text"] * 1024 - 300)
+        body = office_text(rnd, KINDS["text"] * 1024 - 300)
         return (_headers(i, "Minutes", "text/plain; charset=utf-8") + "\r\n" + body).encode()
     boundary = f"=-bench-{i}"
-    text = _text(rnd, 2500)
+    text = office_text(rnd, 2500)
     binary = _pdf_like(rnd, (KINDS["attachment"] * 1024 - 3300) * 3 // 4)
     return (_headers(i, "Quarterly report", f"multipart/mixed; boundary=\"{boundary}\"") + "\r\n"
             f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}"
@@ -136,151 +142,11 @@ def gtube_message() -> bytes:
 # ---------------------------------------------------------------------------------------------- the client
 
 
-@dataclass
-class Sent:
-    """One SMTP transaction as the client saw it: the reply to the end of data and how long it took."""
-
-    reply: str  # the end-of-data reply ("250 ..."), or what failed before it ("RCPT: 554 ...", "connect: ...")
-    latency: float = 0.0  # seconds from the final dot to the reply
-
-    @property
-    def accepted(self) -> bool:
-        return self.reply.startswith("250")
-
-
-async def _reply(reader: asyncio.StreamReader) -> str:
-    """One SMTP reply, multi-line ones joined (RFC 5321 §4.2.1: the last line has a space after the code)."""
-    lines = []
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("connection closed")
-        lines.append(line.decode(errors="replace").rstrip())
-        if len(line) < 4 or line[3:4] != b"-":
-            return " / ".join(lines)
-
-
-async def send_one(address: str, port: int, message: bytes, rcpt: str = RCPT) -> Sent:
-    """One message in its own session; the clock runs from writing the final ".\\r\\n" to the reply."""
-    try:
-        reader, writer = await asyncio.open_connection(address, port)
-    except OSError as exc:
-        return Sent(f"connect: {exc}")
-    try:
-        steps = [(None, "220"), (b"EHLO load.source.example\r\n", "250"), (f"MAIL FROM:<{SENDER}>\r\n".encode(), "250"),
-                 (f"RCPT TO:<{rcpt}>\r\n".encode(), "250"), (b"DATA\r\n", "354")]
-        for command, want in steps:
-            if command is not None:
-                writer.write(command)
-            reply = await _reply(reader)
-            if not reply.startswith(want):
-                return Sent(f"{(command or b'banner').split(b' ')[0].decode().strip()}: {reply}")
-        # RFC 5321 §4.5.2: a line starting with "." gets another one.
-        data = message.replace(b"\r\n.", b"\r\n..")
-        writer.write(data if data.endswith(b"\r\n") else data + b"\r\n")
-        await writer.drain()
-        start = time.perf_counter()
-        writer.write(b".\r\n")
-        reply = await _reply(reader)
-        sent = Sent(reply, time.perf_counter() - start)
-        writer.write(b"QUIT\r\n")
-        await writer.drain()
-        return sent
-    except (OSError, ConnectionError) as exc:
-        return Sent(f"session: {exc}")
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
-
-
-async def _load(address: str, port: int, messages: list[bytes], sessions: int) -> list[Sent]:
-    results: list[Sent] = []
-    todo = iter(messages)
-
-    async def client() -> None:
-        for message in todo:  # the shared iterator hands each message to one client
-            results.append(await send_one(address, port, message))
-
-    await asyncio.gather(*(client() for _ in range(sessions)))
-    return results
-
-
 def run_client(address: str, port: int, messages: list[bytes], sessions: int, timeout: float) -> list[Sent]:
-    async def bounded() -> list[Sent]:
-        return await asyncio.wait_for(_load(address, port, messages, sessions), timeout)
-
-    try:
-        return asyncio.run(bounded())
-    except TimeoutError as exc:
-        raise BenchError(f"the load did not finish within {timeout:.0f}s") from exc
+    return smtp_load.run_client(address, port, messages, sessions, timeout, rcpt=RCPT, sender=SENDER)
 
 
 # ---------------------------------------------------------------------------------------------- the scanners
-
-
-class LogCount:
-    """Counts the lines of a growing log file that contain a marker, reading only what was added since."""
-
-    def __init__(self, path: Path, markers: dict[str, Callable[[str], bool]]) -> None:
-        self.path = path
-        self.markers = markers
-        self.counts = dict.fromkeys(markers, 0)
-        self._offset = 0
-        self._partial = ""
-
-    def read(self) -> dict[str, int]:
-        if self.path.exists():
-            with self.path.open("r", errors="replace") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-                self._offset = f.tell()
-            *lines, self._partial = (self._partial + chunk).split("\n")
-            for line in lines:
-                for name, match in self.markers.items():
-                    if match(line):
-                        self.counts[name] += 1
-        return dict(self.counts)
-
-
-class Daemon:
-    """A scanner daemon or milter run in the foreground as our child, with its own config under `workdir`."""
-
-    name = "daemon"
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port(ADDR)
-        self.proc: subprocess.Popen | None = None
-        self.log = workdir / f"{self.name}.out"
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def ready(self) -> bool:
-        try:
-            socket.create_connection((ADDR, self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def start(self, timeout: float = 120) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.workdir)
-        out.close()
-        wait_serving(self.proc, self.log, " ".join(self.command()), self.ready, timeout)
-
-    def stop(self) -> None:
-        terminate(self.proc, 30)
-
-    def cpu_seconds(self) -> float:
-        """The daemon's CPU time with all its threads, its live children and the children it has reaped."""
-        if self.proc is None:
-            return 0.0
-        return sum(proc_cpu_seconds(p, reaped=True) for p in process_tree(self.proc.pid))
 
 
 def _debian_conf(path: Path, drop: set[str], add: dict[str, str]) -> str:
@@ -532,11 +398,7 @@ class Result:
         return self.messages / self.total_s if self.total_s and not self.errors else 0.0
 
     def percentile(self, p: float) -> float:
-        """Milliseconds; nearest rank."""
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] * 1000
+        return nearest_rank(self.latencies, p)
 
     def per_msg(self, seconds: float) -> float:
         return seconds * 1000 / self.messages
@@ -590,20 +452,9 @@ def measure(gw: Gateway, sink: Sink, clamd: Clamd, spamd: Spamd, kind: str, sess
 # ---------------------------------------------------------------------------------------------- report
 
 
-def best(results: list[Result]) -> dict[tuple[str, str, int], Result]:
-    """Per server and case, the fastest measurement that succeeded (a failed one only if all failed)."""
-    keyed: dict[tuple[str, str, int], Result] = {}
-    for r in results:
-        key = (r.server, r.kind, r.sessions)
-        held = keyed.get(key)
-        if held is None or (held.errors and not r.errors) or (not r.errors and r.rate > held.rate):
-            keyed[key] = r
-    return keyed
-
-
 def _section(title: str, results: list[Result], row: Callable[[Result | None, Result | None], str]) -> None:
     """One table: a row per case, `row` formatting the best Postfix and Mailfleet measurements of it."""
-    keyed = best(results)
+    keyed = best_of(results, lambda r: (r.server, r.kind, r.sessions))
     print(title)
     print("-" * len(title))
     for kind, sessions in sorted({(r.kind, r.sessions) for r in results}, key=lambda c: (KINDS[c[0]], c[1])):
@@ -658,35 +509,23 @@ def _pair(pf: Result | None, mf: Result | None, value: Callable[[Result], float]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--messages", type=int, default=300, help="messages per measurement (default 300)")
+    add_common_options(p, messages=300, timeout=600)
     p.add_argument("--kinds", default="text,attachment", help="text (5 KB), attachment (50 KB), comma separated")
-    p.add_argument("--sessions", default="10,50", help="parallel sessions, comma separated (default 10,50)")
-    p.add_argument("--repeat", type=int, default=3, help="measurements per case and server; the best counts")
     p.add_argument("--signatures", type=int, default=100_000, help="random body signatures in clamd's DB")
     p.add_argument("--spamd-children", type=int, default=4, help="spamd's preforked children (default 4)")
-    p.add_argument("--timeout", type=float, default=600, help="bound on each measurement, seconds (default 600)")
-    p.add_argument("--only", choices=["postfix", "mailfleet"], help="run one server only")
-    p.add_argument("--mailfleet-src", type=Path, default=REPO,
-                   help="run the `appliance` package found in this directory (A/B runs against another checkout)")
-    p.add_argument("--smtp-workers", help="Mailfleet's smtp.workers setting (default: the config default)")
     p.add_argument("--profile", type=Path, help="record a py-spy flame graph of Mailfleet per measurement here")
-    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs) for inspection")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     me = "bench/scan_throughput.py"
-    if os.geteuid() != 0:
-        print(f"{me}: run as root (Postfix's master must start as root)", file=sys.stderr)
-        return 2
     tools = ("postfix", "postconf", "smtp-sink", "/usr/sbin/clamd", "/usr/sbin/clamav-milter", "/usr/sbin/spamd",
              "/usr/sbin/spamass-milter", "spamc")
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        print(f"{me}: {', '.join(missing)} not found; apt-get install postfix clamav-daemon clamav-milter spamd "
-              "spamc spamass-milter", file=sys.stderr)
-        return 2
+    refused = preflight(me, "Postfix's master must start as root", tools,
+                        "postfix clamav-daemon clamav-milter spamd spamc spamass-milter")
+    if refused is not None:
+        return refused
     if args.profile is not None and shutil.which("py-spy") is None:
         print(f"{me}: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return 2
@@ -746,30 +585,18 @@ def main(argv: list[str] | None = None) -> int:
         sink.start()  # measurements without writing each message to a file
         for kind in kinds:
             for sessions in session_counts:
-                for rep in range(args.repeat):
-                    # Both gateways run all along and take turns, the order flipped every round (as in
-                    # smtp_throughput.py); each measurement has messages of its own.
-                    for gw in (gateways if rep % 2 == 0 else gateways[::-1]):
-                        batch = [make_message(kind, i, f"{gw.name}-{sessions}-{rep}")
-                                 for i in range(1, args.messages + 1)]
-                        r = measure(gw, sink, clamd, spamd, kind, sessions, batch, args.timeout, args.profile)
-                        results.append(r)
-                        note = f"  ({r.errors})" if r.errors else ""
-                        print(f"  {gw.name:<9} {KINDS[kind]:>2} KB {kind:<10} {sessions:>2} sessions: {r.rate:7,.1f} "
-                              f"msg/s, p50 {r.percentile(50):5,.0f} ms, p99 {r.percentile(99):5,.0f} ms; CPU ms/msg "
-                              f"{r.per_msg(r.mta_cpu):.2f} MTA + {r.per_msg(r.milter_cpu):.2f} milters, clamd "
-                              f"{r.per_msg(r.clamd_cpu):.2f}, spamd {r.per_msg(r.spamd_cpu):.2f}{note}", flush=True)
+                for rep, gw in in_turns(gateways, args.repeat):  # each measurement has messages of its own
+                    batch = [make_message(kind, i, f"{gw.name}-{sessions}-{rep}") for i in range(1, args.messages + 1)]
+                    r = measure(gw, sink, clamd, spamd, kind, sessions, batch, args.timeout, args.profile)
+                    results.append(r)
+                    progress(f"{gw.name:<9} {KINDS[kind]:>2} KB {kind:<10} {sessions:>2} sessions", r,
+                             f"{r.per_msg(r.mta_cpu):.2f} MTA + {r.per_msg(r.milter_cpu):.2f} milters, clamd "
+                             f"{r.per_msg(r.clamd_cpu):.2f}, spamd {r.per_msg(r.spamd_cpu):.2f}")
     except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
+        return failed(exc)
     finally:
-        for part in reversed(started):
-            part.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print()
-    print_table(results)
-    return 1 if any(r.errors for r in results) else 0
+        stop_all(started, tmp, args.keep)
+    return conclude(results, print_table)
 
 
 if __name__ == "__main__":

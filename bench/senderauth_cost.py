@@ -59,6 +59,7 @@ class Transaction:
     oversize: bool = False
     long_line: bool = False
     bare_line_ending: bool = False
+    nul: bool = False
 
 
 async def _run(pipeline, messages: int, data: bytes, uncached: bool, lookups_of) -> float:

@@ -261,9 +261,10 @@ class PostfixInstance(Server):
         self.sink = sink
         self.max_smtpd = max_smtpd
         self.running = False
+        self.prefix: list[str] = []  # before the postfix command (e.g. nsenter, to run it in another namespace)
 
     def _postfix(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["postfix", "-c", str(self.etc), *args], capture_output=True, text=True,
+        proc = subprocess.run([*self.prefix, "postfix", "-c", str(self.etc), *args], capture_output=True, text=True,
                               timeout=timeout)
         if proc.returncode != 0:
             # Without a tty and syslog, postfix(1) keeps its reason to itself: point at how to see it.
@@ -316,11 +317,15 @@ class PostfixInstance(Server):
             if line.startswith("smtp ") and " inet " in line:
                 continue
             lines.append(line)
-        lines.insert(0, f"{POSTFIX_ADDR}:{self.port} inet n - n - {self.max_smtpd} smtpd")
+        lines[:0] = self.master_services()
         (self.etc / "master.cf").write_text("\n".join(lines) + "\n")
         # No chroot: the instance lives in a temp dir without the chroot's copies of /etc files.
         subprocess.run(["postconf", "-c", str(self.etc), "-F", "*/*/chroot = n"], check=True, timeout=30)
         self._postfix("check")
+
+    def master_services(self) -> list[str]:
+        """The master.cf lines of the SMTP listener (in place of Debian's `smtp inet` line)."""
+        return [f"{POSTFIX_ADDR}:{self.port} inet n - n - {self.max_smtpd} smtpd"]
 
     def start(self) -> None:
         self._postfix("start")

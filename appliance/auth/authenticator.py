@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from appliance.auth.bans import BanStore, canonical_ip
 from appliance.auth.directory import Directory
 from appliance.config.model import AuthConfig, BansConfig
+from appliance.message.printable import printable
 
 log = logging.getLogger("appliance.auth")
 
@@ -34,11 +35,6 @@ def is_loopback(client_ip: str) -> bool:
         return ipaddress.ip_address(canonical_ip(client_ip)).is_loopback
     except ValueError:
         return False
-
-
-def _printable(username: str) -> str:
-    """A username safe to log: bounded length, control characters escaped."""
-    return repr(username[:64] + ("..." if len(username) > 64 else ""))
 
 
 class Authenticator:
@@ -90,7 +86,7 @@ class Authenticator:
             if attempt is None:
                 why = "banned" if store.is_banned(client_ip) else (
                     f"{store.auth.ban_threshold} attempts in flight or failed within {store.auth.ban_window:g}s")
-                log.info("authentication from %s refused unchecked (user %s): %s", ip, _printable(username), why)
+                log.info("authentication from %s refused unchecked (user '%s'): %s", ip, printable(username, 64), why)
                 return None
         address = None
         try:
@@ -107,7 +103,7 @@ class Authenticator:
         if address is not None:
             log.info("user %s authenticated from %s", address, ip)
             return address
-        log.info("authentication failed for %s from %s", _printable(username), ip)
+        log.info("authentication failed for '%s' from %s", printable(username, 64), ip)
         return None
 
     def _verify(self, username: str, password: str, client_ip: str, counted: bool) -> str | None:

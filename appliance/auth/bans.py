@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from appliance.config import Config
 from appliance.config.model import AuthConfig, BansConfig
 from appliance.durable.sqlite import enable_wal, write_transaction
+from appliance.message.printable import printable
 
 log = logging.getLogger("appliance.auth")
 
@@ -140,12 +141,6 @@ def _ip(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(canonical_ip(client_ip))
     except ValueError:
         return None
-
-
-def _printable(text: str, limit: int = 64) -> str:
-    """Client-chosen text (a username, a recipient) fit for the evidence column and the log: bounded, escaped."""
-    cut = text[:limit] + ("..." if len(text) > limit else "")
-    return cut.encode("ascii", "backslashreplace").decode("ascii").replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(frozen=True)
@@ -255,7 +250,7 @@ class BanStore:
             if count >= self.auth.ban_threshold:
                 return None
             cursor = conn.execute("INSERT INTO auth_attempts (ip, at, pending, user) VALUES (?, ?, 1, ?)",
-                                  (key, now, _printable(username)))
+                                  (key, now, printable(username, 64, ascii_only=True)))
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
@@ -292,7 +287,7 @@ class BanStore:
         with self._lock, write_transaction(self._conn) as conn:
             conn.execute("DELETE FROM unknown_recipients WHERE at <= ?", (now - settings.window,))
             conn.execute("INSERT INTO unknown_recipients (ip, at, address) VALUES (?, ?, ?)",
-                         (key, now, _printable(address, 100)))
+                         (key, now, printable(address, 100, ascii_only=True)))
             rows = conn.execute("SELECT address FROM unknown_recipients WHERE ip = ? ORDER BY at DESC",
                                 (key,)).fetchall()
             if len(rows) < settings.ban_after or self._covering(conn, key, now) is not None:

@@ -21,6 +21,9 @@ TOO_MANY_SESSIONS = "421 4.3.2 Too many connections, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 BARE_LINE_ENDING = ("550 5.6.0 Message refused: bare CR or LF in the data; lines must end in CRLF "
                     "(RFC 5321 2.3.8)")
+# RFC 5322 §3.5 (text) and RFC 2045 §2.8 (8bit data) exclude NUL; only BINARYMIME (RFC 3030) carries it, and
+# it is not offered. Refused as Postfix's cleanup refuses with message_reject_characters = \0.
+NUL_IN_DATA = "550 5.6.0 Message refused: NUL character in the data (RFC 5322 3.5, RFC 2045 2.8)"
 # RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter on MAIL (the wording is Postfix's).
 UNDECLARED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"

@@ -120,10 +120,11 @@ class Transaction(Protocol):
     verdicts: dict[str, object]  # set by checks for this message (reset with the transaction)
     added_headers: list[tuple[str, str]]  # headers checks asked for, added at the top of the message
     # What the engine measured of the data (DATA stage): more than the size limit arrived (and was not kept),
-    # a line over 998 octets, a CR or LF not part of a CRLF (RFC 5321 §2.3.8, §4.5.3.1.6).
+    # a line over 998 octets, a CR or LF not part of a CRLF (RFC 5321 §2.3.8, §4.5.3.1.6), a NUL octet.
     oversize: bool
     long_line: bool
     bare_line_ending: bool
+    nul: bool
 
 
 @dataclass(slots=True)

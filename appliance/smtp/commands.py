@@ -20,6 +20,7 @@ MAIL_LIMIT_EXTENDED = COMMAND_LIMIT + 26 + 10
 READ_LIMIT = 1001
 
 BAD_SYNTAX = "500 Error: bad syntax"
+NUL_IN_COMMAND = "500 5.5.2 Error: NUL character in the command"
 LINE_TOO_LONG = "500 Command line too long"
 
 
@@ -43,6 +44,8 @@ def parse_command(line: bytes) -> Command:
     text = line.rstrip(b"\r\n")
     if not text:
         raise CommandError(BAD_SYNTAX)
+    if b"\0" in text:  # RFC 5321 §2.4: commands are text; a NUL would cut the line short for a C peer
+        raise CommandError(NUL_IN_COMMAND)
     verb, _, rest = text.partition(b" ")
     try:
         name = verb.upper().decode("ascii")

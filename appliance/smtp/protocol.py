@@ -2,7 +2,8 @@
 
 A command is handled inside the callback that received it, and only the steps that really wait (committing a
 message, checking a password, the TLS handshake) run as a task; commands that arrive meanwhile (PIPELINING) wait
-in the buffer and are answered in order. Replies to one batch of pipelined commands go out in one write. A
+in the buffer and are answered in order. Replies to one batch of pipelined commands go out in one write (at
+most REPLY_BATCH of them; a client that does not read them is held back, see pause_writing). A
 coroutine per session awaiting a StreamReader for each line, as aiosmtpd's engine does, costs three times the
 CPU per message for the same replies (the figures are in the README's Dependencies section).
 
@@ -45,6 +46,9 @@ BOGUS_LIMIT = 5  # unknown commands before we hang up
 REFUSED_COMMAND_LIMIT = 20  # commands a screened-out client is refused before we hang up (postscreen's
                             # postscreen_command_count_limit)
 PENDING_LIMIT = 64 * 1024  # pipelined bytes we buffer while a command waits, before we stop reading
+# Replies to one batch of pipelined commands written at once; past this many, they go out and, when the
+# transport's buffer is over its high-water mark (the client does not read), reading stops until it drains.
+REPLY_BATCH = 256
 SASL_LINE_LIMIT = 12 * 1024  # RFC 4954 §4: a SASL response line; far above what PLAIN/LOGIN need
 HELP_TEXT = {
     "AUTH": "AUTH <mechanism>", "DATA": "DATA", "EHLO": "EHLO hostname", "HELO": "HELO hostname",
@@ -80,8 +84,8 @@ class Envelope:
     """One mail transaction: MAIL, RCPTs, the data."""
 
     __slots__ = ("mail_from", "mail_options", "smtp_utf8", "size", "rcpt_tos", "rcpt_options", "accepted",
-                 "content", "dot_lines", "oversize", "long_line", "bare_line_ending", "verdicts", "added_headers",
-                 "meta")
+                 "content", "dot_lines", "oversize", "long_line", "bare_line_ending", "nul", "verdicts",
+                 "added_headers", "meta")
 
     def __init__(self) -> None:
         self.mail_from: str | None = None  # "<>" for the null reverse-path, so that it is true
@@ -97,6 +101,7 @@ class Envelope:
         self.oversize = False  # more than the size limit arrived; content is empty (nothing was kept)
         self.long_line = False  # a line over 998 octets (RFC 5321 §4.5.3.1.6)
         self.bare_line_ending = False  # a CR or LF that is not part of a CRLF (RFC 5321 §2.3.8)
+        self.nul = False  # a NUL octet (RFC 5322 §3.5, RFC 2045 §2.8)
         self.verdicts: dict[str, object] = {}  # the pipeline's checks' findings about this message
         self.added_headers: list[tuple[str, str]] = []  # headers the checks add to the message
         self.meta: dict[str, object] = {}  # what the checks want stored with the message (QueuedMessage.meta)
@@ -171,7 +176,8 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._buf = bytearray()  # received, not yet handled
         self._out: list[bytes] = []  # replies not yet written
         self._busy = False  # a command is waiting for something; later lines stay in _buf
-        self._paused = False
+        self._paused = False  # reading is paused (transport.pause_reading)
+        self._write_paused = False  # the transport's write buffer is over its high-water mark
         self._skipping = False  # inside an over-long line, discarding to its end
         self._bogus = BOGUS_LIMIT
         self._hangup = False  # a 421 was answered: the connection closes once it is written
@@ -270,6 +276,9 @@ class SMTPServerProtocol(asyncio.Protocol):
             self._timer = self._loop.call_later(max(self._timeout - idle, 1.0), self._check_idle)
             return
         log.info("client=%s idle for %.0f s; closing", self.session.ip, idle)
+        if self._write_paused:  # the client reads nothing: a close would wait for the buffer forever
+            self.transport.abort()
+            return
         self.transport.write(b"421 4.4.2 Idle too long; closing connection\r\n")
         self.transport.close()
 
@@ -285,17 +294,54 @@ class SMTPServerProtocol(asyncio.Protocol):
         self._buf += data
         if self._line_waiter is not None:
             self._feed_waiter()
-        elif not self._busy:
+        elif not self._busy and not self._write_paused:
             self._process()
             self._flush()
-        elif len(self._buf) > PENDING_LIMIT and not self._paused and self.transport is not None:
+        elif len(self._buf) > PENDING_LIMIT:
+            self._pause_reading()
+
+    # Flow control (asyncio.Protocol): a client that sends commands and never reads the replies fills the
+    # transport's write buffer. Past its high-water mark reading stops, so the commands wait in the kernel's
+    # socket buffers and TCP stops the client; the replies of at most one batch (REPLY_BATCH) are held here.
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        # Not at once: the TLS transport may call this from inside a write of ours.
+        self._loop.call_soon(self._carry_on)
+
+    def _carry_on(self) -> None:
+        if self.transport is None or self._write_paused:
+            return
+        if not self._busy or len(self._buf) <= PENDING_LIMIT:
+            self._resume_reading()
+        if not self._busy and self._line_waiter is None:
+            self._process()
+            self._flush()
+
+    def _pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
+    def _resume_reading(self) -> None:
+        if self._paused and not self._write_paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
     def _process(self) -> None:
-        """Handle what is buffered, in order, until it runs out or a command has to wait."""
+        """Handle what is buffered, in order, until it runs out, a command has to wait or the client stops
+        reading the replies."""
         buf = self._buf
+        out = self._out
         while not self._busy and not self._hangup and self.transport is not None and not self.transport.is_closing():
+            if len(out) >= REPLY_BATCH:
+                self._flush()  # may pause writing: then the rest waits in _buf for resume_writing
+                if self._write_paused:
+                    return
             if self._in_data:
                 if not self._take_data():
                     return
@@ -364,10 +410,9 @@ class SMTPServerProtocol(asyncio.Protocol):
             self.push(self.handler.handle_exception(error))
         if self.transport is None:
             return
-        if self._paused:
-            self._paused = False
-            self.transport.resume_reading()
-        self._process()
+        self._resume_reading()
+        if not self._write_paused:
+            self._process()
         self._flush()
 
     def _take_line(self) -> bytes | None:
@@ -632,7 +677,7 @@ class SMTPServerProtocol(asyncio.Protocol):
                 envelope.oversize = True
                 envelope.long_line = _longest_line(body) > MAX_DATA_LINE
             else:
-                envelope.bare_line_ending, envelope.long_line = scan_lines(body)
+                envelope.bare_line_ending, envelope.long_line, envelope.nul = scan_lines(body)
                 # RFC 5321 §4.5.2: a line that starts with a dot loses it (transparency).
                 envelope.dot_lines = self._dotted
                 envelope.content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:] if self._dotted else body

@@ -28,6 +28,7 @@ from appliance.message import codes
 from appliance.message.address import AddressError, parse_mailbox
 from appliance.message.lines import has_bare_cr_or_lf
 from appliance.message.model import META_CRLF_ONLY, META_DOT_FREE, QueuedMessage, Recipient, new_queue_id
+from appliance.message.printable import printable
 from appliance.pipeline.stages import MailFrom, Outcome, Pipeline, RcptTo, Result, Stage
 from appliance.pipeline.verdicts import PREGREET
 from appliance.screening.pregreet import PregreetTest
@@ -279,7 +280,7 @@ class InboundHandler:
             proto += "S"
         if session.authenticated:
             proto += "A"
-        helo = _printable(session.host_name or "unknown")
+        helo = printable(session.host_name or "unknown", 200, ascii_only=True)
         rcpt = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
         header = (f"Received: from {helo} ([{session.ip}])\r\n\tby {self.hostname} (Mailfleet) with {proto} "
                   f"id {queue_id}{rcpt};\r\n\t{formatdate(localtime=False)}\r\n")
@@ -315,7 +316,7 @@ class InboundHandler:
             return None
         login = await self._authenticate(username, password, session.ip)
         if login is None:
-            log.info("client=%s AUTH failed for user %r", session.ip, _printable(username))
+            log.info("client=%s AUTH failed for user %s", session.ip, username)
             conn.push("535 5.7.8 Authentication credentials invalid")
             return None
         log.info("client=%s authenticated as %s", session.ip, login)
@@ -485,7 +486,3 @@ def _auth_allowed(session: Session, options: ListenerOptions) -> bool:
     if options.implicit_tls or session.ssl is not None:
         return True
     return options.plaintext_auth_on_loopback and is_loopback(session.ip)
-
-
-def _printable(text: str) -> str:
-    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200]

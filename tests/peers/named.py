@@ -78,9 +78,13 @@ def _zone_text(origin: str, records: str, address: str) -> str:
     )
 
 
-def _config(workdir: Path, address: str, port: int, zones: Mapping[str, str]) -> str:
+def _config(workdir: Path, address: str, port: int, zones: Mapping[str, str],
+            forwards: Mapping[str, tuple[str, int]]) -> str:
     zone_blocks = "".join(
         f'zone "{origin}" {{ type primary; file "{workdir / (origin + ".zone")}"; }};\n' for origin in zones
+    ) + "".join(
+        f'zone "{origin}" {{ type forward; forward only; forwarders {{ {host} port {to}; }}; }};\n'
+        for origin, (host, to) in forwards.items()
     )
     listen = f"listen-on port {port} {{ {address}; }};\n  listen-on-v6 {{ none; }};"
     if ":" in address:
@@ -92,7 +96,7 @@ def _config(workdir: Path, address: str, port: int, zones: Mapping[str, str]) ->
         f'  pid-file "{workdir}/named.pid";\n'
         f'  session-keyfile "{workdir}/session.key";\n'
         f'  managed-keys-directory "{workdir}";\n'
-        "  recursion no;\n"
+        f"  recursion {'yes; allow-recursion { any; }' if forwards else 'no'};\n"
         "  dnssec-validation no;\n"
         "  notify no;\n"
         "  allow-query { any; };\n"
@@ -102,9 +106,11 @@ def _config(workdir: Path, address: str, port: int, zones: Mapping[str, str]) ->
 
 
 def start_named(
-    workdir: Path, zones: Mapping[str, str], address: str = "127.0.0.1", port: int | None = None
+    workdir: Path, zones: Mapping[str, str], address: str = "127.0.0.1", port: int | None = None,
+    forwards: Mapping[str, tuple[str, int]] | None = None,
 ) -> NamedServer:
-    """Start named serving `zones` ({origin: records relative to the origin}); SOA and NS are added.
+    """Start named serving `zones` ({origin: records relative to the origin}); SOA and NS are added. `forwards`
+    ({origin: (address, port)}) makes it also answer for those zones by asking another server (rbldnsd).
 
     Raises RuntimeError with named's own words when the config or a zone is broken or it does not answer.
     """
@@ -113,7 +119,7 @@ def start_named(
     for origin, records in zones.items():
         (workdir / f"{origin}.zone").write_text(_zone_text(origin.rstrip("."), records, address))
     conf = workdir / "named.conf"
-    conf.write_text(_config(workdir, address, port, {o.rstrip("."): r for o, r in zones.items()}))
+    conf.write_text(_config(workdir, address, port, {o.rstrip("."): r for o, r in zones.items()}, forwards or {}))
     check = subprocess.run([NAMED_CHECKCONF, "-z", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError(f"named-checkconf refused the test zones:\n{check.stdout}{check.stderr}")

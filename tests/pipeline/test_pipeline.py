@@ -38,6 +38,7 @@ class _Transaction:
     oversize: bool = False
     long_line: bool = False
     bare_line_ending: bool = False
+    nul: bool = False
 
 
 def test_checks_run_in_the_order_registered_until_one_ends_the_stage() -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from appliance.smtp.commands import (
     BAD_SYNTAX,
+    NUL_IN_COMMAND,
     CommandError,
     MailParams,
     check_mail_params,
@@ -23,8 +24,9 @@ def test_any_line_is_a_command_or_bad_syntax(line: bytes) -> None:
     try:
         command = parse_command(line + b"\r\n")
     except CommandError as exc:
-        assert exc.reply == BAD_SYNTAX
+        assert exc.reply == (NUL_IN_COMMAND if b"\0" in line else BAD_SYNTAX)
         return
+    assert b"\0" not in line
     assert command.verb == command.verb.upper() and command.verb.isascii()
     assert command.length == len(line.rstrip(b"\r\n"))
     if command.arg is not None:  # the argument gives back the client's bytes
@@ -39,6 +41,9 @@ def test_verbs_and_arguments() -> None:
     for bad in (b"\r\n", b"\n", "MÄIL FROM:<a@b>\r\n".encode()):
         with pytest.raises(CommandError):
             parse_command(bad)
+    for nul in (b"EHLO a\0b\r\n", b"\0\r\n", b"MAIL FROM:<a@b.c>\0\r\n"):
+        with pytest.raises(CommandError, match="NUL"):
+            parse_command(nul)
 
 
 def test_keyword() -> None:

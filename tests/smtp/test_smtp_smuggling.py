@@ -3,7 +3,8 @@
 Each case sends one message whose body hides an alternative end-of-data marker followed by a complete second
 transaction. A server that honours the odd marker would answer the first message early and then run the
 smuggled MAIL/RCPT/DATA. Ours must answer exactly once, after the real <CRLF>.<CRLF>, and let no smuggled
-message reach a mailbox or the next hop; it refuses data with bare CR or LF outright (550 5.6.0).
+message reach a mailbox or the next hop; it refuses data with bare CR or LF outright (550 5.6.0), and data or
+commands holding a NUL (550 5.6.0, 500 5.5.2).
 """
 
 from __future__ import annotations
@@ -174,3 +175,47 @@ def test_messages_around_the_line_buffer_size_arrive_whole(host):
     for mark, unstuffed in marks:
         [stored] = host.wait_mailbox("bob@example.org", mark)
         assert stored.read_bytes().endswith(unstuffed)
+
+
+def test_nul_in_the_data_is_refused_not_relayed(host):
+    """Issue 15: ``<CRLF><NUL>.<CRLF>`` was accepted and relayed byte for byte; a next hop that drops NULs would
+    see an end of data there and run what follows as commands. RFC 5322 §3.5 and RFC 2045 §2.8 exclude NUL from
+    text and 8bit data (we offer no BINARYMIME): the message is refused at the end of DATA."""
+    mark, evil = marker(), marker()
+    downstream = host.sinks[0]
+    before = len(downstream.messages)
+    with RawSession("127.0.0.1", host.server.smtp_port, source="127.0.37.3") as session:
+        session.ehlo()
+        assert session.cmd("MAIL FROM:<sender@client.example>").code == 250
+        assert session.cmd("RCPT TO:<anyone@example.net>").code == 250
+        assert session.cmd("DATA").code == 354
+        session.send(message(evil, "first") + _smuggled(b"\r\n\x00.\r\n", "anyone@example.net", evil) + b".\r\n")
+        reply = session.reply()
+        assert (reply.code, reply.lines[-1][:5]) == (550, "5.6.0"), reply
+        assert "NUL" in reply.text
+        assert session.pending() == b""
+        # The session carries on, and a clean message goes through.
+        assert session.cmd("MAIL FROM:<sender@client.example>").code == 250
+        assert session.cmd("RCPT TO:<anyone@example.net>").code == 250
+        assert session.cmd("DATA").code == 354
+        session.send(message(mark, "clean") + b".\r\n")
+        assert session.reply().code == 250
+        session.cmd("QUIT")
+    host.wait_sink(downstream, mark)
+    host.wait_spool_empty()
+    assert host.everywhere(evil) == []
+    assert len(downstream.messages) == before + 1
+    assert "refused: NUL in DATA" in host.server.log()
+
+
+@pytest.mark.parametrize("line", [b"EHLO evil\x00.example", b"MAIL FROM:<a\x00@client.example>",
+                                  b"RCPT TO:<bob@example.org>\x00", b"\x00"])
+def test_nul_in_a_command_is_refused(host, line):
+    with RawSession("127.0.0.1", host.server.smtp_port, source="127.0.37.4") as session:
+        if not line.startswith(b"EHLO"):
+            session.ehlo()
+            session.cmd("MAIL FROM:<sender@client.example>" if line.startswith(b"RCPT") else "RSET")
+        reply = session.cmd(line)
+        assert (reply.code, reply.lines[-1][:5]) == (500, "5.5.2"), reply
+        assert "NUL" in reply.text
+        assert session.cmd("NOOP").code == 250, "session did not survive the refusal"
