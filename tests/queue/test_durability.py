@@ -28,7 +28,8 @@ def gateway_config(sink: Sink) -> dict:
         "roles": ["incoming_gateway"],
         "queue": {"retry_schedule": ["1s"]},
         "delivery": {"concurrency_per_destination": CONCURRENCY},
-        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"{sink.address}:{sink.port}"], "verify": "none"}}},
+        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"{sink.address}:{sink.port}"],
+                                                      "verify": "none"}}},
     }
 
 
@@ -144,7 +145,8 @@ def test_a_message_damaged_after_its_250_is_reported_to_its_sender(mailfleet_fac
     server = mailfleet_factory({
         "roles": ["primary", "incoming_gateway"],
         "primary": {"domains": ["home.test"], "users": [{"address": "alice@home.test"}]},
-        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"{sink.address}:{sink.port}"], "verify": "none"}}},
+        "incoming_gateway": {"domains": {"fwd.test": {"destinations": [f"{sink.address}:{sink.port}"],
+                                                      "verify": "none"}}},
     }, run=False)
     spool_dir = server.data_dir / "spool"
     queue_id = _damage_after_250(spool_dir, "alice@home.test", "bob@fwd.test", "rotten")
