@@ -191,17 +191,18 @@ class SenderAuth:
 
     async def _verify_data(self, client: Client, transaction: Transaction) -> Result | None:
         settings = self._settings
-        content = transaction.content
+        content = usable(transaction.content)
+        fields = headers(content)  # once, for DKIM, ARC and DMARC
         signed: list[DkimResult] = []
         chain: ArcResult | None = None
         if settings.dkim or settings.arc:
-            signed, chain = await self._signatures.verify(content, arc=settings.arc, check_dkim=settings.dkim)
+            signed, chain = await self._signatures.verify(content, arc=settings.arc, check_dkim=settings.dkim,
+                                                          fields=fields)
         spf: tuple[SpfResult, ...] = transaction.verdicts.get(_SPF_RESULTS, ())  # type: ignore[assignment]
         dmarc: DmarcResult | None = None
         if settings.dmarc:
             senders = {r.domain: r.result for r in spf[:1]}  # the MAIL FROM identity (HELO's for <>)
-            from_fields = [value.decode("utf-8", "replace") for name, value in headers(usable(content))
-                           if name.lower() == b"from"]
+            from_fields = [value.decode("utf-8", "replace") for name, value in fields if name.lower() == b"from"]
             dmarc = await self._dmarc.check(from_fields, senders, [s.domain for s in signed if s.result == "pass"])
         reverse: iprev.IprevResult | None = client.verdicts.get(_IPREV_RESULT)  # type: ignore[assignment]
         results = _results(client.ip, reverse, spf, signed, dmarc, chain)

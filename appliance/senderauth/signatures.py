@@ -23,6 +23,8 @@ log = logging.getLogger("appliance.senderauth")
 MAX_SIGNATURES = 8
 MAX_KEYS = 24
 _SIGNED = (b"dkim-signature", b"arc-message-signature", b"arc-seal")
+# The fields of an ARC set (RFC 8617 §4.1; dkimpy's ARC.ARC_HEADERS): without any, the chain is "none".
+_ARC_FIELDS = frozenset((b"arc-seal", b"arc-message-signature", b"arc-authentication-results"))
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # as dkimpy reads a field: no space before the colon
 _silent = logging.getLogger("appliance.senderauth.dkimpy")  # dkimpy logs every failure as an error
 _silent.propagate = False
@@ -118,11 +120,19 @@ class Verifier:
                 found[name] = answer[0] if answer else _Missing(f"no key at {name.decode('ascii', 'replace')}")
         return found
 
-    async def verify(self, content: bytes, arc: bool, check_dkim: bool = True) -> tuple[list[DkimResult],
-                                                                                      ArcResult | None]:
-        """Each DKIM signature's result (topmost first), and the ARC chain's (None when ``arc`` is off)."""
-        content = usable(content)
-        fields = headers(content)
+    async def verify(self, content: bytes, arc: bool, check_dkim: bool = True,
+                     fields: list[tuple[bytes, bytes]] | None = None) -> tuple[list[DkimResult], ArcResult | None]:
+        """Each DKIM signature's result (topmost first), and the ARC chain's (None when ``arc`` is off).
+
+        With ``fields``, ``content`` is already as ``usable`` returns it and ``fields`` are its ``headers`` (the
+        DATA check reads them for DMARC too: the message is parsed once). A message with neither DKIM-Signature
+        nor ARC fields costs no hop to the thread pool."""
+        if fields is None:
+            content = usable(content)
+            fields = headers(content)
+        names = {name.lower() for name, _ in fields}
+        if not (check_dkim and b"dkim-signature" in names) and not (arc and names & _ARC_FIELDS):
+            return [], (ArcResult("none", 0) if arc else None)
         keys = await self._keys(fields)
         return await self._lookups.run(self._verify, content, fields, keys, arc, check_dkim)
 
@@ -139,11 +149,17 @@ class Verifier:
             return answer
 
         results = self._dkim(content, fields, dnsfunc) if check_dkim else []
-        return results, (self._arc(content, dnsfunc) if arc else None)
+        if not arc:
+            return results, None
+        if not any(name.lower() in _ARC_FIELDS for name, _ in fields):
+            return results, ArcResult("none", 0)  # what dkimpy finds, without parsing the message again
+        return results, self._arc(content, dnsfunc)
 
     def _dkim(self, content: bytes, fields: list[tuple[bytes, bytes]], dnsfunc: object) -> list[DkimResult]:
         signatures = [value for name, value in fields if name.lower() == b"dkim-signature"]
-        results = []
+        results: list[DkimResult] = []
+        if not signatures:
+            return results
         verifier = dkim.DKIM(content, logger=_silent)
         for index, value in enumerate(signatures[:MAX_SIGNATURES]):
             tags = _tags(value)
