@@ -133,6 +133,18 @@ def test_bans_survive_a_restart_and_are_shared_between_processes(make_store, clo
     assert not reopened.is_banned("198.51.100.7")
 
 
+def test_a_store_that_saw_no_bans_sees_the_ones_another_process_adds(make_store) -> None:
+    """The lookups skip their queries while the file is unchanged; a write by anyone else is seen at once."""
+    reader, writer = make_store(), make_store()
+    assert reader.banned("203.0.113.9") is None and reader.unknown_recipients("203.0.113.9") == 0
+    writer.add(parse_network("203.0.113.0/24"), None, "spam run")
+    writer.record_unknown_recipient("203.0.113.9", "nobody@example.org")
+    assert reader.banned("203.0.113.9").reason == "spam run"
+    assert reader.unknown_recipients("203.0.113.9") == 1
+    writer.remove(parse_network("203.0.113.0/24"))
+    assert reader.banned("203.0.113.9") is None
+
+
 def test_unknown_recipients_lead_to_a_dictionary_ban_with_its_evidence(make_store, clock) -> None:
     store = make_store(bans=BansConfig(dictionary=DictionaryConfig(ban_after=4, window=60, ban_duration=HOUR)))
     assert store.record_unknown_recipient("192.0.2.44", "a@example.org") == (1, None)
