@@ -204,17 +204,22 @@ class BanStore:
 
     def exempt(self, client_ip: str) -> bool:
         """Never banned, counted or tarpitted: bans.exempt, and loopback with auth.exempt_loopback."""
+        if not self._exempt:
+            return False
         addr = _ip(client_ip)
         return addr is not None and any(addr in network for network in self._exempt)
 
     def banned(self, client_ip: str) -> Ban | None:
         """The ban that covers ``client_ip`` now (the longest, when several do), or None."""
+        with self._read_lock:
+            self._refresh()
+            if not self._any_ban:
+                return None
         addr = _ip(client_ip)
         if addr is None or any(addr in network for network in self._exempt):
             return None
         with self._read_lock:
-            self._refresh()
-            return _covering(self._read_conn, addr, self._clock()) if self._any_ban else None
+            return _covering(self._read_conn, addr, self._clock())
 
     def is_banned(self, client_ip: str) -> bool:
         return self.banned(client_ip) is not None

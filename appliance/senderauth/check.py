@@ -73,10 +73,8 @@ class ForgedResults:
         self._filters = filters
 
     def __call__(self, client: Client, transaction: Transaction, data: bytes) -> None:
-        if self._filters.trusts(client.ip):
-            return
         content, removed = remove_ours(transaction.content, self._own_id)
-        if removed:
+        if removed and not self._filters.trusts(client.ip):
             transaction.content = content
             log.info("client=%s from=<%s> removed %d Authentication-Results claiming to be ours (%s)",
                      client.ip, transaction.mail_from, removed, self._own_id)

@@ -15,6 +15,7 @@ AUTHENTICATION_RESULTS = "Authentication-Results"
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = AUTHENTICATION_RESULTS.lower().encode()
+_NAME_ANYCASE = re.compile(re.escape(_NAME), re.IGNORECASE)  # finds a candidate without a lower-cased copy
 MAX_REASON = 200
 
 
@@ -125,9 +126,9 @@ def _ours(content: bytes, own_id: str) -> Iterator[tuple[int, int, str]]:
     if content.startswith(b"\r\n"):
         return  # no header section at all
     end = content.find(b"\r\n\r\n")
+    if _NAME_ANYCASE.search(content, 0, len(content) if end < 0 else end + 2) is None:
+        return  # the common case: no such field, nothing copied
     head = content if end < 0 else content[:end + 2]
-    if _NAME not in head.lower():
-        return
     own = own_id.lower()
     for start, stop in _fields(head):
         name, colon, rest = head[start:stop].partition(b":")
