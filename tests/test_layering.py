@@ -12,9 +12,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 
 FLOORS = [
-    {"message", "durable", "config"},  # the ground floor: imports nothing of appliance
+    {"message", "durable", "config", "forwarding"},  # the ground floor: imports nothing of appliance
     {"dns", "store", "auth", "pipeline"},
-    {"delivery", "imap", "pop3", "filters", "quarantine", "web", "abuse", "screening", "senderauth"},
+    {"delivery", "imap", "pop3", "filters", "quarantine", "web", "abuse", "screening", "senderauth",
+     "signing", "egress", "tlspolicy"},
     {"queue", "smtp"},
     {"service"},
     {"cli"},

@@ -35,7 +35,10 @@ from appliance.config.model import (
     DmarcActions,
     DNSBLConfig,
     DNSBLSite,
+    DKIMConfig,
     DNSConfig,
+    EgressAddress,
+    EgressFailoverConfig,
     FiltersConfig,
     ForwardDomain,
     GreylistConfig,
@@ -44,6 +47,7 @@ from appliance.config.model import (
     LimitsConfig,
     LimitSet,
     ListenConfig,
+    OutboundTLSConfig,
     OutgoingGatewayConfig,
     PregreetConfig,
     PrimaryConfig,
@@ -51,9 +55,12 @@ from appliance.config.model import (
     ScannerConfig,
     ScreeningConfig,
     SenderAuthConfig,
+    ShapingConfig,
     SMTPConfig,
     SpamPolicy,
+    SRSConfig,
     TLSConfig,
+    TLSReportsConfig,
     UnixSocket,
     UserConfig,
     field_default,
@@ -305,7 +312,8 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- sections
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
-            "filters", "limits", "bans", "screening", "greylisting", "sender_auth", *ROLES)
+            "filters", "limits", "bans", "screening", "greylisting", "sender_auth", "dkim", "srs", "shaping",
+            "outbound_tls", "tls_reports", *ROLES)
 
 
 def _build(raw: Any, source: str, base_dir: Path) -> Config:
@@ -339,6 +347,11 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         screening=_screening(top.get("screening")),
         greylisting=_greylisting(top.get("greylisting")),
         sender_auth=_sender_auth(top.get("sender_auth")),
+        dkim=_dkim(top.get("dkim"), base_dir),
+        srs=_srs(top.get("srs")),
+        shaping=_shaping(top.get("shaping")),
+        outbound_tls=_outbound_tls(top.get("outbound_tls")),
+        tls_reports=_tls_reports(top.get("tls_reports")),
         primary=_primary(top.get("primary")) if "primary" in roles else None,
         backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
         incoming_gateway=(_incoming(top.get("incoming_gateway"), queue)
@@ -939,11 +952,87 @@ def _callout(value: Any, where: str) -> CalloutConfig:
 def _outgoing(value: Any, queue: QueueConfig) -> OutgoingGatewayConfig:
     section = _mapping(value, "outgoing_gateway", _keys(OutgoingGatewayConfig))
     return OutgoingGatewayConfig(
-        **_given(section, "outgoing_gateway", {"relay_networks": lambda v, w: tuple(
-            _network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w)))}),
+        **_given(section, "outgoing_gateway", {
+            "relay_networks": lambda v, w: tuple(_network(item, f"{w}[{i}]") for i, item in enumerate(_list(v, w))),
+            "egress": _egress,
+            "failover": _failover,
+        }),
         retry_schedule=_retry_schedule(section.get("retry_schedule"), "outgoing_gateway.retry_schedule",
                                        queue.retry_schedule),
     )
+
+
+# ---------------------------------------------------------------------------------------------- egress pool
+
+def _egress(value: Any, where: str) -> tuple[EgressAddress, ...]:
+    pool = []
+    for i, item in enumerate(_list(value, where)):
+        at = f"{where}[{i}]"
+        entry = _mapping(item, at, _keys(EgressAddress))
+        if "address" not in entry:
+            raise ConfigError(at, "needs an address")
+        pool.append(EgressAddress(address=_ip(entry["address"], _join(at, "address")),
+                                  **_given(entry, at, {"helo": _hostname})))
+    return tuple(pool)
+
+
+def _failover(value: Any, where: str) -> EgressFailoverConfig:
+    section = _mapping(value, where, _keys(EgressFailoverConfig))
+    return EgressFailoverConfig(**_given(section, where, {
+        "dnsbl": lambda v, w: tuple(_domain(z, f"{w}[{i}]") for i, z in enumerate(_list(v, w))),
+        "check_interval": parse_duration,
+        "clear_for": parse_duration,
+    }))
+
+
+# ---------------------------------------------------------------------------------------------- DKIM and ARC
+
+def _dkim(value: Any, base_dir: Path) -> DKIMConfig:
+    section = _mapping(value, "dkim", _keys(DKIMConfig))
+    return DKIMConfig(**_given(section, "dkim", {
+        "enabled": _bool,
+        "keys_dir": lambda v, w: None if v is None else base_dir / _str(v, w),
+        "retire_after": parse_duration,
+        "arc_seal": _bool,
+    }))
+
+
+# ---------------------------------------------------------------------------------------------- SRS
+
+def _srs(value: Any) -> SRSConfig:
+    section = _mapping(value, "srs", _keys(SRSConfig))
+    return SRSConfig(**_given(section, "srs", {
+        "enabled": _bool,
+        "domain": lambda v, w: None if v is None else _domain(v, w),
+        "secrets": lambda v, w: tuple(_str(x, f"{w}[{i}]") for i, x in enumerate(_list(v, w))),
+        "max_age": parse_duration,
+    }))
+
+
+# ---------------------------------------------------------------------------------------------- shaping
+
+def _shaping(value: Any) -> ShapingConfig:
+    section = _mapping(value, "shaping", _keys(ShapingConfig))
+    return ShapingConfig(**_given(section, "shaping", {"enabled": _bool}))
+
+
+# ---------------------------------------------------------------------------------------------- MTA-STS, DANE
+
+def _outbound_tls(value: Any) -> OutboundTLSConfig:
+    section = _mapping(value, "outbound_tls", _keys(OutboundTLSConfig))
+    return OutboundTLSConfig(**_given(section, "outbound_tls", {
+        "mta_sts": _bool,
+        "dane": _bool,
+        "resolver": lambda v, w: tuple(_host_port(x, f"{w}[{i}]", 53, ip_only=True)
+                                       for i, x in enumerate(_list(v, w))),
+    }))
+
+
+# ---------------------------------------------------------------------------------------------- TLS-RPT
+
+def _tls_reports(value: Any) -> TLSReportsConfig:
+    section = _mapping(value, "tls_reports", _keys(TLSReportsConfig))
+    return TLSReportsConfig(**_given(section, "tls_reports", {"enabled": _bool}))
 
 
 def _check_domain_overlaps(config: Config) -> None:

@@ -192,9 +192,29 @@ class IncomingGatewayConfig:
 
 
 @dataclass(frozen=True)
+class EgressAddress:
+    """One sending address of the outgoing gateway's pool: each connection leaves from one, with its HELO name."""
+
+    address: str
+    helo: str | None = None  # None: the host name
+
+
+@dataclass(frozen=True)
+class EgressFailoverConfig:
+    """When an egress address counts as blacklisted, and when it comes back (outgoing_gateway.failover)."""
+
+    dnsbl: tuple[str, ...] = ()  # zones each egress address is looked up in (RFC 5782), with the host's resolver
+    check_interval: float = 1800.0  # between two DNSBL rounds
+    clear_for: float = 6 * 3600.0  # a suspended address comes back once it has been clear this long
+
+
+@dataclass(frozen=True)
 class OutgoingGatewayConfig:
     relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE  # in a file: queue.retry_schedule when left out
+    # The pool of sending addresses; empty: the host's default (delivery.source_addresses).
+    egress: tuple[EgressAddress, ...] = ()
+    failover: EgressFailoverConfig = EgressFailoverConfig()
 
     def allows(self, ip: str) -> bool:
         """True when a client at `ip` may relay (RFC 5321 §3.6.2: relaying is an explicit grant)."""
@@ -458,6 +478,52 @@ class SenderAuthConfig:
         return self.domains.get(domain.lower()) or DmarcActions(self.dmarc_reject, self.dmarc_quarantine)
 
 
+@dataclass(frozen=True)
+class DKIMConfig:
+    """DKIM signing (RFC 6376 rsa-sha256, RFC 8463 ed25519-sha256) of the mail this host sends for the fleet's
+    domains, and ARC sealing (RFC 8617) of the mail it forwards. Keys live under keys_dir, one folder a domain."""
+
+    enabled: bool = False  # the roles turn it on where mail leaves the fleet
+    keys_dir: Path | None = None  # None: data_dir/dkim
+    retire_after: float = 7 * 86400.0  # an old selector stays published this long after a rotation
+    arc_seal: bool = True  # ARC-seal what this host forwards (incoming gateway, aliases to outside)
+
+
+@dataclass(frozen=True)
+class SRSConfig:
+    """The Sender Rewriting Scheme for mail forwarded to an outside address, so that SPF passes there."""
+
+    enabled: bool = False
+    domain: str | None = None  # the domain of the rewritten senders; None: the first primary domain
+    secrets: tuple[str, ...] = ()  # the first signs, every one verifies (a rotation keeps the old one a while)
+    max_age: float = 21 * 86400.0  # a bounce to an older rewritten address is refused
+
+
+@dataclass(frozen=True)
+class ShapingConfig:
+    """Per destination delivery shaping: how fast this host sends to one domain or mail provider, and how it
+    backs off when the destination says it is sending too fast."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class OutboundTLSConfig:
+    """The TLS policies of delivery: MTA-STS (RFC 8461) and DANE (RFC 7672) make TLS required and verified for
+    the destinations that publish them; a required TLS that fails defers the message."""
+
+    mta_sts: bool = True
+    dane: bool = False  # needs a DNSSEC-validating resolver (resolver)
+    resolver: tuple[HostPort, ...] = ()  # the validating resolver for TLSA lookups (its AD bit is trusted)
+
+
+@dataclass(frozen=True)
+class TLSReportsConfig:
+    """TLS-RPT (RFC 8460): daily aggregate reports of the TLS results per policy domain, to its rua."""
+
+    enabled: bool = False
+
+
 def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -487,6 +553,11 @@ class Config:
     screening: ScreeningConfig = ScreeningConfig()
     greylisting: GreylistConfig = GreylistConfig()
     sender_auth: SenderAuthConfig = SenderAuthConfig()
+    dkim: DKIMConfig = DKIMConfig()
+    srs: SRSConfig = SRSConfig()
+    shaping: ShapingConfig = ShapingConfig()
+    outbound_tls: OutboundTLSConfig = OutboundTLSConfig()
+    tls_reports: TLSReportsConfig = TLSReportsConfig()
     primary: PrimaryConfig | None = None
     backup_mx: BackupMXConfig | None = None
     incoming_gateway: IncomingGatewayConfig | None = None
@@ -519,3 +590,7 @@ class Config:
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.dkim.keys_dir or self.data_dir / "dkim"
