@@ -32,10 +32,10 @@ from appliance.config.model import (
     Config,
     DeliveryConfig,
     DictionaryConfig,
+    DKIMConfig,
     DmarcActions,
     DNSBLConfig,
     DNSBLSite,
-    DKIMConfig,
     DNSConfig,
     EgressAddress,
     EgressFailoverConfig,
@@ -350,7 +350,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         dkim=_dkim(top.get("dkim"), base_dir),
         srs=_srs(top.get("srs")),
         shaping=_shaping(top.get("shaping")),
-        outbound_tls=_outbound_tls(top.get("outbound_tls")),
+        outbound_tls=_outbound_tls(top.get("outbound_tls"), base_dir),
         tls_reports=_tls_reports(top.get("tls_reports")),
         primary=_primary(top.get("primary")) if "primary" in roles else None,
         backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
@@ -1018,14 +1018,20 @@ def _shaping(value: Any) -> ShapingConfig:
 
 # ---------------------------------------------------------------------------------------------- MTA-STS, DANE
 
-def _outbound_tls(value: Any) -> OutboundTLSConfig:
+def _outbound_tls(value: Any, base_dir: Path) -> OutboundTLSConfig:
     section = _mapping(value, "outbound_tls", _keys(OutboundTLSConfig))
-    return OutboundTLSConfig(**_given(section, "outbound_tls", {
+    config = OutboundTLSConfig(**_given(section, "outbound_tls", {
         "mta_sts": _bool,
         "dane": _bool,
         "resolver": lambda v, w: tuple(_host_port(x, f"{w}[{i}]", 53, ip_only=True)
                                        for i, x in enumerate(_list(v, w))),
+        "ca_file": lambda v, w: None if v is None else base_dir / _str(v, w),
+        "fetch_timeout": parse_duration,
     }))
+    if config.dane and not config.resolver:
+        # RFC 7672 §2.1: DANE is only as good as the DNSSEC validation of its TLSA records.
+        raise ConfigError("outbound_tls.resolver", "dane: true needs a DNSSEC-validating resolver (ip[:port])")
+    return config
 
 
 # ---------------------------------------------------------------------------------------------- TLS-RPT

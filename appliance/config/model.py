@@ -515,6 +515,8 @@ class OutboundTLSConfig:
     mta_sts: bool = True
     dane: bool = False  # needs a DNSSEC-validating resolver (resolver)
     resolver: tuple[HostPort, ...] = ()  # the validating resolver for TLSA lookups (its AD bit is trusted)
+    ca_file: Path | None = None  # the CAs MTA-STS trusts (policy fetch, MX certificates); None: the system's
+    fetch_timeout: float = 10.0  # seconds for an MTA-STS policy fetch and for a DANE lookup
 
 
 @dataclass(frozen=True)

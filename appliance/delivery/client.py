@@ -29,6 +29,15 @@ from aiosmtplib.errors import (
 from appliance.config.model import DeliveryConfig
 from appliance.delivery.mime_downgrade import CannotDowngrade, downgrade_to_7bit
 from appliance.delivery.pipelining import lend_transport
+from appliance.delivery.tls import (
+    STARTTLS_NOT_SUPPORTED,
+    VALIDATION_FAILURE,
+    HostTLS,
+    TLSFailure,
+    TLSOutcome,
+    TLSPolicies,
+    peer_chain,
+)
 from appliance.dns.resolver import (
     DNSError,
     DNSTemporaryError,
@@ -121,6 +130,7 @@ class _Hop:
     name: str
     port: int
     addresses: list[str] | None = None  # resolved lazily unless loop detection needed them
+    tls: HostTLS | None = None  # what its TLS policy requires; None: opportunistic
 
 
 class _Failover(Exception):
@@ -133,6 +143,14 @@ class _Failover(Exception):
 
 class _TLSFailed(Exception):
     """The TLS handshake failed; the connection is gone. Opportunistic TLS retries in plaintext."""
+
+
+class _TLSRequired(Exception):
+    """A host whose policy requires TLS did not give it (no STARTTLS, failed verification)."""
+
+    def __init__(self, failure: TLSOutcome) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
 
 
 @dataclass
@@ -277,10 +295,12 @@ class Deliverer:
         *,
         own_addresses: Collection[str] = (),
         log: logging.Logger | None = None,
+        tls_policies: TLSPolicies | None = None,
     ) -> None:
         """`settings`: the config's delivery section (source addresses, limits, timeouts, connection reuse; the
         smarthost is the router's). `own_addresses`: IPs our SMTP listener answers on at the MX port; an MX
-        resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance)."""
+        resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance). `tls_policies`: MTA-STS and DANE
+        (tlspolicy/); None keeps TLS opportunistic for every destination."""
         settings = settings or DeliveryConfig()
         self.hostname = hostname
         self.resolver = resolver
@@ -292,6 +312,7 @@ class Deliverer:
         self._own = own_ip_addresses(own_addresses)
         self._tls_context = _opportunistic_tls_context()
         self._cache = _ConnectionCache(idle=settings.connection_reuse_time)
+        self.tls_policies = tls_policies
 
     async def deliver(
         self,
@@ -344,7 +365,25 @@ class Deliverer:
             return dict.fromkeys(rcpts, _local(554, "5.4.6", str(exc)))
         except DNSTemporaryError as exc:
             return dict.fromkeys(rcpts, _local(451, "4.4.3", f"DNS lookup failed: {exc}"))
+        if self.tls_policies is not None and isinstance(target, MXTarget) and not target.domain.startswith("["):
+            hops = await self._apply_tls_policy(target, hops)
+            if not hops:
+                text = f"no MX host of {target.domain} matches its MTA-STS policy (RFC 8461 §4.1)"
+                return dict.fromkeys(rcpts, _local(451, "4.7.5", text))
         return await self._try_hops(hops, msg, rcpts, queue_id)
+
+    async def _apply_tls_policy(self, target: MXTarget, hops: list[_Hop]) -> list[_Hop]:
+        """The TLS each MX must give; MX hosts the policy excludes are dropped."""
+        assert self.tls_policies is not None
+        domain_tls = await self.tls_policies.for_domain(target.domain, [h.name for h in hops], target.port)
+        if domain_tls is None:
+            return hops
+        kept = []
+        for hop in hops:
+            if hop.name in domain_tls.hosts:
+                hop.tls = domain_tls.hosts[hop.name]
+                kept.append(hop)
+        return kept
 
     async def _hops(self, target: Target) -> list[_Hop]:
         if isinstance(target, HostsTarget):
@@ -419,17 +458,33 @@ class Deliverer:
             failure: RcptResult | None = None
             tls = False
             try:
+                if hop.tls is not None and hop.tls.refused is not None:
+                    raise self._tls_not_given(hop, address, hop.tls.refused)
                 try:
                     results, tls = await self._session(hop, address, msg, rcpts, use_tls=True)
-                except _TLSFailed:
+                except _TLSFailed as exc:
+                    if hop.tls is not None and hop.tls.required:
+                        raise self._tls_not_given(hop, address, TLSFailure(VALIDATION_FAILURE, str(exc))) from exc
                     # Opportunistic TLS: a failed handshake falls back to plaintext on a new connection.
                     results, tls = await self._session(hop, address, msg, rcpts, use_tls=False)
+                except _TLSRequired as exc:
+                    raise self._tls_not_given(hop, address, exc.failure, reported=True) from exc
                 return results
             except _Failover as exc:
                 failure = exc.result
                 raise
             finally:
                 self._log_attempt(queue_id, hop, address, rcpts, results, failure, tls, started)
+
+    @staticmethod
+    def _tls_not_given(hop: _Hop, address: str, failure: TLSOutcome, reported: bool = False) -> _Failover:
+        """A host that does not give the required TLS is skipped for the next one; with none left the
+        message is deferred, never sent in plaintext nor bounced for it (RFC 8461 §5, RFC 7672 §2.2)."""
+        if hop.tls is not None and not reported:
+            hop.tls.report(failure, address)
+        remote = hop.name if hop.name == address else f"{hop.name}[{address}]"
+        text = f"TLS required by policy not given by {remote}: {failure.result_type}: {failure.reason}"
+        return _Failover(_local(451, "4.7.5", text, remote))
 
     def _log_attempt(
         self,
@@ -480,7 +535,8 @@ class Deliverer:
         self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], use_tls: bool
     ) -> tuple[dict[str, RcptResult], bool]:
         remote = hop.name if hop.name == address else f"{hop.name}[{address}]"
-        key = (address, hop.port, use_tls)
+        # A session verified for one MX name under a policy is kept apart from the opportunistic ones.
+        key = (address, hop.port, use_tls, hop.name if hop.tls is not None else None)
         cached = self._cache.take(key)
         if cached is not None:
             try:
@@ -520,17 +576,45 @@ class Deliverer:
     async def _greet(self, smtp: aiosmtplib.SMTP, remote: str, hop: _Hop, use_tls: bool) -> bool:
         """EHLO (HELO when refused), then STARTTLS when offered. True when the session is encrypted."""
         await self._ehlo(smtp, remote)
+        required = hop.tls is not None and hop.tls.required
         if not (use_tls and smtp.supports_extension("starttls")):
+            if required:
+                raise _TLSRequired(self._report(hop, smtp, TLSFailure(STARTTLS_NOT_SUPPORTED,
+                                                                      f"{remote} offers no STARTTLS")))
             return False
         server_name = None if ip_literal(hop.name) else hop.name
         try:
             await smtp.starttls(tls_context=self._tls_context, server_hostname=server_name)
-        except SMTPResponseException:
+        except SMTPResponseException as exc:
+            if required:
+                raise _TLSRequired(self._report(hop, smtp, TLSFailure(
+                    STARTTLS_NOT_SUPPORTED, f"{remote} refused STARTTLS: {exc.code} {exc.message}"))) from exc
             return False  # STARTTLS refused with a reply: the plaintext session goes on (RFC 3207 §4)
         except (TimeoutError, ssl.SSLError, SMTPException, OSError) as exc:
             raise _TLSFailed(str(exc)) from exc
+        if hop.tls is not None:
+            self._verify(hop, smtp)
         await self._ehlo(smtp, remote)  # RFC 3207 §4.2: forget what we knew, ask again
         return True
+
+    @staticmethod
+    def _report(hop: _Hop, smtp: aiosmtplib.SMTP, failure: TLSOutcome | None) -> TLSOutcome:
+        """Hand the session's outcome to the policy (for TLS-RPT); returns the failure for raising."""
+        assert hop.tls is not None
+        peer = smtp.get_transport_info("peername") if smtp.transport is not None else None
+        hop.tls.report(failure, peer[0] if peer else "")
+        return failure or TLSFailure("", "")
+
+    def _verify(self, hop: _Hop, smtp: aiosmtplib.SMTP) -> None:
+        """Check the server's certificates as the host's policy says; an enforced failure ends the session."""
+        assert hop.tls is not None
+        failure = hop.tls.verify(peer_chain(smtp.get_transport_info("ssl_object")))
+        self._report(hop, smtp, failure)
+        if failure is not None:
+            self.log.warning("TLS policy: %s failed verification: %s: %s%s", hop.name, failure.result_type,
+                             failure.reason, "" if hop.tls.enforced else " (testing mode: delivering anyway)")
+            if hop.tls.enforced:
+                raise _TLSRequired(failure)
 
     async def _ehlo(self, smtp: aiosmtplib.SMTP, remote: str) -> None:
         try:

@@ -58,6 +58,7 @@ from appliance.smtp.server import (
     start_smtp,
 )
 from appliance.store import MailStore
+from appliance.tlspolicy.policy import TLSPolicy
 
 log = logging.getLogger("appliance.serve")
 
@@ -108,6 +109,7 @@ class Appliance:
         self.callout = RecipientCallout(config.hostname, CalloutCache(config.data_dir / "recipient-callouts.sqlite"),
                                         Resolver.from_config(config.dns))
         self.runner: QueueRunner | None = None
+        self.tls_policy: TLSPolicy | None = None  # MTA-STS and DANE of delivery; built with the first deliverer
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
                                       config.hostname, config.queue.lifetime)
@@ -132,7 +134,21 @@ class Appliance:
 
     def _deliverer(self, config: Config) -> Deliverer:
         own = [hp.host for hp in config.listen.smtp if hp.port == 25]
-        return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own)
+        return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own,
+                         tls_policies=self._tls_policy(config))
+
+    def _tls_policy(self, config: Config) -> TLSPolicy | None:
+        """One TLSPolicy (and its MTA-STS cache) per process, rebuilt only when its settings change."""
+        settings = config.outbound_tls
+        if self.tls_policy is not None and self.tls_policy.built_from == (settings, config.dns):
+            return self.tls_policy
+        if self.tls_policy is not None:
+            self.tls_policy.close()
+            self.tls_policy = None
+        if settings.mta_sts or settings.dane:
+            self.tls_policy = TLSPolicy(settings, config.data_dir, config.dns.nameservers, config.dns.port)
+            self.tls_policy.built_from = (settings, config.dns)
+        return self.tls_policy
 
     def _local(self, config: Config) -> LocalDelivery | None:
         if self.store is None or self.directory is None:
@@ -332,6 +348,8 @@ class Appliance:
             await self.control.stop()
         self.spool.close()
         self.callout.cache.close()
+        if self.tls_policy is not None:
+            self.tls_policy.close()
         if self.mode is not Mode.ACCEPTOR:
             log.info("stopped")
 
