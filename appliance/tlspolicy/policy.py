@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import re
 import ssl
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +99,9 @@ class TLSPolicy:
                      if settings.mta_sts else None)
         self._dane = (DANEResolver([(hp.host, hp.port) for hp in settings.resolver], settings.fetch_timeout)
                       if settings.dane and settings.resolver else None)
-        self._webpki = _web_pki_store(settings.ca_file) if settings.mta_sts else None
+        self._ca_file = settings.ca_file
+        self._webpki: Store | None = None  # read at the first MTA-STS verification: most hosts never need it
+        self._webpki_read = False
 
     async def for_domain(self, domain: str, mx_hosts: Sequence[str], port: int) -> DomainTLS | None:
         """What each MX of `domain` requires; None when nothing applies (opportunistic, as without policy)."""
@@ -155,6 +159,8 @@ class TLSPolicy:
 
     def _webpki_check(self, host: str) -> Callable[[Sequence[bytes]], TLSFailure | None]:
         def check(chain: Sequence[bytes]) -> TLSFailure | None:
+            if not self._webpki_read:
+                self._webpki, self._webpki_read = _web_pki_store(self._ca_file), True
             return web_pki_verify(self._webpki, chain, host)
 
         return check
@@ -175,14 +181,29 @@ class TLSPolicy:
 
 
 def _web_pki_store(ca_file: Path | None) -> Store | None:
-    """The trust anchors of MTA-STS: `ca_file`, or the system's CA bundle."""
+    """The trust anchors of MTA-STS: `ca_file`, or the system's CA bundle. Each certificate is read on its own,
+    so that one the parser refuses (the system bundle holds a few odd ones) costs only itself."""
     path = ca_file or Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
     try:
-        certs = x509.load_pem_x509_certificates(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        text = path.read_bytes()
+    except OSError as exc:
         log.error("MTA-STS: cannot read the CA certificates %s: %s; every certificate fails", path, exc)
         return None
+    certs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography's deprecation notes about old roots' encodings
+        for block in _PEM_BLOCK.findall(text):
+            try:
+                certs.append(x509.load_pem_x509_certificate(block))
+            except ValueError as exc:
+                log.debug("MTA-STS: %s: a certificate skipped: %s", path, exc)
+    if not certs:
+        log.error("MTA-STS: no CA certificate in %s; every certificate fails", path)
+        return None
     return Store(certs)
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
 def web_pki_verify(store: Store | None, chain: Sequence[bytes], host: str) -> TLSFailure | None:
