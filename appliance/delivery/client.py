@@ -465,6 +465,8 @@ class Deliverer:
                 except _TLSFailed as exc:
                     if hop.tls is not None and hop.tls.required:
                         raise self._tls_not_given(hop, address, TLSFailure(VALIDATION_FAILURE, str(exc))) from exc
+                    if hop.tls is not None:  # testing mode: reported, then plaintext as without a policy
+                        hop.tls.report(TLSFailure(VALIDATION_FAILURE, str(exc)), address)
                     # Opportunistic TLS: a failed handshake falls back to plaintext on a new connection.
                     results, tls = await self._session(hop, address, msg, rcpts, use_tls=False)
                 except _TLSRequired as exc:
@@ -578,9 +580,10 @@ class Deliverer:
         await self._ehlo(smtp, remote)
         required = hop.tls is not None and hop.tls.required
         if not (use_tls and smtp.supports_extension("starttls")):
-            if required:
-                raise _TLSRequired(self._report(hop, smtp, TLSFailure(STARTTLS_NOT_SUPPORTED,
-                                                                      f"{remote} offers no STARTTLS")))
+            if hop.tls is not None and use_tls:  # testing mode goes on in plaintext, and reports it
+                failure = self._report(hop, smtp, TLSFailure(STARTTLS_NOT_SUPPORTED, f"{remote} offers no STARTTLS"))
+                if required:
+                    raise _TLSRequired(failure)
             return False
         server_name = None if ip_literal(hop.name) else hop.name
         try:

@@ -146,15 +146,20 @@ class PolicyCache:
         self._domains = {row[0] for row in self._db.execute("SELECT domain FROM policies")}
 
     def get(self, domain: str, now: float) -> tuple[str, Policy] | None:
-        """The unexpired (id, policy) of `domain`; an expired one is dropped."""
+        """The unexpired (id, policy) of `domain`; an expired one is dropped. A cache that cannot be read is a
+        miss (the policy is fetched again), never a reason to deliver without it."""
         if domain not in self._domains:
             return None
-        row = self._db.execute("SELECT id, policy, expires FROM policies WHERE domain = ?", (domain,)).fetchone()
-        if row is None:
+        try:
+            row = self._db.execute("SELECT id, policy, expires FROM policies WHERE domain = ?", (domain,)).fetchone()
+            if row is not None and row[2] <= now:
+                self._db.execute("DELETE FROM policies WHERE domain = ?", (domain,))
+                self._domains.discard(domain)
+                return None
+        except sqlite3.Error as exc:
+            log.error("MTA-STS: policy cache: %s", exc)
             return None
-        if row[2] <= now:
-            self._db.execute("DELETE FROM policies WHERE domain = ?", (domain,))
-            self._domains.discard(domain)
+        if row is None:
             return None
         try:
             return row[0], parse_policy(row[1])
@@ -162,8 +167,12 @@ class PolicyCache:
             return None
 
     def put(self, domain: str, policy_id: str, policy: Policy, now: float) -> None:
-        self._db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?)",
-                         (domain, policy_id, policy.text, now, now + policy.max_age))
+        try:
+            self._db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?)",
+                             (domain, policy_id, policy.text, now, now + policy.max_age))
+        except sqlite3.Error as exc:
+            log.error("MTA-STS: policy cache: cannot keep the policy of %s: %s", domain, exc)
+            return
         self._domains.add(domain)
 
     def close(self) -> None:

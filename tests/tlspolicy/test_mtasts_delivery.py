@@ -23,7 +23,7 @@ from appliance.tlspolicy.policy import TLSPolicy
 POLICY_IP = "127.0.46.20"
 MX = {"good": "127.0.46.11", "wrong": "127.0.46.12", "testing": "127.0.46.13", "plain": "127.0.46.14",
       "none": "127.0.46.15", "other": "127.0.46.16"}
-DOMAINS = ("good", "wrong", "testing", "plain", "outside", "cached")
+DOMAINS = ("good", "wrong", "testing", "plain", "outside", "cached", "testplain")
 
 
 def _policy(mode: str, mx: str) -> str:
@@ -46,7 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ca = new_ca(tmp / "ca")
     zones = {}
     for name in DOMAINS:
-        host = "none" if name == "cached" else ("other" if name == "outside" else name)
+        host = {"cached": "none", "outside": "other", "testplain": "plain"}.get(name, name)
         zones[f"{name}.test"] = (f"@ IN MX 10 mx\nmx IN A {MX[host]}\nmta-sts IN A {POLICY_IP}\n"
                                  f'_mta-sts IN TXT "v=STSv1; id=1"\n')
     zones["none.test"] = f"@ IN MX 10 mx\nmx IN A {MX['none']}\n"
@@ -60,6 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "mta-sts.plain.test": _policy("enforce", "mx.plain.test"),
         "mta-sts.outside.test": _policy("enforce", "mx.elsewhere.test"),
         "mta-sts.cached.test": _policy("enforce", "mx.cached.test"),
+        "mta-sts.testplain.test": _policy("testing", "mx.testplain.test"),
     })
     port = free_port(list(MX.values()))
     sinks = {}
@@ -123,6 +124,14 @@ async def test_enforce_without_starttls_defers_instead_of_plaintext(world: World
     result = await _send(world, _policy_for(world, tmp_path, recorded), "plain.test")
     assert result.startswith("451 4.7.5"), result
     assert world.sinks["plain"].messages == []
+    assert recorded.failure_types() == ["starttls-not-supported"]
+
+
+async def test_testing_mode_without_starttls_delivers_in_plaintext_and_reports(world: World, tmp_path: Path) -> None:
+    recorded = Recorded()
+    result = await _send(world, _policy_for(world, tmp_path, recorded), "testplain.test")
+    assert result.startswith("250"), result
+    assert [m.tls for m in world.sinks["plain"].messages if "b@testplain.test" in m.rcpt_tos] == [False]
     assert recorded.failure_types() == ["starttls-not-supported"]
 
 
