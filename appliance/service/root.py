@@ -140,14 +140,14 @@ class Appliance:
     def _tls_policy(self, config: Config) -> TLSPolicy | None:
         """One TLSPolicy (and its MTA-STS cache) per process, rebuilt only when its settings change."""
         settings = config.outbound_tls
-        if self.tls_policy is not None and self.tls_policy.built_from == (settings, config.dns):
+        wanted = (settings, tuple(config.dns.nameservers), config.dns.port)
+        if self.tls_policy is not None and self.tls_policy.built_from == wanted:
             return self.tls_policy
         if self.tls_policy is not None:
             self.tls_policy.close()
             self.tls_policy = None
         if settings.mta_sts or settings.dane:
             self.tls_policy = TLSPolicy(settings, config.data_dir, config.dns.nameservers, config.dns.port)
-            self.tls_policy.built_from = (settings, config.dns)
         return self.tls_policy
 
     def _local(self, config: Config) -> LocalDelivery | None:

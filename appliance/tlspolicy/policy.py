@@ -92,7 +92,7 @@ class TLSPolicy:
         """`nameservers`/`dns_port`: the config's dns section (MTA-STS discovery); DANE asks
         `settings.resolver`. `https_port` is 443 except in tests."""
         self.results = results_to
-        self.built_from: object = None  # what the composition root built it from, to rebuild on change
+        self.built_from = (settings, tuple(nameservers), dns_port)  # a reload rebuilds it when these change
         self._sending_ip = sending_ip
         self._sts = (MTASTS(PolicyCache(data_dir / CACHE_FILE), nameservers, dns_port, ca_file=settings.ca_file,
                             fetch_timeout=settings.fetch_timeout, https_port=https_port)
