@@ -581,7 +581,8 @@ class Deliverer:
         required = hop.tls is not None and hop.tls.required
         if not (use_tls and smtp.supports_extension("starttls")):
             if hop.tls is not None and use_tls:  # testing mode goes on in plaintext, and reports it
-                failure = self._report(hop, smtp, TLSFailure(STARTTLS_NOT_SUPPORTED, f"{remote} offers no STARTTLS"))
+                failure = TLSFailure(STARTTLS_NOT_SUPPORTED, f"{remote} offers no STARTTLS")
+                self._report(hop, smtp, failure)
                 if required:
                     raise _TLSRequired(failure)
             return False
@@ -589,9 +590,11 @@ class Deliverer:
         try:
             await smtp.starttls(tls_context=self._tls_context, server_hostname=server_name)
         except SMTPResponseException as exc:
-            if required:
-                raise _TLSRequired(self._report(hop, smtp, TLSFailure(
-                    STARTTLS_NOT_SUPPORTED, f"{remote} refused STARTTLS: {exc.code} {exc.message}"))) from exc
+            if hop.tls is not None:
+                failure = TLSFailure(STARTTLS_NOT_SUPPORTED, f"{remote} refused STARTTLS: {exc.code} {exc.message}")
+                self._report(hop, smtp, failure)
+                if required:
+                    raise _TLSRequired(failure) from exc
             return False  # STARTTLS refused with a reply: the plaintext session goes on (RFC 3207 §4)
         except (TimeoutError, ssl.SSLError, SMTPException, OSError) as exc:
             raise _TLSFailed(str(exc)) from exc
@@ -601,12 +604,12 @@ class Deliverer:
         return True
 
     @staticmethod
-    def _report(hop: _Hop, smtp: aiosmtplib.SMTP, failure: TLSOutcome | None) -> TLSOutcome:
-        """Hand the session's outcome to the policy (for TLS-RPT); returns the failure for raising."""
+    def _report(hop: _Hop, smtp: aiosmtplib.SMTP, failure: TLSOutcome | None) -> TLSOutcome | None:
+        """Hand the session's outcome (None: success) to the policy, for TLS-RPT; returns it."""
         assert hop.tls is not None
         peer = smtp.get_transport_info("peername") if smtp.transport is not None else None
         hop.tls.report(failure, peer[0] if peer else "")
-        return failure or TLSFailure("", "")
+        return failure
 
     def _verify(self, hop: _Hop, smtp: aiosmtplib.SMTP) -> None:
         """Check the server's certificates as the host's policy says; an enforced failure ends the session."""
