@@ -129,13 +129,17 @@ class EgressPool:
         return state is not None and state.suspended
 
     def _refresh(self) -> None:
-        """Read the store again when it changed (here, in another process, by `mailfleet egress`)."""
+        """Read the store again when another connection changed it (another process, `mailfleet egress`)."""
         if self.store.changed():
-            self._states = self.store.states()
+            self._reload()
+
+    def _reload(self) -> None:
+        """After a change of our own: SQLite's data_version does not count the commits of its own connection."""
+        self._states = self.store.states()
 
     def _suspend(self, address: str, why: str, evidence: str) -> bool:
         state = self.store.suspend(address, why, evidence, AUTO, self._clock())
-        self._refresh()
+        self._reload()
         if state is None:
             return False
         log.warning("egress %s suspended (%s): %s", address, why, evidence)
@@ -179,6 +183,9 @@ class EgressPool:
 
     def _judge(self, address: str, verdicts: list[Verdict], now: float) -> None:
         listed = [v for v in verdicts if v.outcome == LISTED]
+        for verdict in verdicts:
+            if verdict.outcome == UNKNOWN:  # a refusal to answer (a resolver the zone refuses), a timeout
+                log.info("egress %s: no verdict from %s", address, verdict)
         state = self.state(address)
         if not state.suspended:
             if listed:
@@ -196,11 +203,11 @@ class EgressPool:
         if outcome == LISTED:
             if state.clear_since is not None:
                 self.store.set_clear_since(address, None)
-                self._refresh()
+                self._reload()
             return
         if state.clear_since is None:
             self.store.set_clear_since(address, now)
-            self._refresh()
+            self._reload()
             return
         if now - state.clear_since >= self.settings.clear_for:
             self._come_back(address, state, now)
@@ -219,7 +226,7 @@ class EgressPool:
             if state.clear_since is not None else state.evidence
         if self.store.resume(address, evidence, AUTO, now) is not None:
             log.warning("egress %s resumed: %s", address, evidence)
-        self._refresh()
+        self._reload()
 
 
 def _round_outcome(verdicts: list[Verdict]) -> str:
