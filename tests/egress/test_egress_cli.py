@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import yaml
+
 from tests.cli.command import assert_one_line_error, mailfleet
 
 from .conftest import EGRESS1, EGRESS2, send
