@@ -131,7 +131,13 @@ class EgressPool:
     def _refresh(self) -> None:
         """Read the store again when another connection changed it (another process, `mailfleet egress`)."""
         if self.store.changed():
+            before = self._states
             self._reload()
+            for address, state in self._states.items():
+                old = before.get(address)
+                if state.source == ADMIN and (old is None or (old.state, old.since) != (state.state, state.since)):
+                    change = "suspended" if state.suspended else "resumed"
+                    log.warning("egress %s %s by the administrator: %s", address, change, state.evidence)
 
     def _reload(self) -> None:
         """After a change of our own: SQLite's data_version does not count the commits of its own connection."""

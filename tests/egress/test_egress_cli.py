@@ -31,8 +31,10 @@ def test_suspend_and_resume_take_effect_at_once_and_survive_a_restart(mailfleet_
     assert (result.returncode, result.stdout.strip()) == (0, f"suspended {EGRESS1} until resumed: PTR not set up yet")
     send(server, "b@dest2.test")
     assert _from(world, server, 2) == (EGRESS2, "out2.test")
+    server.wait_for_log(f"egress {EGRESS1} suspended by the administrator: PTR not set up yet")
 
-    server.restart()
+    server.kill()  # the state is on disk before the command answers: even a kill -9 keeps it
+    server.start()
     [first, second] = json.loads(server.cli("egress", "list", "--json").stdout)
     assert first["address"] == EGRESS1 and first["state"] == "suspended" and first["source"] == "admin"
     assert first["evidence"] == "PTR not set up yet" and first["since"] is not None
@@ -56,8 +58,5 @@ def test_an_address_outside_the_pool_is_refused(tmp_path) -> None:
     assert_one_line_error(mailfleet("egress", "suspend", "192.0.2.9", config=config), 2,
                           "192.0.2.9 is not in outgoing_gateway.egress", EGRESS1)
     assert_one_line_error(mailfleet("egress", "resume", "not-an-ip", config=config), 2, "is not an IP address")
-    assert_one_line_error(mailfleet("egress", "suspend", EGRESS1, "--reason", " ", config=config), 2, "--reason")
     config.write_text(yaml.safe_dump({**base, "outgoing_gateway": {}}))
     assert_one_line_error(mailfleet("egress", "list", config=config), 2, "has no egress pool")
-    result = mailfleet("egress", "resume", EGRESS1, config=config)
-    assert result.returncode == 2
