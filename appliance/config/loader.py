@@ -1019,7 +1019,7 @@ def _dkim_publish(value: Any, where: str) -> DKIMPublishConfig:
     for key in ("server", "key_name", "key_secret"):
         if key not in section:
             raise ConfigError(_join(where, key), "is required for RFC 2136 updates")
-    config = DKIMPublishConfig(**_given(section, where, {
+    return DKIMPublishConfig(**_given(section, where, {
         "server": _hostname,
         "key_name": _hostname,
         "key_secret": _tsig_secret,
@@ -1027,7 +1027,6 @@ def _dkim_publish(value: Any, where: str) -> DKIMPublishConfig:
         "zone": lambda v, w: None if v is None else _domain(v, w),
         "key_algorithm": lambda v, w: _choice(v, w, TSIG_ALGORITHMS),
     }))
-    return config
 
 
 def _tsig_secret(value: Any, where: str) -> str:
