@@ -70,6 +70,8 @@ def _list(args: argparse.Namespace) -> int:
         print("no DKIM keys")
     for row in rows:
         dns_word = {True: "in DNS", False: "not in DNS", None: "-"}[row["visible"]]
+        if row["dns_error"] is not None:
+            dns_word = f"DNS: {row['dns_error']}"
         retire = f"  until {when(row['retire_at'])}" if row["retire_at"] is not None else ""
         print(f"{row['domain']}  {row['selector']}  {row['algorithm']}  {row['state']} since {when(row['since'])}"
               f"{retire}  {dns_word}")
@@ -81,10 +83,15 @@ async def _rows(rotation: Rotation) -> list[dict[str, Any]]:
     for domain in rotation.store.domains():
         keys = rotation.store.read(domain)
         for record in keys.records:
-            visible = await rotation.visible(keys, record) if record.published else None
+            visible, dns_error = None, None
+            if record.published:
+                try:
+                    visible = await rotation.visible(keys, record)
+                except DNSError as exc:  # the listing is still worth having when DNS does not answer
+                    dns_error = str(exc)
             rows.append({"domain": domain, "selector": record.selector, "algorithm": record.algorithm,
                          "state": record.state, "since": record.since, "retire_at": record.retire_at,
-                         "visible": visible})
+                         "visible": visible, "dns_error": dns_error})
     return rows
 
 

@@ -240,9 +240,8 @@ class Rotation:
         seen = {r.selector for r in keys.records if r.state == "pending" and await self.visible(keys, r)}
         now = self.clock()
         expired = [r for r in keys.records if r.state == "retiring" and (r.retire_at or 0) <= now]
-        for record in expired:
-            if self.publisher is not None:
-                await asyncio.to_thread(self.publisher.delete, domain, record.selector)
+        if self.publisher is not None:
+            expired = [r for r in expired if await self._withdrawn(domain, r)]
         with self.store.lock(domain):
             keys = self.store.read(domain)
             changes = self._activate(keys, seen, now) + self._retire(keys, {r.selector for r in expired}, now)
@@ -254,6 +253,17 @@ class Rotation:
         for change in changes:
             log.info("dkim %s", change)
         return changes
+
+    async def _withdrawn(self, domain: str, record: KeyRecord) -> bool:
+        """The expired selector's record deleted by the publisher; False (it stays retiring, the next pass tries
+        again) when the update fails."""
+        assert self.publisher is not None
+        try:
+            await asyncio.to_thread(self.publisher.delete, domain, record.selector)
+        except RotationError as exc:
+            log.warning("dkim %s %s: stays retiring: %s", domain, record.selector, exc)
+            return False
+        return True
 
     def _activate(self, keys: DomainKeys, seen: set[str], now: float) -> list[Change]:
         """The newest visible pending selector of each algorithm becomes active; the active one it replaces

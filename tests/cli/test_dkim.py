@@ -139,9 +139,13 @@ def test_broken_store_bad_domain_and_dns_down_are_one_line_errors(named: NamedSe
     assert_one_line_error(mailfleet("dkim", "rotate", "not a domain", config=down), 2,
                           "'not a domain' is not a valid domain name")
     assert_one_line_error(mailfleet("dkim", "record", DOMAIN, config=down), 2, f"{DOMAIN} has no DKIM keys")
+    key = tmp_path / "k.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
+    assert mailfleet("dkim", "import", DOMAIN, "ans1", key, config=down).returncode == 0
+    [row] = rows(down).values()  # DNS down: still listed, with the reason instead of an answer
+    assert (row["state"], row["visible"]) == ("pending", None) and DOMAIN in row["dns_error"]
 
     keys = tmp_path / "data" / "dkim" / DOMAIN / "keys.json"
-    keys.parent.mkdir(parents=True)
     keys.write_text('{"keys": [{"selector": "a"')
     config = write_config(tmp_path, named.port)
     for command in (("list",), ("rotate", DOMAIN, "--no-wait")):
