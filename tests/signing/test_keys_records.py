@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import dkim
@@ -30,6 +31,7 @@ from appliance.signing.keys import (
     txt_strings,
     zone_line,
 )
+from appliance.signing.rotation import Rotation
 
 MESSAGE = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
            b"Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\nHello Bob.\r\n")
@@ -155,3 +157,23 @@ def test_imported_keys_are_rsa_or_ed25519_and_unencrypted() -> None:
         read_private_key(locked, "k.pem")
     with pytest.raises(KeyStoreError, match="k.pem: not an unencrypted PEM private key"):
         read_private_key(json.dumps({"a": 1}).encode(), "k.pem")
+
+
+def test_writers_of_one_domain_never_lose_each_others_selectors(tmp_path: Path) -> None:
+    """The CLI and the periodic pass each read-change-write keys.json under the domain's flock: none is lost."""
+    async def nothing(name: str) -> list[str]:
+        return []
+
+    rotation = Rotation(KeyStoreWriter(tmp_path), nothing, 86400.0)
+    pem = generate_key("ed25519-sha256")
+
+    def writer(prefix: str) -> None:
+        for i in range(15):
+            rotation.add("example.org", [(f"{prefix}{i}", "ed25519-sha256", pem)])
+
+    threads = [threading.Thread(target=writer, args=(prefix,)) for prefix in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(KeyStoreWriter(tmp_path).read("example.org").records) == 45
