@@ -194,7 +194,10 @@ class Rotation:
             keys = self.store.read(domain)
             record = keys.get(selector)
         if record is not None:
-            if record.state == "retired" or keys.public(selector) != public_key_data(pkcs8, where):
+            if record.state == "retired":
+                raise RotationError(f"{domain}: selector {selector!r} is retired; a selector is never reused "
+                                    "(its old record may still be cached), import under a new one")
+            if keys.public(selector) != public_key_data(pkcs8, where):
                 raise RotationError(f"{domain}: selector {selector!r} exists ({record.state}) with another key; "
                                     "import the new key under a new selector")
             return record, False

@@ -146,6 +146,14 @@ def test_broken_store_bad_domain_and_dns_down_are_one_line_errors(named: NamedSe
     assert (row["state"], row["visible"]) == ("pending", None) and DOMAIN in row["dns_error"]
 
     keys = tmp_path / "data" / "dkim" / DOMAIN / "keys.json"
+    state = keys.read_bytes()
+    refused = write_config(tmp_path, named.port, publish=named)
+    doc = yaml.safe_load(refused.read_text())
+    doc["dkim"]["publish"]["key_secret"] = base64.b64encode(b"not the key" * 3).decode()
+    refused.write_text(yaml.safe_dump(doc))
+    assert_one_line_error(mailfleet("dkim", "rotate", DOMAIN, config=refused), 2, "DNS update adding mf",
+                          f"port {named.port}")
+    assert keys.read_bytes() == state and sorted(p.name for p in keys.parent.glob("*.pem")) == ["ans1.pem"]
     keys.write_text('{"keys": [{"selector": "a"')
     config = write_config(tmp_path, named.port)
     for command in (("list",), ("rotate", DOMAIN, "--no-wait")):
