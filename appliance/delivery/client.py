@@ -15,7 +15,7 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 from aiosmtplib.errors import (
@@ -29,6 +29,7 @@ from aiosmtplib.errors import (
 from appliance.config.model import DeliveryConfig
 from appliance.delivery.mime_downgrade import CannotDowngrade, downgrade_to_7bit
 from appliance.delivery.pipelining import lend_transport
+from appliance.delivery.shaping import Shaper
 from appliance.dns.resolver import (
     DNSError,
     DNSTemporaryError,
@@ -52,6 +53,7 @@ class RcptResult:
     enhanced: str
     text: str
     remote_host: str | None = None
+    retry_after: float | None = None  # a temporary result: the wall-clock time worth trying again (shaping)
 
     @property
     def ok(self) -> bool:
@@ -145,6 +147,7 @@ class _Message:
     needs_utf8: bool  # the whole message needs SMTPUTF8 (sender or headers are UTF-8, or the caller says so)
     utf8_rcpts: frozenset[str] = field(default_factory=frozenset)
     known: Framing = field(default_factory=lambda: Framing())
+    shaping_key: str | None = None  # the shaper's destination, told each session's outcome
 
 
 @dataclass(frozen=True)
@@ -277,10 +280,12 @@ class Deliverer:
         *,
         own_addresses: Collection[str] = (),
         log: logging.Logger | None = None,
+        shaper: Shaper | None = None,
     ) -> None:
         """`settings`: the config's delivery section (source addresses, limits, timeouts, connection reuse; the
         smarthost is the router's). `own_addresses`: IPs our SMTP listener answers on at the MX port; an MX
-        resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance)."""
+        resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance). `shaper`: the per destination
+        budgets and back-offs (shared by the Deliverers of successive configs); None: no shaping."""
         settings = settings or DeliveryConfig()
         self.hostname = hostname
         self.resolver = resolver
@@ -292,6 +297,7 @@ class Deliverer:
         self._own = own_ip_addresses(own_addresses)
         self._tls_context = _opportunistic_tls_context()
         self._cache = _ConnectionCache(idle=settings.connection_reuse_time)
+        self._shaper = shaper
 
     async def deliver(
         self,
@@ -344,7 +350,29 @@ class Deliverer:
             return dict.fromkeys(rcpts, _local(554, "5.4.6", str(exc)))
         except DNSTemporaryError as exc:
             return dict.fromkeys(rcpts, _local(451, "4.4.3", f"DNS lookup failed: {exc}"))
+        if self._shaper is not None:
+            return await self._shaped(self._shaper, target, hops, msg, rcpts, queue_id)
         return await self._try_hops(hops, msg, rcpts, queue_id)
+
+    async def _shaped(
+        self, shaper: Shaper, target: Target, hops: list[_Hop], msg: _Message, rcpts: list[str], queue_id: str
+    ) -> dict[str, RcptResult]:
+        """The hops within the destination's budget; deferred without connecting while it is in back-off or
+        out of room (the MX names are known here, so a provider's entry applies)."""
+        domain = target.domain if isinstance(target, MXTarget) else None
+        msg.shaping_key = key = shaper.key_for(domain, [hop.name for hop in hops])
+        async with shaper.session(key) as deferral:
+            if deferral is not None:
+                self.log.info("delivery queue_id=%s deferred by shaping: %s", queue_id or "-", deferral.text)
+                return dict.fromkeys(rcpts, RcptResult(deferral.code, deferral.enhanced, deferral.text, None,
+                                                       deferral.retry_after))
+            results = await self._try_hops(hops, msg, rcpts, queue_id)
+        until = shaper.backoff_of(key)
+        if not until:
+            return results
+        # Throttled: what stays queued is tried again when the back-off ends, not on the retry schedule.
+        return {rcpt: replace(r, retry_after=until) if r.temporary and r.retry_after is None else r
+                for rcpt, r in results.items()}
 
     async def _hops(self, target: Target) -> list[_Hop]:
         if isinstance(target, HostsTarget):
@@ -402,6 +430,11 @@ class Deliverer:
                     return await self._attempt(hop, address, msg, rcpts, queue_id)
                 except _Failover as exc:
                     last = exc.result
+                    if msg.shaping_key is not None and last.enhanced.startswith("4.7.") and self._shaper \
+                            and self._shaper.throttling(last):
+                        # A policy about us (RFC 3463 X.7.X), which every MX of the destination shares: the
+                        # other hosts would say the same, and asking them is sending too fast again.
+                        return dict.fromkeys(rcpts, last)
         if last is None:
             last = _local(451, "4.4.3", "no host to deliver to")
         elif dns_permanent < len(hops) and last.permanent and last.remote_host is None:
@@ -430,6 +463,9 @@ class Deliverer:
                 raise
             finally:
                 self._log_attempt(queue_id, hop, address, rcpts, results, failure, tls, started)
+                if msg.shaping_key is not None and self._shaper is not None:
+                    self._shaper.observe(msg.shaping_key, results.values() if results else (failure,) if failure
+                                         else ())
 
     def _log_attempt(
         self,

@@ -34,6 +34,7 @@ from appliance.delivery.callout import CalloutCache, RecipientCallout
 from appliance.delivery.client import Deliverer
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.delivery.router import LOCAL, Router
+from appliance.delivery.shaping import Shaper
 from appliance.dns.resolver import Resolver
 from appliance.imap.server import start_imap
 from appliance.message.model import QueuedMessage, SpoolCorrupt
@@ -108,6 +109,8 @@ class Appliance:
         self.callout = RecipientCallout(config.hostname, CalloutCache(config.data_dir / "recipient-callouts.sqlite"),
                                         Resolver.from_config(config.dns))
         self.runner: QueueRunner | None = None
+        # The per destination budgets and back-offs: one for the process, kept across reloads.
+        self.shaper = Shaper(config.shaping)
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
                                       config.hostname, config.queue.lifetime)
@@ -132,7 +135,8 @@ class Appliance:
 
     def _deliverer(self, config: Config) -> Deliverer:
         own = [hp.host for hp in config.listen.smtp if hp.port == 25]
-        return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own)
+        return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own,
+                         shaper=self.shaper if config.shaping.enabled else None)
 
     def _local(self, config: Config) -> LocalDelivery | None:
         if self.store is None or self.directory is None:
@@ -297,6 +301,7 @@ class Appliance:
         self.local = self._local(new)
         self.callout.hostname = new.hostname
         self.callout.resolver = Resolver.from_config(new.dns)
+        self.shaper.reconfigure(new.shaping)
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
