@@ -61,7 +61,8 @@ class FakeClock:
 @dataclass
 class ThrottlingHandler:
     """Accepts every message, except that the MAIL FROM of the messages numbered in `throttle` (1-based)
-    gets 421 4.7.0 and the connection is closed, as Gmail does. Counts sessions (EHLO), and the most connections at once."""
+    gets `reply` (421 4.7.0) and the connection is closed, as Gmail does. Counts sessions (EHLO), and the most
+    connections at once."""
 
     throttle: set[int] = field(default_factory=set)
     reply: str = THROTTLE
