@@ -507,8 +507,10 @@ class ShapingLimits:
     messages_per_minute: int = 0  # messages sent, evenly spaced (Postfix: default_destination_rate_delay)
 
 
-# Temporary replies that mean "slow down" without a 421 or a 4.7.x code (regular expressions, case-insensitive).
-DEFAULT_THROTTLE_TEXTS = ("rate limit", "too many (connections|sessions|messages)", "throttl", "unexpected volume")
+# Temporary replies that mean "slow down" without a 4.7.x code (regular expressions, case-insensitive), such as
+# Microsoft's "421 4.3.2 The maximum number of concurrent server connections has exceeded a limit".
+DEFAULT_THROTTLE_TEXTS = ("rate limit", "too many (connections|sessions|messages)", "concurrent .*connections",
+                          "throttl", "unexpected volume")
 
 
 @dataclass(frozen=True)

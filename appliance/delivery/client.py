@@ -430,10 +430,9 @@ class Deliverer:
                     return await self._attempt(hop, address, msg, rcpts, queue_id)
                 except _Failover as exc:
                     last = exc.result
-                    if msg.shaping_key is not None and last.enhanced.startswith("4.7.") and self._shaper \
-                            and self._shaper.throttling(last):
-                        # A policy about us (RFC 3463 X.7.X), which every MX of the destination shares: the
-                        # other hosts would say the same, and asking them is sending too fast again.
+                    if msg.shaping_key is not None and self._shaper and self._shaper.throttling(last):
+                        # A verdict on us, which every MX of the destination shares: the other hosts would
+                        # say the same, and asking them is sending too fast again.
                         return dict.fromkeys(rcpts, last)
         if last is None:
             last = _local(451, "4.4.3", "no host to deliver to")

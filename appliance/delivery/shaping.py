@@ -7,7 +7,8 @@ Workspace domain share one budget), else the recipient domain itself with the `d
 Postfix's per-destination concurrency and rate delay (default_destination_concurrency_limit,
 default_destination_rate_delay) with the provider as the destination where the administrator names one.
 
-A throttling reply from a peer (421, an X.7.X temporary code, or a configured text) puts the key in back-off:
+A throttling reply from a peer (a temporary X.7.X code, as 421 4.7.0, or a configured text) puts the key in
+back-off:
 no new session until it ends, its mail deferred locally with 451 4.4.5 and a "retry after" the queue runner
 honours. The back-off starts at `backoff`, doubles while throttling continues, up to `backoff_max`, and a clean
 delivery resets it, as Postfix's dead-destination throttling does with its cohorts.
@@ -278,12 +279,14 @@ class Shaper:
     # ------------------------------------------------------------------ outcomes
 
     def throttling(self, result: Reply) -> bool:
-        """A peer's temporary reply that means "slow down": 421 (RFC 5321 §3.8: closing the channel), an X.7.X
-        security or policy code (RFC 3463 §3.8; Microsoft's 4.7.500 "server busy", Gmail's 4.7.28), or a
-        configured text. Our own 4xx (a connection that failed) is never one; 452 4.5.3 is not either."""
+        """A peer's temporary reply that means "slow down": an X.7.X security or policy code (RFC 3463 §3.8:
+        Gmail's 421 4.7.0 and 4.7.28, Microsoft's 451 4.7.500 "server busy"), or a configured text. A 421 of
+        another class is about the host, not us (421 4.3.2 "shutting down", a primary in maintenance): the
+        route's retry schedule and the next MX handle it. Our own 4xx (a connection that failed) is never one;
+        452 4.5.3 "too many recipients" is not either."""
         if result.remote_host is None or not 400 <= result.code < 500:
             return False
-        if result.code == 421 or result.enhanced.startswith("4.7."):
+        if result.enhanced.startswith("4.7."):
             return True
         return self._throttle is not None and self._throttle.search(result.text) is not None
 

@@ -204,8 +204,8 @@ async def test_a_throttling_mx_is_not_followed_by_the_next_one(resolver, clock, 
     assert first.sessions == 2
 
 
-async def test_a_busy_first_mx_still_fails_over_and_the_clean_delivery_resets_the_backoff(
-        resolver, clock, peer, port) -> None:
+async def test_a_host_going_down_is_not_throttling_and_fails_over(resolver, clock, peer, port) -> None:
+    """421 4.3.2 is about that host, not about us: the next MX takes the mail, and no back-off starts."""
     peer("127.0.45.1", throttle={1}, reply="421 4.3.2 Service shutting down")
     second = peer("127.0.45.4")
     d, shaper = deliverer(resolver, clock)

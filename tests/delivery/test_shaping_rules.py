@@ -109,7 +109,8 @@ def test_a_full_rate_is_kept_exactly() -> None:
     (421, "4.7.0", "Try again later, closing connection", True),
     (421, "4.7.28", "Our system has detected an unusual rate of mail", True),
     (451, "4.7.500", "Server busy. Please try again later", True),
-    (421, "4.3.2", "Service shutting down", True),  # 421 closes the channel, whatever the reason
+    (421, "4.3.2", "Service shutting down", False),  # about the host: the retry schedule handles it
+    (421, "4.3.2", "The maximum number of concurrent server connections has exceeded a limit", True),
     (450, "4.2.0", "Too many connections from your IP", True),  # a configured text
     (452, "4.5.3", "Too many recipients", False),  # the client sends the rest in a new transaction
     (450, "4.2.2", "Mailbox full", False),
