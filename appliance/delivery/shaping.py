@@ -201,7 +201,13 @@ class Shaper:
     async def session(self, key: str) -> AsyncIterator[Deferral | None]:
         """Hold one session slot of `key` and one rate token for the delivery inside; yields None to go on,
         or the Deferral to answer for every recipient (then nothing is held)."""
-        state = self._state(key)
+        state = self._states.get(key)
+        if state is None:
+            limits = self._limits(key)
+            if not limits.connections and not limits.messages_per_minute:
+                yield None  # nothing to count and no back-off: the common case costs one lookup
+                return
+            state = self._state(key)
         deadline = self._clock() + self.config.max_wait
         deferral = self._in_backoff(key, state)
         if deferral is None:
