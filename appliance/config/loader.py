@@ -58,6 +58,7 @@ from appliance.config.model import (
     ScreeningConfig,
     SenderAuthConfig,
     ShapingConfig,
+    ShapingLimits,
     SMTPConfig,
     SpamPolicy,
     SRSConfig,
@@ -1072,7 +1073,44 @@ def _srs(value: Any) -> SRSConfig:
 
 def _shaping(value: Any) -> ShapingConfig:
     section = _mapping(value, "shaping", _keys(ShapingConfig))
-    return ShapingConfig(**_given(section, "shaping", {"enabled": _bool}))
+    config = ShapingConfig(**_given(section, "shaping", {
+        "enabled": _bool,
+        "default": _shaping_limits,
+        "destinations": _shaping_destinations,
+        "backoff": parse_duration,
+        "backoff_max": parse_duration,
+        "throttle_texts": lambda v, w: tuple(_regex(x, f"{w}[{i}]") for i, x in enumerate(_list(v, w))),
+        "max_wait": lambda v, w: parse_duration(v, w, allow_zero=True),
+    }))
+    if config.backoff_max < config.backoff:
+        raise ConfigError("shaping.backoff_max", f"must be at least backoff ({config.backoff:g}s), "
+                                                 f"got {config.backoff_max:g}s")
+    return config
+
+
+def _shaping_limits(value: Any, where: str) -> ShapingLimits:
+    section = _mapping(value, where, _keys(ShapingLimits))
+    return ShapingLimits(**_given(section, where, {key: _int for key in _keys(ShapingLimits)}))
+
+
+def _shaping_destinations(value: Any, where: str) -> dict[str, ShapingLimits]:
+    destinations: dict[str, ShapingLimits] = {}
+    for key, entry in _mapping(value, where).items():
+        entry_where = _join(where, key)
+        domain = _domain(key, entry_where)
+        if domain in destinations:
+            raise ConfigError(entry_where, f"{domain} is listed twice")
+        destinations[domain] = _shaping_limits(entry, entry_where)
+    return destinations
+
+
+def _regex(value: Any, where: str) -> str:
+    text = _str(value, where)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ConfigError(where, f"{text!r} is not a regular expression: {exc}") from None
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- MTA-STS, DANE

@@ -539,11 +539,36 @@ class SRSConfig:
 
 
 @dataclass(frozen=True)
+class ShapingLimits:
+    """The budget of one destination; 0: no limit."""
+
+    connections: int = 0  # sessions in use at once (Postfix: default_destination_concurrency_limit)
+    messages_per_minute: int = 0  # messages sent, evenly spaced (Postfix: default_destination_rate_delay)
+
+
+# Temporary replies that mean "slow down" without a 4.7.x code (regular expressions, case-insensitive), such as
+# Microsoft's "421 4.3.2 The maximum number of concurrent server connections has exceeded a limit".
+DEFAULT_THROTTLE_TEXTS = ("rate limit", "too many (connections|sessions|messages)", "concurrent .*connections",
+                          "throttl", "unexpected volume")
+
+
+@dataclass(frozen=True)
 class ShapingConfig:
     """Per destination delivery shaping: how fast this host sends to one domain or mail provider, and how it
     backs off when the destination says it is sending too fast."""
 
     enabled: bool = True
+    default: ShapingLimits = ShapingLimits()  # for destinations without an entry in `destinations`
+    # Domain -> its budget; matched against the recipient domain, then the MX host names (google.com: every
+    # domain whose MX is under google.com shares one budget). Read-only once built.
+    destinations: Mapping[str, ShapingLimits] = field(default_factory=dict)
+    backoff: float = 300.0  # the first back-off after a throttling reply
+    backoff_max: float = 7200.0  # the back-off doubles while throttling continues, up to this
+    throttle_texts: tuple[str, ...] = DEFAULT_THROTTLE_TEXTS
+    max_wait: float = 5.0  # a delivery waits this long at most for a session slot or a rate token, else defers
+
+    def __post_init__(self) -> None:
+        _frozen(self, "destinations")
 
 
 @dataclass(frozen=True)

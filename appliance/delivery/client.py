@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 from aiosmtplib.errors import (
@@ -31,6 +31,7 @@ from aiosmtplib.errors import (
 from appliance.config.model import DeliveryConfig
 from appliance.delivery.mime_downgrade import CannotDowngrade, downgrade_to_7bit
 from appliance.delivery.pipelining import lend_transport
+from appliance.delivery.shaping import Shaper
 from appliance.delivery.sources import NO_HEALTHY_SOURCE, SendingAddresses, Source
 from appliance.delivery.tls import (
     STARTTLS_NOT_SUPPORTED,
@@ -65,6 +66,7 @@ class RcptResult:
     text: str
     remote_host: str | None = None
     held: bool = False  # no healthy sending address: the attempt never left, the lifetime does not run out
+    retry_after: float | None = None  # a temporary result: the wall-clock time worth trying again (shaping)
 
     @property
     def ok(self) -> bool:
@@ -176,6 +178,7 @@ class _Message:
     utf8_rcpts: frozenset[str] = field(default_factory=frozenset)
     known: Framing = field(default_factory=lambda: Framing())
     destination: str = ""  # the domain the egress pool counts refusals by (set only with a pool)
+    shaping_key: str | None = None  # the shaper's destination, told each session's outcome
 
 
 @dataclass(frozen=True)
@@ -310,13 +313,15 @@ class Deliverer:
         log: logging.Logger | None = None,
         tls_policies: TLSPolicies | None = None,
         sources: SendingAddresses | None = None,
+        shaper: Shaper | None = None,
     ) -> None:
         """`settings`: the config's delivery section (source addresses, limits, timeouts, connection reuse; the
         smarthost is the router's). `own_addresses`: IPs our SMTP listener answers on at the MX port; an MX
         resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance). `tls_policies`: MTA-STS and DANE
         (tlspolicy/); None keeps TLS opportunistic for every destination. `sources`: the pool of sending
         addresses (the outgoing gateway's egress); when given it, not settings.source_addresses, says where each
-        connection leaves from."""
+        connection leaves from. `shaper`: the per destination budgets and back-offs (shared by the Deliverers of
+        successive configs); None: no shaping."""
         settings = settings or DeliveryConfig()
         self.hostname = hostname
         self.resolver = resolver
@@ -330,6 +335,7 @@ class Deliverer:
         self._cache = _ConnectionCache(idle=settings.connection_reuse_time)
         self.tls_policies = tls_policies
         self._pool = sources
+        self._shaper = shaper
 
     async def deliver(
         self,
@@ -388,6 +394,8 @@ class Deliverer:
             if not hops:
                 text = f"no MX host of {target.domain} matches its MTA-STS policy (RFC 8461 §4.1)"
                 return dict.fromkeys(rcpts, _local(451, "4.7.5", text))
+        if self._shaper is not None:
+            return await self._shaped(self._shaper, target, hops, msg, rcpts, queue_id)
         return await self._try_hops(hops, msg, rcpts, queue_id)
 
     async def _apply_tls_policy(self, target: MXTarget, hops: list[_Hop]) -> list[_Hop]:
@@ -402,6 +410,26 @@ class Deliverer:
                 hop.tls = domain_tls.hosts[hop.name]
                 kept.append(hop)
         return kept
+
+    async def _shaped(
+        self, shaper: Shaper, target: Target, hops: list[_Hop], msg: _Message, rcpts: list[str], queue_id: str
+    ) -> dict[str, RcptResult]:
+        """The hops within the destination's budget; deferred without connecting while it is in back-off or
+        out of room (the MX names are known here, so a provider's entry applies)."""
+        domain = target.domain if isinstance(target, MXTarget) else None
+        msg.shaping_key = key = shaper.key_for(domain, [hop.name for hop in hops])
+        async with shaper.session(key) as deferral:
+            if deferral is not None:
+                self.log.info("delivery queue_id=%s deferred by shaping: %s", queue_id or "-", deferral.text)
+                return dict.fromkeys(rcpts, RcptResult(deferral.code, deferral.enhanced, deferral.text, None,
+                                                       retry_after=deferral.retry_after))
+            results = await self._try_hops(hops, msg, rcpts, queue_id)
+        until = shaper.backoff_of(key)
+        if not until:
+            return results
+        # Throttled: what stays queued is tried again when the back-off ends, not on the retry schedule.
+        return {rcpt: replace(r, retry_after=until) if r.temporary and r.retry_after is None else r
+                for rcpt, r in results.items()}
 
     async def _hops(self, target: Target) -> list[_Hop]:
         if isinstance(target, HostsTarget):
@@ -459,6 +487,10 @@ class Deliverer:
                     return await self._attempt(hop, address, msg, rcpts, queue_id)
                 except _Failover as exc:
                     last = exc.result
+                    if msg.shaping_key is not None and self._shaper and self._shaper.throttling(last):
+                        # A verdict on us, which every MX of the destination shares: the other hosts would
+                        # say the same, and asking them is sending too fast again.
+                        return dict.fromkeys(rcpts, last)
         if last is None:
             last = _local(451, "4.4.3", "no host to deliver to")
         elif dns_permanent < len(hops) and last.permanent and last.remote_host is None:
@@ -543,6 +575,9 @@ class Deliverer:
                 raise
             finally:
                 self._log_attempt(queue_id, hop, address, rcpts, results, failure, tls, started)
+                if msg.shaping_key is not None and self._shaper is not None:
+                    self._shaper.observe(msg.shaping_key, results.values() if results else (failure,) if failure
+                                         else ())
 
     @staticmethod
     def _tls_not_given(hop: _Hop, address: str, failure: TLSOutcome, reported: bool = False) -> _Failover:

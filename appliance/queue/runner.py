@@ -311,6 +311,8 @@ class QueueRunner:
             self.stats.failed += 1
         else:
             rcpt.next_attempt = now + next_delay(route.retry_schedule, rcpt.attempts)
+            if result.retry_after is not None:  # the destination said when (shaping: its back-off's end)
+                rcpt.next_attempt = max(result.retry_after, now + 1.0)  # never a busy loop
             # Held for want of a healthy sending address: the mail never left, so it is never bounced for that.
             if rcpt.next_attempt > message.arrival + self.lifetime and not result.held:
                 rcpt.status = FAILED

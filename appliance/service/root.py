@@ -34,6 +34,7 @@ from appliance.delivery.callout import CalloutCache, RecipientCallout
 from appliance.delivery.client import Deliverer
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.delivery.router import LOCAL, Router
+from appliance.delivery.shaping import Shaper
 from appliance.dns.resolver import Resolver
 from appliance.egress.pool import EgressPool
 from appliance.egress.store import EgressStore
@@ -115,6 +116,8 @@ class Appliance:
         self.runner: QueueRunner | None = None
         self.tls_policy: TLSPolicy | None = None  # MTA-STS and DANE of delivery; built with the first deliverer
         self.egress: EgressPool | None = None  # the outgoing gateway's sending addresses (queue process)
+        # The per destination budgets and back-offs: one for the process, kept across reloads.
+        self.shaper = Shaper(config.shaping)
         if mode is not Mode.ACCEPTOR:
             self.egress = self._egress(config)
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
@@ -142,7 +145,8 @@ class Appliance:
     def _deliverer(self, config: Config) -> Deliverer:
         own = [hp.host for hp in config.listen.smtp if hp.port == 25]
         return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own,
-                         tls_policies=self._tls_policy(config), sources=self.egress)
+                         tls_policies=self._tls_policy(config), sources=self.egress,
+                         shaper=self.shaper if config.shaping.enabled else None)
 
     def _tls_policy(self, config: Config) -> TLSPolicy | None:
         """One TLSPolicy (and its MTA-STS cache) per process, rebuilt only when its settings change."""
@@ -339,6 +343,7 @@ class Appliance:
         self.local = self._local(new)
         self.callout.hostname = new.hostname
         self.callout.resolver = Resolver.from_config(new.dns)
+        self.shaper.reconfigure(new.shaping)
         if self.runner is not None:
             self._reconfigure_egress(new)
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
