@@ -32,10 +32,10 @@ from appliance.config.model import (
     Config,
     DeliveryConfig,
     DictionaryConfig,
+    DKIMConfig,
     DmarcActions,
     DNSBLConfig,
     DNSBLSite,
-    DKIMConfig,
     DNSConfig,
     EgressAddress,
     EgressFailoverConfig,
@@ -994,7 +994,25 @@ def _dkim(value: Any, base_dir: Path) -> DKIMConfig:
         "keys_dir": lambda v, w: None if v is None else base_dir / _str(v, w),
         "retire_after": parse_duration,
         "arc_seal": _bool,
+        "arc_domain": lambda v, w: None if v is None else _domain(v, w),
+        "headers": _signed_headers,
     }))
+
+
+def _signed_headers(value: Any, where: str) -> tuple[str, ...]:
+    """dkim.headers: field names (RFC 5322 §3.6.8 ftext), lower-cased, each once; From among them."""
+    names = []
+    for i, item in enumerate(_list(value, where)):
+        name = _str(item, f"{where}[{i}]").strip().lower()
+        if not name or any(not (33 <= ord(c) <= 126) or c == ":" for c in name):
+            raise ConfigError(f"{where}[{i}]", f"{item!r} is not a header field name")
+        if name in ("dkim-signature", "received", "return-path"):
+            raise ConfigError(f"{where}[{i}]", f"{name} must not be signed (RFC 6376 §5.4)")
+        if name not in names:
+            names.append(name)
+    if "from" not in names:
+        raise ConfigError(where, "must include from (RFC 6376 §5.4: From is always signed)")
+    return tuple(names)
 
 
 # ---------------------------------------------------------------------------------------------- SRS

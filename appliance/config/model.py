@@ -478,6 +478,17 @@ class SenderAuthConfig:
         return self.domains.get(domain.lower()) or DmarcActions(self.dmarc_reject, self.dmarc_quarantine)
 
 
+# RFC 6376 §5.4.1: the fields a DKIM signer should cover (signing/signer.py signs each as often as it occurs, and
+# From, Subject, To, Cc, Date, Reply-To and Message-ID once more, §8.15).
+DKIM_SIGNED_HEADERS = (
+    "from", "reply-to", "subject", "date", "to", "cc", "message-id", "in-reply-to", "references",
+    "resent-date", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-message-id", "sender",
+    "mime-version", "content-type", "content-transfer-encoding", "content-id", "content-description",
+    "list-id", "list-help", "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post",
+    "list-owner", "list-archive", "feedback-id", "tls-report-domain", "tls-report-submitter",
+)
+
+
 @dataclass(frozen=True)
 class DKIMConfig:
     """DKIM signing (RFC 6376 rsa-sha256, RFC 8463 ed25519-sha256) of the mail this host sends for the fleet's
@@ -487,6 +498,9 @@ class DKIMConfig:
     keys_dir: Path | None = None  # None: data_dir/dkim
     retire_after: float = 7 * 86400.0  # an old selector stays published this long after a rotation
     arc_seal: bool = True  # ARC-seal what this host forwards (incoming gateway, aliases to outside)
+    arc_domain: str | None = None  # the domain whose key seals; None: the first primary/forwarded one with keys
+    # The fields a DKIM signature covers (RFC 6376 §5.4.1), lower case; From is always one of them.
+    headers: tuple[str, ...] = DKIM_SIGNED_HEADERS
 
 
 @dataclass(frozen=True)
