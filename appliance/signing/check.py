@@ -51,8 +51,11 @@ def _with_added(transaction: Transaction) -> bytes:
     """The message as it will leave: the headers earlier checks added (at the top), then the content."""
     if not transaction.added_headers:
         return transaction.content
-    added = "".join(f"{name}: {value}\r\n" for name, value in transaction.added_headers)
-    return added.encode("utf-8", "replace") + transaction.content
+    out = []
+    for name, value in transaction.added_headers:  # folded as smtp/server.py writes them (RFC 5322 §2.2.3)
+        lines = (line.strip() for line in value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        out.append(f"{name}: " + "\r\n\t".join(line for line in lines if line) + "\r\n")
+    return "".join(out).encode("utf-8", "replace") + transaction.content
 
 
 def _fields(signatures: list[bytes]) -> list[tuple[str, str]]:
