@@ -94,10 +94,7 @@ class Signer:
         """The DKIM-Signature fields (each ``DKIM-Signature: ...\\r\\n``) for the message, one per active key of
         ``domain`` (default: the From domain); empty when the domain has none. NotSignable for a message whose
         header section or From cannot be signed."""
-        try:
-            headers, body = dkim.rfc822_parse(message)
-        except dkim.MessageFormatError as exc:
-            raise NotSignable(f"header section does not parse: {exc}") from exc
+        headers, body = _parse(message)
         if domain is None:
             domain = from_domain(headers)
         keys = self.active_keys(domain)
@@ -157,9 +154,9 @@ class Signer:
         """The message with the signatures of our keys for its From domain made again (after a conversion, such
         as the 7-bit downgrade, changed what they cover: RFC 6376 §5.3); others' signatures stay as they are."""
         try:
-            headers, _ = dkim.rfc822_parse(message)
+            headers, _ = _parse(message)
             keys = self.active_keys(from_domain(headers))
-        except (NotSignable, dkim.MessageFormatError):
+        except NotSignable:
             return message
         if not keys:
             return message
@@ -168,6 +165,20 @@ class Signer:
         if stripped == message:
             return message  # we had not signed it (mail from outside): it is not ours to sign now
         return self.sign(stripped)
+
+
+def _parse(message: bytes) -> tuple[list, bytes]:
+    """dkimpy's (headers, body) of the message. Only the header section goes through dkimpy's line parser: the
+    body of a CRLF message is the bytes after the blank line as they are, and a message we do not sign (no key
+    for its domain) costs no pass over its body."""
+    end = message.find(b"\r\n\r\n")
+    try:
+        if end < 0 or b"\n" in message[:end].replace(b"\r\n", b""):  # no CRLF header section: dkimpy's way
+            return dkim.rfc822_parse(message)
+        headers, _ = dkim.rfc822_parse(message[:end + 4])
+    except dkim.MessageFormatError as exc:
+        raise NotSignable(f"header section does not parse: {exc}") from exc
+    return headers, message[end + 4:]
 
 
 _TAG = re.compile(rb"(?:^|;)\s*([ds])\s*=\s*([^;\s]+)")
