@@ -79,7 +79,8 @@ def test_relayed_mail_is_signed_outside_mail_is_not_and_dsns_are(mailfleet_facto
         sink.stop()
 
 
-def test_mail_from_outside_to_a_primary_is_not_signed_and_a_users_is(mailfleet_factory, signing_dns) -> None:
+def test_a_primary_signs_its_users_mail_never_outside_mail_and_seals_what_its_aliases_forward(
+        mailfleet_factory, signing_dns) -> None:
     sink = start_sink(SINK, free_port([SINK]))
     try:
         server = mailfleet_factory({
@@ -90,7 +91,8 @@ def test_mail_from_outside_to_a_primary_is_not_signed_and_a_users_is(mailfleet_f
                         "users": [{"address": "alice@example.org", "password_hash": _hash()}],
                         "aliases": {"list@example.org": ["alice@example.org", "carol@outside.test"]}},
             "delivery": {"smarthost": f"{SINK}:{sink.port}"},
-            "dkim": {"enabled": True, "keys_dir": str(signing_dns.keys_dir), "arc_seal": False},
+            "sender_auth": {"enabled": True},
+            "dkim": {"enabled": True, "keys_dir": str(signing_dns.keys_dir)},
         }, services=("smtp", "submission"), address="127.0.41.2", name="primary")
         with smtplib.SMTP("127.0.41.2", server.ports["submission"], timeout=30) as conn:
             conn.login("alice@example.org", "s3cret-Pass")
@@ -103,7 +105,10 @@ def test_mail_from_outside_to_a_primary_is_not_signed_and_a_users_is(mailfleet_f
         [submitted] = [m for m in messages if b"Subject: submitted" in m]
         assert _verifies(signing_dns, submitted, 0) and _verifies(signing_dns, submitted, 1)
         [forwarded] = [m for m in messages if b"Subject: forged from" in m]
-        assert b"DKIM-Signature" not in forwarded
+        assert b"DKIM-Signature" not in forwarded  # From: one of ours, but from outside: never signed
+        assert b"ARC-Seal: " in forwarded  # the alias leads outside: sealed with example.org's key
+        cv, results, reason = dkim.arc_verify(forwarded, dnsfunc=_dnsfunc(signing_dns))
+        assert cv == dkim.CV_Pass, (reason, results)
     finally:
         sink.stop()
 
