@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dkim
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from .keys import KeyStoreError, SigningKey
@@ -56,7 +57,7 @@ class ArcSealer:
         try:
             fields = dkim.arc_sign(message, key.selector.encode(), key.domain.encode(), self._pkcs1_of(key),
                                    self.authserv_id.encode())
-        except (dkim.DKIMException, KeyStoreError, ValueError) as exc:
+        except (dkim.DKIMException, KeyStoreError, ValueError, UnsupportedAlgorithm) as exc:
             log.warning("not ARC-sealed: %s", exc)
             return []
         if not fields:

@@ -15,13 +15,14 @@ import logging
 from collections.abc import Awaitable
 
 from appliance.config import Config
-from appliance.pipeline.stages import Client, Pipeline, Result, Stage, Transaction, note
+from appliance.pipeline.stages import Client, Pipeline, Result, Stage, Transaction, note, tempfail
 
 from .arc import ArcSealer
 from .keys import KeyStore, KeyStoreError
 from .signer import NotSignable, Signer
 
 log = logging.getLogger("appliance.signing")
+SIGNING_UNAVAILABLE = "451 4.3.0 DKIM signing is unavailable here now; try again later"
 INLINE_SIGN = 256 * 1024  # larger messages are canonicalised and hashed in a worker thread
 
 
@@ -91,9 +92,13 @@ class SignOutgoing:
     def _sign(self, client: Client, transaction: Transaction, message: bytes) -> Result | None:
         try:
             signatures = self.signer.signatures(message)
-        except (NotSignable, KeyStoreError, ValueError) as exc:
+        except NotSignable as exc:
             log.info("client=%s from=<%s> not DKIM-signed: %s", client.ip, transaction.mail_from, exc)
             return None
+        except KeyStoreError as exc:  # the domain signs, but its keys cannot be read now: the client retries
+            log.error("client=%s from=<%s> cannot be DKIM-signed: %s; answering 451", client.ip,
+                      transaction.mail_from, exc)
+            return tempfail(SIGNING_UNAVAILABLE)
         if not signatures:
             log.debug("client=%s from=<%s> not DKIM-signed: no active key for the From domain", client.ip,
                       transaction.mail_from)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 
 import dkim
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -93,11 +94,11 @@ class Signer:
     def signatures(self, message: bytes, domain: str | None = None) -> list[bytes]:
         """The DKIM-Signature fields (each ``DKIM-Signature: ...\\r\\n``) for the message, one per active key of
         ``domain`` (default: the From domain); empty when the domain has none. NotSignable for a message whose
-        header section or From cannot be signed."""
+        header section or From cannot be signed; KeyStoreError when the domain's keys cannot be read."""
         headers, body = _parse(message)
         if domain is None:
             domain = from_domain(headers)
-        keys = self.active_keys(domain)
+        keys = self.keys.signing_keys(domain)  # KeyStoreError goes to the caller: it decides (4xx or unsigned)
         if not keys:
             return []
         return self._sign(headers, body, keys)
@@ -133,7 +134,10 @@ class Signer:
         """The parsed private key, parsed again only when the key file's bytes change."""
         loaded = self._parsed.get((key.domain, key.selector))
         if loaded is None or loaded.pem != key.private_pem:
-            parsed = serialization.load_pem_private_key(key.private_pem, password=None)
+            try:
+                parsed = serialization.load_pem_private_key(key.private_pem, password=None)
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+                raise KeyStoreError(f"{key.domain}/{key.selector}.pem: not a usable private key ({exc})") from exc
             if not isinstance(parsed, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
                 raise KeyStoreError(f"{key.domain}/{key.selector}.pem: not an RSA or Ed25519 key")
             loaded = _Loaded(key.private_pem, parsed)
@@ -145,8 +149,11 @@ class Signer:
         none or cannot be signed (what this host writes itself: DSNs, TLS reports)."""
         try:
             found = self.signatures(message)
-        except (NotSignable, KeyStoreError, ValueError) as exc:
+        except NotSignable as exc:
             log.info("own message not signed: %s", exc)
+            return message
+        except KeyStoreError as exc:  # what this host writes must go out, signed or not
+            log.error("own message not signed: %s", exc)
             return message
         return b"".join(found) + message
 
