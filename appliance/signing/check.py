@@ -27,17 +27,30 @@ INLINE_SIGN = 256 * 1024  # larger messages are canonicalised and hashed in a wo
 
 
 def register(pipeline: Pipeline, config: Config, signer: Signer | None = None) -> Signer | None:
-    """Register the ARC seal and the DKIM signature where the config asks for them (dkim.enabled); None, and
-    nothing registered, when it is off."""
-    if not config.dkim.enabled:
+    """Register the ARC seal (dkim.arc_seal, on a host that forwards) and the DKIM signature (dkim.enabled); None,
+    and nothing registered, when neither applies: then they cost nothing."""
+    seals = config.dkim.arc_seal and forwards(config)
+    if not (config.dkim.enabled or seals):
         return None
     signer = signer or Signer(KeyStore(config.dkim_dir), config.dkim.headers)
-    if config.dkim.arc_seal and (config.forward_domains or config.primary is not None):
+    if seals:
         pipeline.register(Stage.DATA, SealForwarded(ArcSealer(signer, arc_domains(config),
                                                               config.sender_auth.authserv_id or config.hostname),
                                                     config))
-    pipeline.register(Stage.DATA, SignOutgoing(signer, config))
+    if config.dkim.enabled:
+        pipeline.register(Stage.DATA, SignOutgoing(signer, config))
     return signer
+
+
+def forwards(config: Config) -> bool:
+    """This host relays mail it receives on to other domains: forwarded domains, or aliases that lead outside."""
+    if config.forward_domains:
+        return True
+    if config.primary is None:
+        return False
+    local = config.local_domains
+    targets = [t for ts in config.primary.aliases.values() for t in ts] + list(config.primary.catch_all.values())
+    return any(target.rpartition("@")[2].lower() not in local for target in targets)
 
 
 def arc_domains(config: Config) -> tuple[str, ...]:
@@ -126,6 +139,10 @@ class SealForwarded:
 
     def __call__(self, client: Client, transaction: Transaction, content: bytes) -> Awaitable[Result | None] | None:
         if not self.forwarded(transaction):
+            return None
+        if self.sealer.key() is None:  # no key to seal with (yet): logged at debug, nothing else to do
+            log.debug("from=<%s> not ARC-sealed: none of %s has an active RSA key", transaction.mail_from,
+                      ", ".join(self.sealer.domains))
             return None
         return self._seal(transaction)
 

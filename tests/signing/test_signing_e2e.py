@@ -136,7 +136,8 @@ def test_forwarded_mail_is_arc_sealed_and_the_chain_verifies(mailfleet_factory, 
             "incoming_gateway": {"domains": {"fwd.example.org": {"destinations": [f"{SINK}:{sink.port}"],
                                                                  "verify": "none"}}},
             "sender_auth": {"enabled": True},
-            "dkim": {"enabled": True, "keys_dir": str(signing_dns.keys_dir), "arc_domain": "example.org"},
+            # A forwarder that signs nothing of its own still seals: arc_seal without enabled.
+            "dkim": {"enabled": False, "keys_dir": str(signing_dns.keys_dir), "arc_domain": "example.org"},
         }, address="127.0.41.3", name="incoming")
         _send(server, OUTSIDE, "bob@outside.test", ["carol@fwd.example.org"],
               _message("Bob <bob@outside.test>", "carol@fwd.example.org", "forwarded"))
