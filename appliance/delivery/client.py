@@ -16,7 +16,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 import aiosmtplib
@@ -314,6 +314,7 @@ class Deliverer:
         tls_policies: TLSPolicies | None = None,
         sources: SendingAddresses | None = None,
         shaper: Shaper | None = None,
+        resign: Callable[[bytes], bytes] | None = None,
     ) -> None:
         """`settings`: the config's delivery section (source addresses, limits, timeouts, connection reuse; the
         smarthost is the router's). `own_addresses`: IPs our SMTP listener answers on at the MX port; an MX
@@ -336,6 +337,7 @@ class Deliverer:
         self.tls_policies = tls_policies
         self._pool = sources
         self._shaper = shaper
+        self._resign = resign  # our DKIM signatures made again after the 7-bit downgrade (RFC 6376 §5.3)
 
     async def deliver(
         self,
@@ -747,6 +749,8 @@ class Deliverer:
         if msg.eight_bit and not smtp.supports_extension("8bitmime"):
             try:
                 payload = downgrade_to_7bit(msg.data)  # RFC 6152 §3: never send 8-bit data to a 7-bit peer
+                if self._resign is not None:
+                    payload = self._resign(payload)
             except CannotDowngrade as exc:
                 text = f"{remote} does not support 8BITMIME and the message cannot be converted: {exc}"
                 return dict.fromkeys(rcpts, _local(554, "5.6.3", text, remote))
