@@ -35,6 +35,7 @@ from appliance.delivery.client import Deliverer
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.delivery.router import LOCAL, Router
 from appliance.dns.resolver import Resolver
+from appliance.forwarding.srs import SRS, SenderRewrite
 from appliance.imap.server import start_imap
 from appliance.message.model import QueuedMessage, SpoolCorrupt
 from appliance.pipeline.intake import Intake
@@ -44,7 +45,7 @@ from appliance.pop3.server import start_pop3
 from appliance.quarantine.store import Quarantine
 from appliance.quarantine.target import QuarantineTarget
 from appliance.queue.control import ControlServer
-from appliance.queue.runner import QueueRunner
+from appliance.queue.runner import QueueRunner, SenderFor
 from appliance.queue.spool import Spool
 from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
@@ -110,7 +111,7 @@ class Appliance:
         self.runner: QueueRunner | None = None
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
-                                      config.hostname, config.queue.lifetime)
+                                      config.hostname, config.queue.lifetime, sender_for=self._sender_for(config))
         # Every process that answers SMTP writes held messages itself: the files are named by queue ID.
         self.quarantine = Quarantine(config.quarantine_dir)
         self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local,
@@ -133,6 +134,14 @@ class Appliance:
     def _deliverer(self, config: Config) -> Deliverer:
         own = [hp.host for hp in config.listen.smtp if hp.port == 25]
         return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own)
+
+    def _sender_for(self, config: Config) -> SenderFor | None:
+        """SRS for the copies an alias of the primary forwards outside; None (nothing to test) when off."""
+        domain = config.srs_domain
+        if not config.srs.enabled or config.primary is None or domain is None:
+            return None
+        own = self.directory.is_local_domain if self.directory is not None else config.local_domains.__contains__
+        return SenderRewrite(SRS(config.srs.secrets, config.srs.max_age), domain, own)
 
     def _local(self, config: Config) -> LocalDelivery | None:
         if self.store is None or self.directory is None:
@@ -298,7 +307,8 @@ class Appliance:
         self.callout.hostname = new.hostname
         self.callout.resolver = Resolver.from_config(new.dns)
         if self.runner is not None:
-            self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
+            self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime,
+                                    sender_for=self._sender_for(new))
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
         if self.mailbox_limits is not None:
             self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempts)
