@@ -364,6 +364,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         source=source,
     )
     _check_domain_overlaps(config)
+    _check_srs(config)
     return config
 
 
@@ -1085,6 +1086,31 @@ def _srs(value: Any) -> SRSConfig:
         "secrets": lambda v, w: tuple(_str(x, f"{w}[{i}]") for i, x in enumerate(_list(v, w))),
         "max_age": parse_duration,
     }))
+
+
+SRS_SECRET_MIN = 16  # characters: an attacker who collects our SRS addresses can test secrets offline
+
+
+def _check_srs(config: Config) -> None:
+    """SRS on: a secret long enough to resist an offline search (a found secret forges bounces at will), and a
+    domain this host receives mail for (the bounces to it must reach the reversal)."""
+    srs = config.srs
+    if not srs.enabled:
+        return
+    if not srs.secrets:
+        raise ConfigError("srs.secrets", "enabled needs at least one secret (the first signs, every one verifies)")
+    for i, secret in enumerate(srs.secrets):
+        if len(secret) < SRS_SECRET_MIN:
+            raise ConfigError(f"srs.secrets[{i}]", f"is {len(secret)} characters; at least {SRS_SECRET_MIN} are "
+                                                   "needed, a short one can be found from the addresses it signed")
+    domain = config.srs_domain
+    if domain is None:
+        raise ConfigError("srs.domain", "is required on a host without the primary role (the domain the "
+                                        "primary rewrites senders into)")
+    if domain not in config.local_domains and domain not in config.backup_domains \
+            and domain not in config.forward_domains:
+        raise ConfigError("srs.domain", f"{domain} is not a domain this host receives mail for (primary, "
+                                        "backup_mx or incoming_gateway domains): its bounces would not come back")
 
 
 # ---------------------------------------------------------------------------------------------- shaping

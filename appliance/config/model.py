@@ -652,6 +652,13 @@ class Config:
         return frozenset(self.primary.domains) if self.primary else frozenset()
 
     @property
+    def srs_domain(self) -> str | None:
+        """The domain of the SRS addresses: srs.domain, else the first primary domain."""
+        if self.srs.domain is not None:
+            return self.srs.domain
+        return self.primary.domains[0] if self.primary and self.primary.domains else None
+
+    @property
     def backup_domains(self) -> Mapping[str, BackupDomain]:
         return self.backup_mx.domains if self.backup_mx else _EMPTY
 

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from appliance.config import Config, HostPort
 from appliance.config.model import CalloutConfig
+from appliance.forwarding.srs import SRS, SRSError, is_srs
 from appliance.message.address import Mailbox
 from appliance.pipeline.stages import Client, RcptTo, Result, Transaction, refuse, tempfail
 
@@ -85,8 +86,13 @@ class RecipientPolicy:
     over_quota: QuotaCheck | None = None  # True when the mailbox cannot take `size` more bytes
     verifier: RecipientVerifier | None = None  # the callout, for domains with verify: callout
     _relay_denied_code: int = field(init=False, default=550)
+    _srs: SRS | None = field(init=False, default=None)  # None: SRS off, the RCPT path tests nothing more
+    _srs_domain: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
+        if self.config.srs.enabled and self.config.srs.secrets and self.config.srs_domain is not None:
+            self._srs = SRS(self.config.srs.secrets, self.config.srs.max_age)
+            self._srs_domain = self.config.srs_domain
         # A relay attempt: an outgoing gateway refuses it 554, as Postfix does (relay_domains_reject_code); a
         # role that relays for nobody answers 550, as for any other address it does not serve.
         self._relay_denied_code = 554 if self.config.outgoing_gateway is not None else 550
@@ -102,6 +108,8 @@ class RecipientPolicy:
         address = str(rcpt)
         domain = rcpt.domain
         config = self.config
+        if self._srs is not None and domain == self._srs_domain and is_srs(rcpt.local):
+            return self._srs_bounce(address, self._srs)
         if self.is_local_domain(domain):
             return self._local(address, size_hint)
         backup = config.backup_domains.get(domain)
@@ -119,6 +127,23 @@ class RecipientPolicy:
         if config.outgoing_gateway is not None and config.outgoing_gateway.allows(ip):
             return Decision("250 2.1.5 OK", (address,), "relay")
         return Decision(f"{self._relay_denied_code} 5.7.1 <{address}>: relay access denied")
+
+    def _srs_bounce(self, address: str, srs: SRS) -> Decision:
+        """An SRS address of ours: verified (hash, age) or refused 550 5.1.1, so that a forged one makes no
+        backscatter. Any sender is accepted for a valid one: RFC 3464 bounces come from <>, but some MTAs bounce
+        (and RFC 3834 responders answer) from a real sender, and the hash already makes the address good for
+        the one sender we rewrote. The primary sends it on to the original sender; a host in front of it (an
+        incoming gateway, a backup MX) passes it on unchanged, as it is, to the primary, which reverses it."""
+        try:
+            target = srs.reverse(address)
+            # An SRS1 address of ours whose first hop was us as well (a message forwarded twice here).
+            if self.config.primary is not None and target.rpartition("@")[2].lower() == self._srs_domain:
+                target = srs.reverse(target)
+        except SRSError as exc:
+            return Decision(f"550 5.1.1 <{address}>: SRS address refused: {exc.reason}")
+        if self.config.primary is None:
+            return Decision("250 2.1.5 OK", (address,), "srs")
+        return Decision("250 2.1.5 OK", (target,), "srs")
 
     def _local(self, address: str, size_hint: int) -> Decision:
         if self.directory is None:

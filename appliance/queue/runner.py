@@ -43,6 +43,9 @@ LOST_IN_SPOOL = RcptResult(550, "5.3.0", "the message was damaged in this host's
 
 RemoteDeliver = Callable[..., Awaitable[dict[str, RcptResult]]]
 LocalDeliver = Callable[[QueuedMessage, Sequence[Recipient], bytes], Awaitable[dict[str, RcptResult]]]
+# The envelope sender a remote copy leaves with, from (mail_from, recipient as given, recipient): SRS for a
+# recipient an alias forwarded outside (forwarding/srs.py's SenderRewrite).
+SenderFor = Callable[[str, str, str], str]
 
 
 def next_delay(schedule: Sequence[float], attempts: int) -> float:
@@ -63,9 +66,11 @@ class QueueRunner:
 
     def __init__(self, spool: Spool, router: Router, remote: RemoteDeliver, local: LocalDeliver | None,
                  hostname: str, lifetime: float, clock: Callable[[], float] = time.time,
-                 max_in_flight: int = 200, sign: Callable[[bytes], bytes] | None = None) -> None:
+                 max_in_flight: int = 200, sign: Callable[[bytes], bytes] | None = None,
+                 sender_for: SenderFor | None = None) -> None:
         self.spool = spool
         self._sign = sign  # DKIM-signs what this host writes itself (DSNs); None: dkim is off
+        self.sender_for = sender_for
         self.router = router
         self._remote = remote
         self._local = local
@@ -82,10 +87,11 @@ class QueueRunner:
         self.stats = RunnerStats()
 
     def reconfigure(self, router: Router, remote: RemoteDeliver, local: LocalDeliver | None,
-                    lifetime: float) -> None:
+                    lifetime: float, sender_for: SenderFor | None = None) -> None:
         """SIGHUP: routing, the delivery functions and the queue lifetime of a new config, for every delivery
         from now on (deliveries in flight finish with what they started with)."""
         self.router = router
+        self.sender_for = sender_for
         self._remote = remote
         self._local = local
         self.lifetime = lifetime
@@ -263,16 +269,21 @@ class QueueRunner:
         every recipient is final and nothing is left to report: the caller then removes the message at once,
         which records it as well (a crash before either delivers the message again, never loses it)."""
         now = self._clock()
-        groups: dict[str, tuple[Route, list[Recipient]]] = {}
+        # One group per route and envelope sender: the forwarded copies leave with their own (SRS) sender.
+        groups: dict[tuple[str, str], tuple[Route, list[Recipient]]] = {}
+        sender_for = self.sender_for
         for rcpt in message.pending():
             if rcpt.next_attempt <= now:
                 route = self.router.route(rcpt.address)
-                groups.setdefault(route.key, (route, []))[1].append(rcpt)
+                sender = message.mail_from
+                if sender_for is not None and route.kind != LOCAL:
+                    sender = sender_for(sender, rcpt.original, rcpt.address)
+                groups.setdefault((route.key, sender), (route, []))[1].append(rcpt)
         if not groups:
             return True
         data = await _read(message)
-        results = await asyncio.gather(*(self._deliver_group(message, route, rcpts, data)
-                                         for route, rcpts in groups.values()))
+        results = await asyncio.gather(*(self._deliver_group(message, route, rcpts, data, sender)
+                                         for (_, sender), (route, rcpts) in groups.items()))
         changed: list[Recipient] = []
         for (route, rcpts), outcome in zip(groups.values(), results, strict=True):
             for rcpt in rcpts:
@@ -284,7 +295,8 @@ class QueueRunner:
         return True
 
     async def _deliver_group(self, message: QueuedMessage, route: Route, rcpts: list[Recipient],
-                             data: bytes) -> dict[str, RcptResult]:
+                             data: bytes, sender: str | None = None) -> dict[str, RcptResult]:
+        """`sender`: the MAIL FROM of this copy (the message's own when None); DSNs still go to the message's."""
         addresses = [r.address for r in rcpts]
         try:
             if route.kind == LOCAL:
@@ -295,7 +307,8 @@ class QueueRunner:
             target = (HostsTarget(tuple((h.host, h.port) for h in route.hosts)) if route.kind == HOSTS
                       else MXTarget(route.domain))
             # RFC 6531 §3.4: mail received with SMTPUTF8 must only leave to peers that offer it.
-            return await self._remote(target, message.mail_from, addresses, data, queue_id=message.queue_id,
+            mail_from = message.mail_from if sender is None else sender
+            return await self._remote(target, mail_from, addresses, data, queue_id=message.queue_id,
                                       smtputf8=True if message.smtputf8 else None,
                                       known=Framing(crlf_only=bool(message.meta.get(META_CRLF_ONLY)),
                                                     dot_free=bool(message.meta.get(META_DOT_FREE))))

@@ -39,6 +39,7 @@ from appliance.dns.resolver import Resolver
 from appliance.egress.pool import EgressPool
 from appliance.egress.store import EgressStore
 from appliance.egress.store import store_path as egress_store_path
+from appliance.forwarding.srs import SRS, SenderRewrite
 from appliance.imap.server import start_imap
 from appliance.message.model import QueuedMessage, SpoolCorrupt
 from appliance.pipeline.intake import Intake
@@ -48,7 +49,7 @@ from appliance.pop3.server import start_pop3
 from appliance.quarantine.store import Quarantine
 from appliance.quarantine.target import QuarantineTarget
 from appliance.queue.control import ControlServer
-from appliance.queue.runner import QueueRunner
+from appliance.queue.runner import QueueRunner, SenderFor
 from appliance.queue.spool import Spool
 from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
@@ -125,7 +126,8 @@ class Appliance:
             self.egress = self._egress(config)
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
                                       config.hostname, config.queue.lifetime,
-                                      sign=self.signer.sign if self.signer is not None else None)
+                                      sign=self.signer.sign if self.signer is not None else None,
+                                      sender_for=self._sender_for(config))
         # Every process that answers SMTP writes held messages itself: the files are named by queue ID.
         self.quarantine = Quarantine(config.quarantine_dir)
         self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local,
@@ -172,6 +174,14 @@ class Appliance:
         if gateway is None or not gateway.egress:
             return None
         return EgressPool(gateway.egress, gateway.failover, EgressStore(egress_store_path(config)), config.dns)
+
+    def _sender_for(self, config: Config) -> SenderFor | None:
+        """SRS for the copies an alias of the primary forwards outside; None (nothing to test) when off."""
+        domain = config.srs_domain
+        if not config.srs.enabled or config.primary is None or domain is None:
+            return None
+        own = self.directory.is_local_domain if self.directory is not None else config.local_domains.__contains__
+        return SenderRewrite(SRS(config.srs.secrets, config.srs.max_age), domain, own)
 
     def _local(self, config: Config) -> LocalDelivery | None:
         if self.store is None or self.directory is None:
@@ -352,7 +362,8 @@ class Appliance:
         self.shaper.reconfigure(new.shaping)
         if self.runner is not None:
             self._reconfigure_egress(new)
-            self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
+            self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime,
+                                    sender_for=self._sender_for(new))
             if new.dkim != old.dkim or new.dns != old.dns:
                 self._start_dkim_checks(new)
             self.runner.set_signer(self.signer.sign if self.signer is not None else None)
