@@ -32,10 +32,10 @@ from appliance.config.model import (
     Config,
     DeliveryConfig,
     DictionaryConfig,
+    DKIMConfig,
     DmarcActions,
     DNSBLConfig,
     DNSBLSite,
-    DKIMConfig,
     DNSConfig,
     EgressAddress,
     EgressFailoverConfig,
@@ -1032,7 +1032,15 @@ def _outbound_tls(value: Any) -> OutboundTLSConfig:
 
 def _tls_reports(value: Any) -> TLSReportsConfig:
     section = _mapping(value, "tls_reports", _keys(TLSReportsConfig))
-    return TLSReportsConfig(**_given(section, "tls_reports", {"enabled": _bool}))
+    return TLSReportsConfig(**_given(section, "tls_reports", {
+        "enabled": _bool,
+        "organization": lambda v, w: None if v is None else _str(v, w),
+        "contact": lambda v, w: None if v is None else _str(v, w),
+        "from_address": lambda v, w: None if v is None else _address(v, w),
+        "send_delay": parse_duration,
+        "https_timeout": parse_duration,
+        "keep": parse_duration,
+    }))
 
 
 def _check_domain_overlaps(config: Config) -> None:

@@ -136,6 +136,12 @@ class Resolver:
             return []
         return list(answer.rrset)
 
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records at `name`, each one's strings joined (RFC 7208 §3.3 and RFC 8460 §3 read them so);
+        [] for NXDOMAIN or no TXT. DNSTemporaryError when the answer cannot be had now."""
+        records = await self._query(name, "TXT")
+        return [b"".join(rr.strings).decode("utf-8", "replace") for rr in records or ()]  # type: ignore[attr-defined]
+
     async def mx_hosts(self, domain: str) -> list[MXHost]:
         """MX hosts of `domain`, best first, shuffled among equal preference (RFC 5321 §5.1)."""
         records = await self._query(domain, "MX")

@@ -49,6 +49,7 @@ from appliance.queue.spool import Spool
 from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
 from appliance.service.messages import Notice, Notifier
+from appliance.service.tls_reports import SEND_COMMAND, TLSReporting
 from appliance.smtp.server import (
     InboundHandler,
     ListenerOptions,
@@ -58,6 +59,7 @@ from appliance.smtp.server import (
     start_smtp,
 )
 from appliance.store import MailStore
+from appliance.tlspolicy.results import NO_RESULTS, TLSResults
 
 log = logging.getLogger("appliance.serve")
 
@@ -111,6 +113,13 @@ class Appliance:
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
                                       config.hostname, config.queue.lifetime)
+        # TLS-RPT: where the TLS policies of delivery report each session (queue process only, its only writer).
+        self.tls_reporting: TLSReporting | None = None
+        self.tls_results: TLSResults = NO_RESULTS
+        if self.runner is not None and config.tls_reports.enabled:
+            # sign: the DKIM signer of signing/ (RFC 8460 §5.3), None until it is wired here.
+            self.tls_reporting = TLSReporting(config, self.spool, self.runner.enqueue, sign=None)
+            self.tls_results = self.tls_reporting.recorder
         # Every process that answers SMTP writes held messages itself: the files are named by queue ID.
         self.quarantine = Quarantine(config.quarantine_dir)
         self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local,
@@ -217,6 +226,9 @@ class Appliance:
         if self.runner is not None:
             # The control socket first: once SMTP answers, `mailfleet queue ...` must find the server.
             self.control = ControlServer(config.data_dir / "control.sock", self.runner, self.quarantine)
+            if self.tls_reporting is not None:
+                self.control.commands[SEND_COMMAND] = self.tls_reporting.send_command
+                self.tls_reporting.start()
             await self.control.start()
             await self._start_mailbox_access(tls)
         if self.mode is not Mode.QUEUE:
@@ -300,6 +312,8 @@ class Appliance:
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
+        if self.tls_reporting is not None:
+            self.tls_reporting.reconfigure(new)
         if self.mailbox_limits is not None:
             self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempts)
         if self.handlers:
@@ -328,6 +342,8 @@ class Appliance:
             await self.runner.stop(grace=DRAIN_SECONDS)
         if self._runner_task is not None:
             self._runner_task.cancel()
+        if self.tls_reporting is not None:  # after the deliveries: they record their last results
+            await self.tls_reporting.stop()
         if self.control is not None:
             await self.control.stop()
         self.spool.close()
