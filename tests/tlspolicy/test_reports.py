@@ -127,16 +127,14 @@ def test_every_report_follows_the_schema_and_adds_up(successes, failures) -> Non
 
 
 class _temporary_store:
-    def __enter__(self) -> ReportStore:
-        import tempfile
+    """An in-memory store per hypothesis example: the counting is under test here, not the disk."""
 
-        self._dir = tempfile.TemporaryDirectory()
-        self._store = ReportStore(Path(self._dir.name) / "r.sqlite")
+    def __enter__(self) -> ReportStore:
+        self._store = ReportStore(Path(":memory:"))
         return self._store
 
     def __exit__(self, *exc: object) -> None:
         self._store.close()
-        self._dir.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- the TLSRPT record
