@@ -210,21 +210,24 @@ def _rfc3339(timestamp: int) -> str:
 
 
 class TLSReportRecorder:
-    """The TLSResults of the queue process with TLS-RPT on: counts in memory, written every FLUSH_EVERY."""
+    """The TLSResults of the queue process with TLS-RPT on: counts in memory, written every FLUSH_EVERY.
+
+    A session costs one clock reading and a Counter update, keyed by the day's number and the (frozen) policy
+    as it came; the day's name and the policy's database key are made once per batch, at the flush."""
 
     def __init__(self, store: ReportStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._clock = clock
-        self._sessions: Counter[tuple[str, _PolicyKey, bool]] = Counter()
-        self._failures: Counter[tuple[str, _PolicyKey, Failure]] = Counter()
+        self._sessions: Counter[tuple[int, AppliedPolicy, bool]] = Counter()
+        self._failures: Counter[tuple[int, AppliedPolicy, Failure]] = Counter()
 
     def success(self, policy: AppliedPolicy) -> None:
-        self._sessions[(utc_day(self._clock()), _policy_key(policy), True)] += 1
+        self._sessions[(int(self._clock() // DAY), policy, True)] += 1
 
     def failure(self, policy: AppliedPolicy, failure: Failure) -> None:
-        day, key = utc_day(self._clock()), _policy_key(policy)
-        self._sessions[(day, key, False)] += 1
-        self._failures[(day, key, failure)] += 1
+        day = int(self._clock() // DAY)
+        self._sessions[(day, policy, False)] += 1
+        self._failures[(day, policy, failure)] += 1
 
     def flush(self) -> None:
         """Write what was counted since the last flush; on a failed write the counts stay for the next one."""
@@ -233,7 +236,7 @@ class TLSReportRecorder:
         sessions, failures = self._sessions, self._failures
         self._sessions, self._failures = Counter(), Counter()
         try:
-            self.store.add(sessions, failures)
+            self.store.add(_keyed(sessions), _keyed(failures))
         except sqlite3.Error as exc:
             log.warning("tls-reports: cannot write the session counts (kept for the next try): %s", exc)
             self._sessions.update(sessions)
@@ -244,3 +247,11 @@ class TLSReportRecorder:
         while True:
             await asyncio.sleep(every)
             self.flush()
+
+
+def _keyed(counts: Counter[tuple[int, AppliedPolicy, Any]]) -> Counter[tuple[str, _PolicyKey, Any]]:
+    """The in-memory counts under the database's keys (day name, policy key); equal keys add up."""
+    keyed: Counter[tuple[str, _PolicyKey, Any]] = Counter()
+    for (day, policy, detail), count in counts.items():
+        keyed[(utc_day(day * DAY), _policy_key(policy), detail)] += count
+    return keyed
