@@ -251,3 +251,23 @@ def test_a_day_must_be_a_finished_utc_day() -> None:
         parse_day("2026-12-03", "2026-12-03")
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         parse_day("yesterday", "2026-12-03")
+
+
+def test_an_https_rua_that_keeps_failing_is_tried_three_times_and_logged(store, https_collector, tmp_path,
+                                                                         monkeypatch, caplog) -> None:
+    collector = https_collector(tmp_path / "https", "127.0.47.12")
+    collector.status = 503
+    monkeypatch.setenv("SSL_CERT_FILE", str(collector.ca_file))
+    record(store).flush()
+
+    async def lookup(domain: str) -> Rua | None:
+        return Rua(https=(collector.url("/tlsrpt"),))
+
+    async def no_mail(sender, recipients, data) -> None:
+        raise AssertionError("no mailto: in this rua")
+
+    sender = ReportSender(store, SETTINGS, lookup, no_mail, retry_delays=(0, 0))
+    line = asyncio.run(sender.send_one(DAY, "dane.example"))
+    assert len(collector.posts) == 3 and "sent to nobody" in line
+    assert "failed after 3 attempts (HTTP 503)" in caplog.text
+    assert store.reported(DAY, "dane.example") is not None  # logged and done: not sent again tomorrow
