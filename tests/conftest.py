@@ -10,7 +10,7 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)  # `peers` lives in tests/
 
 pytest_plugins = [
-    "peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet", "peers.disk",
+    "peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet", "peers.disk", "peers.https_collector",
     # the content scanners: each a real daemon the tests start
     "peers.clamd", "peers.spamd", "peers.rspamd", "peers.milter",
 ]

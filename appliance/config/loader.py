@@ -1179,7 +1179,15 @@ def _outbound_tls(value: Any, base_dir: Path) -> OutboundTLSConfig:
 
 def _tls_reports(value: Any) -> TLSReportsConfig:
     section = _mapping(value, "tls_reports", _keys(TLSReportsConfig))
-    return TLSReportsConfig(**_given(section, "tls_reports", {"enabled": _bool}))
+    return TLSReportsConfig(**_given(section, "tls_reports", {
+        "enabled": _bool,
+        "organization": lambda v, w: None if v is None else _str(v, w),
+        "contact": lambda v, w: None if v is None else _str(v, w),
+        "from_address": lambda v, w: None if v is None else _address(v, w),
+        "send_delay": parse_duration,
+        "https_timeout": parse_duration,
+        "keep": parse_duration,
+    }))
 
 
 def _check_domain_overlaps(config: Config) -> None:

@@ -602,6 +602,12 @@ class TLSReportsConfig:
     """TLS-RPT (RFC 8460): daily aggregate reports of the TLS results per policy domain, to its rua."""
 
     enabled: bool = False
+    organization: str | None = None  # the report's organization-name; None: the host name
+    contact: str | None = None  # contact-info; None: postmaster@ the first primary domain, else @ the host name
+    from_address: str | None = None  # From and envelope sender of the mailed reports; None: tlsrpt@ the host name
+    send_delay: float = 900.0  # reports leave at a random moment this long after midnight UTC (RFC 8460 §4.1)
+    https_timeout: float = 30.0  # per POST to an https: rua
+    keep: float = 14 * 86400.0  # the counts of older days are pruned
 
 
 def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

@@ -136,6 +136,12 @@ class Resolver:
             return []
         return list(answer.rrset)
 
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records at `name`, each one's strings joined (as RFC 7208 §3.3, RFC 6376 §3.6.2.2 and RFC 8460
+        §3 read them); [] for NXDOMAIN or no TXT. DNSTemporaryError when the answer cannot be had now."""
+        records = await self._query(name, "TXT")
+        return [b"".join(rr.strings).decode("utf-8", "replace") for rr in records or ()]  # type: ignore[attr-defined]
+
     async def mx_hosts(self, domain: str) -> list[MXHost]:
         """MX hosts of `domain`, best first, shuffled among equal preference (RFC 5321 §5.1)."""
         records = await self._query(domain, "MX")
@@ -155,11 +161,6 @@ class Resolver:
         random.shuffle(real)
         real.sort(key=lambda h: h.preference)  # stable: equal preferences keep their random order
         return real
-
-    async def txt(self, name: str) -> list[str]:
-        """The TXT records at `name`, each its strings joined (RFC 6376 §3.6.2.2); [] when there are none."""
-        records = await self._query(name, "TXT")
-        return [b"".join(rr.strings).decode("utf-8", "replace") for rr in records or []]  # type: ignore[attr-defined]
 
     async def addresses(self, host: str) -> list[str]:
         """AAAA and A addresses of `host`; IPv6 first when this machine has an IPv6 route."""

@@ -41,6 +41,7 @@ class Recipient:
 META_CRLF_ONLY = "crlf_only"  # every line ends in CRLF (the SMTP engine refused others): sent on as it is
 META_DOT_FREE = "dot_free"  # no line starts with "." (RFC 5321 §4.5.2: nothing to dot-stuff on the way out)
 META_DSN_FOR = "dsn_for"  # a bounce: the queue ID of the message it reports on
+META_TLSRPT = "tlsrpt"  # a TLS-RPT report: RFC 8460 §5.3 asks that it be delivered despite TLS policy failures
 META_FOLDER = "folder"  # the folder local delivery files the message into instead of INBOX (e.g. "Junk")
 # A quarantine verdict (a JSON mapping: who decided, why): the intake holds the message in the quarantine
 # instead of delivering it (pipeline/intake.py).

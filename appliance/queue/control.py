@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class ControlServer:
         self.runner = runner
         self.quarantine = quarantine
         self._server: asyncio.AbstractServer | None = None
+        # Requests of parts above the queue (e.g. TLS-RPT's "tls-reports-send"), registered by the service.
+        self.commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -78,6 +81,8 @@ class ControlServer:
             return await self._release(queue_id or "")
         if command == "ping":
             return {"ok": True}
+        if command in self.commands:
+            return await self.commands[command](request)
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     async def _release(self, queue_id: str) -> dict[str, Any]:

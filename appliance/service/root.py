@@ -54,6 +54,7 @@ from appliance.queue.spool import Spool
 from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
 from appliance.service.messages import Notice, Notifier
+from appliance.service.tls_reports import SEND_COMMAND, TLSReporting
 from appliance.signing.keys import KeyStore
 from appliance.signing.rotation import Rotation, run_checks
 from appliance.signing.signer import Signer
@@ -67,6 +68,7 @@ from appliance.smtp.server import (
 )
 from appliance.store import MailStore
 from appliance.tlspolicy.policy import TLSPolicy
+from appliance.tlspolicy.results import NO_RESULTS, TLSResults
 
 log = logging.getLogger("appliance.serve")
 
@@ -122,6 +124,14 @@ class Appliance:
         self.egress: EgressPool | None = None  # the outgoing gateway's sending addresses (queue process)
         # The per destination budgets and back-offs: one for the process, kept across reloads.
         self.shaper = Shaper(config.shaping)
+        # TLS-RPT: where the TLS policies of delivery report each session (queue process only, its only writer);
+        # the reports are DKIM-signed (RFC 8460 §5.3) and go through this host's own queue.
+        self.tls_reporting: TLSReporting | None = None
+        self.tls_results: TLSResults = NO_RESULTS
+        if mode is not Mode.ACCEPTOR and config.tls_reports.enabled:
+            self.tls_reporting = TLSReporting(config, self.spool, self._enqueue,
+                                              sign=self.signer.sign if self.signer is not None else None)
+            self.tls_results = self.tls_reporting.recorder
         if mode is not Mode.ACCEPTOR:
             self.egress = self._egress(config)
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
@@ -155,6 +165,11 @@ class Appliance:
                          shaper=self.shaper if config.shaping.enabled else None,
                          resign=self.signer.resign if self.signer is not None else None)
 
+    def _enqueue(self, message: QueuedMessage) -> None:
+        """A message this host wrote to its own spool (a TLS-RPT report): the queue runner takes it."""
+        assert self.runner is not None
+        self.runner.enqueue(message)
+
     def _tls_policy(self, config: Config) -> TLSPolicy | None:
         """One TLSPolicy (and its MTA-STS cache) per process, rebuilt only when its settings change."""
         settings = config.outbound_tls
@@ -165,7 +180,8 @@ class Appliance:
             self.tls_policy.close()
             self.tls_policy = None
         if settings.mta_sts or settings.dane:
-            self.tls_policy = TLSPolicy(settings, config.data_dir, config.dns.nameservers, config.dns.port)
+            self.tls_policy = TLSPolicy(settings, config.data_dir, config.dns.nameservers, config.dns.port,
+                                        self.tls_results)
         return self.tls_policy
 
     def _egress(self, config: Config) -> EgressPool | None:
@@ -269,6 +285,9 @@ class Appliance:
         if self.runner is not None:
             # The control socket first: once SMTP answers, `mailfleet queue ...` must find the server.
             self.control = ControlServer(config.data_dir / "control.sock", self.runner, self.quarantine)
+            if self.tls_reporting is not None:
+                self.control.commands[SEND_COMMAND] = self.tls_reporting.send_command
+                self.tls_reporting.start()
             await self.control.start()
             await self._start_mailbox_access(tls)
         if self.mode is not Mode.QUEUE:
@@ -368,6 +387,8 @@ class Appliance:
                 self._start_dkim_checks(new)
             self.runner.set_signer(self.signer.sign if self.signer is not None else None)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
+        if self.tls_reporting is not None:
+            self.tls_reporting.reconfigure(new)
         if self.mailbox_limits is not None:
             self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempts)
         if self.handlers:
@@ -412,6 +433,8 @@ class Appliance:
             self._runner_task.cancel()
         if self._dkim_task is not None:
             self._dkim_task.cancel()
+        if self.tls_reporting is not None:  # after the deliveries: they record their last results
+            await self.tls_reporting.stop()
         if self.control is not None:
             await self.control.stop()
         if self.egress is not None:
