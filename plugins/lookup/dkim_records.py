@@ -8,9 +8,9 @@ short_description: The DKIM key records (v=DKIM1; k=...; p=...) of private keys 
 description:
   - Each term is a dict C({domain, selector, file}); the result is the same dict with C(record), the text of
     the TXT record C(<selector>._domainkey.<domain>) (RFC 6376 section 3.6.1, RFC 8463 section 4.2).
-  - The key files are read like the C(file) lookup reads: a file encrypted with ansible-vault is decrypted, so
+  - The key files are read like the C(file) lookup reads them; a file encrypted with ansible-vault is decrypted, so
     the keys may be kept vaulted.
-  - A term whose file does not exist yet (check mode before the first run made it) is left out, with a warning.
+  - A term whose file does not exist yet (in check mode before the first run made it) is left out, with a warning.
 options:
   _terms:
     description: The keys, as dicts with domain, selector and file.

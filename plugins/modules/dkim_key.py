@@ -11,7 +11,7 @@ description:
     with ansible-vault) is left exactly as it is, so a key is made once and then only read.
   - The key is written to a temporary file in the same folder, flushed to disk and renamed, so that an
     interrupted run never leaves a half-written key behind.
-  - Runs where the keys are kept, normally the controller (C(delegate_to: localhost)); it needs the
+  - Runs where the keys are kept, normally the controller (C(delegate_to=localhost)); it needs the
     Python C(cryptography) package, which Ansible itself depends on.
 options:
   path:

@@ -134,3 +134,19 @@ def test_txt_strings_split_into_at_most_255_octets_and_join_back(text: str) -> N
 def test_txt_strings_refuse_a_quote() -> None:
     with pytest.raises(ValueError, match="quote"):
         txt_strings('v=spf1 "x"')
+
+
+@pytest.mark.parametrize("plugin", ["modules/dkim_key.py", "lookup/dkim_records.py"])
+def test_the_plugin_documentation_is_the_yaml_ansible_doc_reads(plugin: str) -> None:
+    import ast
+
+    import yaml
+
+    tree = ast.parse((PLUGINS / plugin).read_text(encoding="utf-8"))
+    docs = {node.targets[0].id: node.value.value for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN")}
+    assert "DOCUMENTATION" in docs
+    for name, text in docs.items():
+        assert yaml.safe_load(text), name
+    assert yaml.safe_load(docs["DOCUMENTATION"])["short_description"]
