@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -32,10 +33,11 @@ from appliance.config.model import (
     Config,
     DeliveryConfig,
     DictionaryConfig,
+    DKIMConfig,
+    DKIMPublishConfig,
     DmarcActions,
     DNSBLConfig,
     DNSBLSite,
-    DKIMConfig,
     DNSConfig,
     EgressAddress,
     EgressFailoverConfig,
@@ -347,7 +349,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         screening=_screening(top.get("screening")),
         greylisting=_greylisting(top.get("greylisting")),
         sender_auth=_sender_auth(top.get("sender_auth")),
-        dkim=_dkim(top.get("dkim"), base_dir),
+        dkim=_dkim(top.get("dkim"), base_dir, queue),
         srs=_srs(top.get("srs")),
         shaping=_shaping(top.get("shaping")),
         outbound_tls=_outbound_tls(top.get("outbound_tls")),
@@ -987,14 +989,54 @@ def _failover(value: Any, where: str) -> EgressFailoverConfig:
 
 # ---------------------------------------------------------------------------------------------- DKIM and ARC
 
-def _dkim(value: Any, base_dir: Path) -> DKIMConfig:
+def _dkim(value: Any, base_dir: Path, queue: QueueConfig) -> DKIMConfig:
     section = _mapping(value, "dkim", _keys(DKIMConfig))
-    return DKIMConfig(**_given(section, "dkim", {
+    config = DKIMConfig(**_given(section, "dkim", {
         "enabled": _bool,
         "keys_dir": lambda v, w: None if v is None else base_dir / _str(v, w),
         "retire_after": parse_duration,
+        "check_interval": parse_duration,
+        "publish": lambda v, w: None if v is None else _dkim_publish(v, w),
         "arc_seal": _bool,
     }))
+    # A message signed at intake may wait queue.lifetime before its last attempt: its selector must stay in DNS.
+    if config.retire_after < queue.lifetime:
+        raise ConfigError("dkim.retire_after", f"{_days(config.retire_after)} is shorter than queue.lifetime "
+                                               f"({_days(queue.lifetime)}): a queued message's signature would "
+                                               "stop verifying")
+    return config
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds / 3600:g}h"
+
+
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+
+
+def _dkim_publish(value: Any, where: str) -> DKIMPublishConfig:
+    section = _mapping(value, where, _keys(DKIMPublishConfig))
+    for key in ("server", "key_name", "key_secret"):
+        if key not in section:
+            raise ConfigError(_join(where, key), "is required for RFC 2136 updates")
+    config = DKIMPublishConfig(**_given(section, where, {
+        "server": _hostname,
+        "key_name": _hostname,
+        "key_secret": _tsig_secret,
+        "port": lambda v, w: _int(v, w, 1, 65535),
+        "zone": lambda v, w: None if v is None else _domain(v, w),
+        "key_algorithm": lambda v, w: _choice(v, w, TSIG_ALGORITHMS),
+    }))
+    return config
+
+
+def _tsig_secret(value: Any, where: str) -> str:
+    text = _str(value, where)
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ConfigError(where, "is not base64 (the secret of the TSIG key, as tsig-keygen prints it)") from None
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- SRS

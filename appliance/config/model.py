@@ -479,6 +479,18 @@ class SenderAuthConfig:
 
 
 @dataclass(frozen=True)
+class DKIMPublishConfig:
+    """RFC 2136 dynamic updates, signed with TSIG (RFC 8945), that publish and withdraw the selectors' records."""
+
+    server: str  # the primary nameserver of the zone that takes the updates (an IP address or host name)
+    key_name: str  # the TSIG key's name
+    key_secret: str  # the TSIG key's secret, base64
+    port: int = 53
+    zone: str | None = None  # the zone to update; None: the signing domain itself
+    key_algorithm: str = "hmac-sha256"
+
+
+@dataclass(frozen=True)
 class DKIMConfig:
     """DKIM signing (RFC 6376 rsa-sha256, RFC 8463 ed25519-sha256) of the mail this host sends for the fleet's
     domains, and ARC sealing (RFC 8617) of the mail it forwards. Keys live under keys_dir, one folder a domain."""
@@ -486,6 +498,8 @@ class DKIMConfig:
     enabled: bool = False  # the roles turn it on where mail leaves the fleet
     keys_dir: Path | None = None  # None: data_dir/dkim
     retire_after: float = 7 * 86400.0  # an old selector stays published this long after a rotation
+    check_interval: float = 300.0  # the queue process activates visible selectors and retires expired ones
+    publish: DKIMPublishConfig | None = None  # None: the administrator or the dns_records role publishes
     arc_seal: bool = True  # ARC-seal what this host forwards (incoming gateway, aliases to outside)
 
 

@@ -156,6 +156,11 @@ class Resolver:
         real.sort(key=lambda h: h.preference)  # stable: equal preferences keep their random order
         return real
 
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records at `name`, each its strings joined (RFC 6376 §3.6.2.2); [] when there are none."""
+        records = await self._query(name, "TXT")
+        return [b"".join(rr.strings).decode("utf-8", "replace") for rr in records or []]  # type: ignore[attr-defined]
+
     async def addresses(self, host: str) -> list[str]:
         """AAAA and A addresses of `host`; IPv6 first when this machine has an IPv6 route."""
         literal = ip_literal(host)

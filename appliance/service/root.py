@@ -49,6 +49,7 @@ from appliance.queue.spool import Spool
 from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
 from appliance.service.messages import Notice, Notifier
+from appliance.signing.rotation import Rotation, run_checks
 from appliance.smtp.server import (
     InboundHandler,
     ListenerOptions,
@@ -120,6 +121,7 @@ class Appliance:
         self.handlers: list[InboundHandler] = []
         self.control: ControlServer | None = None
         self._runner_task: asyncio.Task[None] | None = None
+        self._dkim_task: asyncio.Task[None] | None = None
         self.pipeline: Pipeline | None = None  # the SMTP listeners' checks; its scanners live as long as it
         self.client_holds: SessionHolds | None = None  # the per-client limits' sessions; outlive the pipelines
         self.mailbox_limits: ConnectionLimits | None = None  # IMAP and POP3 connections per client address
@@ -213,6 +215,7 @@ class Appliance:
             if loaded:
                 log.info("spool: %d message(s) waiting from before the start", loaded)
             self._runner_task = asyncio.create_task(self.runner.run(), name="queue-runner")
+            self._start_dkim_checks(config)
         tls = server_tls_context(config)
         if self.runner is not None:
             # The control socket first: once SMTP answers, `mailfleet queue ...` must find the server.
@@ -223,6 +226,15 @@ class Appliance:
             await self._start_smtp(tls)
         if self.mode is not Mode.ACCEPTOR:
             log.info("mailfleet %s up: roles %s", config.hostname, ", ".join(config.roles))
+
+    def _start_dkim_checks(self, config: Config) -> None:
+        """Queue process: the keys' periodic pass (activate selectors seen in DNS, retire expired ones), anew."""
+        if self._dkim_task is not None:
+            self._dkim_task.cancel()
+            self._dkim_task = None
+        if config.dkim.enabled:
+            self._dkim_task = asyncio.create_task(run_checks(Rotation.from_config(config),
+                                                             config.dkim.check_interval), name="dkim-keys")
 
     async def _start_smtp(self, tls: ssl.SSLContext) -> None:
         config = self.config
@@ -299,6 +311,8 @@ class Appliance:
         self.callout.resolver = Resolver.from_config(new.dns)
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
+            if new.dkim != old.dkim or new.dns != old.dns:
+                self._start_dkim_checks(new)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
         if self.mailbox_limits is not None:
             self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempts)
@@ -328,6 +342,8 @@ class Appliance:
             await self.runner.stop(grace=DRAIN_SECONDS)
         if self._runner_task is not None:
             self._runner_task.cancel()
+        if self._dkim_task is not None:
+            self._dkim_task.cancel()
         if self.control is not None:
             await self.control.stop()
         self.spool.close()

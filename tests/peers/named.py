@@ -79,9 +79,14 @@ def _zone_text(origin: str, records: str, address: str) -> str:
 
 
 def _config(workdir: Path, address: str, port: int, zones: Mapping[str, str],
-            forwards: Mapping[str, tuple[str, int]]) -> str:
-    zone_blocks = "".join(
-        f'zone "{origin}" {{ type primary; file "{workdir / (origin + ".zone")}"; }};\n' for origin in zones
+            forwards: Mapping[str, tuple[str, int]], update_key: tuple[str, str, str] | None = None) -> str:
+    keys, update = "", ""
+    if update_key is not None:  # (name, algorithm, base64 secret): RFC 2136 updates signed with this TSIG key
+        name, algorithm, secret = update_key
+        keys = f'key "{name}" {{ algorithm {algorithm}; secret "{secret}"; }};\n'
+        update = f' allow-update {{ key "{name}"; }};'
+    zone_blocks = keys + "".join(
+        f'zone "{origin}" {{ type primary; file "{workdir / (origin + ".zone")}";{update} }};\n' for origin in zones
     ) + "".join(
         f'zone "{origin}" {{ type forward; forward only; forwarders {{ {host} port {to}; }}; }};\n'
         for origin, (host, to) in forwards.items()
@@ -107,10 +112,11 @@ def _config(workdir: Path, address: str, port: int, zones: Mapping[str, str],
 
 def start_named(
     workdir: Path, zones: Mapping[str, str], address: str = "127.0.0.1", port: int | None = None,
-    forwards: Mapping[str, tuple[str, int]] | None = None,
+    forwards: Mapping[str, tuple[str, int]] | None = None, update_key: tuple[str, str, str] | None = None,
 ) -> NamedServer:
     """Start named serving `zones` ({origin: records relative to the origin}); SOA and NS are added. `forwards`
     ({origin: (address, port)}) makes it also answer for those zones by asking another server (rbldnsd).
+    `update_key` ((name, algorithm, base64 secret)) lets the zones take RFC 2136 updates signed with it.
 
     Raises RuntimeError with named's own words when the config or a zone is broken or it does not answer.
     """
@@ -119,7 +125,8 @@ def start_named(
     for origin, records in zones.items():
         (workdir / f"{origin}.zone").write_text(_zone_text(origin.rstrip("."), records, address))
     conf = workdir / "named.conf"
-    conf.write_text(_config(workdir, address, port, {o.rstrip("."): r for o, r in zones.items()}, forwards or {}))
+    conf.write_text(_config(workdir, address, port, {o.rstrip("."): r for o, r in zones.items()}, forwards or {},
+                            update_key))
     check = subprocess.run([NAMED_CHECKCONF, "-z", str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError(f"named-checkconf refused the test zones:\n{check.stdout}{check.stderr}")
