@@ -10,7 +10,7 @@ APT_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-pe
   rbldnsd opendmarc
 MOLECULE_APT_PACKAGES := docker.io mmdebstrap
 
-.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth clean
+.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth bench-dkim clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,12 @@ bench-auth: venv ## Mailfleet vs Postfix+postscreen+OpenDKIM+OpenDMARC: msg/s, C
 	$(call bench_packages,$(BENCH_AUTH_PACKAGES))
 	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
 	$(PY) bench/auth_throughput.py $(BENCH_ARGS)
+
+BENCH_DKIM_PACKAGES := postfix bind9 opendkim opendkim-tools
+bench-dkim: venv ## Mailfleet vs Postfix+OpenDKIM signing rsa-sha256 + ed25519: msg/s, p50/p99, CPU ms/msg; root
+	$(call bench_packages,$(BENCH_DKIM_PACKAGES))
+	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
+	$(PY) bench/dkim_throughput.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -998,6 +998,8 @@ def _dkim(value: Any, base_dir: Path, queue: QueueConfig) -> DKIMConfig:
         "check_interval": parse_duration,
         "publish": lambda v, w: None if v is None else _dkim_publish(v, w),
         "arc_seal": _bool,
+        "arc_domain": lambda v, w: None if v is None else _domain(v, w),
+        "headers": _signed_headers,
     }))
     # A message signed at intake may wait queue.lifetime before its last attempt: its selector must stay in DNS.
     if config.retire_after < queue.lifetime:
@@ -1037,6 +1039,22 @@ def _tsig_secret(value: Any, where: str) -> str:
     except ValueError:
         raise ConfigError(where, "is not base64 (the secret of the TSIG key, as tsig-keygen prints it)") from None
     return text
+
+
+def _signed_headers(value: Any, where: str) -> tuple[str, ...]:
+    """dkim.headers: field names (RFC 5322 §3.6.8 ftext), lower-cased, each once; From among them."""
+    names = []
+    for i, item in enumerate(_list(value, where)):
+        name = _str(item, f"{where}[{i}]").strip().lower()
+        if not name or any(not (33 <= ord(c) <= 126) or c == ":" for c in name):
+            raise ConfigError(f"{where}[{i}]", f"{item!r} is not a header field name")
+        if name in ("dkim-signature", "received", "return-path"):
+            raise ConfigError(f"{where}[{i}]", f"{name} must not be signed (RFC 6376 §5.4)")
+        if name not in names:
+            names.append(name)
+    if "from" not in names:
+        raise ConfigError(where, "must include from (RFC 6376 §5.4: From is always signed)")
+    return tuple(names)
 
 
 # ---------------------------------------------------------------------------------------------- SRS

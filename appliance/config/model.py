@@ -478,6 +478,17 @@ class SenderAuthConfig:
         return self.domains.get(domain.lower()) or DmarcActions(self.dmarc_reject, self.dmarc_quarantine)
 
 
+# RFC 6376 §5.4.1: the fields a DKIM signer should cover (signing/signer.py signs each as often as it occurs, and
+# From, Subject, To, Cc, Date, Reply-To and Message-ID once more, §8.15).
+DKIM_SIGNED_HEADERS = (
+    "from", "reply-to", "subject", "date", "to", "cc", "message-id", "in-reply-to", "references",
+    "resent-date", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-message-id", "sender",
+    "mime-version", "content-type", "content-transfer-encoding", "content-id", "content-description",
+    "list-id", "list-help", "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post",
+    "list-owner", "list-archive", "feedback-id", "tls-report-domain", "tls-report-submitter",
+)
+
+
 @dataclass(frozen=True)
 class DKIMPublishConfig:
     """RFC 2136 dynamic updates, signed with TSIG (RFC 8945), that publish and withdraw the selectors' records."""
@@ -501,6 +512,9 @@ class DKIMConfig:
     check_interval: float = 300.0  # the queue process activates visible selectors and retires expired ones
     publish: DKIMPublishConfig | None = None  # None: the administrator or the dns_records role publishes
     arc_seal: bool = True  # ARC-seal what this host forwards (incoming gateway, aliases to outside)
+    arc_domain: str | None = None  # the domain whose key seals; None: the first primary/forwarded one with keys
+    # The fields a DKIM signature covers (RFC 6376 §5.4.1), lower case; From is always one of them.
+    headers: tuple[str, ...] = DKIM_SIGNED_HEADERS
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -277,6 +277,7 @@ class Deliverer:
         *,
         own_addresses: Collection[str] = (),
         log: logging.Logger | None = None,
+        resign: Callable[[bytes], bytes] | None = None,
     ) -> None:
         """`settings`: the config's delivery section (source addresses, limits, timeouts, connection reuse; the
         smarthost is the router's). `own_addresses`: IPs our SMTP listener answers on at the MX port; an MX
@@ -292,6 +293,7 @@ class Deliverer:
         self._own = own_ip_addresses(own_addresses)
         self._tls_context = _opportunistic_tls_context()
         self._cache = _ConnectionCache(idle=settings.connection_reuse_time)
+        self._resign = resign  # our DKIM signatures made again after the 7-bit downgrade (RFC 6376 §5.3)
 
     async def deliver(
         self,
@@ -552,6 +554,8 @@ class Deliverer:
         if msg.eight_bit and not smtp.supports_extension("8bitmime"):
             try:
                 payload = downgrade_to_7bit(msg.data)  # RFC 6152 §3: never send 8-bit data to a 7-bit peer
+                if self._resign is not None:
+                    payload = self._resign(payload)
             except CannotDowngrade as exc:
                 text = f"{remote} does not support 8BITMIME and the message cannot be converted: {exc}"
                 return dict.fromkeys(rcpts, _local(554, "5.6.3", text, remote))

@@ -63,8 +63,9 @@ class QueueRunner:
 
     def __init__(self, spool: Spool, router: Router, remote: RemoteDeliver, local: LocalDeliver | None,
                  hostname: str, lifetime: float, clock: Callable[[], float] = time.time,
-                 max_in_flight: int = 200) -> None:
+                 max_in_flight: int = 200, sign: Callable[[bytes], bytes] | None = None) -> None:
         self.spool = spool
+        self._sign = sign  # DKIM-signs what this host writes itself (DSNs); None: dkim is off
         self.router = router
         self._remote = remote
         self._local = local
@@ -88,6 +89,10 @@ class QueueRunner:
         self._remote = remote
         self._local = local
         self.lifetime = lifetime
+
+    def set_signer(self, sign: Callable[[bytes], bytes] | None) -> None:
+        """SIGHUP: the DKIM signer of the DSNs from now on (None: not signed)."""
+        self._sign = sign
 
     # ------------------------------------------------------------------ feeding
 
@@ -122,6 +127,8 @@ class QueueRunner:
         try:
             dsn = build_dsn(self.hostname, message.mail_from, None, results, action="failed",
                             arrival=datetime.fromtimestamp(message.arrival, UTC), queue_id=message.queue_id)
+            if self._sign is not None:
+                dsn = self._sign(dsn)
             self.spool.write(bounce, dsn)
             sync_path(self.spool.msg_dir)
         except (OSError, ValueError) as exc:
@@ -351,6 +358,8 @@ class QueueRunner:
             data = await asyncio.to_thread(message.read_data)
             dsn = build_dsn(self.hostname, message.mail_from, data, results, action="failed",
                             queue_id=message.queue_id)
+            if self._sign is not None:
+                dsn = self._sign(dsn)
             bounce = self._bounce_of(message)
             await self.spool.commit(bounce, dsn)
             self.stats.bounces += 1

@@ -22,10 +22,13 @@ from appliance.pipeline.stages import Pipeline, Stage
 from appliance.screening import check as screening
 from appliance.screening import greylist
 from appliance.senderauth import check as senderauth
+from appliance.signing import check as signing
+from appliance.signing.signer import Signer
 
 
 def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory | None,
-                   holds: SessionHolds | None = None, bans: BanStore | None = None) -> Pipeline:
+                   holds: SessionHolds | None = None, bans: BanStore | None = None,
+                   signer: Signer | None = None) -> Pipeline:
     pipeline = Pipeline()
     if bans is not None:  # banned clients get 421 4.7.0 at connect, on every listener
         pipeline.register(Stage.CONNECT, RefuseBanned(bans))
@@ -47,4 +50,6 @@ def build_pipeline(config: Config, policy: RecipientPolicy, directory: Directory
     # The content filters last: the trusted-gateway rule on every host, the scanners where configured (their
     # connections are closed when the pipeline stops).
     filters.register(pipeline, config)
+    # Signing after everything else: the ARC seal and the DKIM signatures cover every header this host adds.
+    signing.register(pipeline, config, signer)
     return pipeline

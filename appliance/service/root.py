@@ -50,6 +50,8 @@ from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
 from appliance.service.messages import Notice, Notifier
 from appliance.signing.rotation import Rotation, run_checks
+from appliance.signing.keys import KeyStore
+from appliance.signing.signer import Signer
 from appliance.smtp.server import (
     InboundHandler,
     ListenerOptions,
@@ -108,10 +110,12 @@ class Appliance:
         # The recipient callout of backed-up and forwarded domains; its cache is shared by the acceptors.
         self.callout = RecipientCallout(config.hostname, CalloutCache(config.data_dir / "recipient-callouts.sqlite"),
                                         Resolver.from_config(config.dns))
+        self.signer = _signer(config)  # DKIM: the pipeline's check, the DSNs, the re-signing after a downgrade
         self.runner: QueueRunner | None = None
         if mode is not Mode.ACCEPTOR:
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
-                                      config.hostname, config.queue.lifetime)
+                                      config.hostname, config.queue.lifetime,
+                                      sign=self.signer.sign if self.signer is not None else None)
         # Every process that answers SMTP writes held messages itself: the files are named by queue ID.
         self.quarantine = Quarantine(config.quarantine_dir)
         self.intake = Intake(SpoolTarget(self.spool, self._committed), self._mailbox_target(), self._is_local,
@@ -134,7 +138,8 @@ class Appliance:
 
     def _deliverer(self, config: Config) -> Deliverer:
         own = [hp.host for hp in config.listen.smtp if hp.port == 25]
-        return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own)
+        return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own,
+                         resign=self.signer.resign if self.signer is not None else None)
 
     def _local(self, config: Config) -> LocalDelivery | None:
         if self.store is None or self.directory is None:
@@ -149,7 +154,7 @@ class Appliance:
     def _pipeline(self, config: Config) -> Pipeline:
         policy = RecipientPolicy(config, self.directory, self._over_quota if self.store is not None else None,
                                  self.callout)
-        return build_pipeline(config, policy, self.directory, self.client_holds, self.bans)
+        return build_pipeline(config, policy, self.directory, self.client_holds, self.bans, self.signer)
 
     def _over_quota(self, address: str, size: int) -> bool:
         assert self.directory is not None and self.store is not None
@@ -307,12 +312,14 @@ class Appliance:
             self.authenticator.set_directory(self.directory)
         self.router = self._router(new)
         self.local = self._local(new)
+        self.signer = _signer(new)
         self.callout.hostname = new.hostname
         self.callout.resolver = Resolver.from_config(new.dns)
         if self.runner is not None:
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
             if new.dkim != old.dkim or new.dns != old.dns:
                 self._start_dkim_checks(new)
+            self.runner.set_signer(self.signer.sign if self.signer is not None else None)
         self.intake.reconfigure(self._mailbox_target(), self._is_local)
         if self.mailbox_limits is not None:
             self.mailbox_limits.reconfigure(new.limits.mailbox_sessions, new.limits.exempts)
@@ -350,6 +357,13 @@ class Appliance:
         self.callout.cache.close()
         if self.mode is not Mode.ACCEPTOR:
             log.info("stopped")
+
+
+def _signer(config: Config) -> Signer | None:
+    """The DKIM signer of this host's mail, None when dkim is off (nothing is signed, nothing costs)."""
+    if not config.dkim.enabled:
+        return None
+    return Signer(KeyStore(config.dkim_dir), config.dkim.headers)
 
 
 def _postmaster_domain(config: Config) -> str | None:
