@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from appliance.cli import ban_cmd, dkim_cmd, imports, quarantine_cmd, queue_cmd, serve, users
+from appliance.cli import ban_cmd, dkim_cmd, egress_cmd, imports, quarantine_cmd, queue_cmd, serve, users
 from appliance.config import ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/mailfleet/mailfleet.yml"
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     hashpw.set_defaults(func=_hash_password)
     # Command groups that live beside their subject; each module has register(subparsers).
-    for module in (queue_cmd, quarantine_cmd, ban_cmd, dkim_cmd, users, imports):
+    for module in (queue_cmd, quarantine_cmd, ban_cmd, dkim_cmd, egress_cmd, users, imports):
         module.register(sub)
     _accept_config_everywhere(parser)
     return parser

@@ -984,7 +984,25 @@ def _failover(value: Any, where: str) -> EgressFailoverConfig:
         "dnsbl": lambda v, w: tuple(_domain(z, f"{w}[{i}]") for i, z in enumerate(_list(v, w))),
         "check_interval": parse_duration,
         "clear_for": parse_duration,
+        "rejection_threshold": lambda v, w: _int(v, w, minimum=1),
+        "rejection_window": parse_duration,
+        "rejection_texts": _rejection_texts,
+        "max_changes_per_day": _int,
     }))
+
+
+def _rejection_texts(value: Any, where: str) -> tuple[str, ...]:
+    """Regular expressions, each checked here so that a broken one is refused with its key, not at a reply."""
+    texts = []
+    for i, item in enumerate(_list(value, where)):
+        at = f"{where}[{i}]"
+        text = _str(item, at)
+        try:
+            re.compile(text, re.IGNORECASE)
+        except re.error as exc:
+            raise ConfigError(at, f"{text!r} is not a valid regular expression ({exc})") from None
+        texts.append(text)
+    return tuple(texts)
 
 
 # ---------------------------------------------------------------------------------------------- DKIM and ARC
@@ -1137,6 +1155,9 @@ def check_host_addresses(config: Config) -> None:
     checks = [(f"listen.{service}[{i}]", hp.host) for service in ListenConfig.__dataclass_fields__
               for i, hp in enumerate(getattr(config.listen, service))]
     checks += [(f"delivery.source_addresses[{i}]", a) for i, a in enumerate(config.delivery.source_addresses)]
+    if config.outgoing_gateway is not None:
+        checks += [(f"outgoing_gateway.egress[{i}].address", e.address)
+                   for i, e in enumerate(config.outgoing_gateway.egress)]
     for where, host in checks:
         addr = ipaddress.ip_address(host)
         if addr.is_unspecified or _is_local(addr, have):

@@ -199,6 +199,23 @@ class EgressAddress:
     helo: str | None = None  # None: the host name
 
 
+# The replies that mean "your sending address is blocked" (searched case-insensitively in "code enhanced text"):
+# DNSBL-based refusals as Postfix, Exim and Spamhaus word them, Microsoft's S3150 and 5.7.606-5.7.608, Gmail's
+# 421 4.7.0 / 550 5.7.1 reputation texts.
+DEFAULT_REJECTION_TEXTS: tuple[str, ...] = (
+    r"blocked using",
+    r"listed at",
+    r"bl[ao]ck ?listed",
+    r"spamhaus",
+    r"\bS3150\b",
+    r"\b5\.7\.60[678]\b",
+    r"IP reputation",
+    r"reputation of the sending IP",
+    r"poor reputation",
+    r"Client host \[[^\]]*\] blocked",
+)
+
+
 @dataclass(frozen=True)
 class EgressFailoverConfig:
     """When an egress address counts as blacklisted, and when it comes back (outgoing_gateway.failover)."""
@@ -206,6 +223,14 @@ class EgressFailoverConfig:
     dnsbl: tuple[str, ...] = ()  # zones each egress address is looked up in (RFC 5782), with the host's resolver
     check_interval: float = 1800.0  # between two DNSBL rounds
     clear_for: float = 6 * 3600.0  # a suspended address comes back once it has been clear this long
+    # An address is suspended when this many different destination domains refused it with one of
+    # rejection_texts within rejection_window: one odd reply does not suspend.
+    rejection_threshold: int = 3
+    rejection_window: float = 3600.0
+    rejection_texts: tuple[str, ...] = DEFAULT_REJECTION_TEXTS  # regexes, case-insensitive, searched in replies
+    # How many times one address may come back by itself after a suspension within 24 hours (0: never by
+    # itself); past that it stays suspended: hopping between addresses looks like snowshoe spam.
+    max_changes_per_day: int = 2
 
 
 @dataclass(frozen=True)

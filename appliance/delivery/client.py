@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -29,6 +31,7 @@ from aiosmtplib.errors import (
 from appliance.config.model import DeliveryConfig
 from appliance.delivery.mime_downgrade import CannotDowngrade, downgrade_to_7bit
 from appliance.delivery.pipelining import lend_transport
+from appliance.delivery.sources import NO_HEALTHY_SOURCE, SendingAddresses, Source
 from appliance.dns.resolver import (
     DNSError,
     DNSTemporaryError,
@@ -52,6 +55,7 @@ class RcptResult:
     enhanced: str
     text: str
     remote_host: str | None = None
+    held: bool = False  # no healthy sending address: the attempt never left, the lifetime does not run out
 
     @property
     def ok(self) -> bool:
@@ -131,6 +135,14 @@ class _Failover(Exception):
         self.result = result
 
 
+class _BindFailed(Exception):
+    """The pool's source address cannot be bound on this host (EADDRNOTAVAIL)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _TLSFailed(Exception):
     """The TLS handshake failed; the connection is gone. Opportunistic TLS retries in plaintext."""
 
@@ -145,6 +157,7 @@ class _Message:
     needs_utf8: bool  # the whole message needs SMTPUTF8 (sender or headers are UTF-8, or the caller says so)
     utf8_rcpts: frozenset[str] = field(default_factory=frozenset)
     known: Framing = field(default_factory=lambda: Framing())
+    destination: str = ""  # the domain the egress pool counts refusals by (set only with a pool)
 
 
 @dataclass(frozen=True)
@@ -278,10 +291,13 @@ class Deliverer:
         own_addresses: Collection[str] = (),
         log: logging.Logger | None = None,
         resign: Callable[[bytes], bytes] | None = None,
+        sources: SendingAddresses | None = None,
     ) -> None:
         """`settings`: the config's delivery section (source addresses, limits, timeouts, connection reuse; the
         smarthost is the router's). `own_addresses`: IPs our SMTP listener answers on at the MX port; an MX
-        resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance)."""
+        resolving to one of them is ourselves (RFC 5321 §5.1 loop avoidance). `sources`: the pool of sending
+        addresses (the outgoing gateway's egress); when given it, not settings.source_addresses, says where each
+        connection leaves from."""
         settings = settings or DeliveryConfig()
         self.hostname = hostname
         self.resolver = resolver
@@ -294,6 +310,7 @@ class Deliverer:
         self._tls_context = _opportunistic_tls_context()
         self._cache = _ConnectionCache(idle=settings.connection_reuse_time)
         self._resign = resign  # our DKIM signatures made again after the 7-bit downgrade (RFC 6376 §5.3)
+        self._pool = sources
 
     async def deliver(
         self,
@@ -330,6 +347,7 @@ class Deliverer:
             needs_utf8=bool(smtputf8) or not mail_from.isascii() or not _header_section(data).isascii(),
             utf8_rcpts=frozenset(r for r in good if not r.isascii()),
             known=known or Framing(),
+            destination=_destination(target, good) if self._pool is not None else "",
         )
         return {**await self._route_and_send(target, msg, good, queue_id), **bad}
 
@@ -415,6 +433,54 @@ class Deliverer:
         self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], queue_id: str
     ) -> dict[str, RcptResult]:
         """One connection to one address; returns final results or raises _Failover."""
+        if self._pool is None:
+            return await self._attempt_from(hop, address, msg, rcpts, queue_id, None)
+        tried: set[str] = set()
+        while True:  # an address that cannot be bound leaves the pool; the next healthy one is tried
+            source = self._pick(self._pool, address, msg.destination, tried)
+            try:
+                return await self._observed(self._pool, hop, address, msg, rcpts, queue_id, source)
+            except _BindFailed as exc:
+                self._pool.bind_failed(source.address, exc.error)
+
+    @staticmethod
+    def _pick(pool: SendingAddresses, address: str, destination: str, tried: set[str]) -> Source:
+        family = address_family(address)
+        if family not in pool.families:
+            version = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            raise _Failover(_local(451, "4.4.4", f"no {version} sending address for {address}"))
+        source = pool.pick(family, destination)
+        if source is None or source.address in tried:
+            raise _Failover(RcptResult(451, "4.4.0", NO_HEALTHY_SOURCE, None, held=True))
+        tried.add(source.address)
+        return source
+
+    async def _observed(
+        self, pool: SendingAddresses, hop: _Hop, address: str, msg: _Message, rcpts: list[str], queue_id: str,
+        source: Source,
+    ) -> dict[str, RcptResult]:
+        """An attempt from the pool's `source`: every refusal goes to the pool; a refusal that says the source
+        address is blocked defers its recipients (the next attempt may leave from a healthy address)."""
+        try:
+            results = await self._attempt_from(hop, address, msg, rcpts, queue_id, source)
+        except _Failover as exc:
+            if exc.result.remote_host is not None:
+                pool.observe(source.address, msg.destination, _reply_text(exc.result))
+            raise
+        verdicts: dict[int, RcptResult] = {}  # one verdict per distinct reply: a refusal is often shared
+        for rcpt, result in results.items():
+            if result.ok or result.remote_host is None:
+                continue
+            verdict = verdicts.get(id(result))
+            if verdict is None:
+                verdict = verdicts[id(result)] = _blocked(result, source) if pool.observe(
+                    source.address, msg.destination, _reply_text(result)) else result
+            results[rcpt] = verdict
+        return results
+
+    async def _attempt_from(
+        self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], queue_id: str, source: Source | None
+    ) -> dict[str, RcptResult]:
         async with self._limits.slot((address, hop.port)):
             started = time.monotonic()
             results: dict[str, RcptResult] | None = None
@@ -422,10 +488,10 @@ class Deliverer:
             tls = False
             try:
                 try:
-                    results, tls = await self._session(hop, address, msg, rcpts, use_tls=True)
+                    results, tls = await self._session(hop, address, msg, rcpts, use_tls=True, source=source)
                 except _TLSFailed:
                     # Opportunistic TLS: a failed handshake falls back to plaintext on a new connection.
-                    results, tls = await self._session(hop, address, msg, rcpts, use_tls=False)
+                    results, tls = await self._session(hop, address, msg, rcpts, use_tls=False, source=source)
                 return results
             except _Failover as exc:
                 failure = exc.result
@@ -466,12 +532,12 @@ class Deliverer:
             extra={"queue_id": queue_id, "remote_host": hop.name, "remote_addr": address},
         )
 
-    def _client(self, address: str, port: int) -> aiosmtplib.SMTP:
-        source = self._sources.get(address_family(address))
+    def _client(self, address: str, port: int, picked: Source | None = None) -> aiosmtplib.SMTP:
+        source = picked.address if picked is not None else self._sources.get(address_family(address))
         return aiosmtplib.SMTP(
             hostname=address,
             port=port,
-            local_hostname=self.hostname,
+            local_hostname=(picked.helo if picked is not None else None) or self.hostname,
             source_address=(source, 0) if source else None,
             timeout=self.command_timeout,
             start_tls=False,
@@ -479,10 +545,10 @@ class Deliverer:
         )
 
     async def _session(
-        self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], use_tls: bool
+        self, hop: _Hop, address: str, msg: _Message, rcpts: list[str], use_tls: bool, source: Source | None = None
     ) -> tuple[dict[str, RcptResult], bool]:
         remote = hop.name if hop.name == address else f"{hop.name}[{address}]"
-        key = (address, hop.port, use_tls)
+        key = (address, hop.port, use_tls, source)
         cached = self._cache.take(key)
         if cached is not None:
             try:
@@ -494,7 +560,7 @@ class Deliverer:
             else:
                 self._cache.give_back(key, cached)
                 return results, cached.tls
-        smtp = self._client(address, hop.port)
+        smtp = self._client(address, hop.port, source)
         kept: _Idle | None = None
         try:
             await self._connect(smtp, remote, address, hop.port)
@@ -517,6 +583,9 @@ class Deliverer:
             # RFC 5321 §3.8 / Postfix: a 4xx or 5xx greeting sends us to the next host.
             raise _Failover(_refused_to_talk(exc.code, exc.message, remote)) from exc
         except (TimeoutError, SMTPException, OSError) as exc:
+            unbound = _cannot_bind(exc) if self._pool is not None else None
+            if unbound is not None:
+                raise _BindFailed(unbound) from exc
             raise _Failover(_local(421, "4.4.1", f"connect to {remote}:{port}: {exc}")) from exc
 
     async def _greet(self, smtp: aiosmtplib.SMTP, remote: str, hop: _Hop, use_tls: bool) -> bool:
@@ -686,6 +755,38 @@ class Deliverer:
         except (TimeoutError, SMTPException, OSError) as exc:
             return _lost_in_data(smtp, remote, exc)
         return reply_result(reply.code, reply.message, remote)
+
+
+def _destination(target: Target, rcpts: Sequence[str]) -> str:
+    """The destination domain the egress pool counts refusals by: the MX domain, or the recipients' domain when
+    the route names its hosts (a smarthost, a forwarded domain's destinations)."""
+    if isinstance(target, MXTarget):
+        return target.domain.lower()
+    return rcpts[0].rpartition("@")[2].lower() if rcpts else ""
+
+
+def _reply_text(result: RcptResult) -> str:
+    return f"{result.code} {result.enhanced} {result.text}"
+
+
+def _blocked(result: RcptResult, source: Source) -> RcptResult:
+    """A permanent refusal of our sending address, not of the message: deferred with the peer's detail in a
+    4.x.x code, so that the queue tries again (from a healthy address once this one is suspended)."""
+    if not result.permanent:
+        return result
+    detail = result.enhanced.split(".", 1)[1]
+    return RcptResult(450, f"4.{detail}", f"refused from {source.address}: {result.code} {result.text}",
+                      result.remote_host)
+
+
+def _cannot_bind(exc: BaseException) -> OSError | None:
+    """The EADDRNOTAVAIL behind a failed connect (aiosmtplib wraps the OSError of create_connection)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.EADDRNOTAVAIL:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _lost_in_data(smtp: aiosmtplib.SMTP, remote: str, exc: BaseException) -> RcptResult:

@@ -318,7 +318,8 @@ class QueueRunner:
             self.stats.failed += 1
         else:
             rcpt.next_attempt = now + next_delay(route.retry_schedule, rcpt.attempts)
-            if rcpt.next_attempt > message.arrival + self.lifetime:
+            # Held for want of a healthy sending address: the mail never left, so it is never bounced for that.
+            if rcpt.next_attempt > message.arrival + self.lifetime and not result.held:
                 rcpt.status = FAILED
                 rcpt.last_text = (f"4.4.7 gave up after {rcpt.attempts} attempts over "
                                   f"{_human(now - message.arrival)}; last error: {rcpt.last_text}")

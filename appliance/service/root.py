@@ -35,6 +35,9 @@ from appliance.delivery.client import Deliverer
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.delivery.router import LOCAL, Router
 from appliance.dns.resolver import Resolver
+from appliance.egress.pool import EgressPool
+from appliance.egress.store import EgressStore
+from appliance.egress.store import store_path as egress_store_path
 from appliance.imap.server import start_imap
 from appliance.message.model import QueuedMessage, SpoolCorrupt
 from appliance.pipeline.intake import Intake
@@ -112,7 +115,9 @@ class Appliance:
                                         Resolver.from_config(config.dns))
         self.signer = _signer(config)  # DKIM: the pipeline's check, the DSNs, the re-signing after a downgrade
         self.runner: QueueRunner | None = None
+        self.egress: EgressPool | None = None  # the outgoing gateway's sending addresses (queue process)
         if mode is not Mode.ACCEPTOR:
+            self.egress = self._egress(config)
             self.runner = QueueRunner(self.spool, self.router, self._deliverer(config).deliver, self.local,
                                       config.hostname, config.queue.lifetime,
                                       sign=self.signer.sign if self.signer is not None else None)
@@ -139,7 +144,15 @@ class Appliance:
     def _deliverer(self, config: Config) -> Deliverer:
         own = [hp.host for hp in config.listen.smtp if hp.port == 25]
         return Deliverer(config.hostname, Resolver.from_config(config.dns), config.delivery, own_addresses=own,
-                         resign=self.signer.resign if self.signer is not None else None)
+                         resign=self.signer.resign if self.signer is not None else None,
+                         sources=self.egress)
+
+    def _egress(self, config: Config) -> EgressPool | None:
+        """The pool of sending addresses, when this host is an outgoing gateway with egress addresses."""
+        gateway = config.outgoing_gateway
+        if gateway is None or not gateway.egress:
+            return None
+        return EgressPool(gateway.egress, gateway.failover, EgressStore(egress_store_path(config)), config.dns)
 
     def _local(self, config: Config) -> LocalDelivery | None:
         if self.store is None or self.directory is None:
@@ -221,6 +234,8 @@ class Appliance:
                 log.info("spool: %d message(s) waiting from before the start", loaded)
             self._runner_task = asyncio.create_task(self.runner.run(), name="queue-runner")
             self._start_dkim_checks(config)
+        if self.egress is not None:
+            self.egress.start()
         tls = server_tls_context(config)
         if self.runner is not None:
             # The control socket first: once SMTP answers, `mailfleet queue ...` must find the server.
@@ -316,6 +331,7 @@ class Appliance:
         self.callout.hostname = new.hostname
         self.callout.resolver = Resolver.from_config(new.dns)
         if self.runner is not None:
+            self._reconfigure_egress(new)
             self.runner.reconfigure(self.router, self._deliverer(new).deliver, self.local, new.queue.lifetime)
             if new.dkim != old.dkim or new.dns != old.dns:
                 self._start_dkim_checks(new)
@@ -333,6 +349,20 @@ class Appliance:
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
         logging.getLogger("appliance").setLevel(new.log_level.upper())
+
+    def _reconfigure_egress(self, new: Config) -> None:
+        """SIGHUP: the pool keeps its states and counts; it is made or dropped when egress appears or goes."""
+        gateway = new.outgoing_gateway
+        if self.egress is not None and gateway is not None and gateway.egress:
+            self.egress.reconfigure(gateway.egress, gateway.failover, new.dns)
+            return
+        retired, self.egress = self.egress, self._egress(new)
+        if retired is not None:
+            task = asyncio.get_running_loop().create_task(retired.stop(), name="egress-retire")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        if self.egress is not None:
+            self.egress.start()
 
     async def stop(self) -> None:
         if self.mode is not Mode.ACCEPTOR:
@@ -353,6 +383,8 @@ class Appliance:
             self._dkim_task.cancel()
         if self.control is not None:
             await self.control.stop()
+        if self.egress is not None:
+            await self.egress.stop()
         self.spool.close()
         self.callout.cache.close()
         if self.mode is not Mode.ACCEPTOR:
