@@ -52,8 +52,8 @@ from appliance.queue.spool import Spool
 from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
 from appliance.service.messages import Notice, Notifier
-from appliance.signing.rotation import Rotation, run_checks
 from appliance.signing.keys import KeyStore
+from appliance.signing.rotation import Rotation, run_checks
 from appliance.signing.signer import Signer
 from appliance.smtp.server import (
     InboundHandler,
