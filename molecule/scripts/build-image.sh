@@ -14,6 +14,7 @@ packages=(
   swaks                                   # SMTP client for the verify steps
   bind9 bind9-dnsutils                    # the fleet's DNS server (named) and dig
   postfix                                 # foreign-primary scenario and the "internet" sink MX
+  python3-dkim python3-nacl               # dkimverify (rsa and ed25519): the internet host checks DKIM independently
   clamav-daemon clamdscan spamd spamc     # the incoming gateway's scanners (content_filter), and their clients
   procps less                             # for humans debugging a scenario
 )

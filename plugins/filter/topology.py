@@ -102,6 +102,22 @@ def recipients(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> dict[str, l
     return {domain: sorted(found) for domain, found in sorted(table.items())}
 
 
+def forwarders(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> list[str]:
+    """The Mailfleet primaries among `hosts` with an alias to an address outside every fleet domain: they forward
+    mail to the world, which SRS rewrites (and whose bounces the hosts in front must route back)."""
+    hosts = list(hosts)
+    fleet_domains = {d.lower() for d in domain_hosts(hosts, hostvars)}
+    found = []
+    for host in hosts:
+        hv = hostvars[host]
+        if hv.get("primary_foreign"):
+            continue
+        targets = [str(t) for ts in (hv.get("primary_aliases") or {}).values() for t in (ts or [])]
+        if any(t.rpartition("@")[2].lower() not in fleet_domains for t in targets):
+            found.append(host)
+    return found
+
+
 def verified_domain_table(routes: Mapping[str, list[str]], key: str, derived: Mapping[str, list[str]],
                           overridden: Iterable[str] = (), modes: Mapping[str, str] | None = None,
                           extra: Mapping[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
@@ -144,8 +160,24 @@ def _role_domains(host: str, hostvars: Mapping[str, Any], role: str, owners: Map
     return [d for d, hosts in owners.items() if any(h != host for h in hosts)]
 
 
+def _egress(host: str, hostvars: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The egress addresses of an outgoing gateway (`outgoing_gateway_egress`), each with its HELO name (the
+    host's name when the entry gives none) and reverse name: SPF lists them, their PTR must name the HELO."""
+    found = []
+    for entry in hostvars[host].get("outgoing_gateway_egress") or []:
+        try:
+            address = str(ipaddress.ip_address(str(entry["address"])))
+        except (KeyError, TypeError, ValueError):
+            raise AnsibleFilterError(f"mailfleet topology: {host}: outgoing_gateway_egress entry {entry!r} has no "
+                                     "valid address") from None
+        helo = str(entry.get("helo") or _hostname(host, hostvars)).rstrip(".")
+        found.append({"address": address, "helo": helo,
+                      "reverse": ipaddress.ip_address(address).reverse_pointer})
+    return found
+
+
 def topology(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) -> dict[str, Any]:
-    """The fleet seen from outside: per host its name, address, reverse name and roles; per domain the
+    """The fleet seen from outside: per host its name, address, reverse name, roles and egress addresses; per domain the
     hosts in front (incoming gateways, else its primaries), its backup MX hosts, the hosts that send its
     mail to the world (outgoing gateways, else its primaries) and its primaries."""
     members: dict[str, list[str]] = {}
@@ -157,7 +189,8 @@ def topology(groups: Mapping[str, list[str]], hostvars: Mapping[str, Any]) -> di
     for host, roles in members.items():
         address = _address(host, hostvars)
         fleet["hosts"][host] = {"name": _hostname(host, hostvars), "address": address, "roles": roles,
-                                "reverse": ipaddress.ip_address(address).reverse_pointer}
+                                "reverse": ipaddress.ip_address(address).reverse_pointer,
+                                "egress": _egress(host, hostvars) if "outgoing_gateway" in roles else []}
     for domain in sorted(owners):
         front = [h for h in groups.get("incoming_gateway", [])
                  if domain in _role_domains(h, hostvars, "incoming_gateway", owners)] or owners[domain]
@@ -180,6 +213,7 @@ class FilterModule:
             "domain_hosts": domain_hosts,
             "routes": routes,
             "recipients": recipients,
+            "forwarders": forwarders,
             "verified_domain_table": verified_domain_table,
             "topology": topology,
         }
