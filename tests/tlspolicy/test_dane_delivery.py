@@ -16,11 +16,12 @@ from peers.named import NamedServer, free_port
 from peers.smtp_sink import Sink, start_sink
 from peers.tls import new_ca, self_signed_cert
 from peers.unbound import UnboundServer, start_signed_zone, start_unbound
-from recorder import Recorded
 
 from appliance.config.model import DeliveryConfig, HostPort, OutboundTLSConfig
 from appliance.delivery.client import Deliverer, MXTarget
 from appliance.tlspolicy.policy import TLSPolicy
+
+from .recorder import Recorded
 
 ZONE = "dane.test"
 MX = {"ee": "127.0.46.31", "ta": "127.0.46.32", "wrong": "127.0.46.33", "bogus": "127.0.46.34",

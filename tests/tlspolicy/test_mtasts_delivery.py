@@ -14,11 +14,12 @@ from peers.mta_sts import PolicyServer, start_policy_server
 from peers.named import NamedServer, free_port, start_named
 from peers.smtp_sink import Sink, start_sink
 from peers.tls import CertificateAuthority, CertPair, new_ca
-from recorder import Recorded
 
 from appliance.config.model import DeliveryConfig, OutboundTLSConfig
 from appliance.delivery.client import Deliverer, MXTarget
 from appliance.tlspolicy.policy import TLSPolicy
+
+from .recorder import Recorded
 
 POLICY_IP = "127.0.46.20"
 MX = {"good": "127.0.46.11", "wrong": "127.0.46.12", "testing": "127.0.46.13", "plain": "127.0.46.14",
