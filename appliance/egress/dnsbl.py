@@ -21,6 +21,7 @@ import dns.resolver
 
 from appliance.config.dnsbl_codes import ERRORS, LISTINGS
 from appliance.config.model import DNSConfig
+from appliance.dns.dnsbl import query_name
 
 LISTED = "listed"
 CLEAR = "clear"
@@ -37,16 +38,6 @@ class Verdict:
 
     def __str__(self) -> str:
         return f"{self.zone}: {self.outcome}" + (f" ({self.detail})" if self.detail else "")
-
-
-def query_name(ip: str, zone: str) -> str:
-    """The name whose A records say whether `ip` is listed in `zone` (RFC 5782 §2.1, §2.4)."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv4Address):
-        labels = reversed(str(address).split("."))
-    else:
-        labels = reversed(address.exploded.replace(":", ""))
-    return ".".join(labels) + "." + zone.rstrip(".")
 
 
 def classify(zone: str, answers: tuple[str, ...]) -> Verdict:

@@ -19,18 +19,6 @@ from appliance.config.dnsbl_codes import ERRORS, LISTINGS
 from appliance.config.model import CodeRange, DNSBLSite
 
 
-def query_name(ip: str, zone: str) -> str:
-    """The name whose A records say whether ``ip`` is listed in ``zone`` (RFC 5782 §2.1, §2.4)."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if isinstance(address, ipaddress.IPv4Address):
-        labels = reversed(str(address).split("."))
-    else:
-        labels = reversed(address.exploded.replace(":", ""))
-    return ".".join(labels) + "." + zone.rstrip(".")
-
-
 @dataclass(frozen=True, slots=True)
 class ZoneAnswer:
     """What one zone said of one client: its A records (empty: not listed), or why it said nothing."""

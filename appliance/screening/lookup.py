@@ -16,7 +16,8 @@ import dns.exception
 import dns.resolver
 
 from appliance.config.model import DNSConfig
-from appliance.screening.dnsbl import ZoneAnswer, query_name
+from appliance.dns.dnsbl import query_name
+from appliance.screening.dnsbl import ZoneAnswer
 
 
 class DNSBLLookup:

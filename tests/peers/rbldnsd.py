@@ -22,7 +22,7 @@ import dns.rcode
 import pytest
 from waits import WaitTimeout, wait_until
 
-from appliance.screening.dnsbl import query_name
+from appliance.dns.dnsbl import query_name
 
 from .named import free_port
 from .process import stop_process

@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 from peers.tls import self_signed_cert
 
 from appliance.config.model import DNSBLConfig, DNSBLSite, DNSConfig, PregreetConfig, ScreeningConfig
+from appliance.dns.dnsbl import query_name
 from appliance.pipeline.intake import Intake
 from appliance.pipeline.stages import Pipeline, Result, Stage, accept
 from appliance.pipeline.verdicts import DNSBL_SCORE, DNSWL, PREGREET
 from appliance.screening.cache import ScreeningCache
 from appliance.screening.check import Screening
-from appliance.screening.dnsbl import ZoneAnswer, query_name, score
+from appliance.screening.dnsbl import ZoneAnswer, score
 from appliance.screening.lookup import DNSBLLookup
 from appliance.screening.pregreet import PregreetTest
 from appliance.smtp.protocol import SMTPServerProtocol
