@@ -60,6 +60,9 @@ class ArcSealer:
         except (dkim.DKIMException, KeyStoreError, ValueError, UnsupportedAlgorithm) as exc:
             log.warning("not ARC-sealed: %s", exc)
             return []
+        except Exception as exc:  # noqa: BLE001 - a seal adds to a message; its failure never refuses one
+            log.error("not ARC-sealed: %s: %s", type(exc).__name__, exc)
+            return []
         if not fields:
             log.info("not ARC-sealed: no Authentication-Results of %s in the message", self.authserv_id)
         return [_split(field) for field in fields]

@@ -51,3 +51,23 @@ def test_unreadable_keys_are_a_temporary_failure(tmp_path: Path) -> None:
     result = check(_Client("127.0.41.8"), _Transaction(MESSAGE), MESSAGE)
     assert result is not None and result.action is Action.TEMPFAIL and result.reply.startswith("451 4.3.0")
     assert Signer(KeyStore(tmp_path)).sign(MESSAGE) == MESSAGE  # a DSN still goes out, unsigned
+
+
+def test_a_sealing_library_failure_leaves_the_message_unsealed_and_logs_it(tmp_path: Path, monkeypatch,
+                                                                            caplog) -> None:
+    # dkimpy's arc_sign imports authres only when it seals; a missing or broken piece there raises whatever it
+    # raises. A seal adds to a message, so the gateway delivers it unsealed rather than answering 451 forever.
+    import dkim
+
+    from appliance.signing.arc import ArcSealer
+
+    write_keys(tmp_path, "example.org")
+    sealer = ArcSealer(Signer(KeyStore(tmp_path)), ["example.org"], "gw.example.org")
+
+    def broken(*args, **kwargs):
+        raise NameError("name 'authres' is not defined")
+
+    monkeypatch.setattr(dkim, "arc_sign", broken)
+    message = b"Authentication-Results: gw.example.org; spf=pass\r\n" + MESSAGE
+    assert sealer.seal(message) == []
+    assert "not ARC-sealed: NameError: name 'authres' is not defined" in caplog.text
