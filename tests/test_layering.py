@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 
 FLOORS = [
     {"message", "durable", "config", "forwarding"},  # the ground floor: imports nothing of appliance
-    {"dns", "store", "auth", "pipeline"},
+    {"dns", "store", "auth", "pipeline", "sieve"},
     {"delivery", "imap", "pop3", "filters", "quarantine", "web", "abuse", "screening", "senderauth",
-     "signing", "egress", "tlspolicy"},
+     "signing", "egress", "tlspolicy", "managesieve"},
     {"queue", "smtp"},
     {"service"},
     {"cli"},
