@@ -86,31 +86,28 @@ def _suspend(args: argparse.Namespace) -> int:
     reason = " ".join(args.reason.split())
     if not reason:
         raise _Refused("--reason: give the reason in words (it is shown in `egress list`)")
-    pool, store = _open(args)
-    try:
-        address = _member(pool, args.address)
-        state = store.suspend(address, "admin", reason, ADMIN, time.time())
-    finally:
-        store.close()
-    if state is None:
-        print(f"{address} was already suspended by the administrator")
-    else:
-        print(f"suspended {address} until resumed: {reason}")
+    address, changed = _change(args, lambda store, address: store.suspend(address, "admin", reason, ADMIN,
+                                                                          time.time()))
+    print(f"suspended {address} until resumed: {reason}" if changed
+          else f"{address} was already suspended by the administrator")
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
+    address, changed = _change(args, lambda store, address: store.resume(address, "resumed by the administrator",
+                                                                         ADMIN, time.time()))
+    print(f"resumed {address}" if changed else f"{address} was not suspended")
+    return 0
+
+
+def _change(args: argparse.Namespace, change: Callable[[EgressStore, str], object | None]) -> tuple[str, bool]:
+    """(address, whether its state changed): ``change`` applied to the pool's address that ADDRESS names."""
     pool, store = _open(args)
     try:
         address = _member(pool, args.address)
-        state = store.resume(address, "resumed by the administrator", ADMIN, time.time())
+        return address, change(store, address) is not None
     finally:
         store.close()
-    if state is None:
-        print(f"{address} was not suspended")
-    else:
-        print(f"resumed {address}")
-    return 0
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -12,16 +12,14 @@ The resolver keeps no cache: a delisting must be seen at the next round, not aft
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from appliance.config.dnsbl_codes import ERRORS, LISTINGS
 from appliance.config.model import DNSConfig
-from appliance.dns.dnsbl import query_name
+from appliance.dns.dnsbl import query_name, split_answers
 
 LISTED = "listed"
 CLEAR = "clear"
@@ -42,19 +40,9 @@ class Verdict:
 
 def classify(zone: str, answers: tuple[str, ...]) -> Verdict:
     """The verdict of the A records a zone answered (empty: the name exists without an A record: clear)."""
-    listed, errors = [], []
-    for text in answers:
-        try:
-            code = ipaddress.ip_address(text)
-        except ValueError:
-            errors.append(text)
-            continue
-        if code.version == 4 and code in LISTINGS and code not in ERRORS:
-            listed.append(text)
-        else:
-            errors.append(text)
+    listed, errors = split_answers(answers)
     if listed:
-        return Verdict(zone, LISTED, ", ".join(listed))
+        return Verdict(zone, LISTED, ", ".join(map(str, listed)))
     if errors:
         return Verdict(zone, UNKNOWN, f"error code {', '.join(errors)}, not a listing")
     return Verdict(zone, CLEAR)

@@ -24,11 +24,12 @@ from collections.abc import Awaitable, Callable
 
 from appliance.auth.authenticator import canonical_ip
 from appliance.config import Config
+from appliance.config.dnsbl_codes import ERRORS
 from appliance.config.model import ScreeningConfig
 from appliance.pipeline.stages import Client, Outcome, Pipeline, Result, Stage, note, refuse
 from appliance.pipeline.verdicts import DNSBL_SCORE, DNSWL, PREGREET
 from appliance.screening.cache import ScreeningCache
-from appliance.screening.dnsbl import ERRORS, ZoneAnswer, score, zones
+from appliance.screening.dnsbl import ZoneAnswer, score, zones
 from appliance.screening.lookup import DNSBLLookup
 from appliance.screening.pregreet import PregreetTest
 

@@ -15,8 +15,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from appliance.config.dnsbl_codes import ERRORS, LISTINGS
 from appliance.config.model import CodeRange, DNSBLSite
+from appliance.dns.dnsbl import split_answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,26 +30,17 @@ class ZoneAnswer:
     @property
     def codes(self) -> tuple[ipaddress.IPv4Address, ...]:
         """The answers that are listings: in 127.0.0.0/8 and not in 127.255.255.0/24."""
-        return tuple(code for code in _addresses(self.addresses) if code in LISTINGS and code not in ERRORS)
+        return split_answers(self.addresses)[0]
 
     @property
     def refusals(self) -> tuple[str, ...]:
         """The answers that are errors (127.255.255.0/24, outside 127.0.0.0/8, not an address)."""
-        valid = {str(code) for code in self.codes}
-        return tuple(text for text in self.addresses if text not in valid)
+        return split_answers(self.addresses)[1]
 
     @property
     def cacheable(self) -> bool:
         """A clean answer (listed or not) is kept for the cache's ttl; errors are asked again next time."""
         return self.error is None and not self.refusals
-
-
-def _addresses(texts: Iterable[str]) -> Iterable[ipaddress.IPv4Address]:
-    for text in texts:
-        try:
-            yield ipaddress.IPv4Address(text)
-        except ValueError:
-            continue
 
 
 def matches(codes: tuple[CodeRange, ...], answer: Iterable[ipaddress.IPv4Address]) -> bool:
