@@ -179,6 +179,7 @@ class _Message:
     known: Framing = field(default_factory=lambda: Framing())
     destination: str = ""  # the domain the egress pool counts refusals by (set only with a pool)
     shaping_key: str | None = None  # the shaper's destination, told each session's outcome
+    tls_report: bool = False  # a TLS-RPT report: no TLS policy applies to it (RFC 8460 §3)
 
 
 @dataclass(frozen=True)
@@ -348,8 +349,13 @@ class Deliverer:
         queue_id: str = "",
         smtputf8: bool | None = None,
         known: Framing | None = None,
+        tls_report: bool = False,
     ) -> dict[str, RcptResult]:
         """Try the target's hosts in order until one gives final answers; a result for every recipient.
+
+        `tls_report`: the message is a TLS-RPT report, which goes out with opportunistic TLS whatever the
+        destination's MTA-STS or DANE policy says (RFC 8460 §3: reports are delivered despite TLS failures, and
+        their sessions are not reported).
 
         `smtputf8`: True when the message was received with SMTPUTF8; None detects it from the envelope
         and the header section (RFC 6531 §3.4). `known`: what is known of the message's line endings and dot
@@ -375,6 +381,7 @@ class Deliverer:
             utf8_rcpts=frozenset(r for r in good if not r.isascii()),
             known=known or Framing(),
             destination=_destination(target, good) if self._pool is not None else "",
+            tls_report=tls_report,
         )
         return {**await self._route_and_send(target, msg, good, queue_id), **bad}
 
@@ -391,7 +398,8 @@ class Deliverer:
             return dict.fromkeys(rcpts, _local(554, "5.4.6", str(exc)))
         except DNSTemporaryError as exc:
             return dict.fromkeys(rcpts, _local(451, "4.4.3", f"DNS lookup failed: {exc}"))
-        if self.tls_policies is not None and isinstance(target, MXTarget) and not target.domain.startswith("["):
+        if (self.tls_policies is not None and not msg.tls_report and isinstance(target, MXTarget)
+                and not target.domain.startswith("[")):
             hops = await self._apply_tls_policy(target, hops)
             if not hops:
                 text = f"no MX host of {target.domain} matches its MTA-STS policy (RFC 8461 §4.1)"

@@ -26,6 +26,7 @@ from appliance.message.model import (
     META_CRLF_ONLY,
     META_DOT_FREE,
     META_DSN_FOR,
+    META_TLSRPT,
     PENDING,
     QueuedMessage,
     Recipient,
@@ -311,7 +312,8 @@ class QueueRunner:
             return await self._remote(target, mail_from, addresses, data, queue_id=message.queue_id,
                                       smtputf8=True if message.smtputf8 else None,
                                       known=Framing(crlf_only=bool(message.meta.get(META_CRLF_ONLY)),
-                                                    dot_free=bool(message.meta.get(META_DOT_FREE))))
+                                                    dot_free=bool(message.meta.get(META_DOT_FREE))),
+                                      tls_report=bool(message.meta.get(META_TLSRPT)))
         except Exception as exc:  # noqa: BLE001 - a delivery bug is a temporary failure, never a lost message
             log.exception("queue_id=%s: delivery to %s failed unexpectedly", message.queue_id, route.key)
             return {a: RcptResult(451, "4.3.0", f"internal error: {exc.__class__.__name__}", None)

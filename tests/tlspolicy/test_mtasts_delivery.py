@@ -112,6 +112,21 @@ async def test_enforce_with_a_certificate_for_another_name_defers(world: World, 
     assert recorded.failures[0][1].receiving_mx_hostname == "mx.wrong.test"
 
 
+async def test_a_tls_report_reaches_a_domain_whose_policy_fails_and_is_not_reported(world: World,
+                                                                                   tmp_path: Path) -> None:
+    # RFC 8460 §3: a report is delivered despite the TLS failures it may be reporting, and its session is not
+    # counted in the next report; the same message as ordinary mail is deferred (the test above).
+    recorded = Recorded()
+    before = len(world.sinks["wrong"].messages)
+    results = await _deliverer(world, _policy_for(world, tmp_path, recorded)).deliver(
+        MXTarget("wrong.test", world.port), "tlsrpt@client.test", ["b@wrong.test"],
+        b"Subject: Report Domain: wrong.test\r\n\r\nreport\r\n", tls_report=True)
+    assert str(results["b@wrong.test"]).startswith("250"), results
+    assert len(world.sinks["wrong"].messages) == before + 1
+    assert world.sinks["wrong"].messages[-1].tls is True  # opportunistic TLS, unverified, still TLS
+    assert not recorded.failures and not recorded.successes
+
+
 async def test_testing_mode_delivers_anyway_and_reports_the_failure(world: World, tmp_path: Path) -> None:
     recorded = Recorded()
     result = await _send(world, _policy_for(world, tmp_path, recorded), "testing.test")
