@@ -75,9 +75,10 @@ def login_once(host: str, port: int, source: str, user: str) -> float:
         started = time.perf_counter()
         client.login(user, PASSWORD)
         took = time.perf_counter() - started
-        client.logout()
-    finally:
+    except BaseException:
         client.shutdown()
+        raise
+    client.logout()  # closes the connection
     return took
 
 
