@@ -4,7 +4,8 @@ acceptor processes theirs); the server here runs as one process, so the three pr
 
 What is checked: a second login with the same password, over any of the three protocols, is served from the
 cache (the log line says so); a wrong password never is; `mailfleet user passwd` makes the old password fail
-at once; `mailfleet ban add` keeps a client whose login is cached out, even in a session opened before it.
+at once, and so does a new `password_hash` in the config after SIGHUP; `mailfleet ban add` keeps a client
+whose login is cached out, even in a session opened before it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import poplib
 import smtplib
 import socket
 
+import argon2
 import pytest
 
 ALICE = "alice@example.org"
 PASSWORD = "login cache end to end"
 SERVER = "127.0.51.1"
+BOB = "bob@example.org"  # a config user (primary.users), with a cheap hash: the suite stays quick
+CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 @pytest.fixture
@@ -52,10 +56,10 @@ class POP3From(poplib.POP3):
         return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
 
 
-def imap_login(server, source: str, password: str) -> bool:
+def imap_login(server, source: str, password: str, user: str = ALICE) -> bool:
     client = IMAPFrom(SERVER, server.ports["imap"], source)
     try:
-        client.login(ALICE, password)
+        client.login(user, password)
     except imaplib.IMAP4.error:
         return False
     finally:
@@ -124,3 +128,21 @@ def test_a_ban_keeps_a_client_with_a_cached_login_out(primary) -> None:
     finally:
         early.shutdown()
     assert smtp_login(primary, "127.0.51.31", PASSWORD)  # another client still gets in
+
+
+def test_a_config_password_hash_changed_by_a_reload_fails_at_once(primary) -> None:
+    source = "127.0.51.40"
+    config = dict(primary.config)
+    config["primary"] = {**config["primary"], "users": [{"address": BOB, "password_hash": CHEAP.hash("first")}]}
+    mark = primary.log_mark()
+    primary.reload(config)
+    primary.wait_for_log("config reloaded", since=mark)
+    assert imap_login(primary, source, "first", BOB) and imap_login(primary, source, "first", BOB)
+    assert primary.log()[mark:].count(f"user {BOB} authenticated from {source} (login cache:") == 1
+    config["primary"] = {**config["primary"], "users": [{"address": BOB, "password_hash": CHEAP.hash("second")}]}
+    mark = primary.log_mark()
+    primary.reload(config)
+    log = primary.wait_for_log("config reloaded", since=mark)
+    assert "login cache: 1 login(s) dropped, their users' passwords changed with the config" in log[mark:]
+    assert not imap_login(primary, source, "first", BOB)
+    assert imap_login(primary, source, "second", BOB)
