@@ -10,7 +10,7 @@ APT_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-pe
   rbldnsd opendmarc unbound
 MOLECULE_APT_PACKAGES := docker.io mmdebstrap
 
-.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth bench-dkim clean
+.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth bench-dkim bench-login clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -92,6 +92,11 @@ bench-dkim: venv ## Mailfleet vs Postfix+OpenDKIM signing rsa-sha256 + ed25519: 
 	$(call bench_packages,$(BENCH_DKIM_PACKAGES))
 	@postfix stop >/dev/null 2>&1 || true  # the system instance stays off; the benchmark runs its own
 	$(PY) bench/dkim_throughput.py $(BENCH_ARGS)
+
+BENCH_LOGIN_PACKAGES := dovecot-imapd
+bench-login: venv ## 10 IMAP clients logging in: Mailfleet login cache off/on vs Dovecot auth_cache off/on; root
+	$(call bench_packages,$(BENCH_LOGIN_PACKAGES))
+	$(PY) bench/login_bench.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -415,6 +415,12 @@ class Directory:
 
         Unknown users are verified against a dummy hash so the answer takes as long as for a real one.
         """
+        verified = self.verify(address, password)
+        return None if verified is None else verified[0]
+
+    def verify(self, address: str, password: str) -> tuple[str, str] | None:
+        """``verify_password`` that also answers the hash that now proves the password (the one checked, or
+        the rehash-on-login's): the login cache keeps it, and a hit counts only while it is still stored."""
         try:
             key = normalize_address(address)
         except AddressError:
@@ -429,18 +435,20 @@ class Directory:
             return None
         if stored is None:
             return None
-        self._rehash_if_needed(key, stored, password)
-        return key
+        return key, self._rehash_if_needed(key, stored, password)
 
-    def _rehash_if_needed(self, key: str, stored: str, password: str) -> None:
-        """Upgrade a directory user's hash after a login when the argon2 parameters changed."""
+    def _rehash_if_needed(self, key: str, stored: str, password: str) -> str:
+        """Upgrade a directory user's hash after a login when the argon2 parameters changed; the hash stored
+        for the user now as far as this login knows (``stored`` when another change came first)."""
         if key in self._config_users or not self._hasher.check_needs_rehash(stored):
-            return
+            return stored
+        rehashed = self._hasher.hash(password)
         with self._write() as conn:
-            conn.execute(
+            updated = conn.execute(
                 "UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
-                (self._hasher.hash(password), key, stored),
-            )
+                (rehashed, key, stored),
+            ).rowcount
+        return rehashed if updated else stored
 
     # -- aliases and catch-all -----------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from appliance.config.model import (
     LimitsConfig,
     LimitSet,
     ListenConfig,
+    LoginCacheConfig,
     OutboundTLSConfig,
     OutgoingGatewayConfig,
     PregreetConfig,
@@ -479,7 +480,28 @@ def _auth(value: Any) -> AuthConfig:
         "ban_window": parse_duration,
         "ban_duration": parse_duration,
         "exempt_loopback": _bool,
+        "login_cache": _login_cache,
+        "password_workers": lambda v, w: _int(v, w, 1, 64),
     }))
+
+
+def _login_cache(value: Any, where: str) -> LoginCacheConfig:
+    section = _mapping(value, where, _keys(LoginCacheConfig))
+    return LoginCacheConfig(**_given(section, where, {
+        "enabled": _bool,
+        "ttl": _ttl,
+        "max_entries": lambda v, w: _int(v, w, 1, 10_000_000),
+    }))
+
+
+def _ttl(value: Any, where: str) -> float:
+    """A duration ('5m'), or a whole number of seconds as the key's name promises (0: no caching)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(_int(value, where, 0, 86400))
+    seconds = parse_duration(value, where, allow_zero=True)
+    if seconds > 86400:
+        raise ConfigError(where, f"must be at most 1d, got {value!r}")
+    return seconds
 
 
 def _delivery(value: Any) -> DeliveryConfig:

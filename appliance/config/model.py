@@ -90,6 +90,15 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True)
+class LoginCacheConfig:
+    """Recent successful logins, so that a client's next login skips argon2 (auth/cache.py)."""
+
+    enabled: bool = True
+    ttl: float = 300.0  # 0: off
+    max_entries: int = 10_000
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """Login-failure bans shared by SMTP submission, IMAP and POP3."""
 
@@ -97,6 +106,8 @@ class AuthConfig:
     ban_window: float = 600.0
     ban_duration: float = 3600.0
     exempt_loopback: bool = False
+    login_cache: LoginCacheConfig = LoginCacheConfig()
+    password_workers: int = 2  # argon2 threads; each check holds ~64 MiB while it runs
 
 
 @dataclass(frozen=True)

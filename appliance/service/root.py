@@ -372,6 +372,7 @@ class Appliance:
         if new.primary is not None and self.directory is not None and self.authenticator is not None:
             # Users, aliases and catch-alls rendered into the config change with it.
             self.directory = Directory.from_config(new)
+            self.authenticator.reconfigure(new.auth)
             self.authenticator.set_directory(self.directory)
         self.router = self._router(new)
         self.local = self._local(new)

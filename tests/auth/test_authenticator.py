@@ -110,14 +110,14 @@ async def test_two_authenticators_on_one_database_count_together(make_auth):
 async def test_verification_does_not_block_the_event_loop(directory, clock, monkeypatch):
     """While argon2 runs, other coroutines keep running (it happens in a worker thread)."""
     started, release = threading.Event(), threading.Event()
-    real_verify = directory.verify_password
+    real_verify = directory.verify
 
     def slow_verify(username, password):
         started.set()
         release.wait(5)
         return real_verify(username, password)
 
-    monkeypatch.setattr(directory, "verify_password", slow_verify)
+    monkeypatch.setattr(directory, "verify", slow_verify)
     auth = Authenticator(directory, clock=clock)
     try:
         task = asyncio.create_task(auth.authenticate("alice@example.org", "right", "192.0.2.1"))
@@ -133,13 +133,13 @@ async def test_parallel_guesses_get_the_threshold_checked_and_no_more(make_auth,
     """Twenty logins at once from one address, the right password last: three passwords are checked (the
     threshold), the rest are refused unchecked, the address is banned, and the right password never got in."""
     checked: list[str] = []
-    real_verify = directory.verify_password
+    real_verify = directory.verify
 
-    def counting_verify(username: str, password: str) -> str | None:
+    def counting_verify(username: str, password: str) -> tuple[str, str] | None:
         checked.append(password)
         return real_verify(username, password)
 
-    monkeypatch.setattr(directory, "verify_password", counting_verify)
+    monkeypatch.setattr(directory, "verify", counting_verify)
     auth = make_auth()
     passwords = [f"guess-{n}" for n in range(19)] + ["right"]
     results = await asyncio.gather(*(auth.authenticate("alice@example.org", p, "203.0.113.5") for p in passwords))
@@ -154,16 +154,16 @@ async def test_a_client_banned_while_its_check_waits_gets_no_check(directory, cl
     once the ban is there."""
     started, release = threading.Event(), threading.Event()
     checked: list[str] = []
-    real_verify = directory.verify_password
+    real_verify = directory.verify
 
-    def slow_verify(username: str, password: str) -> str | None:
+    def slow_verify(username: str, password: str) -> tuple[str, str] | None:
         checked.append(password)
         started.set()
         release.wait(5)
         return real_verify(username, password)
 
-    monkeypatch.setattr(directory, "verify_password", slow_verify)
-    auth = Authenticator(directory, AuthConfig(ban_threshold=5), clock=clock, max_parallel_verifications=1)
+    monkeypatch.setattr(directory, "verify", slow_verify)
+    auth = Authenticator(directory, AuthConfig(ban_threshold=5, password_workers=1), clock=clock)
     try:
         first = asyncio.create_task(auth.authenticate("alice@example.org", "guess", "203.0.113.9"))
         await wait_until_async(started.is_set, 5, "the first password check to start")
