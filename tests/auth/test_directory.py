@@ -7,6 +7,9 @@ import sqlite3
 import subprocess
 import sys
 
+import argon2
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 from appliance.auth.directory import (
@@ -214,3 +217,27 @@ def test_list_aliases_shows_catch_all(directory):
     listed = {a.address: a.targets for a in directory.list_aliases()}
     assert listed == {"team@example.org": ("alice@example.org", "bob@example.net"),
                       "@example.net": ("bob@example.net",)}
+
+
+@pytest.mark.parametrize("variant", [argon2.Type.ID, argon2.Type.I])
+@hypothesis.settings(max_examples=15, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(password=st.text(min_size=1, max_size=40), other=st.text(min_size=1, max_size=40))
+def test_a_stored_hash_accepts_its_password_and_nothing_else_whichever_library_checks_it(
+        make_directory, config_user, variant, password, other):
+    # argon2id hashes are checked by libsodium, argon2i by argon2-cffi: both must agree with the hash argon2-cffi
+    # wrote, for any text (non-ASCII included).
+    hasher = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=2, type=variant)
+    stored = hasher.hash(password)
+    d = make_directory(config_domains=["example.org"], config_users=[config_user("carol@example.org", stored)])
+    assert d.verify_password("carol@example.org", password) == "carol@example.org"
+    if other != password:
+        assert d.verify_password("carol@example.org", other) is None
+
+
+def test_a_mangled_argon2id_hash_refuses_the_login_and_says_why(make_directory, config_user, caplog):
+    d = make_directory(config_domains=["example.org"],
+                       config_users=[config_user("carol@example.org", "$argon2id$v=19$junk")])
+    with caplog.at_level(logging.ERROR, logger="appliance.auth"):
+        assert d.verify_password("carol@example.org", "anything") is None
+    assert "stored password hash is not a valid argon2 hash" in caplog.text
