@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ BAD = 'require ["fileinto"];\r\nif header :contains "subject" "spam" {\r\n  file
 # cheap argon2id parameters: the logins of the tests cost little; the hash carries its own parameters
 HASH = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(PASSWORD)
 _users = itertools.cycle(USERS)
+_LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}\r\n$")
 
 install()
 
@@ -134,9 +136,9 @@ class Raw:
             line = self.file.readline()
             if not line:
                 raise ConnectionError("closed: " + repr(lines))
-            if line.rstrip(b"\r\n").endswith(b"}") and line.startswith(b"{"):
-                size = int(line[1:].rstrip(b"}+\r\n"))
-                line += self.file.read(size) + self.file.readline()
+            literal = _LITERAL_AT_END.search(line)
+            if literal:  # a data line or a status line's text sent as a literal: take it whole
+                line += self.file.read(int(literal.group(1))) + self.file.readline()
             lines.append(line)
             if line[:2] in (b"OK", b"NO") or line[:3] == b"BYE":
                 return lines
