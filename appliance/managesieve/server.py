@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from appliance.auth.connections import ConnectionLimits
 from appliance.config.model import SieveConfig
@@ -23,11 +23,12 @@ async def start_managesieve(
     ssl_context: ssl.SSLContext | None,
     hostname: str,
     plaintext_auth_on_loopback: bool,
-    limits: SieveConfig,
+    limits: Callable[[], SieveConfig],
     connections: ConnectionLimits | None = None,
 ) -> list[asyncio.base_events.Server]:
-    """One asyncio server per address; the caller closes them. ``connections`` counts the connections per
-    client address (the service shares IMAP's and POP3's)."""
+    """One asyncio server per address; the caller closes them. ``limits`` gives the ``sieve:`` section in force
+    (a reload's new limits apply from the next connection on); ``connections`` counts the connections per client
+    address (the service shares IMAP's and POP3's)."""
     admitted = connections if connections is not None else ConnectionLimits()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,7 +40,7 @@ async def start_managesieve(
             writer.close()
             return
         session = Session(reader, writer, scripts, authenticator, ssl_context, hostname,
-                          plaintext_auth_on_loopback, limits)
+                          plaintext_auth_on_loopback, limits())
         try:
             await session.run()
         except asyncio.CancelledError:

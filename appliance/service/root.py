@@ -365,8 +365,8 @@ class Appliance:
         if listen.managesieve:
             self.other_servers += await start_managesieve(
                 [(hp.host, hp.port) for hp in listen.managesieve], ScriptStore(config.data_dir / "sieve"),
-                self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback, config.sieve,
-                limits)
+                self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback,
+                lambda: self.config.sieve, limits)
 
     def apply(self, new: Config) -> None:
         """Swap in a validated config: policy, routing, users and delivery settings; connections stay open."""

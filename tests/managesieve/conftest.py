@@ -62,7 +62,9 @@ class Servers:
                   "listen": {service: [f"{ADDRESS}:{port}"] for service, port in ports.items()},
                   "primary": {"domains": ["example.org"],
                               "users": [{"address": user, "password_hash": HASH} for user in USERS]},
-                  "sieve": {"max_script_size": 2048, "max_scripts": 3}, **sections}
+                  "sieve": {"max_script_size": 2048, "max_scripts": 3},
+                  "smtp": {"workers": 0},  # no SMTP acceptor processes: ManageSieve runs in the queue process
+                  **sections}
         path = workdir / "mailfleet.yml"
         path.write_text(yaml.safe_dump(config))
         server = RunningMailfleet(path, config, workdir / "server.log", ports=ports, address=ADDRESS)

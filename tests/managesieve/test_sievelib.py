@@ -98,3 +98,19 @@ def test_failed_logins_ban_the_client_for_imap_too(sieve_servers, user) -> None:
         banned.connect(user, PASSWORD)
     with pytest.raises(imaplib.IMAP4.error, match="authentication failures"):  # one ban store for all protocols
         imaplib.IMAP4(ADDRESS, server.ports["imap"], timeout=30)
+
+
+def test_a_reload_applies_new_limits_to_the_next_connection(sieve_servers, user) -> None:
+    server = sieve_servers.get("reload", tls={"plaintext_auth_on_loopback": True})
+    before = client(server, user)
+    assert before.putscript("one", GOOD)
+    before.logout()
+    config = dict(server.config)
+    config["sieve"] = {"max_script_size": 2048, "max_scripts": 1}
+    since = server.log_mark()
+    server.reload(config)
+    server.wait_for_log("config reloaded", since=since)
+    after = client(server, user)
+    assert not after.putscript("two", GOOD) and after.errcode == b"QUOTA/MAXSCRIPTS"
+    assert after.putscript("one", GOOD + "keep;\r\n")
+    after.logout()
