@@ -85,8 +85,8 @@ class Session:
 
     async def handle(self, received: Received) -> None:
         if received.oversized:
-            self.send(status("NO", "Script (or string) larger than the limit of "
-                                   f"{self.limits.max_script_size} octets", QUOTA_MAXSIZE))
+            limit = self.limits.max_script_size if self.user is not None else MAX_PREAUTH_LITERAL
+            self.send(status("NO", f"Literal larger than the limit of {limit} octets", QUOTA_MAXSIZE))
             return
         try:
             cmd = parse_command(received.raw)

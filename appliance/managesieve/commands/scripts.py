@@ -1,8 +1,9 @@
 """The script commands (RFC 5804 §2.5-§2.10, §2.12): each user's scripts in the shared ``ScriptStore``.
 
 Writes go through the store's atomic replace (temporary file, fsync, rename), in a thread so that an fsync does
-not hold the event loop. A script is stored only once the Sieve checker accepts it, so that local delivery
-never finds a script it cannot parse (RFC 5804 §2.6).
+not hold the event loop; reads (a directory listing, a file of at most ``sieve.max_script_size``) take tens of
+microseconds and run inline, where a thread's round trip would cost more than they do. A script is stored only
+once the Sieve checker accepts it, so that local delivery never finds one it cannot parse (RFC 5804 §2.6).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ async def _quota(session: Session, name: str, size: int) -> bool:
         session.send(status("NO", f"Script is larger than the limit of {limits.max_script_size} octets",
                             QUOTA_MAXSIZE))
         return False
-    names = await asyncio.to_thread(session.scripts.names, _user(session))
+    names = session.scripts.names(_user(session))
     if name not in names and len(names) >= limits.max_scripts:
         session.send(status("NO", f"You have the most scripts allowed ({limits.max_scripts})", QUOTA_MAXSCRIPTS))
         return False
@@ -79,8 +80,8 @@ async def checkscript(session: Session, cmd: Command) -> None:
 @command("LISTSCRIPTS", AUTHENTICATED)
 async def listscripts(session: Session, cmd: Command) -> None:
     user = _user(session)
-    names = await asyncio.to_thread(session.scripts.names, user)
-    active = await asyncio.to_thread(session.scripts.active, user)
+    names = session.scripts.names(user)
+    active = session.scripts.active(user)
     for name in names:
         session.send(string(name) + (b" ACTIVE\r\n" if name == active else b"\r\n"))
     session.send(status("OK", "Listscripts completed."))
@@ -101,7 +102,7 @@ async def setactive(session: Session, cmd: Command) -> None:
 @command("GETSCRIPT", AUTHENTICATED)
 async def getscript(session: Session, cmd: Command) -> None:
     try:
-        text = await asyncio.to_thread(session.scripts.read, _user(session), check_name(cmd.args[0]))
+        text = session.scripts.read(_user(session), check_name(cmd.args[0]))
     except ScriptNotFound:
         session.send(status("NO", NO_SUCH_SCRIPT, NONEXISTENT))
         return
@@ -113,7 +114,7 @@ async def getscript(session: Session, cmd: Command) -> None:
 async def deletescript(session: Session, cmd: Command) -> None:
     user, name = _user(session), check_name(cmd.args[0])
     # RFC 5804 §2.10: the active script cannot be deleted
-    if await asyncio.to_thread(session.scripts.active, user) == name:
+    if session.scripts.active(user) == name:
         session.send(status("NO", "You may not delete an active script", ACTIVE))
         return
     try:
@@ -127,7 +128,7 @@ async def deletescript(session: Session, cmd: Command) -> None:
 @command("RENAMESCRIPT", AUTHENTICATED)
 async def renamescript(session: Session, cmd: Command) -> None:
     user, old, new = _user(session), check_name(cmd.args[0]), check_name(cmd.args[1])
-    names = await asyncio.to_thread(session.scripts.names, user)
+    names = session.scripts.names(user)
     if old not in names:
         session.send(status("NO", NO_SUCH_SCRIPT, NONEXISTENT))
         return
