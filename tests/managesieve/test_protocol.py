@@ -42,6 +42,10 @@ def test_script_commands_need_a_login_and_unauthenticate_ends_it(loopback_server
     assert client.command(b'AUTHENTICATE "PLAIN" "' + plain(user) + b'"')[-1].startswith(b"NO")
     assert client.command(b"UNAUTHENTICATE")[-1].startswith(b"OK")
     assert client.command(b"LISTSCRIPTS")[-1].startswith(b"NO")
+    # the initial response as a literal, as Thunderbird's sieve extension sends it
+    response = plain(user)
+    assert client.command(b'AUTHENTICATE "PLAIN" {%d+}\r\n' % len(response) + response)[-1].startswith(b"OK")
+    assert client.command(b"UNAUTHENTICATE")[-1].startswith(b"OK")
     client.send(b'AUTHENTICATE "PLAIN"\r\n')
     client.file.readline()
     assert client.command(b'"*"')[-1].startswith(b"NO")  # RFC 5804 §2.1: the client aborts
