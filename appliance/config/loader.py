@@ -60,6 +60,7 @@ from appliance.config.model import (
     SenderAuthConfig,
     ShapingConfig,
     ShapingLimits,
+    SieveConfig,
     SMTPConfig,
     SpamPolicy,
     SRSConfig,
@@ -76,7 +77,7 @@ _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Services that only the primary role offers: a listener for them on another role is a contradiction.
-PRIMARY_SERVICES = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+PRIMARY_SERVICES = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "managesieve")
 
 
 class ConfigError(Exception):
@@ -317,7 +318,7 @@ def _kind(value: Any) -> str:
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
             "filters", "limits", "bans", "screening", "greylisting", "sender_auth", "dkim", "srs", "shaping",
-            "outbound_tls", "tls_reports", *ROLES)
+            "outbound_tls", "tls_reports", "sieve", *ROLES)
 
 
 def _build(raw: Any, source: str, base_dir: Path) -> Config:
@@ -356,6 +357,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         shaping=_shaping(top.get("shaping")),
         outbound_tls=_outbound_tls(top.get("outbound_tls"), base_dir),
         tls_reports=_tls_reports(top.get("tls_reports")),
+        sieve=_sieve(top.get("sieve")),
         primary=_primary(top.get("primary")) if "primary" in roles else None,
         backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
         incoming_gateway=(_incoming(top.get("incoming_gateway"), queue)
@@ -1209,6 +1211,15 @@ def _tls_reports(value: Any) -> TLSReportsConfig:
         "send_delay": parse_duration,
         "https_timeout": parse_duration,
         "keep": parse_duration,
+    }))
+
+
+def _sieve(value: Any) -> SieveConfig:
+    section = _mapping(value, "sieve", _keys(SieveConfig))
+    return SieveConfig(**_given(section, "sieve", {
+        "max_script_size": lambda v, w: _int(v, w, minimum=1),
+        "max_scripts": lambda v, w: _int(v, w, minimum=1),
+        "max_redirects": _int,
     }))
 
 

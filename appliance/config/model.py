@@ -62,6 +62,7 @@ class ListenConfig:
     imaps: tuple[HostPort, ...] = ()
     pop3: tuple[HostPort, ...] = ()
     pop3s: tuple[HostPort, ...] = ()
+    managesieve: tuple[HostPort, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -621,6 +622,15 @@ class TLSReportsConfig:
     keep: float = 14 * 86400.0  # the counts of older days are pruned
 
 
+@dataclass(frozen=True)
+class SieveConfig:
+    """Users' Sieve scripts (RFC 5228) and the limits ManageSieve (RFC 5804) enforces on them."""
+
+    max_script_size: int = 65536  # octets per script: more is NO (QUOTA/MAXSIZE)
+    max_scripts: int = 16  # scripts per user: one more is NO (QUOTA/MAXSCRIPTS)
+    max_redirects: int = 4  # redirect actions per script run; announced as MAXREDIRECTS
+
+
 def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -655,6 +665,7 @@ class Config:
     shaping: ShapingConfig = ShapingConfig()
     outbound_tls: OutboundTLSConfig = OutboundTLSConfig()
     tls_reports: TLSReportsConfig = TLSReportsConfig()
+    sieve: SieveConfig = SieveConfig()
     primary: PrimaryConfig | None = None
     backup_mx: BackupMXConfig | None = None
     incoming_gateway: IncomingGatewayConfig | None = None

@@ -41,6 +41,7 @@ from appliance.egress.store import EgressStore
 from appliance.egress.store import store_path as egress_store_path
 from appliance.forwarding.srs import SRS, SenderRewrite
 from appliance.imap.server import start_imap
+from appliance.managesieve.server import start_managesieve
 from appliance.message.model import QueuedMessage, SpoolCorrupt
 from appliance.pipeline.intake import Intake
 from appliance.pipeline.recipients import RecipientPolicy
@@ -55,6 +56,7 @@ from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
 from appliance.service.messages import Notice, Notifier
 from appliance.service.tls_reports import SEND_COMMAND, TLSReporting
+from appliance.sieve.storage import ScriptStore
 from appliance.signing.keys import KeyStore
 from appliance.signing.rotation import Rotation, run_checks
 from appliance.signing.signer import Signer
@@ -343,7 +345,7 @@ class Appliance:
         self.listeners = SMTPListeners(servers, counter)
 
     async def _start_mailbox_access(self, tls: ssl.SSLContext) -> None:
-        """IMAP and POP3 on a primary."""
+        """IMAP, POP3 and ManageSieve on a primary."""
         config = self.config
         listen = config.listen
         if self.store is None or self.authenticator is None:
@@ -360,6 +362,11 @@ class Appliance:
                 [(hp.host, hp.port) for hp in listen.pop3], [(hp.host, hp.port) for hp in listen.pop3s],
                 self.store, self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback,
                 limits=limits)
+        if listen.managesieve:
+            self.other_servers += await start_managesieve(
+                [(hp.host, hp.port) for hp in listen.managesieve], ScriptStore(config.data_dir / "sieve"),
+                self.authenticator, tls, config.hostname, config.tls.plaintext_auth_on_loopback,
+                lambda: self.config.sieve, limits)
 
     def apply(self, new: Config) -> None:
         """Swap in a validated config: policy, routing, users and delivery settings; connections stay open."""

@@ -58,7 +58,8 @@ class ScriptStore:
 
     def read(self, address: str, name: str) -> str:
         try:
-            return (self.folder(address) / (check_name(name) + SUFFIX)).read_text(encoding="utf-8")
+            # the octets as written (read_text would turn CRLF into LF): GETSCRIPT returns them (RFC 5804 §2.9)
+            return (self.folder(address) / (check_name(name) + SUFFIX)).read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise ScriptNotFound(name) from None
 

@@ -40,7 +40,8 @@ REFERENCE = REPO / "appliance" / "config" / "reference.yml"
 EXAMPLES = {"primary.users", "primary.aliases", "filters.scanners"}
 # Role variables that are the deployment's choice, not the service's default: the service by itself opens no
 # listener, the roles open the standard ports.
-ROLE_CHOICES = {"appliance_listen_smtp", "primary_listen_submission", "primary_listen_imap", "primary_listen_pop3"}
+ROLE_CHOICES = {"appliance_listen_smtp", "primary_listen_submission", "primary_listen_imap", "primary_listen_pop3",
+                "primary_listen_managesieve"}
 _JINJA_VARIABLE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
 
 
