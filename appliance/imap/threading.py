@@ -120,7 +120,10 @@ def ordered_subject(items: Iterable[Item]) -> list[Node]:
 
 
 def _is_ancestor(candidate: Node, node: Node | None) -> bool:
-    """True when ``candidate`` is ``node`` or one of its ancestors (linking would make a loop)."""
+    """True when ``candidate`` is ``node`` or one of its ancestors (linking would make a loop).
+    A childless candidate is nobody's ancestor: the usual case, answered without walking a chain."""
+    if not candidate.children:
+        return node is candidate
     while node is not None:
         if node is candidate:
             return True
@@ -175,24 +178,40 @@ def _build(items: Iterable[Item]) -> list[Node]:
     return [n for n in every if n.parent is None]
 
 
-def _prune(nodes: list[Node], at_root: bool) -> list[Node]:
-    """Step 4: drop empty dummies; promote a dummy's children, except a root dummy with several."""
+def _post_order(roots: list[Node]) -> list[Node]:
+    """Every node under ``roots``, children before their parents: no recursion, since a reply
+    chain can be thousands deep (a hostile or simply long thread)."""
+    order: list[Node] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    order.reverse()
+    return order
+
+
+def _pruned(children: list[Node], at_root: bool) -> list[Node]:
+    """Step 4 for one list of siblings whose own children are pruned already: drop empty dummies;
+    promote a dummy's children, except a root dummy with several."""
     out: list[Node] = []
-    for node in nodes:
-        node.children = _prune(node.children, False)
-        for child in node.children:
-            child.parent = node
-        if node.item is not None:
-            out.append(node)
-        elif not node.children:
-            continue
-        elif at_root and len(node.children) > 1:
+    for node in children:
+        if node.item is not None or (at_root and len(node.children) > 1):
             out.append(node)
         else:
-            for child in node.children:
-                child.parent = node.parent
-            out += node.children if not at_root else _prune(node.children, True)
+            out += node.children
     return out
+
+
+def _prune(roots: list[Node]) -> list[Node]:
+    for node in _post_order(roots):
+        node.children = _pruned(node.children, False)
+        for child in node.children:
+            child.parent = node
+    roots = _pruned(roots, True)
+    for root in roots:
+        root.parent = None
+    return roots
 
 
 def _subject_of(node: Node) -> Item | None:
@@ -267,19 +286,16 @@ def _replace(roots: list[Node], old: Node, new: Node) -> bool:
     return False
 
 
-def _sort(nodes: list[Node]) -> list[Node]:
+def _sort(roots: list[Node]) -> list[Node]:
     """Steps 6-7: children first (a dummy's date is its first child's), then the siblings."""
-    for node in nodes:
-        node.children = _sort(node.children)
-    return sorted(nodes, key=Node.sort_key)
+    for node in _post_order(roots):
+        node.children.sort(key=Node.sort_key)
+    return sorted(roots, key=Node.sort_key)
 
 
 def references(items: Sequence[Item]) -> list[Node]:
     """THREAD=REFERENCES (RFC 5256 §3, after Jamie Zawinski's algorithm)."""
-    roots = _build(items)
-    roots = _prune(roots, True)
-    for root in roots:
-        root.parent = None
+    roots = _prune(_build(items))
     roots = _gather_subjects(roots)
     return _sort(roots)
 
@@ -288,19 +304,26 @@ def references(items: Sequence[Item]) -> list[Node]:
 
 
 def render(threads: Iterable[Node]) -> str:
-    """The thread-list of a THREAD response: "(1 2 (3)(4))(5)"; a dummy shows as its children."""
-    return "".join(f"({_render(node)})" for node in threads)
-
-
-def _render(node: Node) -> str:
-    children = node.children
-    if node.item is None:
+    """The thread-list of a THREAD response: "(1 2 (3)(4))(5)"; a dummy shows as its children.
+    Iterative, as ``_post_order``: a node with one child is followed by it, several are each
+    parenthesised (RFC 5256 §4 thread-members and thread-nested)."""
+    out: list[str] = []
+    stack: list[Node | str] = []
+    for root in reversed(list(threads)):
+        stack += [")", root, "("]
+    while stack:
+        top = stack.pop()
+        if isinstance(top, str):
+            out.append(top)
+            continue
+        children = top.children
+        if top.item is not None:
+            out.append(str(top.item.number))
+            if children:
+                out.append(" ")
         if len(children) == 1:
-            return _render(children[0])
-        return "".join(f"({_render(c)})" for c in children)
-    head = str(node.item.number)
-    if not children:
-        return head
-    if len(children) == 1:
-        return f"{head} {_render(children[0])}"
-    return head + " " + "".join(f"({_render(c)})" for c in children)
+            stack.append(children[0])
+        else:
+            for child in reversed(children):
+                stack += [")", child, "("]
+    return "".join(out)

@@ -41,6 +41,13 @@ def test_imaplib_sort_and_thread(imap_server: ImapServer) -> None:
         # the lost parent is a dummy with one child: pruned, its child takes its place
         assert conn.uid("THREAD", "REFERENCES", "UTF-8", "ALL") == ("OK", [b"(1 4)(3)"])
         assert conn.uid("SORT", "(REVERSE DATE)", "UTF-8", "ALL") == ("OK", [b"4 3 1"])
+        # a message delivered meanwhile is in the next answer, once the session has been told of it
+        imap_server.deliver(b"From: eve@e.test\r\nSubject: plan\r\nDate: Fri, 5 Jan 2024 10:00:00 +0000\r\n\r\nx\r\n")
+        conn.noop()
+        assert conn.uid("SORT", "(REVERSE DATE)", "UTF-8", "ALL") == ("OK", [b"5 4 3 1"])
+        # the reply 1 (now a root) joins the new non-reply of its subject
+        assert conn.uid("THREAD", "REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(5 1 4)"])
+        assert conn.uid("SORT", "(REVERSE DATE)", "X-NONE", "ALL")[0] == "NO"
     finally:
         conn.logout()
 

@@ -150,3 +150,9 @@ def test_references_shows_every_message_once_whatever_the_headers(rows) -> None:
     assert _siblings_sorted(threads)
     rendered = render(threads)
     assert rendered.count("(") == rendered.count(")")
+
+
+def test_a_reply_chain_thousands_deep_threads_and_renders() -> None:
+    depth = 5000
+    items = [_item(i + 1, i, "s", f"<{i}@t>", (f"<{i - 1}@t>",) if i else ()) for i in range(depth)]
+    assert render(references(items)) == "(" + " ".join(str(i + 1) for i in range(depth)) + ")"

@@ -8,6 +8,7 @@ their keys come from ``imap.sortkeys`` (cached per message file) and the thread 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,15 +25,29 @@ if TYPE_CHECKING:
     from appliance.imap.session import Session
 
 YIELD_EVERY = 500  # messages between yields to the event loop while keys are read from files
+SNAPSHOTS = 32  # mailboxes whose messages' immutable facts are kept for SORT/THREAD ... ALL
+# (user, mailbox, UIDVALIDITY) -> UID -> MessageInfo; only the fields a message never changes
+# (file, internal date, size) are read from these, never the flags
+_SNAPSHOTS: OrderedDict[tuple[str, str, int], dict[int, MessageInfo]] = OrderedDict()
+RESULTS = 16  # answers to SORT/THREAD ... ALL kept: the same mailbox asked again (a client's refresh)
+# (command, user, mailbox, UIDVALIDITY, arguments, the view's UIDs) -> the numbers or the thread-list:
+# a UID names the same immutable message for as long as UIDVALIDITY holds, so the answer is a
+# function of the key (the UIDs also fix the sequence numbers)
+_RESULTS: OrderedDict[tuple, object] = OrderedDict()
 
 
 @command("SORT", states=SELECTED)
 async def sort(session: Session, cmd: Sort) -> None:
-    hits = await _matching(session, cmd.tag, cmd.charset, cmd.criteria)
-    if hits is None:
-        return
-    ordered = await _sorted(hits, cmd.keys)
-    numbers = [info.uid if cmd.uid else seq for seq, info in ordered]
+    remembered = _result_key(session, "SORT", cmd.criteria, (cmd.uid, cmd.charset, cmd.keys))
+    numbers = _RESULTS.get(remembered) if remembered is not None else None
+    if numbers is None:
+        hits = await _matching(session, cmd.tag, cmd.charset, cmd.criteria)
+        if hits is None:
+            return
+        ordered = await _sorted(hits, cmd.keys)
+        numbers = [info.uid if cmd.uid else seq for seq, info in ordered]
+        _remember(remembered, numbers)
+    assert isinstance(numbers, list)
     if cmd.returns is None:
         session.send("* SORT" + "".join(f" {n}" for n in numbers))
     else:
@@ -43,9 +58,39 @@ async def sort(session: Session, cmd: Sort) -> None:
 
 @command("THREAD", states=SELECTED)
 async def thread(session: Session, cmd: Thread) -> None:
+    remembered = _result_key(session, "THREAD", cmd.criteria, (cmd.uid, cmd.charset, cmd.algorithm))
+    rendered = _RESULTS.get(remembered) if remembered is not None else None
+    if rendered is None:
+        rendered = await _threads(session, cmd)
+        if rendered is None:
+            return
+        _remember(remembered, rendered)
+    session.send("* THREAD" + (f" {rendered}" if rendered else ""))
+    session.sync_after_command(cmd.uid)
+    session.send(f"{cmd.tag} OK Thread completed.")
+
+
+def _result_key(session: Session, name: str, criteria: tuple, arguments: tuple) -> tuple | None:
+    """The key of a remembered answer; None when the criteria are more than ALL (flags change)."""
+    if criteria != ("AND", [("ALL",)]) or session.view is None:
+        return None
+    view = session.view
+    return (name, session.user, view.name, view.uidvalidity, arguments, tuple(view.uids))
+
+
+def _remember(key: tuple | None, answer: object) -> None:
+    if key is None:
+        return
+    _RESULTS[key] = answer
+    while len(_RESULTS) > RESULTS:
+        _RESULTS.popitem(last=False)
+
+
+async def _threads(session: Session, cmd: Thread) -> str | None:
+    """The thread-list of the matching messages; None after a NO for the charset."""
     hits = await _matching(session, cmd.tag, cmd.charset, cmd.criteria)
     if hits is None:
-        return
+        return None
     items = []
     for order, (seq, info) in enumerate(hits):
         try:
@@ -58,10 +103,7 @@ async def thread(session: Session, cmd: Thread) -> None:
         threads = threading.references(items)
     else:
         threads = threading.ordered_subject(items)
-    rendered = threading.render(threads)
-    session.send("* THREAD" + (f" {rendered}" if rendered else ""))
-    session.sync_after_command(cmd.uid)
-    session.send(f"{cmd.tag} OK Thread completed.")
+    return threading.render(threads)
 
 
 async def _matching(session: Session, tag: str, charset: str, criteria: tuple) -> list[tuple[int, MessageInfo]] | None:
@@ -74,6 +116,8 @@ async def _matching(session: Session, tag: str, charset: str, criteria: tuple) -
         session.send(f"{tag} NO [BADCHARSET] Unknown charset {charset}")
         return None
     view = session.view
+    if criteria == ("AND", [("ALL",)]):
+        return _everything(session)
     infos = {m.uid: m for m in session.account.messages(view.name)}
     need_body = searchmod.needs_message(criteria)
     header_only = not searchmod.needs_text(criteria)
@@ -95,6 +139,26 @@ async def _matching(session: Session, tag: str, charset: str, criteria: tuple) -
         if need_body and seq % 200 == 0:
             await asyncio.sleep(0)
     return hits
+
+
+def _everything(session: Session) -> list[tuple[int, MessageInfo]]:
+    """Every message of the view, for criteria ALL (what clients send): the sort and thread keys
+    need no flags, so the index is asked only about UIDs this process has not seen yet, and a
+    warm SORT of 10,000 messages reads neither SQLite nor a file."""
+    assert session.view is not None and session.account is not None
+    view = session.view
+    key = (session.user or "", view.name, view.uidvalidity)
+    known = _SNAPSHOTS.pop(key, None) or {}
+    if len(known) > 2 * len(view.uids) + 1000:  # many expunged since: start again
+        known = {}
+    _SNAPSHOTS[key] = known
+    while len(_SNAPSHOTS) > SNAPSHOTS:
+        _SNAPSHOTS.popitem(last=False)
+    missing = [uid for uid in view.uids if uid not in known]
+    if missing:
+        for info in session.account.messages(view.name, missing):
+            known[info.uid] = info
+    return [(seq, known[uid]) for seq, uid in enumerate(view.uids, start=1) if uid in known]
 
 
 async def _sorted(hits: list[tuple[int, MessageInfo]], keys: tuple[tuple[str, bool], ...]
