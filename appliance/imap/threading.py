@@ -23,7 +23,9 @@ _TRAILER = re.compile(r"(?:\(fwd\)|[ \t])$", re.I)
 
 def casemap(text: str) -> str:
     """The comparison form of a string: simple titlecase of each character, then decomposed, as
-    Dovecot's ``uni_utf8_to_decomposed_titlecase`` (RFC 5256 §2.1 step 1 names i;unicode-casemap)."""
+    Dovecot's ``uni_utf8_to_decomposed_titlecase`` (RFC 5051 i;unicode-casemap)."""
+    if text.isascii():  # the usual case: titlecase is upper case, nothing decomposes
+        return text.upper()
     mapped = []
     for char in text:
         title = char.title()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.imap.threading import Item, Node, base_subject, ordered_subject, references, render
+from appliance.imap.threading import Item, Node, base_subject, casemap, ordered_subject, references, render
 
 
 def test_base_subject_removes_reply_markers_tags_and_trailers() -> None:
@@ -156,3 +156,11 @@ def test_a_reply_chain_thousands_deep_threads_and_renders() -> None:
     depth = 5000
     items = [_item(i + 1, i, "s", f"<{i}@t>", (f"<{i - 1}@t>",) if i else ()) for i in range(depth)]
     assert render(references(items)) == "(" + " ".join(str(i + 1) for i in range(depth)) + ")"
+
+
+
+def test_casemap_compares_case_and_accents_as_dovecot() -> None:
+    # RFC 5051 i;unicode-casemap: titlecase, then NFKD
+    assert casemap("Hello World") == casemap("HELLO world") == "HELLO WORLD"
+    assert casemap("café") == casemap("CAFÉ") == "CAFE\u0301"
+    assert casemap("ǆ") == "Dz\u030c"

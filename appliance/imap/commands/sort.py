@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 
 YIELD_EVERY = 500  # messages between yields to the event loop while keys are read from files
 SNAPSHOTS = 32  # mailboxes whose messages' immutable facts are kept for SORT/THREAD ... ALL
-# (user, mailbox, UIDVALIDITY) -> UID -> MessageInfo; only the fields a message never changes
+# (account directory, mailbox, UIDVALIDITY) -> UID -> MessageInfo; only the fields a message never changes
 # (file, internal date, size) are read from these, never the flags
 _SNAPSHOTS: OrderedDict[tuple[str, str, int], dict[int, MessageInfo]] = OrderedDict()
 RESULTS = 16  # answers to SORT/THREAD ... ALL kept: the same mailbox asked again (a client's refresh)
-# (command, user, mailbox, UIDVALIDITY, arguments, the view's UIDs) -> the numbers or the thread-list:
+# (command, account directory, mailbox, UIDVALIDITY, arguments, the view's UIDs) -> numbers or thread-list:
 # a UID names the same immutable message for as long as UIDVALIDITY holds, so the answer is a
 # function of the key (the UIDs also fix the sequence numbers)
 _RESULTS: OrderedDict[tuple, object] = OrderedDict()
@@ -72,10 +72,10 @@ async def thread(session: Session, cmd: Thread) -> None:
 
 def _result_key(session: Session, name: str, criteria: tuple, arguments: tuple) -> tuple | None:
     """The key of a remembered answer; None when the criteria are more than ALL (flags change)."""
-    if criteria != ("AND", [("ALL",)]) or session.view is None:
+    if criteria != ("AND", [("ALL",)]) or session.view is None or session.account is None:
         return None
     view = session.view
-    return (name, session.user, view.name, view.uidvalidity, arguments, tuple(view.uids))
+    return (name, str(session.account.path), view.name, view.uidvalidity, arguments, tuple(view.uids))
 
 
 def _remember(key: tuple | None, answer: object) -> None:
@@ -147,7 +147,7 @@ def _everything(session: Session) -> list[tuple[int, MessageInfo]]:
     warm SORT of 10,000 messages reads neither SQLite nor a file."""
     assert session.view is not None and session.account is not None
     view = session.view
-    key = (session.user or "", view.name, view.uidvalidity)
+    key = (str(session.account.path), view.name, view.uidvalidity)
     known = _SNAPSHOTS.pop(key, None) or {}
     if len(known) > 2 * len(view.uids) + 1000:  # many expunged since: start again
         known = {}
