@@ -10,15 +10,57 @@ once, as the first SEARCH SUBJECT does.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import functools
 import re
 from dataclasses import dataclass
 
-from appliance.imap.message import Message, cached_header, decode_words, parse_addresses
+from appliance.imap.message import Message, cached_header, parse_addresses
 from appliance.imap.threading import Item, base_subject, casemap
 from appliance.store import MessageInfo
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
+_QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def _decoded_word(charset: bytes, encoding: bytes, text: bytes) -> str | None:
+    """One RFC 2047 encoded word's text; None when it cannot be decoded (then it stays as it is)."""
+    try:
+        name = codecs.lookup(charset.split(b"*")[0].decode("ascii")).name  # RFC 2231 §5: charset*lang
+        if encoding in b"Bb":
+            data = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+        else:
+            data = _QP_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), text.replace(b"_", b" "))
+        return data.decode(name, "replace")
+    except (LookupError, UnicodeError, binascii.Error, ValueError):
+        return None
+
+
+def decode_header_text(raw: bytes) -> str:
+    """A header's text with its encoded words decoded as Dovecot's ``message_header_decode`` does:
+    an encoded word is recognised wherever it stands (not only between spaces, as ``email.header``
+    wants), the white space between two adjacent encoded words is dropped (RFC 2047 §6.2) and no
+    space is added, so that sort and thread keys equal Dovecot's."""
+    out: list[str] = []
+    pos = 0
+    last_was_word = False
+    for match in _ENCODED_WORD.finditer(raw):
+        gap = raw[pos:match.start()]
+        word = _decoded_word(match.group(1), match.group(2), match.group(3))
+        if word is None:
+            out.append((gap + match.group(0)).decode("utf-8", "replace"))
+            last_was_word = False
+        else:
+            if gap and not (last_was_word and not gap.strip(b" \t\r\n")):
+                out.append(gap.decode("utf-8", "replace"))
+            out.append(word)
+            last_was_word = True
+        pos = match.end()
+    out.append(raw[pos:].decode("utf-8", "replace"))
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -46,7 +88,7 @@ def _mailbox(raw: bytes | None) -> str:
     if raw is None:
         return ""
     for _, _, mailbox, _ in parse_addresses(raw):
-        return casemap(decode_words(mailbox)) if mailbox else ""
+        return casemap(decode_header_text(mailbox)) if mailbox else ""
     return ""
 
 
@@ -57,7 +99,7 @@ def _display(raw: bytes | None) -> str:
     for name, _, mailbox, host in parse_addresses(raw):
         # "user@host (Real Name)": a comment is no display name (as Dovecot sorts it)
         if name and not (b"<" not in raw and b"(" + name + b")" in raw):
-            return casemap(decode_words(name))
+            return casemap(decode_header_text(name))
         spec = (mailbox or b"") + (b"@" + host if host else b"")
         return casemap(spec.decode("utf-8", "replace"))
     return ""
@@ -74,7 +116,7 @@ def header_keys(path: str) -> HeaderKeys:
     """All header keys of a stored message, parsed once (the file never changes under its name)."""
     message = Message(cached_header(path))
     raw_subject = _first(message, "subject")
-    subject, reply = base_subject(decode_words(raw_subject) if raw_subject is not None else "")
+    subject, reply = base_subject(decode_header_text(raw_subject) if raw_subject is not None else "")
     sent = message.sent_date()
     own = _ids(_first(message, "message-id"))
     references = _ids(_first(message, "references"))

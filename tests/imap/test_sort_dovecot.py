@@ -10,6 +10,7 @@ the same internal dates; every response must be equal (after the parity suite's 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -87,12 +88,16 @@ def _dovecot_installed() -> None:
 
 @pytest.fixture
 def pair(imap_server: ImapServer) -> Iterator[tuple[ImapServer, Dovecot]]:
+    yield from _load(imap_server, CORPUS)
+
+
+def _load(imap_server: ImapServer, corpus: list[bytes]) -> Iterator[tuple[ImapServer, Dovecot]]:
     base = Path(tempfile.mkdtemp(prefix="mailfleet-sort-dovecot-"))
     os.chmod(base, 0o755)
     maildir = base / "mail" / "example.org" / "alice"
     for sub in ("cur", "new", "tmp"):
         (maildir / sub).mkdir(parents=True)
-    for i, data in enumerate(CORPUS):
+    for i, data in enumerate(corpus):
         # internal dates not in corpus order, with ties, so that ARRIVAL and the DATE fallback show
         when = BASE + timedelta(hours=(i * 7) % 5)
         imap_server.deliver(data, internal_date=when)
@@ -159,3 +164,40 @@ def test_esort_like_dovecot(pair) -> None:
         "UID SORT RETURN (MIN MAX ALL COUNT) (REVERSE SIZE) UTF-8 ALL",
         "SORT RETURN (COUNT MIN) (DATE) UTF-8 SUBJECT nothing-matches",
     ])
+
+
+_PIECES = ["Re:", "RE: ", "re:", "Fwd:", "FW: ", "fwd", "(fwd)", "[list]", "[Fwd: ", "]", " ", "  ", "\t",
+           "Re[2]:", "[", "x", "Hello", "hello", "Café", "=?UTF-8?Q?Caf=C3=A9?=", "=?UTF-8?B?UmU6IHg=?=", ":", "a b"]
+_DATES = ["Mon, 6 May 2024 10:00:00 +0000", "Mon, 6 May 2024 10:00:00 +0200", "Mon, 6 May 2024 08:00:00 +0000",
+          "Tue, 7 May 2024 23:59:59 -1200", "garbage", None, "Mon, 6 May 2024 10:00:00"]
+
+
+_SENDERS = ["u@r.test", "Name <u@r.test>", "name <v@r.test>", "=?UTF-8?Q?=C3=89mile?= <e@r.test>",
+            "\"Doe, J\" <j@r.test>", "(c) x@r.test (X Y)", "Group: a@r.test;", "", "=?UTF-8?B?w4Q=?= z <z@r.test>",
+            "Émile <f@r.test>", "<b@r.test>", "undisclosed-recipients:;", None]
+
+
+def _random_corpus(seed: int, size: int) -> list[bytes]:
+    """Seeded (so a failure reproduces): random subjects from reply markers, tags and encoded words;
+    references to earlier and later messages, to missing ones and to themselves; duplicate ids."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(size):
+        subject = "".join(rng.choices(_PIECES, k=rng.randint(0, 5)))
+        refs = " ".join(f"<{rng.randint(0, size + 5)}@r>" for _ in range(rng.randint(0, 3)))
+        msgid = f"<{rng.randint(0, size) if rng.random() < 0.1 else i}@r>" if rng.random() < 0.9 else None
+        out.append(_msg(subject, rng.choice(_DATES), rng.choice(_SENDERS), rng.choice(_SENDERS), msgid,
+                        refs or None, f"<{rng.randint(0, size)}@r>" if rng.random() < 0.2 else None))
+    return out
+
+
+@pytest.fixture
+def random_pair(imap_server: ImapServer) -> Iterator[tuple[ImapServer, Dovecot]]:
+    yield from _load(imap_server, _random_corpus(18, 120))
+
+
+def test_random_subjects_and_references_like_dovecot(random_pair) -> None:
+    _compare(random_pair, ["SELECT INBOX", "SORT (SUBJECT) UTF-8 ALL", "SORT (DATE) UTF-8 ALL",
+                           "SORT (FROM) UTF-8 ALL", "SORT (TO) UTF-8 ALL", "SORT (DISPLAYFROM) UTF-8 ALL",
+                           "SORT (DISPLAYTO) UTF-8 ALL",
+                           "THREAD ORDEREDSUBJECT UTF-8 ALL", "THREAD REFERENCES UTF-8 ALL"])
