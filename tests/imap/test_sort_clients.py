@@ -76,6 +76,13 @@ def test_esort_and_errors(raw: RawClient, imap_server: ImapServer) -> None:
     assert raw.command("d", "SORT (DATE) KOI9-X ALL")[-1].startswith(b"d NO [BADCHARSET]")
     assert raw.command("e", "THREAD REFS UTF-8 ALL")[-1] == b"e BAD unknown thread algorithm REFS\r\n"
     assert raw.command("f", "SORT (DATE) UTF-8 SUBJECT nothing")[0] == b"* SORT\r\n"
+    # RFC 7162 §3.1.5: a MODSEQ criterion adds the highest mod-sequence of the messages found
+    raw.command("g", "STORE 3 +FLAGS (\\Flagged)")
+    sorted_by_modseq = raw.command("h", "SORT (DATE) UTF-8 MODSEQ 1")
+    assert sorted_by_modseq[0].startswith(b"* OK [HIGHESTMODSEQ ")  # the first CONDSTORE-enabling command
+    assert sorted_by_modseq[1].startswith(b"* SORT 2 1 3 4 (MODSEQ "), sorted_by_modseq
+    assert raw.command("i", "SORT RETURN (COUNT) (DATE) UTF-8 MODSEQ 1")[0].startswith(
+        b'* ESEARCH (TAG "i") COUNT 4 MODSEQ ')
 
 
 @pytest.mark.parametrize("line, reason", [

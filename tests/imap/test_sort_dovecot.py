@@ -163,6 +163,7 @@ def test_esort_like_dovecot(pair) -> None:
         "SORT RETURN () (ARRIVAL) UTF-8 ALL",
         "UID SORT RETURN (MIN MAX ALL COUNT) (REVERSE SIZE) UTF-8 ALL",
         "SORT RETURN (COUNT MIN) (DATE) UTF-8 SUBJECT nothing-matches",
+        "SORT (REVERSE DATE) UTF-8 MODSEQ 1",
     ])
 
 

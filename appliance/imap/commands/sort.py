@@ -40,6 +40,7 @@ _RESULTS: OrderedDict[tuple, object] = OrderedDict()
 async def sort(session: Session, cmd: Sort) -> None:
     remembered = _result_key(session, "SORT", cmd.criteria, (cmd.uid, cmd.charset, cmd.keys))
     numbers = _RESULTS.get(remembered) if remembered is not None else None
+    modseq = None
     if numbers is None:
         hits = await _matching(session, cmd.tag, cmd.charset, cmd.criteria)
         if hits is None:
@@ -47,11 +48,13 @@ async def sort(session: Session, cmd: Sort) -> None:
         ordered = await _sorted(hits, cmd.keys)
         numbers = [info.uid if cmd.uid else seq for seq, info in ordered]
         _remember(remembered, numbers)
+        if searchmod.uses_modseq(cmd.criteria) and ordered:  # RFC 7162 §3.1.5 / §3.1.6 (never cached)
+            modseq = max(info.modseq for _, info in ordered)
     assert isinstance(numbers, list)
     if cmd.returns is None:
-        session.send("* SORT" + "".join(f" {n}" for n in numbers))
+        session.send("* SORT" + "".join(f" {n}" for n in numbers) + (f" (MODSEQ {modseq})" if modseq else ""))
     else:
-        session.send(_esort(cmd, numbers))
+        session.send(_esort(cmd, numbers) + (f" MODSEQ {modseq}" if modseq else ""))
     session.sync_after_command(cmd.uid)
     session.send(f"{cmd.tag} OK Sort completed.")
 
