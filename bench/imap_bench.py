@@ -60,6 +60,8 @@ def make_message(i: int, rng: random.Random) -> bytes:
     head = (f"From: Sender {i % 97} <sender{i % 97}@example.net>\r\nTo: {USER}\r\n"
             f"Subject: {subject}\r\nDate: Mon, 1 Jan 2024 10:{i % 60:02d}:00 +0000\r\n"
             f"Message-ID: <{i}.bench@example.net>\r\nMIME-Version: 1.0\r\n")
+    if i % 3:  # threads of three, for THREAD REFERENCES
+        head += f"References: <{i - i % 3}.bench@example.net>\r\n"
     if i % 5 == 0:
         return (head + 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
                 "Content-Type: text/plain; charset=utf-8\r\n\r\n" + "\r\n".join(body_lines)
@@ -100,8 +102,9 @@ def timed(fn) -> float:
 class Client:
     """One benchmark client (one logged-in, selected connection) and the operations it times."""
 
-    def __init__(self, port: int, bodies: list[int], needle: str) -> None:
+    def __init__(self, port: int, bodies: list[int], needle: str, messages: int) -> None:
         self.port = port
+        self.messages = messages
         self.bodies = bodies
         self.needle = needle
         self.conn = connect(port)
@@ -127,16 +130,36 @@ class Client:
         typ, data = self.conn.uid("FETCH", ",".join(map(str, self.bodies)), "(BODY.PEEK[])")
         assert typ == "OK" and sum(1 for d in data if isinstance(d, tuple)) == len(self.bodies)
 
+    def sort_date(self) -> None:
+        typ, data = self.conn.uid("SORT", "(DATE)", "UTF-8", "ALL")
+        assert typ == "OK" and len(data[0].split()) == self.messages, data[:1]
+
+    def sort_subject(self) -> None:
+        typ, data = self.conn.uid("SORT", "(SUBJECT)", "UTF-8", "ALL")
+        assert typ == "OK" and len(data[0].split()) == self.messages, data[:1]
+
+    def thread_references(self) -> None:
+        typ, data = self.conn.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
+        assert typ == "OK" and data[0].startswith(b"("), data[:1]
+
 
 OPERATIONS = (("LOGIN+SELECT", "login_select"), ("UID FETCH 1:* (FLAGS ENVELOPE RFC822.SIZE)", "fetch_all"),
-              ("UID SEARCH HEADER Subject", "header_search"), ("UID FETCH {n} x BODY[]", "fetch_bodies"))
+              ("UID SEARCH HEADER Subject", "header_search"), ("UID FETCH {n} x BODY[]", "fetch_bodies"),
+              # after FETCH ENVELOPE both servers hold the headers; "cold" is their sort/thread indexes
+              # (run with --only SORT,THREAD for them with nothing read before)
+              ("UID SORT (DATE)", "sort_date"), ("UID SORT (SUBJECT)", "sort_subject"),
+              ("UID THREAD REFERENCES", "thread_references"))
 
 
-def operations(ours: Client, theirs: Client, repeat: int) -> list[tuple[str, float, float]]:
+def operations(ours: Client, theirs: Client, repeat: int, only: list[str] | None = None
+               ) -> list[tuple[str, float, float]]:
     """Each operation once cold, then ``repeat`` warm runs; the two servers take turns run by run so
-    that the machine's other load hits both alike. Warm figures are the best run."""
+    that the machine's other load hits both alike. Warm figures are the best run. ``only``: the
+    operations whose label contains one of these words."""
     rows = []
     for label, method in OPERATIONS:
+        if only and not any(word in label for word in only):
+            continue
         label = label.format(n=len(ours.bodies))
         cold = [timed(getattr(client, method)) for client in (ours, theirs)]
         rows.append((label + " (cold)", cold[0], cold[1]))
@@ -153,6 +176,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--bodies", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=5, help="warm runs per operation and server")
+    parser.add_argument("--only", help="comma-separated words: run only the operations named by them")
     args = parser.parse_args()
     rng = random.Random(42)
     messages = [make_message(i, rng) for i in range(args.messages)]
@@ -169,7 +193,9 @@ def main() -> int:
         dovecot = start_dovecot(base / "dovecot", dovecot_mail, {USER: PASSWORD})
         bodies = rng.sample(range(1, args.messages + 1), min(args.bodies, args.messages))
         needle = f'"#{args.messages // 2 + 7}"'
-        rows = operations(Client(port, bodies, needle), Client(dovecot.port, bodies, needle), args.repeat)
+        only = args.only.split(",") if args.only else None
+        rows = operations(Client(port, bodies, needle, args.messages),
+                          Client(dovecot.port, bodies, needle, args.messages), args.repeat, only)
         print(f"\n{args.messages} messages, same client (imaplib), loopback, warm = best of {args.repeat}\n")
         print(f"{'operation':<55} {'Mailfleet s':>12} {'Dovecot s':>10} {'ratio':>7}")
         for name, mine, theirs in rows:

@@ -191,6 +191,27 @@ class Search(Command):
 
 
 @dataclass(frozen=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256 §3), with ESORT's RETURN options (RFC 5267 §3)."""
+
+    uid: bool
+    keys: tuple[tuple[str, bool], ...]  # (sort key, reversed)
+    charset: str
+    criteria: tuple
+    returns: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256 §3): ``algorithm`` is ORDEREDSUBJECT or REFERENCES."""
+
+    uid: bool
+    algorithm: str
+    charset: str
+    criteria: tuple
+
+
+@dataclass(frozen=True)
 class Fetch(Command):
     uid: bool
     sequence: SequenceSet
@@ -518,7 +539,7 @@ def parse_command(data: bytes) -> Command:
             cur.sp()
             uid = True
             name = cur.atom("command name after UID").upper()
-            if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"):
+            if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"):
                 raise ParseError(f"UID {name} is not a valid command")
         command = _dispatch(cur, tag, name, uid)
         cur.end()
@@ -805,6 +826,63 @@ def _search_key(cur: Cursor, depth: int) -> tuple:
     raise ParseError(f"unknown search key {key[:40]}")
 
 
+# -- SORT and THREAD (RFC 5256 §3; RFC 5957 DISPLAYFROM/DISPLAYTO; RFC 5267 ESORT)
+
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
+ESORT_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
+
+
+def _criteria_after_charset(cur: Cursor) -> tuple[str, tuple]:
+    """search-charset 1*(SP search-key): the charset is mandatory in SORT and THREAD."""
+    charset = cur.astring().decode("ascii", "replace")
+    keys = []
+    while cur.maybe(b" "):
+        keys.append(_search_key(cur, 0))
+    if not keys:
+        raise ParseError("missing search criteria")
+    return charset, ("AND", keys)
+
+
+def _sort(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
+    returns = None
+    if cur.maybe_ci(b"RETURN "):
+        cur.expect(b"(", "return options")
+        opts: list[str] = []
+        while not cur.maybe(b")"):
+            if opts:
+                cur.sp()
+            option = cur.atom("return option").upper()
+            if option not in ESORT_RETURNS:
+                raise ParseError(f"unknown SORT return option {option[:40]}")
+            opts.append(option)
+        returns = tuple(opts)
+        cur.sp()
+    cur.expect(b"(", "sort criteria")
+    keys: list[tuple[str, bool]] = []
+    while True:
+        reverse = cur.maybe_ci(b"REVERSE ")
+        key = cur.atom("sort key").upper()
+        if key not in SORT_KEYS:
+            raise ParseError(f"unknown sort key {key[:40]}")
+        keys.append((key, reverse))
+        if cur.maybe(b")"):
+            break
+        cur.sp()
+    cur.sp()
+    charset, criteria = _criteria_after_charset(cur)
+    return Sort(tag, name, uid, tuple(keys), charset, criteria, returns)
+
+
+def _thread(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
+    algorithm = cur.atom("thread algorithm").upper()
+    if algorithm not in THREAD_ALGORITHMS:
+        raise ParseError(f"unknown thread algorithm {algorithm[:40]}")
+    cur.sp()
+    charset, criteria = _criteria_after_charset(cur)
+    return Thread(tag, name, uid, algorithm, charset, criteria)
+
+
 # -- FETCH (RFC 3501 §6.4.5)
 
 
@@ -1016,4 +1094,6 @@ _HANDLERS = {
     "GETQUOTA": _quota,
     "GETQUOTAROOT": _quota,
     "SETQUOTA": _quota,
+    "SORT": _sort,
+    "THREAD": _thread,
 }

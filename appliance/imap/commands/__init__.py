@@ -19,6 +19,7 @@ from appliance.imap.commands import (  # noqa: F401  (imported for their registr
     quota,
     search,
     select,
+    sort,
     store,
 )
 from appliance.imap.commands.registry import REGISTRY, Spec, command
