@@ -59,6 +59,7 @@ from appliance.config.model import (
     SenderAuthConfig,
     ShapingConfig,
     ShapingLimits,
+    SieveConfig,
     SMTPConfig,
     SpamPolicy,
     SRSConfig,
@@ -315,7 +316,7 @@ def _kind(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- sections
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
-            "filters", "limits", "bans", "screening", "greylisting", "sender_auth", "dkim", "srs", "shaping",
+            "filters", "limits", "bans", "screening", "greylisting", "sender_auth", "dkim", "srs", "sieve", "shaping",
             "outbound_tls", "tls_reports", *ROLES)
 
 
@@ -352,6 +353,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         sender_auth=_sender_auth(top.get("sender_auth")),
         dkim=_dkim(top.get("dkim"), base_dir, queue),
         srs=_srs(top.get("srs")),
+        sieve=_sieve(top.get("sieve"), base_dir),
         shaping=_shaping(top.get("shaping")),
         outbound_tls=_outbound_tls(top.get("outbound_tls"), base_dir),
         tls_reports=_tls_reports(top.get("tls_reports")),
@@ -1086,6 +1088,38 @@ def _srs(value: Any) -> SRSConfig:
         "secrets": lambda v, w: tuple(_str(x, f"{w}[{i}]") for i, x in enumerate(_list(v, w))),
         "max_age": parse_duration,
     }))
+
+
+# ---------------------------------------------------------------------------------------------- Sieve
+
+def _sieve(value: Any, base_dir: Path) -> SieveConfig:
+    """The sieve section; whether a global script parses is checked where the parser lives (sieve.engine),
+    when the service starts and by check-config."""
+    section = _mapping(value, "sieve", _keys(SieveConfig))
+
+    def script(v: Any, where: str) -> Path | None:
+        if v is None:
+            return None
+        path = Path(_str(v, where))
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise ConfigError(where, f"{path}: no such file")
+        return path
+
+    config = SieveConfig(**_given(section, "sieve", {
+        "enabled": _bool,
+        "global_before": script,
+        "global_after": script,
+        "max_script_size": lambda v, w: _int(v, w, 1),
+        "max_scripts": lambda v, w: _int(v, w, 1),
+        "max_redirects": lambda v, w: _int(v, w, 0),
+        "vacation_min_days": lambda v, w: _int(v, w, 1),
+        "vacation_max_days": lambda v, w: _int(v, w, 1),
+    }))
+    if config.vacation_min_days > config.vacation_max_days:
+        raise ConfigError("sieve.vacation_min_days", f"is {config.vacation_min_days}, above "
+                                                     f"vacation_max_days ({config.vacation_max_days})")
+    return config
 
 
 SRS_SECRET_MIN = 16  # characters: an attacker who collects our SRS addresses can test secrets offline

@@ -553,6 +553,20 @@ class SRSConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """Users' Sieve filters at local delivery (RFC 5228), with the administrator's scripts around them."""
+
+    enabled: bool = True
+    global_before: Path | None = None  # run before every user's script (Pigeonhole's sieve_before)
+    global_after: Path | None = None  # run after it, while the implicit keep remains (sieve_after)
+    max_script_size: int = 65536  # bytes of one script (ManageSieve refuses larger, delivery skips them)
+    max_scripts: int = 16  # scripts one user may store
+    max_redirects: int = 4  # redirect actions of one delivery; more is a runtime error (the message stays)
+    vacation_min_days: int = 1  # RFC 5230 §4.1: a script's :days is raised to this
+    vacation_max_days: int = 30  # and lowered to this
+
+
+@dataclass(frozen=True)
 class ShapingLimits:
     """The budget of one destination; 0: no limit."""
 
@@ -641,6 +655,7 @@ class Config:
     sender_auth: SenderAuthConfig = SenderAuthConfig()
     dkim: DKIMConfig = DKIMConfig()
     srs: SRSConfig = SRSConfig()
+    sieve: SieveConfig = SieveConfig()
     shaping: ShapingConfig = ShapingConfig()
     outbound_tls: OutboundTLSConfig = OutboundTLSConfig()
     tls_reports: TLSReportsConfig = TLSReportsConfig()

@@ -196,7 +196,7 @@ class _Parser:
         return token.kind == "punct" and token.value == punct
 
     def commands(self, depth: int, closing: bool) -> tuple[Command, ...]:
-        out = []
+        out: list[Command] = []
         while True:
             token = self.peek()
             if token.kind == "end":
