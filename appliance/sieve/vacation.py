@@ -59,6 +59,7 @@ def build_reply(action: Vacation, view: MailView, user: str, hostname: str) -> b
         ("Message-ID", email.utils.make_msgid(domain=hostname)),
         ("Auto-Submitted", "auto-replied (vacation)"),
         ("Precedence", "bulk"),
+        ("X-Auto-Response-Suppress", "All"),  # Exchange clients: no auto-reply to this auto-reply
     ]
     message_id = (view.raw_headers("message-id") or [""])[0].strip()
     if message_id:
