@@ -8,6 +8,7 @@ A user's script that does not parse, is too large, or fails while it runs leaves
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,10 +67,15 @@ class SieveEngine:
         self.before = load_global(settings.global_before, "sieve.global_before")
         self.after = load_global(settings.global_after, "sieve.global_after")
         self._globals = self.before is not None or self.after is not None
+        self._root = str(store.root)
 
     def applies(self, address: str) -> bool:
-        """Whether anything runs for ``address``: one stat when there are no global scripts."""
-        return self._globals or (self.store.folder(address) / ACTIVE).exists()
+        """Whether anything runs for ``address``: one stat when there are no global scripts (a string path, not
+        pathlib's objects: this runs for every local delivery; the layout is ScriptStore.folder's)."""
+        if self._globals:
+            return True
+        local, _, domain = address.lower().rpartition("@")
+        return os.path.exists(f"{self._root}/{domain}/{local}/{ACTIVE}")
 
     def evaluate(self, address: str, view: MailView, now: datetime,
                  mailbox_exists: Callable[[str], bool]) -> Evaluation:

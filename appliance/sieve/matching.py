@@ -44,22 +44,58 @@ _RELATIONS = {"gt": lambda c: c > 0, "ge": lambda c: c >= 0, "lt": lambda c: c <
 
 
 @lru_cache(maxsize=512)
-def _glob(pattern: str, fold: bool) -> re.Pattern[str]:
-    """A :matches pattern as a regular expression: '*' any run, '?' one character, '\\' escapes (RFC 5228 §2.7.1).
-
-    Each wildcard is a group (the match variables ${1}...); '*' is non-greedy, as RFC 5229 §3.2 asks ("the
-    shortest match for each wildcard, leftmost first")."""
-    out = []
+def _glob(pattern: str) -> tuple[str, ...]:
+    """A :matches pattern as tokens: "*", "?", or one literal character (RFC 5228 §2.7.1: '\\' escapes)."""
+    tokens = []
     index = 0
     while index < len(pattern):
         char = pattern[index]
         if char == "\\" and index + 1 < len(pattern):
-            out.append(re.escape(pattern[index + 1]))
+            tokens.append("\\" + pattern[index + 1])
             index += 2
             continue
-        out.append("(.*?)" if char == "*" else "(.)" if char == "?" else re.escape(char))
+        tokens.append(char if char in "*?" else "\\" + char)
         index += 1
-    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE | re.ASCII if fold else 0))
+    return tuple(tokens)
+
+
+def glob(pattern: str, text: str, fold: bool) -> list[str] | None:
+    """The wildcards' captures when ``text`` matches ``pattern``, else None.
+
+    Each '*' takes the shortest run that lets the rest match, leftmost first (RFC 5229 §3.2). Only the last
+    '*' is ever extended on a mismatch (a literal run is always best matched at its first place), so the cost is
+    at most len(pattern) x len(text): a script cannot make delivery backtrack exponentially, as a regular
+    expression of '.*?' groups can."""
+    tokens = _glob(pattern)
+    subject = text.translate(_ASCII_LOWER) if fold else text
+    spans: list[tuple[int, int]] = [(0, 0)] * len(tokens)
+    p = t = 0
+    star, star_t = -1, 0
+    while t < len(subject):
+        token = tokens[p] if p < len(tokens) else ""
+        if token == "?" or (token[:1] == "\\" and _same(token[1], subject[t], fold)):
+            spans[p] = (t, t + 1)
+            p, t = p + 1, t + 1
+        elif token == "*":
+            star, star_t = p, t
+            spans[p] = (t, t)
+            p += 1
+        elif star >= 0:
+            star_t += 1
+            spans[star] = (spans[star][0], star_t)
+            p, t = star + 1, star_t
+        else:
+            return None
+    while p < len(tokens) and tokens[p] == "*":
+        spans[p] = (t, t)
+        p += 1
+    if p != len(tokens):
+        return None
+    return [text[a:b] for (a, b), token in zip(spans, tokens, strict=True) if token in ("*", "?")]
+
+
+def _same(pattern_char: str, char: str, fold: bool) -> bool:
+    return (pattern_char.translate(_ASCII_LOWER) if fold else pattern_char) == char
 
 
 def match(match_type: str, comparator: str, relation: str | None, values: Sequence[str],
@@ -84,7 +120,7 @@ def match(match_type: str, comparator: str, relation: str | None, values: Sequen
             else:
                 if comparator == "i;ascii-numeric":
                     raise SieveError(0, "comparator i;ascii-numeric cannot be used with :matches")
-                found = _glob(key, comparator == "i;ascii-casemap").fullmatch(value)
+                found = glob(key, value, comparator == "i;ascii-casemap")
                 if found is not None:
-                    return True, [value, *found.groups()]
+                    return True, [value, *found]
     return False, None

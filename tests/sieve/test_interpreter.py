@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from appliance.sieve import parse
 from appliance.sieve.interpreter import (
@@ -17,6 +20,7 @@ from appliance.sieve.interpreter import (
     run_sequence,
 )
 from appliance.sieve.mail import MailView
+from appliance.sieve.matching import glob
 
 MESSAGE = (b"Return-Path: <alice@far.test>\r\n"
            b"From: Alice <alice@far.test>\r\n"
@@ -124,3 +128,24 @@ def test_stop_ends_the_script_and_the_next_runs_only_while_the_implicit_keep_rem
     assert run_sequence([before, user], env).final() == [FileInto("Junk")]
     kept = parse('require ["fileinto", "copy"]; fileinto :copy "Archive"; stop; discard;')
     assert run_sequence([kept, user], env).final() == [FileInto("Archive")]
+
+
+@given(st.text(alphabet="ab*?\\", max_size=8), st.text(alphabet="abAB", max_size=10))
+def test_matches_captures_what_a_backtracking_matcher_finds(pattern: str, text: str) -> None:
+    """:matches without backtracking agrees with the obvious (exponential) regular expression: same answer,
+    same captures (RFC 5229 §3.2: each wildcard as short as possible, leftmost first)."""
+    parts, index = [], 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern):
+            parts.append(re.escape(pattern[index + 1]))
+            index += 2
+            continue
+        parts.append("(.*?)" if char == "*" else "(.)" if char == "?" else re.escape(char))
+        index += 1
+    expected = re.compile("".join(parts), re.DOTALL | re.IGNORECASE | re.ASCII).fullmatch(text)
+    assert glob(pattern, text, fold=True) == (list(expected.groups()) if expected else None)
+
+
+def test_matches_is_not_exponential() -> None:
+    assert glob("*a*a*a*a*a*a*a*a*a*a*b", "a" * 5000, fold=False) is None
