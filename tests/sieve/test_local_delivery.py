@@ -64,3 +64,29 @@ async def test_a_user_without_a_script_is_delivered_as_before(tmp_path: Path) ->
     result = await local(message, message.recipients, MESSAGE)
     assert result["carol@home.test"].code == 250 and "uid 1" in result["carol@home.test"].text
     assert store.account("carol@home.test").status("INBOX").messages == 1
+
+
+async def test_reject_of_a_forged_sender_is_discarded_not_backscattered(tmp_path: Path) -> None:
+    outbox = Outbox("")
+    local, store = _delivery(tmp_path, 'require "reject"; reject "go away";', outbox)
+    forged = b"Authentication-Results: mx.home.test; spf=fail smtp.mailfrom=far.test; dmarc=fail\r\n" + MESSAGE
+    message = QueuedMessage("Q3", "alice@far.test", [Recipient("bob@home.test")], time.time())
+    result = await local(message, message.recipients, forged)
+    assert result["bob@home.test"].code == 250 and "sender failed SPF/DMARC" in result["bob@home.test"].text
+    assert outbox.sent == []
+    assert store.account("bob@home.test").status("INBOX").messages == 0
+    # Someone else's Authentication-Results (another authserv-id) does not count: the sender gets the DSN.
+    other = b"Authentication-Results: mx.elsewhere.test; spf=fail\r\n" + MESSAGE
+    message = QueuedMessage("Q4", "alice@far.test", [Recipient("bob@home.test")], time.time())
+    await local(message, message.recipients, other)
+    assert outbox.sent == [("", ("alice@far.test",))]
+
+
+async def test_a_redirect_back_to_where_the_message_was_is_kept_as_a_loop(tmp_path: Path) -> None:
+    outbox = Outbox("")
+    local, store = _delivery(tmp_path, 'redirect "carol@home.test";', outbox)
+    looped = b"Delivered-To: carol@home.test\r\n" + MESSAGE
+    message = QueuedMessage("Q5", "alice@far.test", [Recipient("bob@home.test")], time.time())
+    result = await local(message, message.recipients, looped)
+    assert "refused (loop)" in result["bob@home.test"].text and outbox.sent == []
+    assert store.account("bob@home.test").status("INBOX").messages == 1
