@@ -153,7 +153,7 @@ class SieveActions:
             log.info("queue_id=%s user=%s sieve: reject without a DSN (%s); message discarded", message.queue_id,
                      rcpt.address, why)
             return f"reject, discarded ({why})"
-        result = RcptResult(550, "5.7.1", action.reason.replace("\r\n", " ").strip() or "rejected", None)
+        result = RcptResult(550, "5.7.1", " ".join(action.reason.split()) or "rejected", None)
         dsn = build_dsn(self.hostname, message.mail_from, view.data,
                         [(rcpt.original or rcpt.address, result)], action="failed",
                         arrival=datetime.fromtimestamp(message.arrival, UTC), queue_id=message.queue_id)

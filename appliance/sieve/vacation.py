@@ -51,8 +51,9 @@ def build_reply(action: Vacation, view: MailView, user: str, hostname: str) -> b
     """The reply message (RFC 5230 §5), CRLF line ends."""
     original_subject = (view.headers("subject") or [""])[0]
     subject = action.subject if action.subject is not None else f"Auto: {original_subject}".rstrip()
+    subject = _one_line(subject)
     headers = [
-        ("From", action.from_address or user),
+        ("From", _one_line(action.from_address or user)),
         ("To", view.mail_from),
         ("Subject", str(Header(subject, "utf-8").encode()) if not subject.isascii() else subject),
         ("Date", email.utils.formatdate(localtime=False, usegmt=True)),
@@ -73,3 +74,8 @@ def build_reply(action: Vacation, view: MailView, user: str, hostname: str) -> b
     return (head + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
             "Content-Transfer-Encoding: 8bit\r\n\r\n" + reason + ("" if reason.endswith("\r\n") else "\r\n")
             ).encode("utf-8")
+
+
+def _one_line(value: str) -> str:
+    """A header value from a script or a message on one line: a CR or LF would start a header of its own."""
+    return " ".join(value.split("\r\n")).replace("\r", " ").replace("\n", " ").strip()
