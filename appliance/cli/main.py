@@ -18,6 +18,7 @@ from appliance.cli import (
     users,
 )
 from appliance.config import ConfigError, load_config
+from appliance.sieve.engine import check_globals
 
 DEFAULT_CONFIG = "/etc/mailfleet/mailfleet.yml"
 
@@ -25,6 +26,7 @@ DEFAULT_CONFIG = "/etc/mailfleet/mailfleet.yml"
 def _check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config
     config = load_config(path, check_host=not args.no_host_check)
+    check_globals(config.sieve)  # the parser is in sieve/, above config/: checked here and at start
     print(f"{path}: OK (roles: {', '.join(config.roles)})")
     return 0
 

@@ -354,10 +354,10 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         sender_auth=_sender_auth(top.get("sender_auth")),
         dkim=_dkim(top.get("dkim"), base_dir, queue),
         srs=_srs(top.get("srs")),
+        sieve=_sieve(top.get("sieve"), base_dir),
         shaping=_shaping(top.get("shaping")),
         outbound_tls=_outbound_tls(top.get("outbound_tls"), base_dir),
         tls_reports=_tls_reports(top.get("tls_reports")),
-        sieve=_sieve(top.get("sieve")),
         primary=_primary(top.get("primary")) if "primary" in roles else None,
         backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
         incoming_gateway=(_incoming(top.get("incoming_gateway"), queue)
@@ -1112,6 +1112,38 @@ def _srs(value: Any) -> SRSConfig:
     }))
 
 
+# ---------------------------------------------------------------------------------------------- Sieve
+
+def _sieve(value: Any, base_dir: Path) -> SieveConfig:
+    """The sieve section; whether a global script parses is checked where the parser lives (sieve.engine),
+    when the service starts and by check-config."""
+    section = _mapping(value, "sieve", _keys(SieveConfig))
+
+    def script(v: Any, where: str) -> Path | None:
+        if v is None:
+            return None
+        path = Path(_str(v, where))
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise ConfigError(where, f"{path}: no such file")
+        return path
+
+    config = SieveConfig(**_given(section, "sieve", {
+        "enabled": _bool,
+        "global_before": script,
+        "global_after": script,
+        "max_script_size": lambda v, w: _int(v, w, 1),
+        "max_scripts": lambda v, w: _int(v, w, 1),
+        "max_redirects": lambda v, w: _int(v, w, 0),
+        "vacation_min_days": lambda v, w: _int(v, w, 1),
+        "vacation_max_days": lambda v, w: _int(v, w, 1),
+    }))
+    if config.vacation_min_days > config.vacation_max_days:
+        raise ConfigError("sieve.vacation_min_days", f"is {config.vacation_min_days}, above "
+                                                     f"vacation_max_days ({config.vacation_max_days})")
+    return config
+
+
 SRS_SECRET_MIN = 16  # characters: an attacker who collects our SRS addresses can test secrets offline
 
 
@@ -1211,15 +1243,6 @@ def _tls_reports(value: Any) -> TLSReportsConfig:
         "send_delay": parse_duration,
         "https_timeout": parse_duration,
         "keep": parse_duration,
-    }))
-
-
-def _sieve(value: Any) -> SieveConfig:
-    section = _mapping(value, "sieve", _keys(SieveConfig))
-    return SieveConfig(**_given(section, "sieve", {
-        "max_script_size": lambda v, w: _int(v, w, minimum=1),
-        "max_scripts": lambda v, w: _int(v, w, minimum=1),
-        "max_redirects": _int,
     }))
 
 

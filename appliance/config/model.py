@@ -565,6 +565,20 @@ class SRSConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """Users' Sieve filters at local delivery (RFC 5228), with the administrator's scripts around them."""
+
+    enabled: bool = True
+    global_before: Path | None = None  # run before every user's script (Pigeonhole's sieve_before)
+    global_after: Path | None = None  # run after it, while the implicit keep remains (sieve_after)
+    max_script_size: int = 65536  # bytes of one script (ManageSieve refuses larger, delivery skips them)
+    max_scripts: int = 16  # scripts one user may store
+    max_redirects: int = 4  # redirect actions of one delivery; more is a runtime error (the message stays)
+    vacation_min_days: int = 1  # RFC 5230 §4.1: a script's :days is raised to this
+    vacation_max_days: int = 30  # and lowered to this
+
+
+@dataclass(frozen=True)
 class ShapingLimits:
     """The budget of one destination; 0: no limit."""
 
@@ -622,15 +636,6 @@ class TLSReportsConfig:
     keep: float = 14 * 86400.0  # the counts of older days are pruned
 
 
-@dataclass(frozen=True)
-class SieveConfig:
-    """Users' Sieve scripts (RFC 5228) and the limits ManageSieve (RFC 5804) enforces on them."""
-
-    max_script_size: int = 65536  # octets per script: more is NO (QUOTA/MAXSIZE)
-    max_scripts: int = 16  # scripts per user: one more is NO (QUOTA/MAXSCRIPTS)
-    max_redirects: int = 4  # redirect actions per script run; announced as MAXREDIRECTS
-
-
 def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -662,10 +667,10 @@ class Config:
     sender_auth: SenderAuthConfig = SenderAuthConfig()
     dkim: DKIMConfig = DKIMConfig()
     srs: SRSConfig = SRSConfig()
+    sieve: SieveConfig = SieveConfig()
     shaping: ShapingConfig = ShapingConfig()
     outbound_tls: OutboundTLSConfig = OutboundTLSConfig()
     tls_reports: TLSReportsConfig = TLSReportsConfig()
-    sieve: SieveConfig = SieveConfig()
     primary: PrimaryConfig | None = None
     backup_mx: BackupMXConfig | None = None
     incoming_gateway: IncomingGatewayConfig | None = None

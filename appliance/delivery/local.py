@@ -3,6 +3,10 @@ or, before the 250, from the intake (``MailboxTarget``).
 
 The store's deliver() is the commit of this transaction: it returns only once the file is fsynced and renamed
 into the mailbox and the index row is committed; only then is the recipient marked delivered in the queue.
+
+A recipient with Sieve scripts (appliance/sieve) takes its own path, ``SieveActions.deliver``
+(delivery/sieve_actions.py): the scripts decide, then each action is carried out and recorded, so that a retry
+after a failure or a crash does not repeat what was done.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Sequence
 from appliance.delivery.client import RcptResult
 from appliance.delivery.outcome import log_outcome
 from appliance.delivery.router import LOCAL
+from appliance.delivery.sieve_actions import SieveActions
 from appliance.message.model import DELIVERED, META_FOLDER, QueuedMessage, Recipient
 from appliance.pipeline.intake import BufferedDelivery
 from appliance.store import MailStore
@@ -30,10 +35,12 @@ def folder_of(message: QueuedMessage) -> str:
 
 
 class LocalDelivery:
-    def __init__(self, store: MailStore, hostname: str, quota_of: Callable[[str], int] | None = None) -> None:
+    def __init__(self, store: MailStore, hostname: str, quota_of: Callable[[str], int] | None = None,
+                 sieve: SieveActions | None = None) -> None:
         self.store = store
         self.hostname = hostname
         self._quota_of = quota_of
+        self.sieve = sieve
         self._quota_set: dict[str, int] = {}  # what the store was last told, to write it only on change
 
     async def __call__(self, message: QueuedMessage, rcpts: Sequence[Recipient],
@@ -44,12 +51,16 @@ class LocalDelivery:
         folder = folder_of(message)
         pending: dict[str, tuple[asyncio.Future, bytes]] = {}
         results: dict[str, RcptResult] = {}
+        sieve = self.sieve
         for rcpt in rcpts:
             # RFC 5321 §4.4: the delivering MTA records the envelope sender as Return-Path.
             headers = f"Return-Path: <{message.mail_from}>\r\nDelivered-To: {rcpt.address}\r\n".encode()
             try:
                 await self._apply_quota(rcpt.address)
                 copy = headers + data
+                if sieve is not None and sieve.applies(rcpt.address):
+                    results[rcpt.address] = await sieve.deliver(message, rcpt, copy, folder)
+                    continue
                 pending[rcpt.address] = (self.store.deliver_async(rcpt.address, copy, folder), copy)
             except Exception as exc:
                 results[rcpt.address] = self._failure(message, rcpt.address, exc)

@@ -3,23 +3,16 @@ and which extensions to announce (the SIEVE capability, §1.7).
 
 Both come from ``appliance.sieve`` (floor 1), the interpreter local delivery runs, so that a script this server
 accepts is one delivery can run: ``check(text)`` raises ``SieveError`` whose text is one line ``line N: ...``,
-and ``EXTENSIONS`` names what it implements. They are looked up when used rather than imported by name, so that
-this room also loads where that module is still being built.
+and ``EXTENSIONS`` names what it implements.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
-
-def _sieve() -> ModuleType:
-    return importlib.import_module("appliance.sieve")
+from appliance import sieve
 
 
 def problem(text: str) -> str | None:
     """None when the script is valid, else the checker's one-line reason."""
-    sieve = _sieve()
     try:
         sieve.check(text)
     except sieve.SieveError as exc:
@@ -28,4 +21,4 @@ def problem(text: str) -> str | None:
 
 
 def extensions() -> tuple[str, ...]:
-    return tuple(_sieve().EXTENSIONS)
+    return tuple(sieve.EXTENSIONS)

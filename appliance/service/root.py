@@ -20,6 +20,8 @@ import enum
 import logging
 import socket
 import ssl
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from appliance.abuse.counts import CountTable, slots_for
@@ -28,13 +30,14 @@ from appliance.auth.authenticator import Authenticator
 from appliance.auth.bans import BanStore, store_path
 from appliance.auth.connections import ConnectionLimits
 from appliance.auth.directory import Directory
-from appliance.config import Config
+from appliance.config import Config, ConfigError
 from appliance.config.tls import server_tls_context
 from appliance.delivery.callout import CalloutCache, RecipientCallout
 from appliance.delivery.client import Deliverer
 from appliance.delivery.local import LocalDelivery, MailboxTarget
 from appliance.delivery.router import LOCAL, Router
 from appliance.delivery.shaping import Shaper
+from appliance.delivery.sieve_actions import SieveActions
 from appliance.dns.resolver import Resolver
 from appliance.egress.pool import EgressPool
 from appliance.egress.store import EgressStore
@@ -42,7 +45,7 @@ from appliance.egress.store import store_path as egress_store_path
 from appliance.forwarding.srs import SRS, SenderRewrite
 from appliance.imap.server import start_imap
 from appliance.managesieve.server import start_managesieve
-from appliance.message.model import QueuedMessage, SpoolCorrupt
+from appliance.message.model import QueuedMessage, Recipient, SpoolCorrupt, new_queue_id
 from appliance.pipeline.intake import Intake
 from appliance.pipeline.recipients import RecipientPolicy
 from appliance.pipeline.stages import Pipeline
@@ -56,6 +59,8 @@ from appliance.queue.target import SpoolTarget
 from appliance.service.checks import build_pipeline
 from appliance.service.messages import Notice, Notifier
 from appliance.service.tls_reports import SEND_COMMAND, TLSReporting
+from appliance.sieve.engine import SieveEngine
+from appliance.sieve.state import SieveState
 from appliance.sieve.storage import ScriptStore
 from appliance.signing.keys import KeyStore
 from appliance.signing.rotation import Rotation, run_checks
@@ -116,6 +121,8 @@ class Appliance:
             self.authenticator = Authenticator(self.directory, config.auth, bans=self.bans)
             self.store = MailStore(config.mail_dir)
         self.router = self._router(config)
+        self.sieve_state: SieveState | None = None  # vacation replies and done actions, opened with Sieve
+        self.local: LocalDelivery | None = None
         self.local = self._local(config)
         # The recipient callout of backed-up and forwarded domains; its cache is shared by the acceptors.
         self.callout = RecipientCallout(config.hostname, CalloutCache(config.data_dir / "recipient-callouts.sqlite"),
@@ -204,7 +211,31 @@ class Appliance:
     def _local(self, config: Config) -> LocalDelivery | None:
         if self.store is None or self.directory is None:
             return None
-        return LocalDelivery(self.store, config.hostname, quota_of=self.directory.quota)
+        return LocalDelivery(self.store, config.hostname, quota_of=self.directory.quota, sieve=self._sieve(config))
+
+    def _sieve(self, config: Config) -> SieveActions | None:
+        """Users' Sieve filters; a broken global script is a ConfigError (at start: exit 2; at a reload: the
+        running scripts stay)."""
+        if not config.sieve.enabled or self.store is None:
+            return None
+        root = config.data_dir / "sieve"
+        if self.sieve_state is None:
+            self.sieve_state = SieveState(root / "state.sqlite")
+        try:
+            engine = SieveEngine(config.sieve, ScriptStore(root), self.sieve_state)
+        except ConfigError as exc:
+            if self.local is None or self.local.sieve is None:
+                raise
+            log.error("reload: %s; the previous Sieve global scripts stay", exc)
+            engine = self.local.sieve.engine
+        return SieveActions(engine, self.store, config.hostname, self._submit, self._sender_for(config))
+
+    async def _submit(self, mail_from: str, rcpts: Sequence[str], data: bytes) -> None:
+        """A message this host writes (Sieve's redirects, vacation replies, DSNs): durable in the spool, then
+        handed to the queue as a received one is."""
+        message = QueuedMessage(queue_id=new_queue_id(), mail_from=mail_from, arrival=time.time(),
+                                recipients=[Recipient(address=r, original=r) for r in rcpts], client="localhost")
+        self._committed(message, await self.spool.commit(message, data))
 
     def _mailbox_target(self) -> MailboxTarget | None:
         if self.local is None:
@@ -448,6 +479,8 @@ class Appliance:
         if self.egress is not None:
             await self.egress.stop()
         self.spool.close()
+        if self.sieve_state is not None:
+            self.sieve_state.close()
         self.callout.cache.close()
         if self.tls_policy is not None:
             self.tls_policy.close()

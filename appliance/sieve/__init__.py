@@ -4,3 +4,8 @@
 and the interpreter live beside it; a script that does not parse, or fails while it runs, keeps the message in
 INBOX (RFC 5228 §2.10.6 implicit keep) and the reason goes to the log.
 """
+
+from appliance.sieve.checker import EXTENSIONS, Script, check, parse
+from appliance.sieve.grammar import SieveError
+
+__all__ = ["EXTENSIONS", "Script", "SieveError", "check", "parse"]

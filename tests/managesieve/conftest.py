@@ -2,14 +2,12 @@
 
 ``mailfleet serve`` runs in its own process, started once per variant for the whole session (a plaintext-on-
 loopback one, a strict one, one for the ban test); each test logs in as a user of its own, so that the tests
-share servers but no scripts. Until the interpreter's branch lands the service's Sieve checker is the stand-in
-of ``_sieve_shim`` (loaded by a sitecustomize on the child's PYTHONPATH).
+share servers but no scripts. Scripts are checked by the service's own Sieve parser (appliance/sieve/).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import socket
 import ssl
@@ -24,8 +22,6 @@ import yaml
 from peers.mailfleet import RunningMailfleet
 from peers.named import free_port
 
-from tests.managesieve._sieve_shim import install, sitecustomize_dir
-
 ADDRESS = "127.0.54.1"  # the service
 CLIENT = "127.0.54.2"  # the clients' source address
 PASSWORD = "sieve s3cret"
@@ -38,15 +34,12 @@ HASH = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(
 _users = itertools.cycle(USERS)
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}\r\n$")
 
-install()
-
 
 class Servers:
     """One running service per variant, started on first use."""
 
-    def __init__(self, root: Path, shim: Path) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.shim = shim
         self.running: dict[str, RunningMailfleet] = {}
 
     def get(self, variant: str, **sections: Any) -> RunningMailfleet:
@@ -68,9 +61,7 @@ class Servers:
         path = workdir / "mailfleet.yml"
         path.write_text(yaml.safe_dump(config))
         server = RunningMailfleet(path, config, workdir / "server.log", ports=ports, address=ADDRESS)
-        with pytest.MonkeyPatch.context() as patch:  # the child keeps the environment it started with
-            patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(self.shim), os.environ.get("PYTHONPATH")])))
-            server.start()
+        server.start()
         return server
 
     def stop(self) -> None:
@@ -80,7 +71,7 @@ class Servers:
 
 @pytest.fixture(scope="session")
 def sieve_servers(tmp_path_factory) -> Iterator[Servers]:
-    servers = Servers(tmp_path_factory.mktemp("managesieve"), sitecustomize_dir(tmp_path_factory.mktemp("shim")))
+    servers = Servers(tmp_path_factory.mktemp("managesieve"))
     try:
         yield servers
     finally:
