@@ -180,6 +180,18 @@ class Append(Command):
     flags: tuple[str, ...]
     date: datetime | None
     message: bytes = field(repr=False)
+    more: tuple[AppendMessage, ...] = field(default=(), repr=False)  # MULTIAPPEND (RFC 3502 §6.3.11)
+    binary: bool = False  # the first message came as literal8 (RFC 3516 §4.4)
+
+
+@dataclass(frozen=True)
+class AppendMessage:
+    """One further message of a MULTIAPPEND: its flags, date and bytes."""
+
+    flags: tuple[str, ...]
+    date: datetime | None
+    message: bytes = field(repr=False)
+    binary: bool = False
 
 
 @dataclass(frozen=True)
@@ -361,6 +373,11 @@ class Cursor:
             raise ParseError("literal shorter than announced")
         self.pos = start + size
         return self.data[start:self.pos]
+
+    def literal8(self) -> bytes:
+        """A literal, or an RFC 3516 §4.4 literal8 (``~{n}``), whose octets may include NUL."""
+        self.maybe(b"~")
+        return self.literal()
 
     def string(self) -> bytes:
         c = self.peek()
@@ -706,6 +723,14 @@ def _status(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
 def _append(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
     mailbox = cur.mailbox()
     cur.sp()
+    first = _append_message(cur)
+    more = []
+    while cur.maybe(b" "):  # RFC 3502 §6.3.11: append-message *(SP append-message)
+        more.append(_append_message(cur))
+    return Append(tag, name, mailbox, first.flags, first.date, first.message, tuple(more), first.binary)
+
+
+def _append_message(cur: Cursor) -> AppendMessage:
     flags: tuple[str, ...] = ()
     date = None
     if cur.peek() == ord("("):
@@ -714,10 +739,11 @@ def _append(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
     if cur.peek() == ord('"'):
         date = cur.date_time()
         cur.sp()
-    if cur.peek() != ord("{"):
+    binary = cur.peek() == ord("~")
+    if cur.peek() not in (ord("{"), ord("~")):
         raise ParseError("APPEND needs the message as a literal")
-    message = cur.literal()
-    return Append(tag, name, mailbox, flags, date, message)
+    message = cur.literal8()
+    return AppendMessage(flags, date, message, binary)
 
 
 # -- SEARCH (RFC 3501 §6.4.4). Nodes: ("AND", [nodes]), ("OR", a, b), ("NOT", a), ("SEQ", set),

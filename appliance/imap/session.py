@@ -18,6 +18,7 @@ from typing import Protocol
 
 from appliance.auth.authenticator import is_loopback
 from appliance.imap.commands import REGISTRY
+from appliance.imap.commands.append import APPENDLIMIT
 from appliance.imap.parser import ParseError, parse_command
 from appliance.imap.state import State
 from appliance.imap.view import ChangeWatch, View
@@ -30,6 +31,7 @@ BASE_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE"
 AUTH_CAPS = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
              " CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE QUOTA QUOTA=RES-STORAGE"
              " CREATE-SPECIAL-USE")
+AUTH_CAPS += f" MULTIAPPEND APPENDLIMIT={APPENDLIMIT}"  # RFC 3502, RFC 7889
 
 
 class Authenticator(Protocol):
