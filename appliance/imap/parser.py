@@ -887,11 +887,38 @@ def _fetch_att(cur: Cursor) -> FetchAtt:
             cur.expect(b">", "'>' closing partial")
             partial = (start, length)
         return FetchAtt("BODY", section, partial, word.endswith(".PEEK"))
+    if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and cur.peek() == ord("["):
+        return _binary_att(cur, word)
     if word in SIMPLE_FETCH:
         return FetchAtt(word)
     if not word:
         raise ParseError("expected a fetch item")
     raise ParseError(f"unknown fetch item {word[:40]}")
+
+
+def _binary_att(cur: Cursor, word: str) -> FetchAtt:
+    """RFC 3516 §6: BINARY[.PEEK][section-binary][<partial>] and BINARY.SIZE[section-binary], where
+    section-binary holds part numbers only."""
+    cur.expect(b"[", "'['")
+    parts: list[int] = []
+    while (c := cur.peek()) is not None and c in b"0123456789":
+        parts.append(cur.number(nonzero=True))
+        if not cur.maybe(b"."):
+            break
+    if parts and cur.data[cur.pos - 1] == ord("."):
+        raise ParseError("invalid section")
+    cur.expect(b"]", "']' (BINARY takes part numbers only)")
+    section = Section(tuple(parts), None, (), ".".join(str(p) for p in parts))
+    partial = None
+    if word != "BINARY.SIZE" and cur.peek() == ord("<"):
+        cur.pos += 1
+        start = cur.number()
+        cur.expect(b".", "'.' in partial")
+        length = cur.number(nonzero=True)
+        cur.expect(b">", "'>' closing partial")
+        partial = (start, length)
+    name = "BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY"
+    return FetchAtt(name, section, partial, word == "BINARY.PEEK")
 
 
 def _section(cur: Cursor) -> Section:

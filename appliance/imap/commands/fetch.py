@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from appliance.imap import fetch as fetchmod
+from appliance.imap.binary import UnknownCTE
 from appliance.imap.commands.registry import command
 from appliance.imap.message import Message, read_message
 from appliance.imap.parser import Fetch, FetchAtt
@@ -62,6 +63,7 @@ async def fetch(session: Session, cmd: Fetch) -> None:
     seqs = view.seq_of()
     missing = len(wanted) - len(infos) if cmd.changed_since is None else 0
     wire = session.wire
+    unknown_cte = ""
     for info in infos:
         try:
             message = Message(read_message(info.file)) if body else None
@@ -69,8 +71,14 @@ async def fetch(session: Session, cmd: Fetch) -> None:
         except FileNotFoundError:  # expunged by another session meanwhile
             missing += 1
             continue
+        except UnknownCTE as exc:  # RFC 3516 §4.3: that message is left out, the command fails
+            unknown_cte = str(exc)
+            continue
         send(f"* {seqs[info.uid]} FETCH ({' '.join(parts)})")
         await wire.maybe_flush()
+    if unknown_cte:
+        send(f"{cmd.tag} NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding {unknown_cte[:40]!r}")
+        return
     if missing and not cmd.uid:
         send(f"{cmd.tag} NO [EXPUNGEISSUED] Some of the requested messages no longer exist.")
         return
