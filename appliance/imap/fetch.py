@@ -56,12 +56,18 @@ def render(
     items: tuple[FetchAtt, ...],
     recent: bool,
     message: Message | None,
+    extra: dict[str, str] | None = None,
 ) -> list[str]:
-    """The "name value" pairs of one FETCH response, in the order asked."""
+    """The "name value" pairs of one FETCH response, in the order asked. ``extra`` holds the rendered values
+    the command looked up in the store for this message (EMAILID, PREVIEW)."""
     out: list[str] = []
     for item in items:
         name = item.name
-        if name == "FLAGS":
+        if extra is not None and name in extra:
+            out.append(f"{name} {extra[name]}")
+        elif name == "THREADID":
+            out.append("THREADID NIL")  # RFC 8474 §5.2: no thread ids (NIL is allowed)
+        elif name == "FLAGS":
             out.append("FLAGS " + flag_list(info.flags, recent))
         elif name == "UID":
             out.append(f"UID {info.uid}")

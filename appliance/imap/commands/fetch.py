@@ -14,6 +14,7 @@ from appliance.imap.message import Message, read_message
 from appliance.imap.parser import Fetch, FetchAtt
 from appliance.imap.response import compress
 from appliance.imap.state import SELECTED
+from appliance.store import MessageInfo
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
@@ -61,13 +62,14 @@ async def fetch(session: Session, cmd: Fetch) -> None:
             for m in changed:
                 view.flags[m.uid] = m.flags
     seqs = view.seq_of()
+    extras = await _extras(session, fetch_items, infos)
     missing = len(wanted) - len(infos) if cmd.changed_since is None else 0
     wire = session.wire
     unknown_cte = ""
     for info in infos:
         try:
             message = Message(read_message(info.file)) if body else None
-            parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message)
+            parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message, extras.get(info.uid))
         except FileNotFoundError:  # expunged by another session meanwhile
             missing += 1
             continue
@@ -92,3 +94,13 @@ def _with_flags(items: tuple[FetchAtt, ...], uid: bool) -> tuple[FetchAtt, ...]:
         return items
     at = 1 if items and items[0].name == "UID" else 0
     return (*items[:at], FetchAtt("FLAGS"), *items[at:])
+
+
+async def _extras(session: Session, items: tuple[FetchAtt, ...], infos: list[MessageInfo]) -> dict[int, dict[str, str]]:
+    """UID -> the item values kept in the store rather than in the message (EMAILID, RFC 8474 §5.1)."""
+    names = {i.name for i in items}
+    if "EMAILID" not in names or not infos:
+        return {}
+    assert session.account is not None and session.view is not None
+    ids = session.account.email_ids(session.view.name, [m.uid for m in infos])
+    return {uid: {"EMAILID": f"({value})"} for uid, value in ids.items()}

@@ -10,6 +10,7 @@ from appliance.imap.parser import Command, Select
 from appliance.imap.state import AUTHENTICATED, SELECTED
 from appliance.imap.view import View
 from appliance.store import FolderNotFound
+from appliance.store.extensions import mailbox_id
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
@@ -50,6 +51,7 @@ def _select(session: Session, cmd: Select, readonly: bool) -> None:
     session.send(f"* OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
     session.send(f"* OK [UIDNEXT {info.uidnext}] Predicted next UID")
     session.send(f"* OK [HIGHESTMODSEQ {info.highestmodseq}] Highest")
+    session.send(f"* OK [MAILBOXID ({mailbox_id(info.uidvalidity)})] Ok")  # RFC 8474 §4.2
     session.select(view)
     if cmd.qresync is not None and cmd.qresync[0] == info.uidvalidity:
         view.qresync_report(cmd.qresync[1], cmd.qresync[2])
