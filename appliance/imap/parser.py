@@ -891,6 +891,8 @@ def _fetch_att(cur: Cursor) -> FetchAtt:
         return FetchAtt("BODY", section, partial, word.endswith(".PEEK"))
     if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and cur.peek() == ord("["):
         return _binary_att(cur, word)
+    if word == "PREVIEW":
+        return _preview_att(cur)
     if word in SIMPLE_FETCH:
         return FetchAtt(word)
     if not word:
@@ -921,6 +923,20 @@ def _binary_att(cur: Cursor, word: str) -> FetchAtt:
         partial = (start, length)
     name = "BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY"
     return FetchAtt(name, section, partial, word == "BINARY.PEEK")
+
+
+def _preview_att(cur: Cursor) -> FetchAtt:
+    """RFC 8970 §4: PREVIEW [SP "(" preview-mod *(SP preview-mod) ")"], preview-mod = "LAZY". A "("
+    that does not start with LAZY belongs to the FETCH modifiers (CHANGEDSINCE) and is left alone."""
+    save = cur.pos
+    if cur.maybe(b" (") and cur.maybe_ci(b"LAZY"):
+        while cur.maybe(b" "):
+            if not cur.maybe_ci(b"LAZY"):
+                raise ParseError("unknown PREVIEW modifier")
+        cur.expect(b")", "')' closing PREVIEW modifiers")
+        return FetchAtt("PREVIEW", peek=True)  # peek: LAZY
+    cur.pos = save
+    return FetchAtt("PREVIEW")
 
 
 def _section(cur: Cursor) -> Section:

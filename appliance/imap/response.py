@@ -30,7 +30,7 @@ def quote(value: str | bytes) -> str:
     """A quoted string, or a literal when the value cannot be quoted (8-bit, CR, LF, long)."""
     wire = as_wire(value)
     if len(wire) > 4000 or _UNQUOTABLE.search(wire):
-        return literal(wire)
+        return f"{{{len(wire)}}}\r\n{wire}"  # not literal(wire): that would encode the image again
     return '"' + wire.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

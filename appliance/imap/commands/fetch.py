@@ -5,6 +5,7 @@ for non-PEEK body items and writes one untagged FETCH per message."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from appliance.imap import fetch as fetchmod
@@ -12,7 +13,8 @@ from appliance.imap.binary import UnknownCTE
 from appliance.imap.commands.registry import command
 from appliance.imap.message import Message, read_message
 from appliance.imap.parser import Fetch, FetchAtt
-from appliance.imap.response import compress
+from appliance.imap.preview import preview_text
+from appliance.imap.response import compress, quote
 from appliance.imap.state import SELECTED
 from appliance.store import MessageInfo
 
@@ -97,10 +99,37 @@ def _with_flags(items: tuple[FetchAtt, ...], uid: bool) -> tuple[FetchAtt, ...]:
 
 
 async def _extras(session: Session, items: tuple[FetchAtt, ...], infos: list[MessageInfo]) -> dict[int, dict[str, str]]:
-    """UID -> the item values kept in the store rather than in the message (EMAILID, RFC 8474 §5.1)."""
+    """UID -> the item values kept in the store rather than in the message: EMAILID (RFC 8474 §5.1) and the
+    cached PREVIEW (RFC 8970), computed here for the messages that have none yet."""
     names = {i.name for i in items}
-    if "EMAILID" not in names or not infos:
+    if not names & {"EMAILID", "PREVIEW"} or not infos:
         return {}
     assert session.account is not None and session.view is not None
-    ids = session.account.email_ids(session.view.name, [m.uid for m in infos])
-    return {uid: {"EMAILID": f"({value})"} for uid, value in ids.items()}
+    account, folder = session.account, session.view.name
+    uids = [m.uid for m in infos]
+    out: dict[int, dict[str, str]] = {uid: {} for uid in uids}
+    if "EMAILID" in names:
+        for uid, value in account.email_ids(folder, uids).items():
+            out[uid]["EMAILID"] = f"({value})"
+    if "PREVIEW" in names:
+        previews = account.previews(folder, uids)
+        missing = [m for m in infos if previews.get(m.uid) is None]
+        if missing:
+            computed = await asyncio.to_thread(_compute_previews, missing)
+            account.store_previews(folder, computed)
+            previews.update(computed)
+        for uid, text in previews.items():
+            if text is not None:
+                out[uid]["PREVIEW"] = quote(text)
+    return out
+
+
+def _compute_previews(infos: list[MessageInfo]) -> dict[int, str]:
+    """Previews of messages not in the cache yet (a message expunged meanwhile has none)."""
+    out = {}
+    for info in infos:
+        try:
+            out[info.uid] = preview_text(read_message(info.file))
+        except FileNotFoundError:
+            continue
+    return out
