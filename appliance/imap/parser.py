@@ -268,6 +268,7 @@ SIMPLE_FETCH = frozenset({"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822
 SIMPLE_FETCH |= {"EMAILID", "THREADID"}  # RFC 8474 §5
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"})
 STATUS_ITEMS |= {"MAILBOXID"}  # RFC 8474 §4.3
+STATUS_ITEMS |= {"DELETED"}  # RFC 9051 §6.3.11
 SEARCH_NOARG = frozenset({"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN",
                           "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN"})
 SEARCH_STRING = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
@@ -741,6 +742,10 @@ def _append_message(cur: Cursor) -> AppendMessage:
     if cur.peek() == ord('"'):
         date = cur.date_time()
         cur.sp()
+    if cur.maybe_ci(b"UTF8 ("):  # RFC 6855 §4: append-data =/ "UTF8" SP "(" literal8 ")"
+        message = cur.literal8()
+        cur.expect(b")", "')' closing UTF8 data")
+        return AppendMessage(flags, date, message, True)
     binary = cur.peek() == ord("~")
     if cur.peek() not in (ord("{"), ord("~")):
         raise ParseError("APPEND needs the message as a literal")

@@ -35,6 +35,8 @@ AUTH_CAPS += f" MULTIAPPEND APPENDLIMIT={APPENDLIMIT}"  # RFC 3502, RFC 7889
 AUTH_CAPS += " BINARY"  # RFC 3516
 AUTH_CAPS += " OBJECTID"  # RFC 8474
 AUTH_CAPS += " PREVIEW"  # RFC 8970
+BASE_CAPS += " IMAP4rev2"  # RFC 9051, beside IMAP4rev1 until the client ENABLEs it
+AUTH_CAPS += " IMAP4rev2 UTF8=ACCEPT"  # RFC 9051, RFC 6855
 
 
 class Authenticator(Protocol):
@@ -70,6 +72,8 @@ class Session:
         self.view: View | None = None
         self.condstore = False
         self.qresync = False
+        self.imap4rev2 = False  # ENABLE IMAP4rev2 (RFC 9051 appendix E): no \Recent, ESEARCH answers
+        self.utf8 = False  # ENABLE UTF8=ACCEPT (RFC 6855)
         self.watch = ChangeWatch()
 
     # ------------------------------------------------------------------ main loop

@@ -67,6 +67,8 @@ def send_status(session: Session, name: str, items: list[str]) -> None:
               "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen, "SIZE": status.size,
               "HIGHESTMODSEQ": status.highestmodseq}
     values["MAILBOXID"] = f"({mailbox_id(status.uidvalidity)})"  # RFC 8474 §4.3
+    if "DELETED" in items:  # RFC 9051 §6.3.11: messages flagged \Deleted
+        values["DELETED"] = sum("\\Deleted" in flags for _, flags in account.flag_list(name))
     view = session.view
     if view is not None and view.name == account.folder(name).name:
         values["RECENT"] = len(view.recent) + status.recent

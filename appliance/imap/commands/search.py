@@ -53,7 +53,7 @@ async def search(session: Session, cmd: Search) -> None:
         modseq_part = f" (MODSEQ {max(info.modseq for _, info in hits)})"
     if searchmod.uses_modseq(cmd.criteria):
         session.enable_condstore()
-    if cmd.returns is not None:
+    if cmd.returns is not None or session.imap4rev2:  # RFC 9051 §7.3.4: SEARCH answers with ESEARCH
         session.send(_esearch(cmd, numbers, [info.modseq for _, info in hits]))
     else:
         session.send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq_part)

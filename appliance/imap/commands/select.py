@@ -44,7 +44,8 @@ def _select(session: Session, cmd: Select, readonly: bool) -> None:
     view = View.open(session.account, info, readonly, session.send)
     view.send_flags(permanent=True)
     session.send(f"* {len(view.uids)} EXISTS")
-    session.send(f"* {len(view.recent)} RECENT")
+    if not session.imap4rev2:  # RFC 9051 appendix E: RECENT is gone
+        session.send(f"* {len(view.recent)} RECENT")
     first_unseen = view.first_unseen()
     if first_unseen is not None:
         session.send(f"* OK [UNSEEN {first_unseen}] First unseen.")
