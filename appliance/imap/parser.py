@@ -47,6 +47,7 @@ class SeqRange:
 @dataclass(frozen=True)
 class SequenceSet:
     ranges: tuple[SeqRange, ...]
+    saved: bool = False  # "$": the saved search result (SEARCHRES, RFC 5182), replaced by the session
 
     def highest(self, largest: int) -> int:
         """The largest number the set names, with "*" = ``largest``."""
@@ -426,6 +427,8 @@ class Cursor:
         return _decode_mailbox(raw, allow_empty=True)
 
     def sequence_set(self) -> SequenceSet:
+        if self.maybe(b"$"):  # RFC 5182 §3
+            return SequenceSet((), saved=True)
         ranges = []
         while True:
             start = self._seq_number()
@@ -792,7 +795,7 @@ def _search_key(cur: Cursor, depth: int) -> tuple:
             cur.sp()
             keys.append(_search_key(cur, depth + 1))
         return ("AND", keys)
-    if c is not None and (c in b"0123456789" or c == ord("*")):
+    if c is not None and (c in b"0123456789" or c in b"*$"):
         return ("SEQ", cur.sequence_set())
     key = cur.atom("search key").upper()
     if key in SEARCH_NOARG:

@@ -72,3 +72,29 @@ def test_imaplib_enables_utf8_accept(ext_server: ImapServer) -> None:
     # start with them; test_utf8_append_data sends RFC 6855 §4 append data itself)
     assert client.select('"Größe"')[0] == "OK"
     client.logout()
+
+
+def test_searchres_saves_a_result_for_later_commands(ext_server: ImapServer, ext_raw: RawClient) -> None:
+    for flags in ([], ["\\Flagged"], [], ["\\Flagged"]):
+        ext_server.deliver(MSG, flags=flags)
+    assert b"SEARCHRES" in ext_raw.command("c", "CAPABILITY")[0].split()
+    ext_raw.command("s", "SELECT INBOX")
+    # RFC 5182 §2.1: SAVE alone sends no ESEARCH; "$" then names the saved messages (§3)
+    assert ext_raw.command("a", "UID SEARCH RETURN (SAVE) FLAGGED") == [b"a OK Search completed.\r\n"]
+    fetched = ext_raw.command("b", "FETCH $ (UID)")
+    assert fetched[:-1] == [b"* 2 FETCH (UID 2)\r\n", b"* 4 FETCH (UID 4)\r\n"]
+    assert ext_raw.command("d", "SEARCH $ UID 3:4")[0] == b"* SEARCH 4\r\n"
+    assert ext_raw.command("e", "UID STORE $ +FLAGS.SILENT (\\Seen)")[-1].startswith(b"e OK")
+    assert ext_raw.command("f", "SEARCH SEEN")[0] == b"* SEARCH 2 4\r\n"
+    reply = ext_raw.command("g", "SEARCH RETURN (SAVE MIN) FLAGGED")  # with MIN only the minimum is saved
+    assert reply[0] == b'* ESEARCH (TAG "g") MIN 2\r\n'
+    assert ext_raw.command("h", "UID FETCH $ UID")[:-1] == [b"* 2 FETCH (UID 2)\r\n"]
+
+
+def test_searchres_is_empty_after_select(ext_server: ImapServer, ext_raw: RawClient) -> None:
+    ext_server.deliver(MSG)
+    ext_raw.command("s", "SELECT INBOX")
+    ext_raw.command("a", "SEARCH RETURN (SAVE) ALL")
+    ext_raw.command("s2", "SELECT INBOX")
+    assert ext_raw.command("b", "FETCH $ FLAGS") == [b"b OK Fetch completed.\r\n"]
+    assert ext_raw.command("c", "UID SEARCH $")[0] == b"* SEARCH\r\n"
