@@ -42,6 +42,15 @@ def test_enable_imap4rev2_changes_the_responses(ext_server: ImapServer, ext_raw:
     assert ext_raw.command("h", "UID SEARCH DELETED")[0] == b'* ESEARCH (TAG "h") UID ALL 2\r\n'
 
 
+def test_rev2_session_never_sees_recent(ext_server: ImapServer, ext_raw: RawClient) -> None:
+    ext_raw.command("e", "ENABLE IMAP4rev2")
+    ext_raw.command("s", "SELECT INBOX")
+    ext_server.deliver(MSG)  # arrives while selected: rev1 would get "* 1 RECENT" and \Recent
+    assert ext_raw.command("n", "NOOP") == [b"* 1 EXISTS\r\n", b"n OK NOOP completed.\r\n"]
+    assert ext_raw.command("f", "FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS ())\r\n"
+    assert ext_raw.command("t", "STORE 1 +FLAGS (\\Flagged)")[0] == b"* 1 FETCH (FLAGS (\\Flagged))\r\n"
+
+
 def test_utf8_mailbox_names_after_enable(ext_raw: RawClient) -> None:
     assert ext_raw.command("c", 'CREATE "Gr&APYA3w-e"')[-1].startswith(b"c OK")  # "Größe" in modified UTF-7
     assert b'* LIST (\\HasNoChildren) "/" Gr&APYA3w-e\r\n' in ext_raw.command("l", 'LIST "" "Gr*"')

@@ -65,15 +65,13 @@ async def fetch(session: Session, cmd: Fetch) -> None:
                 view.flags[m.uid] = m.flags
     seqs = view.seq_of()
     extras = await _extras(session, fetch_items, infos)
-    shown_recent = set() if session.imap4rev2 else view.recent  # RFC 9051 appendix E: no \Recent
-    recent = shown_recent.__contains__
     missing = len(wanted) - len(infos) if cmd.changed_since is None else 0
     wire = session.wire
     unknown_cte = ""
     for info in infos:
         try:
             message = Message(read_message(info.file)) if body else None
-            parts = fetchmod.render(info, fetch_items, recent(info.uid), message, extras.get(info.uid))
+            parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message, extras.get(info.uid))
         except FileNotFoundError:  # expunged by another session meanwhile
             missing += 1
             continue

@@ -42,6 +42,8 @@ def _select(session: Session, cmd: Select, readonly: bool) -> None:
     if cmd.condstore:
         session.condstore = True
     view = View.open(session.account, info, readonly, session.send)
+    if session.imap4rev2:
+        view.hide_recent()
     view.send_flags(permanent=True)
     session.send(f"* {len(view.uids)} EXISTS")
     if not session.imap4rev2:  # RFC 9051 appendix E: RECENT is gone
