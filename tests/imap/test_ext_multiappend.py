@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import imapclient
+from hypothesis import given
+from hypothesis import strategies as st
 
+from appliance.imap.parser import Append, parse_command
 from tests.imap import ext_server as peer
 from tests.imap.conftest import PASSWORD, ImapServer, RawClient
 
@@ -86,3 +89,17 @@ def test_imapclient_multiappend(ext_server: ImapServer) -> None:
     client.multiappend("Sent", [MSG1, {"msg": MSG2, "flags": [imapclient.SEEN]}])
     assert client.folder_status("Sent", ["MESSAGES"])[b"MESSAGES"] == 2
     client.logout()
+
+
+_FLAGS = st.sampled_from([(), ("\\Seen",), ("\\Flagged", "$Label1")])
+
+
+@given(st.lists(st.tuples(_FLAGS, st.binary(min_size=1, max_size=60), st.booleans()), min_size=1, max_size=5))
+def test_parser_reads_every_message_of_a_multiappend(messages: list[tuple[tuple[str, ...], bytes, bool]]) -> None:
+    command = b"t APPEND Drafts"
+    for flags, data, binary in messages:
+        command += b" (" + " ".join(flags).encode() + b") " + _literal(data, b"~" if binary else b"")
+    parsed = parse_command(command)
+    assert isinstance(parsed, Append)
+    got = [(parsed.flags, parsed.message, parsed.binary)] + [(m.flags, m.message, m.binary) for m in parsed.more]
+    assert got == messages
