@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from appliance.imap.binary import binary_section
 from appliance.imap.message import Message, cached_envelope, cached_structure
 from appliance.imap.parser import FetchAtt
 from appliance.imap.response import literal, quote
 from appliance.store import MessageInfo
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-BODY_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+BODY_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
 
 
 def imap_date_time(when: datetime) -> str:
@@ -43,7 +44,7 @@ def needs_body(items: tuple[FetchAtt, ...]) -> bool:
 def sets_seen(items: tuple[FetchAtt, ...]) -> bool:
     """Fetching a body section without .PEEK (or RFC822 / RFC822.TEXT) sets \\Seen (RFC 3501 §6.4.5)."""
     for item in items:
-        if item.name == "BODY" and item.section is not None and not item.peek:
+        if item.name in ("BODY", "BINARY") and item.section is not None and not item.peek:
             return True
         if item.name in ("RFC822", "RFC822.TEXT"):
             return True
@@ -55,12 +56,18 @@ def render(
     items: tuple[FetchAtt, ...],
     recent: bool,
     message: Message | None,
+    extra: dict[str, str] | None = None,
 ) -> list[str]:
-    """The "name value" pairs of one FETCH response, in the order asked."""
+    """The "name value" pairs of one FETCH response, in the order asked. ``extra`` holds the rendered values
+    the command looked up in the store for this message (EMAILID, PREVIEW)."""
     out: list[str] = []
     for item in items:
         name = item.name
-        if name == "FLAGS":
+        if extra is not None and name in extra:
+            out.append(f"{name} {extra[name]}")
+        elif name == "THREADID":
+            out.append("THREADID NIL")  # RFC 8474 §5.2: no thread ids (NIL is allowed)
+        elif name == "FLAGS":
             out.append("FLAGS " + flag_list(info.flags, recent))
         elif name == "UID":
             out.append(f"UID {info.uid}")
@@ -86,7 +93,26 @@ def render(
             out.append("RFC822.TEXT " + literal(message.top.body))
         elif name == "BODY" and item.section is not None:
             out.append(_section(name, item, message))
+        elif name == "BINARY":
+            out.append(_binary(item, message))
+        elif name == "BINARY.SIZE":
+            assert item.section is not None
+            content = binary_section(message, item.section)
+            out.append(f"BINARY.SIZE[{item.section.spec}] {len(content[0]) if content else 0}")
     return out
+
+
+def _binary(item: FetchAtt, message: Message) -> str:
+    """BINARY[part]<partial> (RFC 3516 §4.2): decoded content, as a literal8 when decoded (RFC 3516 §4.3
+    asks for one when it holds NUL; Dovecot sends one for all decoded content, and so do we)."""
+    assert item.section is not None
+    data, decoded = binary_section(message, item.section) or (b"", False)
+    key = f"BINARY[{item.section.spec}]"
+    if item.partial is not None:
+        start, length = item.partial
+        key += f"<{start}>"
+        data = data[start:start + length]
+    return key + " " + ("~" if decoded or b"\x00" in data else "") + literal(data)
 
 
 def _section(name: str, item: FetchAtt, message: Message) -> str:

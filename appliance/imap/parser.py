@@ -47,6 +47,7 @@ class SeqRange:
 @dataclass(frozen=True)
 class SequenceSet:
     ranges: tuple[SeqRange, ...]
+    saved: bool = False  # "$": the saved search result (SEARCHRES, RFC 5182), replaced by the session
 
     def highest(self, largest: int) -> int:
         """The largest number the set names, with "*" = ``largest``."""
@@ -180,6 +181,18 @@ class Append(Command):
     flags: tuple[str, ...]
     date: datetime | None
     message: bytes = field(repr=False)
+    more: tuple[AppendMessage, ...] = field(default=(), repr=False)  # MULTIAPPEND (RFC 3502 §6.3.11)
+    binary: bool = False  # the first message came as literal8 (RFC 3516 §4.4)
+
+
+@dataclass(frozen=True)
+class AppendMessage:
+    """One further message of a MULTIAPPEND: its flags, date and bytes."""
+
+    flags: tuple[str, ...]
+    date: datetime | None
+    message: bytes = field(repr=False)
+    binary: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,7 +287,10 @@ MACROS = {
 }
 SIMPLE_FETCH = frozenset({"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
                           "RFC822.TEXT", "BODYSTRUCTURE", "UID", "BODY", "MODSEQ"})
+SIMPLE_FETCH |= {"EMAILID", "THREADID"}  # RFC 8474 §5
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"})
+STATUS_ITEMS |= {"MAILBOXID"}  # RFC 8474 §4.3
+STATUS_ITEMS |= {"DELETED"}  # RFC 9051 §6.3.11
 SEARCH_NOARG = frozenset({"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN",
                           "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN"})
 SEARCH_STRING = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
@@ -383,6 +399,11 @@ class Cursor:
         self.pos = start + size
         return self.data[start:self.pos]
 
+    def literal8(self) -> bytes:
+        """A literal, or an RFC 3516 §4.4 literal8 (``~{n}``), whose octets may include NUL."""
+        self.maybe(b"~")
+        return self.literal()
+
     def string(self) -> bytes:
         c = self.peek()
         if c == 0x22:
@@ -427,6 +448,8 @@ class Cursor:
         return _decode_mailbox(raw, allow_empty=True)
 
     def sequence_set(self) -> SequenceSet:
+        if self.maybe(b"$"):  # RFC 5182 §3
+            return SequenceSet((), saved=True)
         ranges = []
         while True:
             start = self._seq_number()
@@ -727,6 +750,14 @@ def _status(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
 def _append(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
     mailbox = cur.mailbox()
     cur.sp()
+    first = _append_message(cur)
+    more = []
+    while cur.maybe(b" "):  # RFC 3502 §6.3.11: append-message *(SP append-message)
+        more.append(_append_message(cur))
+    return Append(tag, name, mailbox, first.flags, first.date, first.message, tuple(more), first.binary)
+
+
+def _append_message(cur: Cursor) -> AppendMessage:
     flags: tuple[str, ...] = ()
     date = None
     if cur.peek() == ord("("):
@@ -735,10 +766,15 @@ def _append(cur: Cursor, tag: str, name: str, uid: bool) -> Command:
     if cur.peek() == ord('"'):
         date = cur.date_time()
         cur.sp()
-    if cur.peek() != ord("{"):
+    if cur.maybe_ci(b"UTF8 ("):  # RFC 6855 §4: append-data =/ "UTF8" SP "(" literal8 ")"
+        message = cur.literal8()
+        cur.expect(b")", "')' closing UTF8 data")
+        return AppendMessage(flags, date, message, True)
+    binary = cur.peek() == ord("~")
+    if cur.peek() not in (ord("{"), ord("~")):
         raise ParseError("APPEND needs the message as a literal")
-    message = cur.literal()
-    return Append(tag, name, mailbox, flags, date, message)
+    message = cur.literal8()
+    return AppendMessage(flags, date, message, binary)
 
 
 # -- SEARCH (RFC 3501 §6.4.4). Nodes: ("AND", [nodes]), ("OR", a, b), ("NOT", a), ("SEQ", set),
@@ -780,7 +816,7 @@ def _search_key(cur: Cursor, depth: int) -> tuple:
             cur.sp()
             keys.append(_search_key(cur, depth + 1))
         return ("AND", keys)
-    if c is not None and (c in b"0123456789" or c == ord("*")):
+    if c is not None and (c in b"0123456789" or c in b"*$"):
         return ("SEQ", cur.sequence_set())
     key = cur.atom("search key").upper()
     if key in SEARCH_NOARG:
@@ -939,11 +975,54 @@ def _fetch_att(cur: Cursor) -> FetchAtt:
             cur.expect(b">", "'>' closing partial")
             partial = (start, length)
         return FetchAtt("BODY", section, partial, word.endswith(".PEEK"))
+    if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and cur.peek() == ord("["):
+        return _binary_att(cur, word)
+    if word == "PREVIEW":
+        return _preview_att(cur)
     if word in SIMPLE_FETCH:
         return FetchAtt(word)
     if not word:
         raise ParseError("expected a fetch item")
     raise ParseError(f"unknown fetch item {word[:40]}")
+
+
+def _binary_att(cur: Cursor, word: str) -> FetchAtt:
+    """RFC 3516 §6: BINARY[.PEEK][section-binary][<partial>] and BINARY.SIZE[section-binary], where
+    section-binary holds part numbers only."""
+    cur.expect(b"[", "'['")
+    parts: list[int] = []
+    while (c := cur.peek()) is not None and c in b"0123456789":
+        parts.append(cur.number(nonzero=True))
+        if not cur.maybe(b"."):
+            break
+    if parts and cur.data[cur.pos - 1] == ord("."):
+        raise ParseError("invalid section")
+    cur.expect(b"]", "']' (BINARY takes part numbers only)")
+    section = Section(tuple(parts), None, (), ".".join(str(p) for p in parts))
+    partial = None
+    if word != "BINARY.SIZE" and cur.peek() == ord("<"):
+        cur.pos += 1
+        start = cur.number()
+        cur.expect(b".", "'.' in partial")
+        length = cur.number(nonzero=True)
+        cur.expect(b">", "'>' closing partial")
+        partial = (start, length)
+    name = "BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY"
+    return FetchAtt(name, section, partial, word == "BINARY.PEEK")
+
+
+def _preview_att(cur: Cursor) -> FetchAtt:
+    """RFC 8970 §4: PREVIEW [SP "(" preview-mod *(SP preview-mod) ")"], preview-mod = "LAZY". A "("
+    that does not start with LAZY belongs to the FETCH modifiers (CHANGEDSINCE) and is left alone."""
+    save = cur.pos
+    if cur.maybe(b" (") and cur.maybe_ci(b"LAZY"):
+        while cur.maybe(b" "):
+            if not cur.maybe_ci(b"LAZY"):
+                raise ParseError("unknown PREVIEW modifier")
+        cur.expect(b")", "')' closing PREVIEW modifiers")
+        return FetchAtt("PREVIEW", peek=True)  # peek: LAZY
+    cur.pos = save
+    return FetchAtt("PREVIEW")
 
 
 def _section(cur: Cursor) -> Section:

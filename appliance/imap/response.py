@@ -7,11 +7,16 @@ message bytes pass through untouched; ``encode`` turns the finished line into by
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 
 from appliance.store import mutf7
 
 _UNQUOTABLE = re.compile(r"[^\x20-\x7e]")
 _ATOM_SAFE = frozenset("-_./&+,:;=@!~$'^`|#")
+# Set by ENABLE IMAP4rev2 / UTF8=ACCEPT for the rest of that connection's task (RFC 9051 §5.1, RFC 6855 §3):
+# mailbox names then go out as UTF-8. A context variable, because each session runs in a task of its own
+# and names are written from many commands that need not know the mode.
+UTF8_NAMES: ContextVar[bool] = ContextVar("imap_utf8_names", default=False)
 
 
 def as_wire(value: str | bytes) -> str:
@@ -30,7 +35,7 @@ def quote(value: str | bytes) -> str:
     """A quoted string, or a literal when the value cannot be quoted (8-bit, CR, LF, long)."""
     wire = as_wire(value)
     if len(wire) > 4000 or _UNQUOTABLE.search(wire):
-        return literal(wire)
+        return f"{{{len(wire)}}}\r\n{wire}"  # not literal(wire): that would encode the image again
     return '"' + wire.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -49,8 +54,8 @@ def encode(line: str) -> bytes:
 def mailbox_name(name: str) -> str:
     """A mailbox name as LIST, STATUS and QUOTAROOT send it: modified UTF-7 (RFC 3501 §5.1.3), an atom
     when it is one, else quoted."""
-    encoded = mutf7.encode(name)
-    if encoded and all(c.isalnum() or c in _ATOM_SAFE for c in encoded):
+    encoded = name if UTF8_NAMES.get() else mutf7.encode(name)  # quote() sends non-ASCII as UTF-8
+    if encoded and all((c.isascii() and c.isalnum()) or c in _ATOM_SAFE for c in encoded):
         return encoded
     return quote(encoded)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections.abc import Callable
@@ -18,7 +19,20 @@ from typing import Protocol
 
 from appliance.auth.authenticator import is_loopback
 from appliance.imap.commands import REGISTRY
-from appliance.imap.parser import ParseError, parse_command
+from appliance.imap.commands.append import APPENDLIMIT
+from appliance.imap.parser import (
+    MAX_NUMBER,
+    Command,
+    CopyMove,
+    Expunge,
+    Fetch,
+    ParseError,
+    Search,
+    SeqRange,
+    SequenceSet,
+    StoreCommand,
+    parse_command,
+)
 from appliance.imap.state import State
 from appliance.imap.view import ChangeWatch, View
 from appliance.imap.wire import TIMEOUT_AUTH, TIMEOUT_PREAUTH, Disconnect, Wire
@@ -29,8 +43,15 @@ log = logging.getLogger("appliance.imap")
 BASE_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE"
 AUTH_CAPS = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
              " CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE QUOTA QUOTA=RES-STORAGE"
-             " CREATE-SPECIAL-USE"
-             " SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES")
+             " CREATE-SPECIAL-USE")
+AUTH_CAPS += " SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES"  # RFC 5256, 5957, 5267
+AUTH_CAPS += f" MULTIAPPEND APPENDLIMIT={APPENDLIMIT}"  # RFC 3502, RFC 7889
+AUTH_CAPS += " BINARY"  # RFC 3516
+AUTH_CAPS += " OBJECTID"  # RFC 8474
+AUTH_CAPS += " PREVIEW"  # RFC 8970
+BASE_CAPS += " IMAP4rev2"  # RFC 9051, beside IMAP4rev1 until the client ENABLEs it
+AUTH_CAPS += " IMAP4rev2 UTF8=ACCEPT"  # RFC 9051, RFC 6855
+AUTH_CAPS += " SEARCHRES"  # RFC 5182 (part of IMAP4rev2)
 
 
 class Authenticator(Protocol):
@@ -66,6 +87,9 @@ class Session:
         self.view: View | None = None
         self.condstore = False
         self.qresync = False
+        self.imap4rev2 = False  # ENABLE IMAP4rev2 (RFC 9051 appendix E): no \Recent, ESEARCH answers
+        self.utf8 = False  # ENABLE UTF8=ACCEPT (RFC 6855)
+        self.saved: list[int] = []  # UIDs of the last SEARCH RETURN (SAVE) (SEARCHRES, RFC 5182)
         self.watch = ChangeWatch()
 
     # ------------------------------------------------------------------ main loop
@@ -120,6 +144,7 @@ class Session:
         if any(name == "" for name in names):
             self.send(f"{tag} NO [CANNOT] Invalid mailbox name: Name is empty")
             return
+        command = self.with_saved_result(command)
         try:
             await spec.handler(self, command)
         except Disconnect:
@@ -144,6 +169,7 @@ class Session:
 
     def select(self, view: View) -> None:
         self.view = view
+        self.saved = []  # RFC 5182 §2.1: a new mailbox starts with an empty saved result
         self.watch.folder = view.name
         self.state = State.SELECTED
 
@@ -154,6 +180,34 @@ class Session:
         self.state = state
 
     # ------------------------------------------------------------------ shared by commands
+
+    def with_saved_result(self, command: Command) -> Command:
+        """The command with "$" (RFC 5182) replaced by the saved result: UIDs for a UID command or inside
+        SEARCH, the messages' current sequence numbers otherwise."""
+        if isinstance(command, Search):
+            return dataclasses.replace(command, criteria=self._saved_in_criteria(command.criteria))
+        if not isinstance(command, (Fetch, StoreCommand, CopyMove, Expunge)):
+            return command
+        sequence = command.sequence
+        if sequence is not None and sequence.saved:
+            uid = command.uid
+            numbers = self.saved
+            if not uid and self.view is not None:
+                seqs = self.view.seq_of()
+                numbers = sorted(seqs[u] for u in self.saved if u in seqs)
+            if not numbers:  # nothing saved: a UID set that names no message
+                return dataclasses.replace(command, sequence=_as_set([MAX_NUMBER]), uid=True)
+            return dataclasses.replace(command, sequence=_as_set(numbers))
+        return command
+
+    def _saved_in_criteria(self, node: tuple) -> tuple:
+        if node[0] == "SEQ" and node[1].saved:
+            return ("UID", _as_set(self.saved or [MAX_NUMBER]))
+        if node[0] == "AND":
+            return ("AND", [self._saved_in_criteria(n) for n in node[1]])
+        if node[0] in ("OR", "NOT"):
+            return (node[0], *(self._saved_in_criteria(n) for n in node[1:]))
+        return node
 
     def capabilities(self) -> str:
         if self.state is not State.NOT_AUTHENTICATED:
@@ -195,3 +249,14 @@ class Session:
         if self.view is not None and self.account is not None:
             highest = self.account.folder(self.view.name).highestmodseq
             self.send(f"* OK [HIGHESTMODSEQ {highest}] Highest")
+
+
+def _as_set(numbers: list[int]) -> SequenceSet:
+    """Sorted numbers as a sequence set of ranges."""
+    ranges: list[SeqRange] = []
+    for n in sorted(numbers):
+        if ranges and ranges[-1].end == n - 1:
+            ranges[-1] = SeqRange(ranges[-1].start, n)
+        else:
+            ranges.append(SeqRange(n, n))
+    return SequenceSet(tuple(ranges))

@@ -54,6 +54,7 @@ class View:
     dirty: bool = False  # expunges seen but not yet reported
     recent_reported: int = 0
     high: int = 0  # the highest UID ever announced to the client
+    no_recent: bool = False  # IMAP4rev2 (RFC 9051 appendix E): no \Recent, no RECENT, see hide_recent
 
     @classmethod
     def open(cls, account: Account, info: FolderInfo, readonly: bool, send: Send) -> View:
@@ -66,6 +67,12 @@ class View:
         for flags in {flags for _, flags in messages}:
             view.keywords |= {f for f in flags if not f.startswith("\\")}
         return view
+
+    def hide_recent(self) -> None:
+        """For an IMAP4rev2 session: \\Recent is neither shown nor counted (RFC 9051 appendix E)."""
+        self.no_recent = True
+        self.recent.clear()
+        self.recent_reported = 0
 
     def seq_of(self) -> dict[int, int]:
         return {uid: i + 1 for i, uid in enumerate(self.uids)}
@@ -136,7 +143,8 @@ class View:
             self.dirty = False
         new = [u for u in current if u > self.high]
         changes = account.changed_since(self.name, self.modseq)
-        self.recent |= claimed & present
+        if not self.no_recent:
+            self.recent |= claimed & present
         if new:
             self.uids.extend(new)
             self.high = new[-1]

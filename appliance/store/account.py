@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.store.database import DELIMITER, canonical_folder
+from appliance.store.extensions import Extensions
 from appliance.store.folders import DEFAULT_FOLDERS, FolderInfo, Folders, FolderStatus, validate_folder_name
 from appliance.store.messages import SYSTEM_FLAGS, MessageInfo, Messages
 from appliance.store.recovery import TMP_MAX_AGE, Recovery
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class Account(Folders, Messages, Staging, Recovery):
+class Account(Folders, Messages, Staging, Recovery, Extensions):
     """All folders of one address. Obtain it from ``MailStore.account(address)``; it is shared by every
     session of the process and is thread-safe.
 
@@ -58,6 +59,7 @@ class Account(Folders, Messages, Staging, Recovery):
         super().__init__(address, path)
         with self._write():
             self._create_tables()
+            self._add_extension_columns()
             for name, special in DEFAULT_FOLDERS:
                 if self._folder_row(name) is None:
                     # like Dovecot's "auto = subscribe" for the special-use folders

@@ -95,6 +95,7 @@ def test_select_response_shape(imap_server: ImapServer) -> None:
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % validity,
         b"* OK [UIDNEXT 3] Predicted next UID\r\n",
         b"* OK [HIGHESTMODSEQ 3] Highest\r\n",
+        b"* OK [MAILBOXID (F%x)] Ok\r\n" % validity,  # OBJECTID (RFC 8474 §4.2)
         b"s OK [READ-WRITE] Select completed.\r\n",
     ]
     # \Recent went to this session only (RFC 3501 §2.3.2)

@@ -5,14 +5,18 @@ for non-PEEK body items and writes one untagged FETCH per message."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from appliance.imap import fetch as fetchmod
+from appliance.imap.binary import UnknownCTE
 from appliance.imap.commands.registry import command
 from appliance.imap.message import Message, read_message
 from appliance.imap.parser import Fetch, FetchAtt
-from appliance.imap.response import compress
+from appliance.imap.preview import preview_text
+from appliance.imap.response import compress, quote
 from appliance.imap.state import SELECTED
+from appliance.store import MessageInfo
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
@@ -60,17 +64,25 @@ async def fetch(session: Session, cmd: Fetch) -> None:
             for m in changed:
                 view.flags[m.uid] = m.flags
     seqs = view.seq_of()
+    extras = await _extras(session, fetch_items, infos)
     missing = len(wanted) - len(infos) if cmd.changed_since is None else 0
     wire = session.wire
+    unknown_cte = ""
     for info in infos:
         try:
             message = Message(read_message(info.file)) if body else None
-            parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message)
+            parts = fetchmod.render(info, fetch_items, info.uid in view.recent, message, extras.get(info.uid))
         except FileNotFoundError:  # expunged by another session meanwhile
             missing += 1
             continue
+        except UnknownCTE as exc:  # RFC 3516 §4.3: that message is left out, the command fails
+            unknown_cte = str(exc)
+            continue
         send(f"* {seqs[info.uid]} FETCH ({' '.join(parts)})")
         await wire.maybe_flush()
+    if unknown_cte:
+        send(f"{cmd.tag} NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding {unknown_cte[:40]!r}")
+        return
     if missing and not cmd.uid:
         send(f"{cmd.tag} NO [EXPUNGEISSUED] Some of the requested messages no longer exist.")
         return
@@ -84,3 +96,40 @@ def _with_flags(items: tuple[FetchAtt, ...], uid: bool) -> tuple[FetchAtt, ...]:
         return items
     at = 1 if items and items[0].name == "UID" else 0
     return (*items[:at], FetchAtt("FLAGS"), *items[at:])
+
+
+async def _extras(session: Session, items: tuple[FetchAtt, ...], infos: list[MessageInfo]) -> dict[int, dict[str, str]]:
+    """UID -> the item values kept in the store rather than in the message: EMAILID (RFC 8474 §5.1) and the
+    cached PREVIEW (RFC 8970), computed here for the messages that have none yet."""
+    names = {i.name for i in items}
+    if not names & {"EMAILID", "PREVIEW"} or not infos:
+        return {}
+    assert session.account is not None and session.view is not None
+    account, folder = session.account, session.view.name
+    uids = [m.uid for m in infos]
+    out: dict[int, dict[str, str]] = {uid: {} for uid in uids}
+    if "EMAILID" in names:
+        for uid, value in account.email_ids(folder, uids).items():
+            out[uid]["EMAILID"] = f"({value})"
+    if "PREVIEW" in names:
+        previews = account.previews(folder, uids)
+        missing = [m for m in infos if previews.get(m.uid) is None]
+        if missing:
+            computed = await asyncio.to_thread(_compute_previews, missing)
+            account.store_previews(folder, computed)
+            previews.update(computed)
+        for uid, text in previews.items():
+            if text is not None:
+                out[uid]["PREVIEW"] = quote(text)
+    return out
+
+
+def _compute_previews(infos: list[MessageInfo]) -> dict[int, str]:
+    """Previews of messages not in the cache yet (a message expunged meanwhile has none)."""
+    out = {}
+    for info in infos:
+        try:
+            out[info.uid] = preview_text(read_message(info.file))
+        except FileNotFoundError:
+            continue
+    return out

@@ -11,6 +11,7 @@ from appliance.imap.parser import ListCommand, Status
 from appliance.imap.response import mailbox_name
 from appliance.imap.state import AUTHENTICATED
 from appliance.store import DELIMITER, FolderNotFound
+from appliance.store.extensions import mailbox_id
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
@@ -62,9 +63,12 @@ def send_status(session: Session, name: str, items: list[str]) -> None:
     assert session.account is not None
     account = session.account
     status = account.status(name)
-    values = {"MESSAGES": status.messages, "RECENT": status.recent, "UIDNEXT": status.uidnext,
+    values: dict[str, int | str] = {"MESSAGES": status.messages, "RECENT": status.recent, "UIDNEXT": status.uidnext,
               "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen, "SIZE": status.size,
               "HIGHESTMODSEQ": status.highestmodseq}
+    values["MAILBOXID"] = f"({mailbox_id(status.uidvalidity)})"  # RFC 8474 §4.3
+    if "DELETED" in items:  # RFC 9051 §6.3.11: messages flagged \Deleted
+        values["DELETED"] = sum("\\Deleted" in flags for _, flags in account.flag_list(name))
     view = session.view
     if view is not None and view.name == account.folder(name).name:
         values["RECENT"] = len(view.recent) + status.recent

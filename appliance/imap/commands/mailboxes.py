@@ -8,6 +8,7 @@ from appliance.imap.commands.registry import command
 from appliance.imap.parser import Command, MailboxCommand, Rename
 from appliance.imap.state import AUTHENTICATED
 from appliance.store import DELIMITER, Account, FolderExists, FolderNotFound, InvalidFolderName
+from appliance.store.extensions import mailbox_id as mailbox_id_of
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
@@ -51,7 +52,8 @@ async def create(session: Session, cmd: MailboxCommand) -> None:
     except InvalidFolderName as exc:
         session.send(f"{cmd.tag} NO [CANNOT] {exc}")
         return
-    session.send(f"{cmd.tag} OK Create completed.")
+    mailbox_id = mailbox_id_of(session.account.folder(name).uidvalidity)
+    session.send(f"{cmd.tag} OK [MAILBOXID ({mailbox_id})] Create completed.")  # RFC 8474 §4.1
 
 
 @command("DELETE", states=AUTHENTICATED)

@@ -53,12 +53,24 @@ async def search(session: Session, cmd: Search) -> None:
         modseq_part = f" (MODSEQ {max(info.modseq for _, info in hits)})"
     if searchmod.uses_modseq(cmd.criteria):
         session.enable_condstore()
-    if cmd.returns is not None:
+    if cmd.returns is not None and "SAVE" in cmd.returns:
+        session.saved = _saved(cmd.returns, [info.uid for _, info in hits])
+    if cmd.returns == ("SAVE",):
+        pass  # RFC 5182 §2.1: SAVE alone answers no ESEARCH
+    elif cmd.returns is not None or session.imap4rev2:  # RFC 9051 §7.3.4: SEARCH answers with ESEARCH
         session.send(_esearch(cmd, numbers, [info.modseq for _, info in hits]))
     else:
         session.send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq_part)
     session.sync_after_command(cmd.uid)
     session.send(f"{cmd.tag} OK Search completed.")
+
+
+def _saved(returns: tuple[str, ...], uids: list[int]) -> list[int]:
+    """What RETURN (SAVE ...) saves (RFC 5182 §2.1): with MIN and/or MAX only, just those; else all."""
+    others = set(returns) - {"SAVE"}
+    if uids and others and others <= {"MIN", "MAX"}:
+        return sorted({min(uids) if "MIN" in others else max(uids), max(uids) if "MAX" in others else min(uids)})
+    return uids
 
 
 def _esearch(cmd: Search, numbers: list[int], modseqs: list[int]) -> str:

@@ -10,6 +10,7 @@ from appliance.imap.parser import Command, Select
 from appliance.imap.state import AUTHENTICATED, SELECTED
 from appliance.imap.view import View
 from appliance.store import FolderNotFound
+from appliance.store.extensions import mailbox_id
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
@@ -41,15 +42,19 @@ def _select(session: Session, cmd: Select, readonly: bool) -> None:
     if cmd.condstore:
         session.condstore = True
     view = View.open(session.account, info, readonly, session.send)
+    if session.imap4rev2:
+        view.hide_recent()
     view.send_flags(permanent=True)
     session.send(f"* {len(view.uids)} EXISTS")
-    session.send(f"* {len(view.recent)} RECENT")
+    if not session.imap4rev2:  # RFC 9051 appendix E: RECENT is gone
+        session.send(f"* {len(view.recent)} RECENT")
     first_unseen = view.first_unseen()
     if first_unseen is not None:
         session.send(f"* OK [UNSEEN {first_unseen}] First unseen.")
     session.send(f"* OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
     session.send(f"* OK [UIDNEXT {info.uidnext}] Predicted next UID")
     session.send(f"* OK [HIGHESTMODSEQ {info.highestmodseq}] Highest")
+    session.send(f"* OK [MAILBOXID ({mailbox_id(info.uidvalidity)})] Ok")  # RFC 8474 §4.2
     session.select(view)
     if cmd.qresync is not None and cmd.qresync[0] == info.uidvalidity:
         view.qresync_report(cmd.qresync[1], cmd.qresync[2])
