@@ -45,6 +45,7 @@ from appliance.config.model import (
     ForwardDomain,
     GreylistConfig,
     HostPort,
+    ImapConfig,
     IncomingGatewayConfig,
     LimitsConfig,
     LimitSet,
@@ -316,7 +317,7 @@ def _kind(value: Any) -> str:
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
             "filters", "limits", "bans", "screening", "greylisting", "sender_auth", "dkim", "srs", "shaping",
-            "outbound_tls", "tls_reports", *ROLES)
+            "outbound_tls", "tls_reports", "imap", *ROLES)
 
 
 def _build(raw: Any, source: str, base_dir: Path) -> Config:
@@ -342,6 +343,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         dns=_dns(top.get("dns")),
         smtp=_smtp(top.get("smtp")),
         auth=_auth(top.get("auth")),
+        imap=_imap(top.get("imap")),
         delivery=_delivery(top.get("delivery")),
         queue=queue,
         filters=_filters(top.get("filters"), base_dir),
@@ -479,6 +481,14 @@ def _auth(value: Any) -> AuthConfig:
         "ban_window": parse_duration,
         "ban_duration": parse_duration,
         "exempt_loopback": _bool,
+    }))
+
+
+def _imap(value: Any) -> ImapConfig:
+    section = _mapping(value, "imap", _keys(ImapConfig))
+    return ImapConfig(**_given(section, "imap", {
+        "full_text_search": _bool,
+        "fts_max_bytes": lambda v, w: _int(v, w, 4096, 1 << 30),
     }))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from appliance.durable.flush import GroupFlush, flusher_for
 from appliance.store.account import Account
 from appliance.store.errors import InvalidAddress
+from appliance.store.fts import FtsSettings
 from appliance.store.staging import Delivery, StagedBatch
 
 BATCH_MAX = 256  # deliveries per group commit of one account
@@ -131,8 +132,9 @@ class MailStore:
     Other processes' changes are seen by re-reading (``acct.status``/``acct.uids``/``changed_since``).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fts: FtsSettings | None = None) -> None:
         self.root = Path(root)
+        self.fts = fts if fts is not None else FtsSettings()  # imap.full_text_search, imap.fts_max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self._accounts: dict[str, Account] = {}
         self._batchers: dict[str, _LoopBatcher] = {}
