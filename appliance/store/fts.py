@@ -38,6 +38,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -381,3 +382,65 @@ def index_for(account: FileLister, settings: FtsSettings) -> FtsIndex:
         if index is None or index.max_bytes != settings.max_bytes:
             index = _INDEXES[account] = FtsIndex(account.path, settings.max_bytes)
         return index
+
+
+class Indexer:
+    """Indexes newly delivered messages in the background, so that the first SEARCH BODY finds the index
+    built. One daemon thread per process; ``schedule`` is cheap (a set insert), and deliveries that arrive
+    within ``DELAY`` of each other are indexed together, in few transactions. Work left undone (the process
+    ends first) is not lost: the next search's ``catch_up`` does it."""
+
+    DELAY = 0.5  # seconds: a burst of deliveries becomes one pass over the account
+
+    def __init__(self) -> None:
+        self._pending: dict[int, tuple[FileLister, FtsSettings]] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+
+    def schedule(self, account: FileLister, settings: FtsSettings) -> None:
+        with self._cond:
+            self._pending[id(account)] = (account, settings)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fts-indexer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def forget(self, account: FileLister) -> None:
+        """Drop pending work for an account being closed."""
+        with self._cond:
+            self._pending.pop(id(account), None)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until nothing is pending or running (tests and the benchmark); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                self._busy = True
+            time.sleep(self.DELAY)
+            with self._cond:
+                work, self._pending = list(self._pending.values()), {}
+            for account, settings in work:
+                try:
+                    index_for(account, settings).catch_up(account)
+                except sqlite3.ProgrammingError:  # the account was closed meanwhile (MailStore.close)
+                    log.debug("full-text indexing of %s: account closed", account.path)
+                except Exception:  # noqa: BLE001 - the next search catches up; the thread must live on
+                    log.exception("full-text indexing of %s failed", account.path)
+            with self._cond:
+                self._busy = bool(self._pending)
+                self._cond.notify_all()
+
+
+INDEXER = Indexer()

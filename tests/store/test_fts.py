@@ -147,3 +147,18 @@ def test_a_hostile_message_is_indexed_only_up_to_the_cap(store: MailStore) -> No
     assert index.unsure(files) == set(files)
     index.close()
     assert (account.path / FILE_NAME).stat().st_size < 1_000_000
+
+
+def test_deliveries_are_indexed_in_the_background(store: MailStore) -> None:
+    """SMTP's deliver_async and deliver() both leave the index built, without a search to trigger it."""
+    import asyncio
+
+    async def deliver_some() -> None:
+        await asyncio.gather(*(store.deliver_async(USER, b"Subject: s\r\n\r\nmessage %d\r\n" % i) for i in range(5)))
+
+    asyncio.run(deliver_some())
+    store.deliver(USER, b"Subject: s\r\n\r\nthe sixth\r\n")
+    assert store.fts_idle(30)
+    index = _index(store)
+    assert index.stats()[0] == 6
+    assert len(index.matching("sixth", body_only=True)) == 1
