@@ -162,8 +162,9 @@ def _filename(part: email.message.Message) -> str | None:
 
 
 def _part_text(part: email.message.Message) -> str | None:
-    """A leaf part's text, or None for binary parts (images, PDFs, ...): only text/* is read."""
-    if part.get_content_maintype() != "text":
+    """A leaf part's text, or None for binary parts (images, PDFs, ...): text/* and the message/* leaves
+    (message/global-headers, ...) are read."""
+    if part.get_content_maintype() not in ("text", "message"):
         return None
     try:
         payload = part.get_payload(decode=True)
@@ -444,3 +445,15 @@ class Indexer:
 
 
 INDEXER = Indexer()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (an SMTP acceptor) starts with no indexer thread, no lock held by a parent's thread, and
+    no SQLite connection of its parent's (SQLite forbids using those across fork)."""
+    global _INDEXES, _INDEXES_LOCK
+    INDEXER.__init__()  # type: ignore[misc]
+    _INDEXES = weakref.WeakKeyDictionary()
+    _INDEXES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
