@@ -90,15 +90,18 @@ def extract(data: bytes, max_bytes: int | None = None) -> Extract:
     body: list[str] = []
     truncated = False
     for column, piece in _pieces(data):
+        joiner = 1 if column == "b" and body else 0  # the newline that joins body pieces
         if budget >= 0:
-            size = len(piece.encode("utf-8", "surrogatepass"))
-            if size > budget:
-                piece = piece.encode("utf-8", "surrogatepass")[:budget].decode("utf-8", "ignore")
+            cost = joiner + len(piece.encode("utf-8", "surrogatepass"))
+            if cost > budget:
+                keep = budget - joiner
+                if keep > 0:
+                    cut = piece.encode("utf-8", "surrogatepass")[:keep].decode("utf-8", "ignore")
+                    (headers if column == "h" else body).append(cut)
                 truncated = True
-            budget -= size
+                break
+            budget -= cost
         (headers if column == "h" else body).append(piece)
-        if truncated:
-            break
     return Extract("".join(headers), "\n".join(body), truncated)
 
 

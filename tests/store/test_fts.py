@@ -4,13 +4,19 @@ crashes, expunges and version changes, and that a hostile message cannot blow it
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from appliance.store import MailStore
-from appliance.store.fts import FILE_NAME, FTS_VERSION, FtsIndex, extract
+from appliance.store.fts import FILE_NAME, FTS_VERSION, FtsIndex, FtsSettings, extract
 
 USER = "alice@example.org"
 
@@ -55,6 +61,24 @@ def test_garbage_is_extracted_without_an_error() -> None:
     for data in (b"", b"\xff\xfe\x00", b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n",
                  b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64", b"Subject: =?bogus?x?zz?=\r\n\r\nx"):
         extract(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600) | st.lists(st.sampled_from([
+    b"Content-Type: multipart/mixed; boundary=b\r\n", b"\r\n", b"--b\r\n", b"--b--\r\n",
+    b"Subject: =?utf-8?b?w6k=?=\r\n",
+    b"Content-Transfer-Encoding: base64\r\n", b"Content-Transfer-Encoding: quoted-printable\r\n", b"=E9=\r\n",
+    b"Content-Type: text/html; charset=koi8-r\r\n", b"<p>x&amp;</p>", b"\xff\x00", b"text ",
+    b"Content-Disposition: attachment; filename*=utf-8''%C3%A9.txt\r\n"]), max_size=30).map(b"".join),
+       st.integers(0, 300))
+@example(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\naaaa\r\n--b\r\n\r\nbbbb\r\n--b--\r\n", 46)
+def test_any_input_extracts_and_a_cap_only_cuts(data: bytes, cap: int) -> None:
+    """Never an error, whatever the bytes; a capped text that says it is complete is the whole text."""
+    full = extract(data)
+    capped = extract(data, cap)
+    assert len((capped.headers + capped.body).encode("utf-8", "surrogatepass")) <= cap
+    if not capped.truncated:
+        assert capped == full
 
 
 def test_a_cap_keeps_the_beginning_and_says_it_cut() -> None:
@@ -162,3 +186,47 @@ def test_deliveries_are_indexed_in_the_background(store: MailStore) -> None:
     index = _index(store)
     assert index.stats()[0] == 6
     assert len(index.matching("sixth", body_only=True)) == 1
+
+
+DELIVER_LOOP = """
+import sys
+from pathlib import Path
+from appliance.store import MailStore
+store = MailStore(Path(sys.argv[1]))
+i = 0
+while True:
+    store.deliver("alice@example.org", b"Subject: p\\r\\n\\r\\nunique token%dx\\r\\n" % i)
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_kill_9_while_indexing_loses_no_entry(tmp_path: Path) -> None:
+    """The delivering process (its background indexer writing fts.sqlite) is killed; the next catch-up
+    indexes every message the store lists, and each is found by its own words."""
+    root = tmp_path / "mail"
+    index_file = root / "example.org" / "alice" / FILE_NAME
+    proc = subprocess.Popen([sys.executable, "-c", DELIVER_LOOP, str(root)], stdout=subprocess.PIPE)
+    acknowledged: list[int] = []
+    try:
+        assert proc.stdout is not None
+        while len(acknowledged) < 60 or not index_file.exists():
+            acknowledged.append(int(proc.stdout.readline()))
+        while len(acknowledged) < 120:  # the indexer is at work by now (it started after the first delivery)
+            acknowledged.append(int(proc.stdout.readline()))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    store = MailStore(root, fts=FtsSettings(enabled=False))
+    try:
+        account = store.account(USER)
+        index = FtsIndex(account.path)
+        index.catch_up(account)
+        infos = account.messages("INBOX")
+        assert len(infos) >= len(acknowledged)
+        assert index.unsure(info.file for info in infos) == set()
+        assert index.stats()[0] == len(infos)
+        for i in acknowledged:
+            assert len(index.matching(f"token{i}x", body_only=True)) == 1, i
+    finally:
+        store.close()
