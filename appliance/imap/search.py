@@ -218,7 +218,7 @@ def fts_answers(criteria: tuple, index: fts.FtsIndex, account: fts.FileLister, i
     if not keys:
         return {}
     files = [info.file for info in infos]
-    index.catch_up(account, files)
+    index.catch_up(account, files, limit=fts.INLINE_INDEX)
     unsure = frozenset(index.unsure(files))
     return {id(node): FtsAnswer(frozenset(index.matching(_text(node[1], codec), node[0] == "BODY")), unsure)
             for node in keys}
@@ -229,7 +229,10 @@ def index_answers(criteria: tuple, account: fts.FileLister, settings: fts.FtsSet
     """``fts_answers`` from the account's index; when the index cannot be used
     (a full disk, an unreadable file), no answers: the search scans, slower but right."""
     try:
-        return fts_answers(criteria, fts.index_for(account, settings), account, infos, codec)
+        answers = fts_answers(criteria, fts.index_for(account, settings), account, infos, codec)
+        if answers and len(next(iter(answers.values())).unsure) > fts.INLINE_INDEX:
+            fts.INDEXER.schedule(account, settings)  # a backlog: indexed in the background, scanned meanwhile
+        return answers
     except (sqlite3.Error, OSError) as exc:
         log.warning("full-text index of %s unusable, searching without it: %s", account.path, exc)
         return {}

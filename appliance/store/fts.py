@@ -55,6 +55,9 @@ FILE_NAME = "fts.sqlite"
 DEFAULT_MAX_BYTES = 1024 * 1024
 MIN_NEEDLE = 3  # the trigram tokenizer cannot look up shorter strings
 BATCH = 200  # messages per write transaction while indexing: short holds of the index's write lock
+# A search indexes at most this many missing messages before it answers (about a second); with more (an index
+# deleted, a restored mailbox) it answers by reading them and the background indexer builds the index.
+INLINE_INDEX = 500
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _BLOCK_TAGS = frozenset({"br", "p", "div", "tr", "td", "th", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4",
@@ -289,10 +292,11 @@ class FtsIndex:
 
     # ------------------------------------------------------------------ keeping it complete
 
-    def catch_up(self, account: FileLister, wanted: Iterable[str] | None = None) -> int:
+    def catch_up(self, account: FileLister, wanted: Iterable[str] | None = None, limit: int | None = None) -> int:
         """Index the files the account lists and the index lacks (only those of ``wanted``, absolute paths,
         when given: the folder being searched), and drop entries of files the account no longer lists.
-        Returns how many messages were indexed."""
+        More than ``limit`` missing: none is indexed (a search does not wait for a whole mailbox's index; it
+        reads those messages and leaves the indexing to the background). Returns how many were indexed."""
         listed = set(account.all_files())
         with self._lock, read_transaction(self._db):
             known = dict(self._db.execute("SELECT filename, id FROM docs").fetchall())
@@ -303,6 +307,8 @@ class FtsIndex:
             missing = sorted(listed.difference(known))
         else:
             missing = [rel for rel in (self._relative(f) for f in wanted) if rel in listed and rel not in known]
+        if limit is not None and len(missing) > limit:
+            return 0
         for start in range(0, len(missing), BATCH):
             self._index(missing[start : start + BATCH])
         return len(missing)

@@ -173,3 +173,30 @@ def test_search_body_over_imap_uses_the_index_and_answers_as_the_scan(imap_serve
     assert FtsIndex(account_path).stats()[0] == 3
     imap_server.store.fts = FtsSettings(enabled=False)
     assert run() == indexed
+
+
+def test_a_backlog_is_scanned_now_and_indexed_in_the_background(tmp_path, monkeypatch) -> None:
+    """A mailbox whose index is gone is not indexed inline by the first search (that would take a while for a
+    big one): the search reads the messages, right all the same, and the background indexer builds the index."""
+    from appliance.imap import search as searchmod
+    from appliance.store import fts
+
+    monkeypatch.setattr(fts, "INLINE_INDEX", 2)
+    store = MailStore(tmp_path / "mail", fts=FtsSettings(enabled=False))  # delivered with no indexing
+    try:
+        for word in (b"alpha", b"bravo", b"alphabet"):
+            store.deliver(USER, b"Subject: s\r\n\r\n" + word + b"\r\n")
+        account = store.account(USER)
+        infos = account.messages("INBOX")
+        criteria = ("AND", [("BODY", b"ALPHA")])
+        answers = searchmod.index_answers(criteria, account, FtsSettings(), infos, "utf-8")
+        assert next(iter(answers.values())).unsure == {info.file for info in infos}
+        loads: list[str] = []
+        assert _answer(criteria, infos, answers, loads) == [1, 3]
+        assert len(loads) == 3
+        assert store.fts_idle(30)
+        answers = searchmod.index_answers(criteria, account, FtsSettings(), infos, "utf-8")
+        loads.clear()
+        assert _answer(criteria, infos, answers, loads) == [1, 3] and loads == []
+    finally:
+        store.close()
