@@ -10,6 +10,7 @@ from appliance.cli import (
     ban_cmd,
     dkim_cmd,
     egress_cmd,
+    fts_cmd,
     imports,
     quarantine_cmd,
     queue_cmd,
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     hashpw.set_defaults(func=_hash_password)
     # Command groups that live beside their subject; each module has register(subparsers).
-    for module in (queue_cmd, quarantine_cmd, ban_cmd, dkim_cmd, egress_cmd, users, imports, tls_reports_cmd):
+    for module in (queue_cmd, quarantine_cmd, ban_cmd, dkim_cmd, egress_cmd, users, imports, tls_reports_cmd,
+                   fts_cmd):
         module.register(sub)
     _accept_config_everywhere(parser)
     return parser

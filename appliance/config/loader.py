@@ -45,6 +45,7 @@ from appliance.config.model import (
     ForwardDomain,
     GreylistConfig,
     HostPort,
+    ImapConfig,
     IncomingGatewayConfig,
     LimitsConfig,
     LimitSet,
@@ -318,7 +319,7 @@ def _kind(value: Any) -> str:
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
             "filters", "limits", "bans", "screening", "greylisting", "sender_auth", "dkim", "srs", "shaping",
-            "outbound_tls", "tls_reports", "sieve", *ROLES)
+            "outbound_tls", "tls_reports", "sieve", "imap", *ROLES)
 
 
 def _build(raw: Any, source: str, base_dir: Path) -> Config:
@@ -344,6 +345,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         dns=_dns(top.get("dns")),
         smtp=_smtp(top.get("smtp")),
         auth=_auth(top.get("auth")),
+        imap=_imap(top.get("imap")),
         delivery=_delivery(top.get("delivery")),
         queue=queue,
         filters=_filters(top.get("filters"), base_dir),
@@ -504,6 +506,14 @@ def _ttl(value: Any, where: str) -> float:
     if seconds > 86400:
         raise ConfigError(where, f"must be at most 1d, got {value!r}")
     return seconds
+
+
+def _imap(value: Any) -> ImapConfig:
+    section = _mapping(value, "imap", _keys(ImapConfig))
+    return ImapConfig(**_given(section, "imap", {
+        "full_text_search": _bool,
+        "fts_max_bytes": lambda v, w: _int(v, w, 4096, 1 << 30),
+    }))
 
 
 def _delivery(value: Any) -> DeliveryConfig:

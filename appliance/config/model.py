@@ -100,6 +100,14 @@ class LoginCacheConfig:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """The primary's IMAP server. Full-text search: SEARCH BODY/TEXT from an SQLite FTS5 index per account."""
+
+    full_text_search: bool = True
+    fts_max_bytes: int = 1048576  # text indexed per message; the rest of a longer one is checked by reading it
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """Login-failure bans shared by SMTP submission, IMAP and POP3."""
 
@@ -657,6 +665,7 @@ class Config:
     dns: DNSConfig = DNSConfig()
     smtp: SMTPConfig = SMTPConfig()
     auth: AuthConfig = AuthConfig()
+    imap: ImapConfig = ImapConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     queue: QueueConfig = QueueConfig()
     filters: FiltersConfig = FiltersConfig()

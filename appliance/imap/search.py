@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import codecs
 import functools
-from collections.abc import Callable
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
 from appliance.imap.message import Message, cached_address_text, cached_decoded_header
-from appliance.store import MessageInfo
+from appliance.store import MessageInfo, fts
+
+log = logging.getLogger("appliance.imap")
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 
@@ -39,6 +43,9 @@ class Candidate:
     largest_uid: int
     load: Callable[[], Message]
     _message: Message | None = field(default=None)
+    # the full-text index's answers, by id() of the BODY/TEXT node they answer (see fts_answers)
+    answers: Mapping[int, FtsAnswer] | None = None
+    _text: fts.Extract | None = field(default=None)
 
     @property
     def message(self) -> Message:
@@ -46,15 +53,27 @@ class Candidate:
             self._message = self.load()
         return self._message
 
+    @property
+    def text(self) -> fts.Extract:
+        """The searchable text, extracted as the full-text index extracts it, so that both answer alike."""
+        if self._text is None:
+            self._text = fts.extract(self.message.data)
+        return self._text
+
+
+@dataclass(frozen=True)
+class FtsAnswer:
+    """The index's answer to one BODY/TEXT key: the messages whose indexed text holds the string, and those
+    it cannot answer for (text cut at imap.fts_max_bytes, not indexed yet), which are read and checked."""
+
+    hits: frozenset[str]
+    unsure: frozenset[str]
+
 
 @functools.lru_cache(maxsize=256)
 def _text(value: bytes, codec: str) -> str:
     """A search string in the command's charset, case-folded (computed once per SEARCH, not per message)."""
     return value.decode(codec, "replace").casefold()
-
-
-def _contains(haystack: str, needle: str) -> bool:
-    return needle in haystack.casefold()
 
 
 def _sent_date(c: Candidate) -> date:
@@ -122,11 +141,12 @@ def matches(node: tuple, c: Candidate, codec: str) -> bool:
         if not needle:
             return bool(values) or node[1].lower() in {k for k, _ in c.message.top.fields}
         return any(needle in v for v in values)
-    if key == "BODY":
-        return _contains(c.message.body_text(), _text(node[1], codec))
-    if key == "TEXT":
+    if key in ("BODY", "TEXT"):
+        answer = c.answers.get(id(node)) if c.answers else None
+        if answer is not None and c.info.file not in answer.unsure:
+            return c.info.file in answer.hits
         needle = _text(node[1], codec)
-        return _contains(c.message.decoded_headers(), needle) or _contains(c.message.body_text(), needle)
+        return needle in c.text.body or (key == "TEXT" and needle in c.text.headers)
     raise ValueError(f"unknown search key {key}")
 
 
@@ -171,3 +191,48 @@ def needs_text(node: tuple) -> bool:
     if key == "NOT":
         return needs_text(node[1])
     return key in ("BODY", "TEXT")
+
+
+def text_keys(node: tuple) -> Iterator[tuple]:
+    """The BODY and TEXT keys of a criteria tree, wherever they are (under NOT and OR too)."""
+    key = node[0]
+    if key == "AND":
+        for sub in node[1]:
+            yield from text_keys(sub)
+    elif key == "OR":
+        yield from text_keys(node[1])
+        yield from text_keys(node[2])
+    elif key == "NOT":
+        yield from text_keys(node[1])
+    elif key in ("BODY", "TEXT"):
+        yield node
+
+
+def fts_answers(criteria: tuple, index: fts.FtsIndex, account: fts.FileLister, infos: Sequence[MessageInfo],
+                codec: str) -> dict[int, FtsAnswer]:
+    """Answer the BODY/TEXT keys from the full-text index, after indexing what it lacks of ``infos`` (the
+    searched folder). Keys the index cannot look up (shorter than fts.MIN_NEEDLE, or with a NUL) get no answer:
+    they are scanned. Blocking (SQLite, and reading the messages not indexed yet): run it in a thread."""
+    keys = [node for node in text_keys(criteria)
+            if len(needle := _text(node[1], codec)) >= fts.MIN_NEEDLE and "\x00" not in needle]
+    if not keys:
+        return {}
+    files = [info.file for info in infos]
+    index.catch_up(account, files, limit=fts.INLINE_INDEX)
+    unsure = frozenset(index.unsure(files))
+    return {id(node): FtsAnswer(frozenset(index.matching(_text(node[1], codec), node[0] == "BODY")), unsure)
+            for node in keys}
+
+
+def index_answers(criteria: tuple, account: fts.FileLister, settings: fts.FtsSettings,
+                  infos: Sequence[MessageInfo], codec: str) -> dict[int, FtsAnswer]:
+    """``fts_answers`` from the account's index; when the index cannot be used
+    (a full disk, an unreadable file), no answers: the search scans, slower but right."""
+    try:
+        answers = fts_answers(criteria, fts.index_for(account, settings), account, infos, codec)
+        if answers and len(next(iter(answers.values())).unsure) > fts.INLINE_INDEX:
+            fts.INDEXER.schedule(account, settings)  # a backlog: indexed in the background, scanned meanwhile
+        return answers
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("full-text index of %s unusable, searching without it: %s", account.path, exc)
+        return {}

@@ -74,6 +74,7 @@ from appliance.smtp.server import (
     start_smtp,
 )
 from appliance.store import MailStore
+from appliance.store.fts import FtsSettings
 from appliance.tlspolicy.policy import TLSPolicy
 from appliance.tlspolicy.results import NO_RESULTS, TLSResults
 
@@ -119,7 +120,8 @@ class Appliance:
         if config.primary is not None:
             self.directory = Directory.from_config(config)
             self.authenticator = Authenticator(self.directory, config.auth, bans=self.bans)
-            self.store = MailStore(config.mail_dir)
+            self.store = MailStore(config.mail_dir, fts=FtsSettings(config.imap.full_text_search,
+                                                                   config.imap.fts_max_bytes))
         self.router = self._router(config)
         self.sieve_state: SieveState | None = None  # vacation replies and done actions, opened with Sieve
         self.local: LocalDelivery | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 from appliance.durable.flush import GroupFlush, flusher_for
 from appliance.store.account import Account
 from appliance.store.errors import InvalidAddress
+from appliance.store.fts import INDEXER, FtsSettings
 from appliance.store.staging import Delivery, StagedBatch
 
 BATCH_MAX = 256  # deliveries per group commit of one account
@@ -29,8 +30,10 @@ class _LoopBatcher:
     files and commits its index rows (cheap, and no thread hand-off), a flusher thread does the wait for
     the disk. Batches overlap: while one waits for its flush, the next is written and committed."""
 
-    def __init__(self, account: Account, loop: asyncio.AbstractEventLoop, flusher: GroupFlush) -> None:
+    def __init__(self, account: Account, loop: asyncio.AbstractEventLoop, flusher: GroupFlush,
+                 stored: Callable[[], None] | None = None) -> None:
         self.account = account
+        self._stored = stored  # called after a batch stored something (the full-text indexer's cue)
         self.loop = loop
         self._flusher = flusher
         self._pending: list[tuple[Delivery, asyncio.Future]] = []
@@ -59,6 +62,8 @@ class _LoopBatcher:
             results: list = await self._deliver(items)
         except Exception as exc:  # noqa: BLE001 - the whole batch failed: every delivery in it did
             results = [exc] * len(items)
+        if self._stored is not None and not all(isinstance(r, Exception) for r in results):
+            self._stored()
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the waiter went away (its session closed); the outcome stands all the same
                 continue
@@ -131,8 +136,9 @@ class MailStore:
     Other processes' changes are seen by re-reading (``acct.status``/``acct.uids``/``changed_since``).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fts: FtsSettings | None = None) -> None:
         self.root = Path(root)
+        self.fts = fts if fts is not None else FtsSettings()  # imap.full_text_search, imap.fts_max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self._accounts: dict[str, Account] = {}
         self._batchers: dict[str, _LoopBatcher] = {}
@@ -164,7 +170,11 @@ class MailStore:
         """Store one message and return its UID; the file and metadata are fsynced/committed before
         this returns. Thread-safe (call it via asyncio.to_thread). Raises QuotaExceeded (its
         ``permanent`` attribute tells 552 5.2.2 from 452 4.2.2) and FolderNotFound."""
-        return self.account(address).deliver(folder, data, flags, internal_date)[1]
+        account = self.account(address)
+        uid = account.deliver(folder, data, flags, internal_date)[1]
+        if self.fts.enabled:
+            INDEXER.schedule(account, self.fts)
+        return uid
 
     def deliver_async(self, address: str, data: bytes, folder: str = "INBOX", flags: Iterable[str] = (),
                       internal_date: datetime | None = None) -> asyncio.Future:
@@ -185,8 +195,13 @@ class MailStore:
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(key)
         if batcher is None or batcher.loop is not loop:
-            batcher = self._batchers[key] = _LoopBatcher(account, loop, flusher_for(account.path))
+            stored = (lambda: INDEXER.schedule(account, self.fts)) if self.fts.enabled else None
+            batcher = self._batchers[key] = _LoopBatcher(account, loop, flusher_for(account.path), stored)
         return await batcher.submit(item)
+
+    def fts_idle(self, timeout: float = 60.0) -> bool:
+        """Wait for the background full-text indexer to index what was delivered (tests, the benchmark)."""
+        return INDEXER.idle(timeout)
 
     def changed_elsewhere(self, address: str, folder: str) -> None:
         """Another process changed ``folder`` of ``address``: tell this process's subscribers (IMAP IDLE) now.
@@ -216,5 +231,6 @@ class MailStore:
         with self._lock:
             self._batchers.clear()
             for account in self._accounts.values():
+                INDEXER.forget(account)
                 account.close()
             self._accounts.clear()

@@ -98,6 +98,12 @@ class Messages(AccountDatabase):
                 rows.sort()
         return [self._info(r) for r in rows]
 
+    def all_files(self) -> list[str]:
+        """The file (relative to the account) of every message in every folder: what the full-text index
+        (``appliance.store.fts``) compares itself with."""
+        with self._lock:
+            return [name for (name,) in self._db.execute("SELECT filename FROM messages")]
+
     def message(self, folder: str, uid: int) -> MessageInfo:
         with self._lock:
             row = self._require_folder(folder)

@@ -31,6 +31,10 @@ async def search(session: Session, cmd: Search) -> None:
     need_body = searchmod.needs_message(cmd.criteria)
     header_only = not searchmod.needs_text(cmd.criteria)
     largest_uid = view.uids[-1] if view.uids else 0
+    answers: dict[int, searchmod.FtsAnswer] = {}
+    if not header_only and session.store.fts.enabled:  # BODY/TEXT answered from the full-text index
+        answers = await asyncio.to_thread(searchmod.index_answers, cmd.criteria, session.account,
+                                          session.store.fts, [infos[u] for u in view.uids if u in infos], codec)
     hits: list[tuple[int, MessageInfo]] = []
     for seq, uid in enumerate(view.uids, start=1):
         info = infos.get(uid)
@@ -38,7 +42,7 @@ async def search(session: Session, cmd: Search) -> None:
             continue
         candidate = searchmod.Candidate(
             seq, info, uid in view.recent, len(view.uids), largest_uid,
-            _loader(info.file, header_only) if need_body else _no_message,
+            _loader(info.file, header_only) if need_body else _no_message, answers=answers,
         )
         try:
             if searchmod.matches(cmd.criteria, candidate, codec):
