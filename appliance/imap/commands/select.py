@@ -48,7 +48,8 @@ def _select(session: Session, cmd: Select, readonly: bool) -> None:
     if first_unseen is not None:
         session.send(f"* OK [UNSEEN {first_unseen}] First unseen.")
     session.send(f"* OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
-    session.send(f"* OK [UIDNEXT {info.uidnext}] Predicted next UID")
+    # a message delivered between reading the folder and its messages is in EXISTS: UIDNEXT passes it
+    session.send(f"* OK [UIDNEXT {max(info.uidnext, view.high + 1)}] Predicted next UID")
     session.send(f"* OK [HIGHESTMODSEQ {info.highestmodseq}] Highest")
     session.select(view)
     if cmd.qresync is not None and cmd.qresync[0] == info.uidvalidity:
