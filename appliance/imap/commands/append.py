@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from appliance.imap.commands.registry import command
 from appliance.imap.parser import Append
+from appliance.imap.response import as_wire
 from appliance.imap.state import AUTHENTICATED
 from appliance.imap.view import valid_flag
 from appliance.store import FolderNotFound, QuotaExceeded
@@ -32,7 +33,7 @@ async def append(session: Session, cmd: Append) -> None:
         validity, uid = await asyncio.to_thread(
             session.account.deliver, cmd.mailbox, _crlf(cmd.message), cmd.flags, cmd.date)
     except FolderNotFound:
-        session.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {cmd.mailbox}")
+        session.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {as_wire(cmd.mailbox)}")
         return
     except QuotaExceeded:
         session.send(f"{cmd.tag} NO [OVERQUOTA] Quota exceeded (mailbox for user is full)")
