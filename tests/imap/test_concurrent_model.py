@@ -2,7 +2,7 @@
 
 A hypothesis state machine drives 2-4 real sessions (raw sockets on loopback, every untagged
 response read) on one INBOX with SELECT, FETCH, STORE (+/- flags, new keywords, .SILENT), EXPUNGE,
-APPEND, COPY, SEARCH, NOOP and IDLE (another session acting while one idles). The model knows the
+APPEND, COPY, MOVE, SEARCH, NOOP and IDLE (another session acting while one idles). The model knows the
 mailbox (UIDs, flags, UIDNEXT) and what each session's client has been told, and checks every
 response stream against the ordering rules of RFC 3501 §7 / RFC 9051 §7:
 
@@ -121,23 +121,26 @@ class ConcurrentSessions(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ reading responses
 
-    def run(self, who: int, command: str, *, allow_expunge: bool, sync: bool = True) -> Reply:
+    def run(self, who: int, command: str, *, allow_expunge: bool, sync: bool = True,
+            new: list[int] | None = None) -> Reply:
         """Send ``command`` on session ``who`` and check its whole response stream."""
         client = self.clients[who]
         tag = client.tag()
         lines = client.raw.command(tag, command)
-        return self.check(client, command, lines, allow_expunge, sync)
+        return self.check(client, command, lines, allow_expunge, sync, new=new)
 
     def check(self, client: Client, command: str, lines: list[bytes], allow_expunge: bool, sync: bool,
-              tagged: bool = True) -> Reply:
+              tagged: bool = True, new: list[int] | None = None) -> Reply:
         """Replay ``lines`` on the client's view, checking each against the rules and the model.
 
         ``sync`` says whether the command reports others' changes (it does unless it fails early);
-        ``tagged`` is False for the part of an IDLE stream before the continuation."""
+        ``tagged`` is False for the part of an IDLE stream before the continuation; ``new`` names the
+        messages the command may announce when some of them are gone by its end (MOVE)."""
         truth = self.truth
         view = client.view
-        new = sorted(u for u in truth.flags if u > client.high) if sync else []
-        expected = [u for u in view if u in truth.flags or not allow_expunge] + new
+        if new is None:
+            new = sorted(u for u in truth.flags if u > client.high) if sync else []
+        expected = [u for u in view + new if u in truth.flags or not allow_expunge]
         pending = list(new)
         searched: list[int] = []
         codes: dict[bytes, int] = {}
@@ -181,7 +184,7 @@ class ConcurrentSessions(RuleBasedStateMachine):
                 searched = [int(n) for n in line[8:].split()]
             elif (code := _CODE.match(line)) is not None:
                 codes[code.group(1)] = int(code.group(2))
-            elif not line.startswith(b"* OK [CLOSED]"):
+            elif not line.startswith((b"* OK [CLOSED]", b"* OK [COPYUID ")):
                 raise fail("an unexpected response", line)
         if any(b <= a for a, b in itertools.pairwise(view)):
             raise fail("UIDs do not ascend with sequence numbers", b"")
@@ -357,6 +360,21 @@ class ConcurrentSessions(RuleBasedStateMachine):
         if sources:
             assert copyuid is not None, reply.text
             assert copyuid.group(1).decode() == compress_set(first, truth.uidnext - 1), reply.text
+
+    @rule(data=st.data(), uid=st.booleans())
+    def move(self, data: st.DataObject, uid: bool) -> None:
+        """MOVE to another mailbox (RFC 6851): the moved messages are expunged, with or without UID."""
+        who = self.session(data)
+        client = self.clients[who]
+        truth = self.truth
+        synced = [u for u in client.view if u in truth.flags] + [u for u in sorted(truth.flags) if u > client.high]
+        if not synced:
+            return
+        numbers, named = self.numbers(data, synced, uid)
+        announced = [u for u in sorted(truth.flags) if u > client.high]  # before the move expunges them
+        for u in named:
+            truth.flags.pop(u, None)
+        self.run(who, f"{'UID ' if uid else ''}MOVE {numbers} Archive", allow_expunge=True, new=announced)
 
     @rule(data=st.data(), uid=st.booleans(), key=st.sampled_from(["ALL", "FLAGGED", "KEYWORD $A", "UNSEEN"]))
     def search(self, data: st.DataObject, uid: bool, key: str) -> None:
