@@ -1,7 +1,7 @@
 """Several sessions on one mailbox, checked against a model of the mailbox and of each session's view.
 
 A hypothesis state machine drives 2-4 real sessions (raw sockets on loopback, every untagged
-response read) on one INBOX with SELECT, FETCH, STORE (+/- flags, new keywords, .SILENT), EXPUNGE,
+response read) on one INBOX with SELECT/EXAMINE, FETCH, STORE (+/- flags, new keywords, .SILENT), EXPUNGE,
 APPEND, COPY, MOVE, SEARCH, NOOP and IDLE (another session acting while one idles). The model knows the
 mailbox (UIDs, flags, UIDNEXT) and what each session's client has been told, and checks every
 response stream against the ordering rules of RFC 3501 §7 / RFC 9051 §7:
@@ -75,6 +75,7 @@ class Client:
     known: dict[int, frozenset[str]] = field(default_factory=dict)  # flags the client has been told
     keywords: set[str] = field(default_factory=set)  # from the last * FLAGS
     tags: Iterator[int] = field(default_factory=itertools.count)
+    readonly: bool = False  # EXAMINEd
 
     def tag(self) -> str:
         return f"m{next(self.tags)}"
@@ -178,7 +179,9 @@ class ConcurrentSessions(RuleBasedStateMachine):
                 client.keywords = {f for f in flag_set(line[9:line.rindex(b")")]) if not f.startswith("\\")}
             elif line.startswith(b"* OK [PERMANENTFLAGS ("):
                 permanent = flag_set(line[22:line.index(b")")])
-                if "\\*" not in permanent or not client.keywords <= permanent:
+                if client.readonly and permanent:
+                    raise fail("PERMANENTFLAGS of a read-only mailbox is not ()", line)
+                if not client.readonly and ("\\*" not in permanent or not client.keywords <= permanent):
                     raise fail("PERMANENTFLAGS lacks \\* or a keyword of FLAGS", line)
             elif line.startswith(b"* SEARCH"):
                 searched = [int(n) for n in line[8:].split()]
@@ -254,10 +257,11 @@ class ConcurrentSessions(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ commands
 
-    def select(self, who: int) -> None:
+    def select(self, who: int, readonly: bool = False) -> None:
         client = self.clients[who]
-        client.view, client.high, client.known = [], 0, {}
-        reply = self.run(who, "SELECT INBOX", allow_expunge=True)
+        client.view, client.high, client.known, client.readonly = [], 0, {}, readonly
+        reply = self.run(who, f"{'EXAMINE' if readonly else 'SELECT'} INBOX", allow_expunge=True)
+        assert (b"[READ-ONLY]" in reply.text) == readonly, reply.text
         truth = self.truth
         if truth.uidvalidity is None:
             truth.uidvalidity = reply.codes[b"UIDVALIDITY"]
@@ -265,9 +269,17 @@ class ConcurrentSessions(RuleBasedStateMachine):
         assert reply.codes[b"UIDNEXT"] == truth.uidnext, (reply.codes, truth.uidnext)
         assert client.view == sorted(truth.flags)
 
-    @rule(data=st.data())
-    def reselect(self, data: st.DataObject) -> None:
-        self.select(self.session(data))
+    @rule(data=st.data(), readonly=st.booleans())
+    def reselect(self, data: st.DataObject, readonly: bool) -> None:
+        self.select(self.session(data), readonly)
+
+    def refused(self, who: int, command: str) -> bool:
+        """In an EXAMINEd mailbox a changing command is NO [READ-ONLY], before it reports anything."""
+        if not self.clients[who].readonly:
+            return False
+        reply = self.run(who, command, allow_expunge=False, sync=False)
+        assert reply.text.startswith(reply.text.split(b" ")[0] + b" NO [READ-ONLY]"), reply.text
+        return True
 
     @rule(data=st.data(), uid=st.booleans(), body=st.booleans())
     def fetch(self, data: st.DataObject, uid: bool, body: bool) -> None:
@@ -278,7 +290,7 @@ class ConcurrentSessions(RuleBasedStateMachine):
         items = "(FLAGS BODY[HEADER.FIELDS (SUBJECT)])" if body else data.draw(
             st.sampled_from(["(UID FLAGS)", "FLAGS", "(RFC822.SIZE)", "FAST"]), label="items")
         gone = [u for u in named if u not in self.truth.flags]
-        if body:
+        if body and not self.clients[who].readonly:  # EXAMINE: BODY[] sets no \\Seen (RFC 3501 §6.3.2)
             for u in named:
                 if u in self.truth.flags:
                     self.truth.flags[u] |= {"\\Seen"}
@@ -299,15 +311,17 @@ class ConcurrentSessions(RuleBasedStateMachine):
         if "$New" in flags:  # a keyword no message had before
             flags = flags - {"$New"} | {f"$K{next(_fresh)}"}
         numbers, named = self.numbers(data, client.view, uid)
+        item = f"{mode}FLAGS{'.SILENT' if silent else ''}"
+        command = f"{'UID ' if uid else ''}STORE {numbers} {item} ({' '.join(sorted(flags))})"
+        if self.refused(who, command):
+            return
         wanted = frozenset(flags)
         for u in named:
             if u in self.truth.flags:
                 self.truth.flags[u] = apply(mode, self.truth.flags[u], wanted)
                 if silent and u in client.known:  # what the client may assume without a FETCH
                     client.known[u] = apply(mode, client.known[u], wanted)
-        item = f"{mode}FLAGS{'.SILENT' if silent else ''}"
-        self.run(who, f"{'UID ' if uid else ''}STORE {numbers} {item} ({' '.join(sorted(flags))})",
-                 allow_expunge=uid)
+        self.run(who, command, allow_expunge=uid)
 
     @rule(data=st.data(), uid=st.booleans())
     def expunge(self, data: st.DataObject, uid: bool) -> None:
@@ -318,6 +332,8 @@ class ConcurrentSessions(RuleBasedStateMachine):
             numbers, named = self.numbers(data, self.clients[who].view, uid=True)
         else:  # EXPUNGE: every \Deleted message, also those this session has not been told of
             numbers, named = "", list(self.truth.flags)
+        if self.refused(who, f"UID EXPUNGE {numbers}" if uid else "EXPUNGE"):
+            return
         for u in named:
             if "\\Deleted" in self.truth.flags.get(u, ()):
                 del self.truth.flags[u]
@@ -371,6 +387,8 @@ class ConcurrentSessions(RuleBasedStateMachine):
         if not synced:
             return
         numbers, named = self.numbers(data, synced, uid)
+        if self.refused(who, f"{'UID ' if uid else ''}MOVE {numbers} Archive"):
+            return
         announced = [u for u in sorted(truth.flags) if u > client.high]  # before the move expunges them
         for u in named:
             truth.flags.pop(u, None)
