@@ -22,13 +22,15 @@ def entries(cmd: ListCommand, lsub: bool, folders: dict[str, FolderInfo],
         matched = [p for p, regex in patterns if regex.fullmatch(name)]
         if not matched:
             continue
-        found = entry(cmd, lsub, name, name in candidates, matched, folders, subscribed)
+        found = entry(cmd, lsub, name, name in candidates, matched, folders, subscribed,
+                      [regex for _, regex in patterns])
         if found is not None:
             yield name, found[0], found[1]
 
 
 def entry(cmd: ListCommand, lsub: bool, name: str, candidate: bool, matched: list[str],
-          folders: dict[str, FolderInfo], subscribed: set[str]) -> tuple[list[str], str] | None:
+          folders: dict[str, FolderInfo], subscribed: set[str],
+          regexes: list[re.Pattern[str]]) -> tuple[list[str], str] | None:
     """Attributes (and CHILDINFO) for one listed name, or None when it is not listed."""
     exists = name in folders
     wildcard = any("%" in p or "*" in p for p in matched)
@@ -38,6 +40,11 @@ def entry(cmd: ListCommand, lsub: bool, name: str, candidate: bool, matched: lis
             # RFC 3501 §6.3.9: "%" matching a non-subscribed parent of subscribed names
             return (["\\Noselect"], "") if any("%" in p for p in matched) else None
         if "RECURSIVEMATCH" in cmd.selection:
+            # RFC 5258 §3.5: listed for a subscribed descendant the patterns do not list themselves
+            # (as Dovecot): a pattern list that names the child too needs no CHILDINFO on the parent
+            prefix = name + DELIMITER
+            if not any(s.startswith(prefix) and not any(r.fullmatch(s) for r in regexes) for s in subscribed):
+                return None
             attrs = ["\\NonExistent"] if not exists else []
             if "CHILDREN" in cmd.returns:
                 attrs.append("\\HasChildren")
@@ -59,7 +66,7 @@ def entry(cmd: ListCommand, lsub: bool, name: str, candidate: bool, matched: lis
     if folder is not None and folder.special_use and show_use:  # RFC 6154 §2
         attrs.append(folder.special_use)
     if name in subscribed and ("SUBSCRIBED" in cmd.returns or "SUBSCRIBED" in cmd.selection):
-        attrs.append("\\Subscribed")
+        attrs.insert(0, "\\Subscribed")  # first, where Dovecot puts it
     suffix = ""
     if "RECURSIVEMATCH" in cmd.selection and subscribed_child:
         suffix = ' (CHILDINFO ("SUBSCRIBED"))'  # RFC 5258 §3.5

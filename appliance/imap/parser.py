@@ -518,6 +518,12 @@ def _make_date(day: int, month: bytes, year: int) -> datetime:
         raise ParseError("invalid date") from None
 
 
+class InvalidName(str):
+    """A mailbox name that is not valid modified UTF-7 (RFC 3501 §5.1.3), kept as sent: no mailbox
+    has it, so a LIST pattern of it matches literally (nothing, or itself), and a command naming
+    it is answered NO by the session, as Dovecot does, not BAD (the command itself is well formed)."""
+
+
 def _decode_mailbox(raw: bytes, allow_empty: bool = False) -> str:
     try:
         text = raw.decode("ascii")
@@ -531,8 +537,8 @@ def _decode_mailbox(raw: bytes, allow_empty: bool = False) -> str:
         raise ParseError("empty mailbox name")
     try:
         return mutf7.decode(text)
-    except mutf7.MUTF7Error as exc:
-        raise ParseError(str(exc)) from None
+    except mutf7.MUTF7Error:
+        return InvalidName(text)
 
 
 # ---------------------------------------------------------------------------------------- commands

@@ -26,6 +26,7 @@ from appliance.imap.parser import (
     CopyMove,
     Expunge,
     Fetch,
+    InvalidName,
     ParseError,
     Search,
     SeqRange,
@@ -33,6 +34,7 @@ from appliance.imap.parser import (
     StoreCommand,
     parse_command,
 )
+from appliance.imap.response import as_wire
 from appliance.imap.state import State
 from appliance.imap.view import ChangeWatch, View
 from appliance.imap.wire import TIMEOUT_AUTH, TIMEOUT_PREAUTH, Disconnect, Wire
@@ -144,6 +146,9 @@ class Session:
         if any(name == "" for name in names):
             self.send(f"{tag} NO [CANNOT] Invalid mailbox name: Name is empty")
             return
+        if any(isinstance(name, InvalidName) for name in names):
+            self.send(f"{tag} NO Mailbox name is not valid mUTF-7")  # as Dovecot: no such mailbox can exist
+            return
         command = self.with_saved_result(command)
         try:
             await spec.handler(self, command)
@@ -154,7 +159,7 @@ class Session:
         except ParseError as exc:
             self.send(f"{tag} BAD Error in IMAP command {command.name}: {exc.reason}")
         except StoreError as exc:
-            self.send(f"{tag} NO {exc}")
+            self.send(f"{tag} NO {as_wire(str(exc))}")  # a folder name in it goes out as UTF-8
         except Exception:
             log.exception("IMAP command %s failed for %s", command.name, self.user or self.client_ip)
             self.send(f"{tag} NO [SERVERBUG] Internal error occurred. Refer to server log for more information.")

@@ -10,7 +10,7 @@ change to the selected mailbox.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -93,6 +93,16 @@ class View:
             raise ParseError("Invalid messageset (sequence number beyond the last message)")
         return [uids[n - 1] for n in sorted(sequence.resolve(len(uids)))]
 
+    def announce_keywords(self, flag_sets: Iterable[frozenset[str]]) -> None:
+        """Send FLAGS (and PERMANENTFLAGS) when ``flag_sets`` hold a keyword the client has not been
+        told of. Called before any FETCH that shows those flags: RFC 3501 §7.2.6 / RFC 9051 §7.3.5
+        let a client reject a FETCH naming a flag that is not in the mailbox's FLAGS."""
+        known = self.keywords
+        new = {f for flags in flag_sets for f in flags if f not in known and not f.startswith("\\")}
+        if new:
+            known |= new
+            self.send_flags(permanent=True)
+
     def send_flags(self, permanent: bool = False) -> None:
         flags = " ".join([*SYSTEM_FLAGS, *sorted(self.keywords)])
         self.send(f"* FLAGS ({flags})")
@@ -143,6 +153,7 @@ class View:
             self.dirty = False
         new = [u for u in current if u > self.high]
         changes = account.changed_since(self.name, self.modseq)
+        self.announce_keywords(msg.flags for msg in changes)  # FLAGS before the FETCHes that use them
         if not self.no_recent:
             self.recent |= claimed & present
         if new:
@@ -154,9 +165,7 @@ class View:
             self.recent_reported = len(self.recent)
         seqs = self.seq_of()
         new_set = set(new)
-        new_keywords = set()
         for msg in changes:
-            new_keywords |= {f for f in msg.flags if not f.startswith("\\")}
             if msg.uid in new_set:
                 self.flags[msg.uid] = msg.flags
                 continue
@@ -169,9 +178,6 @@ class View:
             if condstore:
                 parts.append(f"MODSEQ ({msg.modseq})")
             send(f"* {seqs[msg.uid]} FETCH ({' '.join(parts)})")
-        if new_keywords - self.keywords:
-            self.keywords |= new_keywords
-            self.send_flags(permanent=True)
         self.modseq = info.highestmodseq
         return None
 
@@ -183,7 +189,9 @@ class View:
         if vanished:
             self.send(f"* VANISHED (EARLIER) {compress(vanished)}")
         seqs = self.seq_of()
-        for msg in self.account.changed_since(self.name, modseq):
+        changes = self.account.changed_since(self.name, modseq)
+        self.announce_keywords(msg.flags for msg in changes)
+        for msg in changes:
             if msg.uid not in seqs or (known is not None and not known.resolve_within([msg.uid])):
                 continue
             flags = fetchmod.flag_list(msg.flags, msg.uid in self.recent)

@@ -328,3 +328,84 @@ def test_two_sessions_like_dovecot(pair) -> None:
     theirs = run_pair(dovecot.port, script)
     for (who, command), a, b in zip(script, mine, theirs, strict=True):
         assert a == b, f"session {who} {command!r}:\n  mailfleet: {a}\n  dovecot:   {b}"
+
+
+ATOM_SPECIALS_NAME = "!#$&'+,-.0123456789:;<=>?@^_`|[}"  # an atom, but not valid modified UTF-7
+
+
+def test_mailbox_names_and_subscriptions_like_dovecot(pair) -> None:
+    """Names that are not modified UTF-7 are NO (no such mailbox can exist), not BAD, and work as LIST
+    patterns; SUBSCRIBE needs an existing mailbox; RECURSIVEMATCH gives CHILDINFO only for a child the
+    patterns do not list themselves (RFC 5258 §3.5)."""
+    compare(pair, [
+        f'SELECT "{ATOM_SPECIALS_NAME}"',
+        f"SELECT {ATOM_SPECIALS_NAME}",
+        f'EXAMINE "{ATOM_SPECIALS_NAME}"',
+        f'STATUS "{ATOM_SPECIALS_NAME}" (MESSAGES)',
+        f'CREATE "{ATOM_SPECIALS_NAME}"',
+        f'LIST "" "{ATOM_SPECIALS_NAME}"',
+        f'LIST "" "{ATOM_SPECIALS_NAME}*"',
+        'SELECT "&Jjo-"',
+        'SELECT "&AGE-"',
+        'LIST "" "&"',
+        "SUBSCRIBE nosuch",
+        f'SUBSCRIBE "{ATOM_SPECIALS_NAME}"',
+        "UNSUBSCRIBE nosuch",
+        'LSUB "" *',
+        "CREATE x/test2/test1",
+        "SUBSCRIBE x/test2",
+        "SUBSCRIBE x/test2/test1",
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" (x/test2 x/test2/test1)',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" (x/test2)',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" (x/%)',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" *',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" (x/test2 x/test2/test1) RETURN (CHILDREN)',
+        "CREATE y",
+        "CREATE y/z",
+        "CREATE y/z/w",
+        "SUBSCRIBE y",
+        "SUBSCRIBE y/z/w",
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" (y y/z/w)',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" (y y/z)',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" (y/% y/z/w)',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" y/%',
+        'LIST (SUBSCRIBED RECURSIVEMATCH) "" %',
+    ])
+
+
+def _keywords_sorted(lines: list[bytes]) -> list[bytes]:
+    """FLAGS and PERMANENTFLAGS with their keywords sorted: Dovecot lists keywords in the order they
+    were created, we in name order; RFC 3501 §7.2.6 gives the list no order."""
+    def sort_list(match: re.Match[bytes]) -> bytes:
+        return match.group(1) + b" ".join(sorted(match.group(2).split())) + b")"
+    return [re.sub(rb"^(\* FLAGS \(|\* OK \[PERMANENTFLAGS \()([^)]*)\)", sort_list, line) for line in lines]
+
+
+def test_new_keyword_of_another_session_like_dovecot(pair) -> None:
+    """RFC 3501 §7.2.6: a keyword another session created is announced in FLAGS and PERMANENTFLAGS
+    before any FETCH shows it, whichever command reports it."""
+    script = [
+        (0, "SELECT INBOX"),
+        (1, "SELECT INBOX"),
+        (0, "STORE 1 +FLAGS ($NewKw)"),
+        (1, "NOOP"),
+        (0, "STORE 1 +FLAGS ($Other)"),
+        (1, "FETCH 1 FLAGS"),
+        (0, "STORE 2 +FLAGS ($Third)"),
+        (1, "STORE 2 +FLAGS (\\Draft)"),
+        (0, "NOOP"),
+        (0, "STORE 3 +FLAGS ($Fourth)"),
+        (1, "FETCH 3 (UID FLAGS)"),
+        (0, "STORE 4 +FLAGS ($Fifth)"),
+        (1, "STORE 4 +FLAGS.SILENT (\\Answered)"),
+        (0, "NOOP"),
+        (0, "APPEND INBOX ($Sixth) {5+}\r\nhello"),
+        (1, "NOOP"),
+        (1, "FETCH 5 FLAGS"),
+    ]
+    ours, dovecot = pair
+    mine = run_pair(ours.port, script)
+    theirs = run_pair(dovecot.port, script)
+    for (who, command), a, b in zip(script, mine, theirs, strict=True):
+        a, b = _keywords_sorted(a), _keywords_sorted(b)
+        assert a == b, f"session {who} {command!r}:\n  mailfleet: {a}\n  dovecot:   {b}"

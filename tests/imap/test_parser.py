@@ -13,6 +13,7 @@ from appliance.imap.parser import (
     Command,
     CopyMove,
     Fetch,
+    InvalidName,
     ListCommand,
     Login,
     ParseError,
@@ -118,7 +119,6 @@ def test_typed_results() -> None:
     (b"a LOGIN {5}\r\nab", "literal shorter"),
     (b'a LOGIN "unterminated', "unterminated"),
     (b'a LOGIN "bad\\q" x', "escape"),
-    (b"a SELECT &Jjo", "'&'"),
     (b"a UID NOOP", "not a valid command"),
     (b"a FETCH 99999999999 FLAGS", "range"),
     (b'a APPEND INBOX "31-Jan-2020 99:00:00 +0000" {1}\r\nx', "time"),
@@ -209,3 +209,12 @@ def test_mailbox_names_roundtrip_through_select(name: str) -> None:
     wire = mutf7.encode(name).encode()
     command = parse_command(b"t SELECT {%d}\r\n%s" % (len(wire), wire))
     assert command.mailbox == name
+
+
+@pytest.mark.parametrize("wire", [b"&Jjo", b"&AGE-", b"bad&name", b"!#$&'+,-.0123456789:;<=>?@^_`|[}"])
+def test_names_not_in_modified_utf7_parse_as_invalid_names(wire: bytes) -> None:
+    """A well-formed command naming a mailbox that cannot exist: the session answers NO, not BAD."""
+    command = parse_command(b"t SELECT " + wire)
+    assert isinstance(command.mailbox, InvalidName) and command.mailbox == wire.decode()
+    listing = parse_command(b't LIST "" "' + wire + b'"')
+    assert isinstance(listing, ListCommand) and listing.patterns == (wire.decode(),)

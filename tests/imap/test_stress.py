@@ -1,6 +1,7 @@
 """Several sessions hammer one mailbox at once (the kind of load an IMAP stress tester applies):
-every command is answered OK/NO (never BAD or an internal error), \\Recent goes to one session
-only, and at the end every session agrees with the store on UIDs and flags."""
+every command is answered OK/NO (never BAD or an internal error), no FETCH shows a keyword before
+``* FLAGS`` announced it (another session's new keywords included), \\Recent goes to one session only,
+and at the end every session agrees with the store on UIDs and flags."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def session(server: ImapServer, seed: int, recent: dict[int, set[int]], errors: 
         lambda: f"UID COPY {rng.randint(1, 60)} Archive",
         lambda: f"UID MOVE {rng.randint(1, 60)} Trash",
         lambda: "CHECK",
+        lambda: f"UID STORE {rng.randint(1, 60)} +FLAGS ($kw{seed}x{rng.randint(1, 9)})",  # new keywords
+        lambda: "FETCH 1:* FLAGS",
     ]
+    announced: set[bytes] = set()
     for i in range(80):
         command = rng.choice(commands)()
         reply = client.command(f"t{i}", command)
@@ -39,6 +43,11 @@ def session(server: ImapServer, seed: int, recent: dict[int, set[int]], errors: 
         if status not in (b"OK", b"NO") or any(b"SERVERBUG" in line for line in reply):
             errors.append(f"{command!r}: {reply[-3:]!r}")
         for line in reply:
+            if line.startswith(b"* FLAGS ("):
+                announced = set(line[9:line.rindex(b")")].split())
+            flags = re.search(rb"^\* \d+ FETCH .*FLAGS \(([^)]*)\)", line)
+            if flags and {f for f in flags.group(1).split() if not f.startswith(b"\\")} - announced:
+                errors.append(f"{command!r}: a keyword before * FLAGS announced it (RFC 3501 §7.2.6): {line!r}")
             match = FETCH_LINE.match(line)
             if match and b"\\Recent" in match.group(2):
                 uid = re.search(rb"UID (\d+)", match.group(2))

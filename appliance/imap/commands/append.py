@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from appliance.imap.commands.registry import command
 from appliance.imap.parser import Append, AppendMessage
-from appliance.imap.response import compress
+from appliance.imap.response import as_wire, compress
 from appliance.imap.state import AUTHENTICATED
 from appliance.imap.view import valid_flag
 from appliance.imap.wire import MAX_LITERAL
@@ -36,7 +36,7 @@ async def append(session: Session, cmd: Append) -> None:
     try:
         validity, uids = await asyncio.to_thread(deliver_all, session.account, items)
     except FolderNotFound:
-        session.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {cmd.mailbox}")
+        session.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {as_wire(cmd.mailbox)}")
         return
     except QuotaExceeded:
         session.send(f"{cmd.tag} NO [OVERQUOTA] Quota exceeded (mailbox for user is full)")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from appliance.imap.commands.registry import command
 from appliance.imap.parser import CopyMove
-from appliance.imap.response import compress
+from appliance.imap.response import as_wire, compress
 from appliance.imap.state import SELECTED
 from appliance.store import FolderNotFound, QuotaExceeded
 
@@ -39,7 +39,7 @@ def _copy(session: Session, cmd: CopyMove, move: bool) -> None:
     try:
         account.folder(cmd.mailbox)
     except FolderNotFound:
-        session.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {cmd.mailbox}")
+        session.send(f"{cmd.tag} NO [TRYCREATE] Mailbox doesn't exist: {as_wire(cmd.mailbox)}")
         return
     try:
         if move:  # also into the selected mailbox itself: new UIDs, old ones expunged (as Dovecot)

@@ -63,6 +63,8 @@ async def fetch(session: Session, cmd: Fetch) -> None:
             fetch_items = _with_flags(fetch_items, cmd.uid)
             for m in changed:
                 view.flags[m.uid] = m.flags
+    if any(i.name == "FLAGS" for i in fetch_items):  # RFC 3501 §7.2.6: FLAGS before a FETCH using them
+        view.announce_keywords(m.flags for m in infos)
     seqs = view.seq_of()
     extras = await _extras(session, fetch_items, infos)
     missing = len(wanted) - len(infos) if cmd.changed_since is None else 0

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from appliance.imap.commands.registry import command
 from appliance.imap.parser import Command, MailboxCommand, Rename
+from appliance.imap.response import as_wire
 from appliance.imap.state import AUTHENTICATED
 from appliance.store import DELIMITER, Account, FolderExists, FolderNotFound, InvalidFolderName
 from appliance.store.extensions import mailbox_id as mailbox_id_of
@@ -17,12 +18,14 @@ SPECIAL_USES = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent
 
 
 def no_such_mailbox(session: Session, tag: str, name: str) -> None:
-    """NO for a missing mailbox; a parent that exists only through children is "not selectable"."""
+    """NO for a missing mailbox; a parent that exists only through children is "not selectable".
+
+    A name in human text goes out as its UTF-8 bytes (``as_wire``), as Dovecot sends it."""
     assert session.account is not None
     if any(f.name.startswith(name + DELIMITER) for f in session.account.folders()):
-        session.send(f"{tag} NO Mailbox isn't selectable: {name}")
+        session.send(f"{tag} NO Mailbox isn't selectable: {as_wire(name)}")
     else:
-        session.send(f"{tag} NO Mailbox doesn't exist: {name}")  # no [NONEXISTENT] here, as Dovecot
+        session.send(f"{tag} NO Mailbox doesn't exist: {as_wire(name)}")  # no [NONEXISTENT] here, as Dovecot
 
 
 @command("NAMESPACE", states=AUTHENTICATED)
@@ -50,7 +53,7 @@ async def create(session: Session, cmd: MailboxCommand) -> None:
         session.send(f"{cmd.tag} NO [ALREADYEXISTS] Mailbox already exists")
         return
     except InvalidFolderName as exc:
-        session.send(f"{cmd.tag} NO [CANNOT] {exc}")
+        session.send(f"{cmd.tag} NO [CANNOT] {as_wire(str(exc))}")
         return
     mailbox_id = mailbox_id_of(session.account.folder(name).uidvalidity)
     session.send(f"{cmd.tag} OK [MAILBOXID ({mailbox_id})] Create completed.")  # RFC 8474 §4.1
@@ -65,10 +68,10 @@ async def delete(session: Session, cmd: MailboxCommand) -> None:
     try:
         session.account.delete_folder(cmd.mailbox)
     except FolderNotFound:
-        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.mailbox}")
+        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {as_wire(cmd.mailbox)}")
         return
     except InvalidFolderName as exc:
-        session.send(f"{cmd.tag} NO [CANNOT] {exc}")
+        session.send(f"{cmd.tag} NO [CANNOT] {as_wire(str(exc))}")
         return
     if session.view is not None and session.view.name == cmd.mailbox:
         session.deselect()
@@ -81,13 +84,13 @@ async def rename(session: Session, cmd: Rename) -> None:
     try:
         session.account.rename_folder(cmd.old, cmd.new.rstrip(DELIMITER))
     except FolderNotFound:
-        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.old}")
+        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {as_wire(cmd.old)}")
         return
     except FolderExists:
         session.send(f"{cmd.tag} NO [ALREADYEXISTS] Target mailbox already exists")
         return
     except InvalidFolderName as exc:
-        session.send(f"{cmd.tag} NO [CANNOT] {exc}")
+        session.send(f"{cmd.tag} NO [CANNOT] {as_wire(str(exc))}")
         return
     session.send(f"{cmd.tag} OK Rename completed.")
 
@@ -103,11 +106,17 @@ async def unsubscribe(session: Session, cmd: MailboxCommand) -> None:
 
 
 def _subscription(session: Session, cmd: MailboxCommand, subscribed: bool) -> None:
+    """SUBSCRIBE needs an existing mailbox (RFC 3501 §6.3.6 allows either; clients such as
+    imapclient's tests expect NO, as Dovecot answers); UNSUBSCRIBE of any name is OK, so that a
+    name left subscribed by a deleted mailbox can still be dropped (§6.3.9)."""
     assert session.account is not None
+    if subscribed and not _exists(session.account, cmd.mailbox):
+        session.send(f"{cmd.tag} NO Mailbox doesn't exist: {as_wire(cmd.mailbox)}")
+        return
     try:
         session.account.set_subscribed(cmd.mailbox, subscribed)
     except FolderNotFound:
-        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {cmd.mailbox}")
+        session.send(f"{cmd.tag} NO [NONEXISTENT] Mailbox doesn't exist: {as_wire(cmd.mailbox)}")
         return
     session.send(f"{cmd.tag} OK {'Subscribe' if subscribed else 'Unsubscribe'} completed.")
 

@@ -52,7 +52,8 @@ def _select(session: Session, cmd: Select, readonly: bool) -> None:
     if first_unseen is not None:
         session.send(f"* OK [UNSEEN {first_unseen}] First unseen.")
     session.send(f"* OK [UIDVALIDITY {info.uidvalidity}] UIDs valid")
-    session.send(f"* OK [UIDNEXT {info.uidnext}] Predicted next UID")
+    # a message delivered between reading the folder and its messages is in EXISTS: UIDNEXT passes it
+    session.send(f"* OK [UIDNEXT {max(info.uidnext, view.high + 1)}] Predicted next UID")
     session.send(f"* OK [HIGHESTMODSEQ {info.highestmodseq}] Highest")
     session.send(f"* OK [MAILBOXID ({mailbox_id(info.uidvalidity)})] Ok")  # RFC 8474 §4.2
     session.select(view)

@@ -9,7 +9,7 @@ from appliance.imap.commands.registry import command
 from appliance.imap.parser import StoreCommand
 from appliance.imap.response import compress
 from appliance.imap.state import SELECTED
-from appliance.imap.view import valid_flag
+from appliance.imap.view import SYSTEM_FLAGS, valid_flag
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
@@ -33,19 +33,23 @@ async def store(session: Session, cmd: StoreCommand) -> None:
     condstore = session.condstore
     changed, failed = account.store_flags(view.name, uids, cmd.flags, cmd.mode, cmd.unchanged_since)
     changed_by_uid = {m.uid: m for m in changed}
-    new_keywords = {f for f in cmd.flags if not f.startswith("\\")} - view.keywords
-    if new_keywords and cmd.mode != "remove":
-        view.keywords |= new_keywords
-        view.send_flags(permanent=True)
     seqs = view.seq_of()
     failed_set = set(failed)
     report = [u for u in uids if u not in failed_set]
     current = {m.uid: m for m in account.messages(view.name)} if not cmd.silent or condstore else {}
+    # the FETCHes below show whole flag sets, another session's new keywords included (RFC 3501 §7.2.6)
+    added = frozenset(cmd.flags) if cmd.mode != "remove" else frozenset()
+    view.announce_keywords([added, *(m.flags for m in changed), *(current[u].flags for u in report if u in current)])
     for uid in report:
         info = changed_by_uid.get(uid) or current.get(uid)
         if info is None:
             continue
-        view.flags[uid] = info.flags
+        if cmd.silent:
+            # the client takes the flags to be what it knew with this change applied (RFC 3501
+            # §6.4.6); a difference (another session's change) stays for the sync to report
+            view.flags[uid] = assumed_flags(view.flags.get(uid, frozenset()), cmd.flags, cmd.mode)
+        else:
+            view.flags[uid] = info.flags
         if cmd.silent and not (condstore and uid in changed_by_uid):
             continue
         parts = []
@@ -62,3 +66,16 @@ async def store(session: Session, cmd: StoreCommand) -> None:
         return
     session.sync_after_command(cmd.uid)
     session.send(f"{cmd.tag} OK Store completed.")
+
+
+_CANONICAL = {f.lower(): f for f in SYSTEM_FLAGS}
+
+
+def assumed_flags(before: frozenset[str], flags: tuple[str, ...], mode: str) -> frozenset[str]:
+    """A message's flags as a client that sent a .SILENT STORE (and got no FETCH) takes them to be."""
+    wanted = frozenset(_CANONICAL.get(f.lower(), f) for f in flags if f.lower() != "\\recent")
+    if mode == "add":
+        return before | wanted
+    if mode == "remove":
+        return before - wanted
+    return wanted
