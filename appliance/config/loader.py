@@ -513,6 +513,7 @@ def _imap(value: Any) -> ImapConfig:
     return ImapConfig(**_given(section, "imap", {
         "full_text_search": _bool,
         "fts_max_bytes": lambda v, w: _int(v, w, 4096, 1 << 30),
+        "fts_autoindex": _bool,
     }))
 
 

@@ -105,6 +105,7 @@ class ImapConfig:
 
     full_text_search: bool = True
     fts_max_bytes: int = 1048576  # text indexed per message; the rest of a longer one is checked by reading it
+    fts_autoindex: bool = False  # index at delivery (idle priority) rather than at the first search (Dovecot's)
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,8 @@ class Appliance:
             self.directory = Directory.from_config(config)
             self.authenticator = Authenticator(self.directory, config.auth, bans=self.bans)
             self.store = MailStore(config.mail_dir, fts=FtsSettings(config.imap.full_text_search,
-                                                                   config.imap.fts_max_bytes))
+                                                                   config.imap.fts_max_bytes,
+                                                                   config.imap.fts_autoindex))
         self.router = self._router(config)
         self.sieve_state: SieveState | None = None  # vacation replies and done actions, opened with Sieve
         self.local: LocalDelivery | None = None

@@ -37,6 +37,8 @@ import logging
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -66,10 +68,12 @@ _BLOCK_TAGS = frozenset({"br", "p", "div", "tr", "td", "th", "li", "ul", "ol", "
 
 @dataclass(frozen=True)
 class FtsSettings:
-    """``imap.full_text_search`` and ``imap.fts_max_bytes``, as the store and the IMAP server use them."""
+    """``imap.full_text_search``, ``imap.fts_max_bytes`` and ``imap.fts_autoindex``, as the store and the IMAP
+    server use them."""
 
     enabled: bool = True
     max_bytes: int = DEFAULT_MAX_BYTES
+    autoindex: bool = False  # index each delivery in the background (else: at the first search that needs it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,14 +400,17 @@ def index_for(account: FileLister, settings: FtsSettings) -> FtsIndex:
 
 class Indexer:
     """Indexes newly delivered messages in the background, so that the first SEARCH BODY finds the index
-    built. One daemon thread per process; ``schedule`` is cheap (a set insert). The thread waits until
-    deliveries pause for ``DELAY`` (at most ``MAX_DEFER`` after the first one waiting), then indexes them
-    together, in few transactions: while mail streams in, indexing (a thread holding the GIL) does not compete
-    with the sessions that accept and deliver it, and the index is ready moments after the stream ends. Work
-    left undone (the process ends first) is not lost: the next search's ``catch_up`` does it."""
+    built. ``schedule`` is cheap (a dict insert); one daemon thread per process waits until deliveries pause
+    for ``DELAY`` (at most ``MAX_DEFER`` after the first one waiting), then indexes each account touched in a
+    child process (``python -m appliance.store.fts ACCOUNT MAX_BYTES``) that runs under SCHED_IDLE: it gets
+    a CPU only when nothing else wants one, so indexing never slows the sessions that accept and deliver mail
+    (a thread would: extracting text holds the GIL), and the index is ready moments after the stream of mail
+    ends. Work left undone (the child or the process ends first) is not lost: the next search's ``catch_up``
+    does it."""
 
     DELAY = 0.5  # seconds without a new delivery: a burst becomes one pass over the account
-    MAX_DEFER = 30.0  # seconds: under a steady stream, index at least this often
+    MAX_DEFER = 30.0  # seconds: under a steady stream, start a pass at least this often
+    CHILD_TIMEOUT = 3600.0  # seconds a pass may take (a large mailbox on a busy host), then it is stopped
 
     def __init__(self) -> None:
         self._pending: dict[int, tuple[FileLister, FtsSettings]] = {}
@@ -458,14 +465,56 @@ class Indexer:
                 work, self._pending = list(self._pending.values()), {}
             for account, settings in work:
                 try:
-                    index_for(account, settings).catch_up(account)
-                except sqlite3.ProgrammingError:  # the account was closed meanwhile (MailStore.close)
-                    log.debug("full-text indexing of %s: account closed", account.path)
+                    self._index_in_child(Path(account.path), settings.max_bytes)
                 except Exception:  # noqa: BLE001 - the next search catches up; the thread must live on
                     log.exception("full-text indexing of %s failed", account.path)
             with self._cond:
                 self._busy = bool(self._pending)
                 self._cond.notify_all()
+
+    def _index_in_child(self, account_path: Path, max_bytes: int) -> None:
+        child = subprocess.Popen([sys.executable, "-m", "appliance.store.fts", str(account_path), str(max_bytes)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: a normal priority, still off the GIL
+            os.sched_setscheduler(child.pid, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            _, err = child.communicate(timeout=self.CHILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            log.warning("full-text indexing of %s stopped after %.0fs; the next search goes on with it",
+                        account_path, self.CHILD_TIMEOUT)
+            return
+        if child.returncode != 0:
+            log.warning("full-text indexing of %s failed (exit %s): %s", account_path, child.returncode,
+                        err.decode("utf-8", "replace").strip().splitlines()[-1:] or "no message")
+
+
+class _ListedFiles:
+    """The account's message files as its index (``mailfleet.sqlite``) lists them, read-only: what the
+    indexing child compares the full-text index with, without opening the account (and its recovery)."""
+
+    def __init__(self, account_path: Path) -> None:
+        self.path = account_path
+
+    def all_files(self) -> list[str]:
+        db = sqlite3.connect(f"file:{self.path / 'mailfleet.sqlite'}?mode=ro", uri=True, timeout=60)
+        try:
+            return [name for (name,) in db.execute("SELECT filename FROM messages")]
+        finally:
+            db.close()
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m appliance.store.fts ACCOUNT_DIR MAX_BYTES``: index what the account's index lists and the
+    full-text index lacks (the background pass of ``Indexer``)."""
+    account_path, max_bytes = Path(argv[0]), int(argv[1])
+    index = FtsIndex(account_path, max_bytes)
+    try:
+        index.catch_up(_ListedFiles(account_path))
+    finally:
+        index.close()
+    return 0
 
 
 INDEXER = Indexer()
@@ -481,3 +530,7 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -138,7 +138,7 @@ class MailStore:
 
     def __init__(self, root: Path, fts: FtsSettings | None = None) -> None:
         self.root = Path(root)
-        self.fts = fts if fts is not None else FtsSettings()  # imap.full_text_search, imap.fts_max_bytes
+        self.fts = fts if fts is not None else FtsSettings()  # imap.full_text_search, fts_max_bytes, fts_autoindex
         self.root.mkdir(parents=True, exist_ok=True)
         self._accounts: dict[str, Account] = {}
         self._batchers: dict[str, _LoopBatcher] = {}
@@ -172,7 +172,7 @@ class MailStore:
         ``permanent`` attribute tells 552 5.2.2 from 452 4.2.2) and FolderNotFound."""
         account = self.account(address)
         uid = account.deliver(folder, data, flags, internal_date)[1]
-        if self.fts.enabled:
+        if self.fts.enabled and self.fts.autoindex:
             INDEXER.schedule(account, self.fts)
         return uid
 
@@ -195,7 +195,7 @@ class MailStore:
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(key)
         if batcher is None or batcher.loop is not loop:
-            stored = (lambda: INDEXER.schedule(account, self.fts)) if self.fts.enabled else None
+            stored = (lambda: INDEXER.schedule(account, self.fts)) if self.fts.enabled and self.fts.autoindex else None
             batcher = self._batchers[key] = _LoopBatcher(account, loop, flusher_for(account.path), stored)
         return await batcher.submit(item)
 

@@ -19,7 +19,7 @@ def test_smtp_delivery_is_indexed_and_searched(mailfleet_factory) -> None:
         capture_output=True, text=True, check=True).stdout.strip()
     server = mailfleet_factory({
         "roles": ["primary"],
-        "imap": {"full_text_search": True, "fts_max_bytes": 4096},
+        "imap": {"full_text_search": True, "fts_max_bytes": 4096, "fts_autoindex": True},
         "primary": {"domains": ["home.test"],
                     "users": [{"address": "alice@home.test", "password_hash": password_hash}]},
     }, services=("smtp", "imap"), address=ADDRESS)

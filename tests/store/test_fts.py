@@ -23,7 +23,7 @@ USER = "alice@example.org"
 
 @pytest.fixture
 def store(tmp_path: Path) -> MailStore:
-    store = MailStore(tmp_path / "mail")
+    store = MailStore(tmp_path / "mail", fts=FtsSettings(autoindex=True))
     yield store
     store.close()
 
@@ -192,7 +192,8 @@ DELIVER_LOOP = """
 import sys
 from pathlib import Path
 from appliance.store import MailStore
-store = MailStore(Path(sys.argv[1]))
+from appliance.store.fts import FtsSettings
+store = MailStore(Path(sys.argv[1]), fts=FtsSettings(autoindex=True))
 i = 0
 while True:
     store.deliver("alice@example.org", b"Subject: p\\r\\n\\r\\nunique token%dx\\r\\n" % i)
