@@ -26,31 +26,7 @@ async def search(session: Session, cmd: Search) -> None:
     except searchmod.BadCharset:
         session.send(f"{cmd.tag} NO [BADCHARSET] Unknown charset {cmd.charset}")
         return
-    view = session.view
-    infos = {m.uid: m for m in session.account.messages(view.name)}
-    need_body = searchmod.needs_message(cmd.criteria)
-    header_only = not searchmod.needs_text(cmd.criteria)
-    largest_uid = view.uids[-1] if view.uids else 0
-    answers: dict[int, searchmod.FtsAnswer] = {}
-    if not header_only and session.store.fts.enabled:  # BODY/TEXT answered from the full-text index
-        answers = await asyncio.to_thread(searchmod.index_answers, cmd.criteria, session.account,
-                                          session.store.fts, [infos[u] for u in view.uids if u in infos], codec)
-    hits: list[tuple[int, MessageInfo]] = []
-    for seq, uid in enumerate(view.uids, start=1):
-        info = infos.get(uid)
-        if info is None:
-            continue
-        candidate = searchmod.Candidate(
-            seq, info, uid in view.recent, len(view.uids), largest_uid,
-            _loader(info.file, header_only) if need_body else _no_message, answers=answers,
-        )
-        try:
-            if searchmod.matches(cmd.criteria, candidate, codec):
-                hits.append((seq, info))
-        except FileNotFoundError:
-            continue
-        if need_body and seq % 200 == 0:
-            await asyncio.sleep(0)
+    hits = await matching(session, cmd.criteria, codec)
     numbers = [info.uid if cmd.uid else seq for seq, info in hits]
     modseq_part = ""
     if searchmod.uses_modseq(cmd.criteria) and hits:
@@ -75,6 +51,38 @@ def _saved(returns: tuple[str, ...], uids: list[int]) -> list[int]:
     if uids and others and others <= {"MIN", "MAX"}:
         return sorted({min(uids) if "MIN" in others else max(uids), max(uids) if "MAX" in others else min(uids)})
     return uids
+
+
+async def matching(session: Session, criteria: tuple, codec: str) -> list[tuple[int, MessageInfo]]:
+    """(sequence number, message) of every message of the selected mailbox matching ``criteria``, in mailbox
+    order: what SEARCH answers, and what SORT and THREAD order (RFC 5256 §3: the same search keys)."""
+    assert session.view is not None and session.account is not None
+    view = session.view
+    infos = {m.uid: m for m in session.account.messages(view.name)}
+    need_body = searchmod.needs_message(criteria)
+    header_only = not searchmod.needs_text(criteria)
+    largest_uid = view.uids[-1] if view.uids else 0
+    answers: dict[int, searchmod.FtsAnswer] = {}
+    if not header_only and session.store.fts.enabled:  # BODY/TEXT answered from the full-text index
+        answers = await asyncio.to_thread(searchmod.index_answers, criteria, session.account,
+                                          session.store.fts, [infos[u] for u in view.uids if u in infos], codec)
+    hits: list[tuple[int, MessageInfo]] = []
+    for seq, uid in enumerate(view.uids, start=1):
+        info = infos.get(uid)
+        if info is None:
+            continue
+        candidate = searchmod.Candidate(
+            seq, info, uid in view.recent, len(view.uids), largest_uid,
+            _loader(info.file, header_only) if need_body else _no_message, answers=answers,
+        )
+        try:
+            if searchmod.matches(criteria, candidate, codec):
+                hits.append((seq, info))
+        except FileNotFoundError:
+            continue
+        if need_body and seq % 200 == 0:
+            await asyncio.sleep(0)
+    return hits
 
 
 def _esearch(cmd: Search, numbers: list[int], modseqs: list[int]) -> str:

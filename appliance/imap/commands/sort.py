@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from appliance.imap import search as searchmod
 from appliance.imap import sortkeys, threading
 from appliance.imap.commands.registry import command
-from appliance.imap.message import Message, cached_header, read_message
+from appliance.imap.commands.search import matching
 from appliance.imap.parser import Sort, Thread
 from appliance.imap.response import compress
 from appliance.imap.state import SELECTED
@@ -118,30 +117,11 @@ async def _matching(session: Session, tag: str, charset: str, criteria: tuple) -
     except searchmod.BadCharset:
         session.send(f"{tag} NO [BADCHARSET] Unknown charset {charset}")
         return None
-    view = session.view
     if criteria == ("AND", [("ALL",)]):
         return _everything(session)
-    infos = {m.uid: m for m in session.account.messages(view.name)}
-    need_body = searchmod.needs_message(criteria)
-    header_only = not searchmod.needs_text(criteria)
-    largest_uid = view.uids[-1] if view.uids else 0
     if searchmod.uses_modseq(criteria):
         session.enable_condstore()
-    hits: list[tuple[int, MessageInfo]] = []
-    for seq, uid in enumerate(view.uids, start=1):
-        info = infos.get(uid)
-        if info is None:
-            continue
-        load = _loader(info.file, header_only) if need_body else _no_message
-        candidate = searchmod.Candidate(seq, info, uid in view.recent, len(view.uids), largest_uid, load)
-        try:
-            if searchmod.matches(criteria, candidate, codec):
-                hits.append((seq, info))
-        except FileNotFoundError:
-            continue
-        if need_body and seq % 200 == 0:
-            await asyncio.sleep(0)
-    return hits
+    return await matching(session, criteria, codec)
 
 
 def _everything(session: Session) -> list[tuple[int, MessageInfo]]:
@@ -200,13 +180,4 @@ def _esort(cmd: Sort, numbers: list[int]) -> str:
         parts.append(f"COUNT {len(numbers)}")
     return "* ESEARCH " + " ".join(parts)
 
-
-def _loader(path: str, header_only: bool) -> Callable[[], Message]:
-    if header_only:
-        return lambda: Message(cached_header(path))
-    return lambda: Message(read_message(path))
-
-
-def _no_message() -> Message:
-    raise AssertionError("search key needs the message but none was loaded")
 
