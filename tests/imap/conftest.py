@@ -74,20 +74,25 @@ class ImapServer:
         return self.store.deliver(address, data, **kwargs)
 
 
-def _run_server(tmp_path: Path, plaintext_on_loopback: bool) -> Iterator[ImapServer]:
-    cert = self_signed_cert(tmp_path / "tls", "localhost", ("127.0.0.1",))
+def run_server(tmp_path: Path, plaintext_on_loopback: bool = True, host: str = "127.0.0.1",
+               users: tuple[str, ...] = ("alice@example.org", "bob@example.org"), limits: object = None,
+               imaps: bool = True) -> Iterator[ImapServer]:
+    """The real IMAP server (and IMAPS unless ``imaps`` is false) on ``host``, in a thread of its own with its
+    own event loop, until the generator is closed: the one the IMAP test modules share."""
+    cert = self_signed_cert(tmp_path / "tls", "localhost", (host,))
     store = MailStore(tmp_path / "mail")
     auth = Argon2Authenticator()
-    auth.add("alice@example.org", PASSWORD)
-    auth.add("bob@example.org", PASSWORD)
+    for user in users:
+        auth.add(user, PASSWORD)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    extra = () if limits is None else (limits,)
     servers = asyncio.run_coroutine_threadsafe(
-        start_imap([("127.0.0.1", 0)], [("127.0.0.1", 0)], store, auth, cert.server_context(),
-                   "imap.example.org", plaintext_on_loopback), loop).result(10)
-    server = ImapServer("127.0.0.1", servers[0].sockets[0].getsockname()[1],
-                        servers[1].sockets[0].getsockname()[1], store, auth, cert, loop, servers)
+        start_imap([(host, 0)], [(host, 0)] if imaps else [], store, auth, cert.server_context(),
+                   "imap.example.org", plaintext_on_loopback, *extra), loop).result(10)
+    server = ImapServer(host, servers[0].sockets[0].getsockname()[1],
+                        servers[1].sockets[0].getsockname()[1] if imaps else 0, store, auth, cert, loop, servers)
     try:
         yield server
     finally:
@@ -109,13 +114,13 @@ def _run_server(tmp_path: Path, plaintext_on_loopback: bool) -> Iterator[ImapSer
 @pytest.fixture
 def imap_server(tmp_path: Path) -> Iterator[ImapServer]:
     """Plaintext LOGIN allowed on loopback (like the demo config)."""
-    yield from _run_server(tmp_path, plaintext_on_loopback=True)
+    yield from run_server(tmp_path, plaintext_on_loopback=True)
 
 
 @pytest.fixture
 def strict_imap_server(tmp_path: Path) -> Iterator[ImapServer]:
     """Production default: no plaintext authentication before TLS."""
-    yield from _run_server(tmp_path, plaintext_on_loopback=False)
+    yield from run_server(tmp_path, plaintext_on_loopback=False)
 
 
 class RawClient:

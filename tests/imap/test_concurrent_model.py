@@ -21,11 +21,9 @@ predicts each session's view exactly.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +32,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
-from peers.tls import self_signed_cert
 
 from appliance.auth.connections import ConnectionLimits
-from appliance.imap.server import start_imap
-from appliance.store import MailStore
-from tests.imap.conftest import PASSWORD, Argon2Authenticator, ImapServer, RawClient
+from tests.imap.conftest import PASSWORD, ImapServer, RawClient, run_server
 
 KEYWORDS = ("$A", "$B", "$Label1")
 SYSTEM = ("\\Seen", "\\Flagged", "\\Deleted", "\\Answered")
@@ -446,35 +441,8 @@ HOST = "127.0.50.1"  # this test's own loopback address
 def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     """One real server for every example (each example has an account of its own); no per-address
     connection limit, as every example opens up to four sessions from one address."""
-    tmp = Path(tmp_path_factory.mktemp("model"))
-    cert = self_signed_cert(tmp / "tls", "localhost", (HOST,))
-    store = MailStore(tmp / "mail")
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    limits = ConnectionLimits(exempt=lambda ip: True)
-    auth = Argon2Authenticator()
-    servers = asyncio.run_coroutine_threadsafe(
-        start_imap([(HOST, 0)], [], store, auth, cert.server_context(), "imap.example.org",
-                   True, limits), loop).result(10)
-    server = ImapServer(HOST, servers[0].sockets[0].getsockname()[1], 0, store, auth, cert, loop,
-                        servers)
-    try:
-        yield server
-    finally:
-        async def stop() -> None:
-            for s in servers:
-                s.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-        store.close()
+    yield from run_server(Path(tmp_path_factory.mktemp("model")), host=HOST, users=(), imaps=False,
+                          limits=ConnectionLimits(exempt=lambda ip: True))
 
 
 def test_concurrent_sessions_follow_the_ordering_rules(model_server: ImapServer) -> None:
