@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.imap.conftest import ImapServer, RawClient, _run_server
+from tests.imap.conftest import ImapServer, RawClient, run_server
 
 MSG = b"From: a@example.net\r\nSubject: fuzz\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n" \
       b"--x\r\nContent-Type: text/plain\r\n\r\nhello\r\n--x\r\nContent-Type: message/rfc822\r\n\r\n" \
@@ -28,7 +28,7 @@ ARGS = ["INBOX", "Trash", "fuzz", "fuzz/a", '""', '"*"', "%", "*", "1", "1:*", "
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ImapServer]:
-    generator = _run_server(tmp_path_factory.mktemp("fuzz"), plaintext_on_loopback=True)
+    generator = run_server(tmp_path_factory.mktemp("fuzz"), plaintext_on_loopback=True)
     srv = next(generator)
     for _ in range(3):
         srv.deliver(MSG)
