@@ -7,9 +7,14 @@ acceptors share theirs through abuse/counts.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from appliance.config.model import LimitsConfig
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 MAX_CONNECTIONS = 2000  # all IMAP and POP3 connections of this process
 
@@ -49,3 +54,48 @@ class ConnectionLimits:
             self.open[ip] = left
         else:
             self.open.pop(ip, None)
+
+
+def admitting(limits: ConnectionLimits, protocol: str, bye: bytes, log: logging.Logger,
+              serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]) -> Handler:
+    """The connection handler of a mailbox-access listener (IMAP, ManageSieve): a client past ``limits`` gets
+    ``bye`` and is closed; otherwise ``serve(reader, writer, ip)`` runs the session, which ends quietly at a
+    server shutdown, and whose exceptions stop here (logged once, the listener lives on)."""
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("unknown", 0)
+        ip = str(peer[0])
+        if not limits.admit(ip):
+            log.warning("%s: refusing a connection from %s: too many connections", protocol, ip)
+            writer.write(bye)
+            writer.close()
+            return
+        try:
+            await serve(reader, writer, ip)
+        except asyncio.CancelledError:
+            writer.close()  # server shutdown: the connection task is the top of this call chain
+        except Exception:  # noqa: BLE001 - the session boundary
+            log.exception("%s session from %s crashed", protocol, ip)
+        finally:
+            limits.release(ip)
+
+    return on_connect
+
+
+async def start_listeners(protocol: str, log: logging.Logger,
+                          listeners: Iterable[tuple[str, int, Handler, dict[str, Any]]],
+                          limit: int) -> list[asyncio.base_events.Server]:
+    """One asyncio server per (host, port, handler, start_server options); all or none: a failure closes the
+    ones already open."""
+    servers: list[asyncio.base_events.Server] = []
+    try:
+        for host, port, handler, options in listeners:
+            servers.append(await asyncio.start_server(handler, host, port, limit=limit, **options))
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    for server in servers:
+        for sock in server.sockets:
+            log.info("%s listening on %s", protocol, sock.getsockname()[:2])
+    return servers

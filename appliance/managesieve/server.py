@@ -7,7 +7,7 @@ import logging
 import ssl
 from collections.abc import Callable, Sequence
 
-from appliance.auth.connections import ConnectionLimits
+from appliance.auth.connections import ConnectionLimits, admitting, start_listeners
 from appliance.config.model import SieveConfig
 from appliance.managesieve.session import Authenticator, Session
 from appliance.managesieve.wire import MAX_LINE
@@ -31,34 +31,9 @@ async def start_managesieve(
     address (the service shares IMAP's and POP3's)."""
     admitted = connections if connections is not None else ConnectionLimits()
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("unknown", 0)
-        ip = str(peer[0])
-        if not admitted.admit(ip):
-            log.warning("ManageSieve: refusing a connection from %s: too many connections", ip)
-            writer.write(b'BYE "Too many connections, try again later"\r\n')
-            writer.close()
-            return
-        session = Session(reader, writer, scripts, authenticator, ssl_context, hostname,
-                          plaintext_auth_on_loopback, limits())
-        try:
-            await session.run()
-        except asyncio.CancelledError:
-            writer.close()  # server shutdown: end quietly
-        except Exception:
-            log.exception("ManageSieve session from %s crashed", ip)
-        finally:
-            admitted.release(ip)
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str) -> None:
+        await Session(reader, writer, scripts, authenticator, ssl_context, hostname, plaintext_auth_on_loopback,
+                      limits()).run()
 
-    servers: list[asyncio.base_events.Server] = []
-    try:
-        for host, port in listen:
-            servers.append(await asyncio.start_server(on_connect, host, port, limit=MAX_LINE))
-    except BaseException:
-        for server in servers:
-            server.close()
-        raise
-    for server in servers:
-        for sock in server.sockets:
-            log.info("ManageSieve listening on %s", sock.getsockname()[:2])
-    return servers
+    handler = admitting(admitted, "ManageSieve", b'BYE "Too many connections, try again later"\r\n', log, serve)
+    return await start_listeners("ManageSieve", log, [(host, port, handler, {}) for host, port in listen], MAX_LINE)
