@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import email.header
-import email.policy
 import functools
 import re
 from collections.abc import Iterator
@@ -282,29 +281,6 @@ class Message:
 
     def decoded_header(self, name: str) -> list[str]:
         return [decode_words(v) for v in self.top.get_all(name.lower())]
-
-    def decoded_headers(self) -> str:
-        return "\n".join(f"{k}: {decode_words(v)}" for k, v in self.top.fields)
-
-    def body_text(self) -> str:
-        """All text parts decoded (transfer encoding and charset), for SEARCH BODY/TEXT."""
-        try:
-            parsed = email.message_from_bytes(self.data, policy=email.policy.compat32)
-            chunks = []
-            for sub in parsed.walk():
-                if sub.get_content_maintype() not in ("text", "message") or sub.is_multipart():
-                    continue
-                payload = sub.get_payload(decode=True)
-                if not isinstance(payload, bytes):
-                    continue
-                charset = sub.get_content_charset() or "utf-8"
-                try:
-                    chunks.append(payload.decode(charset, "replace"))
-                except LookupError:
-                    chunks.append(payload.decode("utf-8", "replace"))
-            return "\n".join(chunks)
-        except Exception:  # noqa: BLE001 - a hostile message must not break SEARCH; fall back to raw
-            return self.root.body.decode("utf-8", "replace")
 
 
 def decode_words(value: bytes) -> str:
