@@ -12,11 +12,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 
 FLOORS = [
-    {"message", "durable", "config", "forwarding"},  # the ground floor: imports nothing of appliance
+    {"message", "durable", "config", "forwarding", "metrics"},  # the ground floor: imports nothing of appliance
     {"dns", "store", "auth", "pipeline", "sieve"},
-    {"delivery", "imap", "pop3", "filters", "quarantine", "web", "abuse", "screening", "senderauth",
+    {"delivery", "imap", "pop3", "filters", "quarantine", "abuse", "screening", "senderauth",
      "signing", "egress", "tlspolicy", "managesieve"},
     {"queue", "smtp"},
+    {"web"},  # the console and its API: a view over every part below it
     {"service"},
     {"cli"},
 ]

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (address, target)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS catch_all (domain TEXT PRIMARY KEY, target TEXT NOT NULL) WITHOUT ROWID;
+-- The users who may log in to the web console as administrators (web/access.py); a table of its own, so that
+-- a directory made before the console opens unchanged.
+CREATE TABLE IF NOT EXISTS admins (address TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 #: Alias chains deeper than this are treated as a configuration error (Postfix: virtual_alias_recursion_limit).
@@ -359,7 +362,34 @@ class Directory:
         with self._write() as conn:
             if conn.execute("DELETE FROM users WHERE address = ?", (key,)).rowcount == 0:
                 raise NotFoundError(f"user {key}: no such user")
+            conn.execute("DELETE FROM admins WHERE address = ?", (key,))
         log.info("user %s deleted", key)
+
+    # -- administrators of the web console --------------------------------------------------------------
+
+    def set_admin(self, address: str, admin: bool) -> None:
+        """Make a user (config or directory) an administrator of the web console, or no longer one."""
+        key = _checked(address)
+        if not self.user_exists(key):
+            raise NotFoundError(f"user {key}: no such user")
+        with self._write() as conn:
+            if admin:
+                conn.execute("INSERT OR IGNORE INTO admins (address) VALUES (?)", (key,))
+            else:
+                conn.execute("DELETE FROM admins WHERE address = ?", (key,))
+        log.info("user %s %s an administrator", key, "is now" if admin else "is no longer")
+
+    def is_admin(self, address: str) -> bool:
+        try:
+            key = normalize_address(address)
+        except AddressError:
+            return False
+        with self._read() as conn:
+            return conn.execute("SELECT 1 FROM admins WHERE address = ?", (key,)).fetchone() is not None
+
+    def list_admins(self) -> list[str]:
+        with self._read() as conn:
+            return sorted(row[0] for row in conn.execute("SELECT address FROM admins"))
 
     def list_users(self) -> list[UserEntry]:
         with self._read() as conn:

@@ -17,6 +17,7 @@ from appliance.cli import (
     serve,
     tls_reports_cmd,
     users,
+    web_cmd,
 )
 from appliance.config import ConfigError, load_config
 from appliance.sieve.engine import check_globals
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw.set_defaults(func=_hash_password)
     # Command groups that live beside their subject; each module has register(subparsers).
     for module in (queue_cmd, quarantine_cmd, ban_cmd, dkim_cmd, egress_cmd, users, imports, tls_reports_cmd,
-                   fts_cmd):
+                   fts_cmd, web_cmd):
         module.register(sub)
     _accept_config_everywhere(parser)
     return parser

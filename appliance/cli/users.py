@@ -96,7 +96,17 @@ def _user_add(args: argparse.Namespace, directory: Directory) -> int:
     quota = parse_quota(args.quota)
     password = None if args.no_password else _read_password(args)
     address = directory.add_user(args.address, password, quota=quota)
-    print(f"user {address} added" + (" (mail only, cannot log in)" if password is None else ""))
+    if args.admin:
+        directory.set_admin(address, True)
+    print(f"user {address} added" + (" (mail only, cannot log in)" if password is None else "")
+          + (", administrator of the web console" if args.admin else ""))
+    return EXIT_OK
+
+
+def _user_admin(args: argparse.Namespace, directory: Directory) -> int:
+    on = args.state == "on"
+    directory.set_admin(args.address, on)
+    print(f"{args.address.lower()} {'is now' if on else 'is no longer'} an administrator of the web console")
     return EXIT_OK
 
 
@@ -122,10 +132,12 @@ def _user_quota(args: argparse.Namespace, directory: Directory) -> int:
 
 
 def _user_list(args: argparse.Namespace, directory: Directory) -> int:
+    admins = set(directory.list_admins())
     for user in directory.list_users():
         quota = "unlimited" if user.quota == 0 else str(user.quota)
         login = "" if user.can_login else "\tno-login"
-        print(f"{user.address}\tquota={quota}\t{user.source}{login}")
+        admin = "\tadmin" if user.address in admins else ""
+        print(f"{user.address}\tquota={quota}\t{user.source}{login}{admin}")
     return EXIT_OK
 
 
@@ -181,7 +193,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--quota", default="0", help="mailbox quota: bytes or 500M, 2G ... (0 = unlimited)")
     _password_option(add)
     add.add_argument("--no-password", action="store_true", help="mail-only user that cannot log in")
+    add.add_argument("--admin", action="store_true", help="the user may log in to the web console as administrator")
     add.set_defaults(func=_run(_user_add))
+    admin = user.add_parser("admin", help="make a user an administrator of the web console (on), or not (off)")
+    admin.add_argument("address")
+    admin.add_argument("state", choices=("on", "off"))
+    admin.set_defaults(func=_run(_user_admin))
     passwd = user.add_parser("passwd", help="set a user's password")
     passwd.add_argument("address")
     _password_option(passwd)

@@ -69,6 +69,12 @@ from appliance.config.model import (
     TLSReportsConfig,
     UnixSocket,
     UserConfig,
+    WebAccessConfig,
+    WebConfig,
+    WebFleetConfig,
+    WebmailConfig,
+    WebMetricsConfig,
+    WebWellKnownConfig,
     field_default,
     workers_per_cpu,
 )
@@ -319,7 +325,7 @@ def _kind(value: Any) -> str:
 
 TOP_KEYS = ("hostname", "data_dir", "roles", "log_level", "listen", "tls", "dns", "smtp", "auth", "delivery", "queue",
             "filters", "limits", "bans", "screening", "greylisting", "sender_auth", "dkim", "srs", "shaping",
-            "outbound_tls", "tls_reports", "sieve", "imap", *ROLES)
+            "outbound_tls", "tls_reports", "sieve", "imap", "web", *ROLES)
 
 
 def _build(raw: Any, source: str, base_dir: Path) -> Config:
@@ -360,6 +366,7 @@ def _build(raw: Any, source: str, base_dir: Path) -> Config:
         shaping=_shaping(top.get("shaping")),
         outbound_tls=_outbound_tls(top.get("outbound_tls"), base_dir),
         tls_reports=_tls_reports(top.get("tls_reports")),
+        web=_web(top.get("web")),
         primary=_primary(top.get("primary")) if "primary" in roles else None,
         backup_mx=_backup_mx(top.get("backup_mx"), queue) if "backup_mx" in roles else None,
         incoming_gateway=(_incoming(top.get("incoming_gateway"), queue)
@@ -1255,6 +1262,48 @@ def _tls_reports(value: Any) -> TLSReportsConfig:
         "https_timeout": parse_duration,
         "keep": parse_duration,
     }))
+
+
+# ---------------------------------------------------------------------------------------------- web
+
+
+def _web(value: Any) -> WebConfig:
+    section = _mapping(value, "web", _keys(WebConfig))
+    return WebConfig(**_given(section, "web", {
+        "access": _web_access,
+        "fleet": _web_fleet,
+        "metrics": _web_metrics,
+        "wellknown": _web_wellknown,
+        "webmail": _webmail,
+    }))
+
+
+def _web_access(value: Any, where: str) -> WebAccessConfig:
+    section = _mapping(value, where, _keys(WebAccessConfig))
+    return WebAccessConfig(**_given(section, where, {
+        "session_lifetime": parse_duration,
+        "idle_timeout": parse_duration,
+    }))
+
+
+def _web_fleet(value: Any, where: str) -> WebFleetConfig:
+    section = _mapping(value, where, _keys(WebFleetConfig))
+    return WebFleetConfig(**_given(section, where, {}))
+
+
+def _web_metrics(value: Any, where: str) -> WebMetricsConfig:
+    section = _mapping(value, where, _keys(WebMetricsConfig))
+    return WebMetricsConfig(**_given(section, where, {}))
+
+
+def _web_wellknown(value: Any, where: str) -> WebWellKnownConfig:
+    section = _mapping(value, where, _keys(WebWellKnownConfig))
+    return WebWellKnownConfig(**_given(section, where, {}))
+
+
+def _webmail(value: Any, where: str) -> WebmailConfig:
+    section = _mapping(value, where, _keys(WebmailConfig))
+    return WebmailConfig(**_given(section, where, {}))
 
 
 def _check_domain_overlaps(config: Config) -> None:

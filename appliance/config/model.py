@@ -63,6 +63,7 @@ class ListenConfig:
     pop3: tuple[HostPort, ...] = ()
     pop3s: tuple[HostPort, ...] = ()
     managesieve: tuple[HostPort, ...] = ()
+    web: tuple[HostPort, ...] = ()  # every role: the console, the API, /metrics and the well-known files (HTTPS)
 
 
 @dataclass(frozen=True)
@@ -655,6 +656,48 @@ def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6
     return any(addr.version == net.version and addr in net for net in networks)
 
 
+# ---------------------------------------------------------------------------------------------- web (web/)
+# One settings class per part of the web service; each has its own loader function (config/loader.py, _web_*)
+# and its own block under `web:` in reference.yml.
+
+
+@dataclass(frozen=True)
+class WebAccessConfig:
+    """Who may use the console and the API: sessions, login refusals, API tokens, the audit log (web/access.py)."""
+
+    session_lifetime: float = 8 * 3600.0  # a console session ends this long after its login
+    idle_timeout: float = 3600.0  # ... or this long after its last request
+
+
+@dataclass(frozen=True)
+class WebFleetConfig:
+    """The fleet console: every node's state through its node API, with the token Ansible distributes."""
+
+
+@dataclass(frozen=True)
+class WebMetricsConfig:
+    """/metrics for Prometheus."""
+
+
+@dataclass(frozen=True)
+class WebWellKnownConfig:
+    """MTA-STS policy hosting, Thunderbird autoconfig, Outlook autodiscover."""
+
+
+@dataclass(frozen=True)
+class WebmailConfig:
+    """Roundcube beside the primary: the password change it asks of the directory (web/webmail.py)."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    access: WebAccessConfig = WebAccessConfig()
+    fleet: WebFleetConfig = WebFleetConfig()
+    metrics: WebMetricsConfig = WebMetricsConfig()
+    wellknown: WebWellKnownConfig = WebWellKnownConfig()
+    webmail: WebmailConfig = WebmailConfig()
+
+
 @dataclass(frozen=True)
 class Config:
     hostname: str
@@ -681,6 +724,7 @@ class Config:
     shaping: ShapingConfig = ShapingConfig()
     outbound_tls: OutboundTLSConfig = OutboundTLSConfig()
     tls_reports: TLSReportsConfig = TLSReportsConfig()
+    web: WebConfig = WebConfig()
     primary: PrimaryConfig | None = None
     backup_mx: BackupMXConfig | None = None
     incoming_gateway: IncomingGatewayConfig | None = None

@@ -158,6 +158,14 @@ class QueueRunner:
     def knows(self, queue_id: str) -> bool:
         return queue_id in self._messages
 
+    def messages(self) -> list[QueuedMessage]:
+        """The messages in the queue now (the web console's list; the spool files are the source of truth)."""
+        return list(self._messages.values())
+
+    def in_flight(self, queue_id: str) -> bool:
+        """True while a delivery attempt of this message runs."""
+        return queue_id in self._in_flight
+
     def enqueue(self, message: QueuedMessage) -> None:
         """A message just committed to the spool: deliver it now."""
         self._add(message)

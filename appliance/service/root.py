@@ -77,6 +77,8 @@ from appliance.store import MailStore
 from appliance.store.fts import FtsSettings
 from appliance.tlspolicy.policy import TLSPolicy
 from appliance.tlspolicy.results import NO_RESULTS, TLSResults
+from appliance.web.app import build_app
+from appliance.web.server import WebServer, web_tls_context
 
 log = logging.getLogger("appliance.serve")
 
@@ -158,6 +160,7 @@ class Appliance:
         self.other_servers: list[asyncio.Server] = []
         self.handlers: list[InboundHandler] = []
         self.control: ControlServer | None = None
+        self.web: WebServer | None = None  # listen.web: the console, the API, /metrics (queue process)
         self._runner_task: asyncio.Task[None] | None = None
         self._dkim_task: asyncio.Task[None] | None = None
         self.pipeline: Pipeline | None = None  # the SMTP listeners' checks; its scanners live as long as it
@@ -326,6 +329,9 @@ class Appliance:
                 self.tls_reporting.start()
             await self.control.start()
             await self._start_mailbox_access(tls)
+            if config.listen.web:
+                self.web = WebServer(build_app(self), config.listen.web, web_tls_context(server_tls_context(config)))
+                await self.web.start()
         if self.mode is not Mode.QUEUE:
             await self._start_smtp(tls)
         if self.mode is not Mode.ACCEPTOR:
@@ -463,6 +469,8 @@ class Appliance:
             log.info("stopping: draining SMTP sessions (up to %.0fs) and deliveries in flight", DRAIN_SECONDS)
         for server in self.other_servers:
             server.close()
+        if self.web is not None:
+            await self.web.stop()
         if self.listeners is not None:
             await self.listeners.drain(DRAIN_SECONDS)
         if self.pipeline is not None:
