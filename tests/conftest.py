@@ -11,6 +11,7 @@ if _TESTS not in sys.path:
 
 pytest_plugins = [
     "peers.named", "peers.smtp_sink", "peers.postfix_sink", "peers.mailfleet", "peers.disk", "peers.https_collector",
+    "peers.browser",
     # the content scanners: each a real daemon the tests start
     "peers.clamd", "peers.spamd", "peers.rspamd", "peers.milter",
 ]

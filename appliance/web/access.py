@@ -142,6 +142,11 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
+def audit(request: Request, principal: Principal, action: str, target: str, detail: str = "") -> None:
+    """Write a change to the audit log (call it after the change succeeded, before answering)."""
+    web_of(request).audit.record(principal.name, client_ip(request), action, target, detail)
+
+
 def _next(request: Request, fallback: str = "/") -> str:
     """Where to go after login: a path of this site only (never //host or a scheme: no open redirect)."""
     target = request.query_params.get("next", "")

@@ -20,6 +20,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.web import access, dashboard, selfservice
+from appliance.web.audit import AuditLog
+from appliance.web.audit import store_path as audit_path
 from appliance.web.context import STATIC, Web, templates, web_of
 from appliance.web.parts import Service
 from appliance.web.tokens import TokenStore, store_path
@@ -104,5 +106,6 @@ def build_app(service: Service) -> Starlette:
         exception_handlers={HTTPException: _http_error, access.LoginRequired: _login_required, Exception: _crash},
     )
     menu = [item for module in MODULES for item in getattr(module, "MENU", [])]
-    app.state.web = Web(service, templates(), TokenStore(store_path(config.data_dir)), menu)
+    app.state.web = Web(service, templates(), TokenStore(store_path(config.data_dir)), menu,
+                        AuditLog(audit_path(config.data_dir)))
     return app

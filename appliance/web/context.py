@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from appliance.web.audit import AuditLog
 from appliance.web.parts import Service
 from appliance.web.tokens import TokenStore
 
@@ -24,6 +25,7 @@ class Web:
     templates: Jinja2Templates
     tokens: TokenStore
     menu: list[tuple[str, str]]  # (path, label) of the console's pages, from each module's MENU
+    audit: AuditLog
 
     def page(self, request: Request, template: str, status_code: int = 200,
              headers: dict[str, str] | None = None, **values: Any) -> HTMLResponse:

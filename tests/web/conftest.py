@@ -31,6 +31,7 @@ class WebNode:
     mf: RunningMailfleet
     url: str
     context: ssl.SSLContext
+    cert: Path  # the listener's certificate (a browser is told to trust it: tests/peers/browser.py)
 
     def client(self, **options: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=self.context, timeout=20, **options)
@@ -73,7 +74,8 @@ def web_factory(mailfleet_factory: Callable[..., RunningMailfleet], tmp_path: Pa
         config = {"roles": ["primary"], "primary": {"domains": ["example.org"]}, **(config or {})}
         config.setdefault("tls", {"cert": str(cert.cert), "key": str(cert.key), "plaintext_auth_on_loopback": True})
         mf = mailfleet_factory(config, services=services, name=name)
-        node = WebNode(mf, f"https://127.0.0.1:{mf.ports['web']}", ssl.create_default_context(cafile=str(cert.cert)))
+        node = WebNode(mf, f"https://127.0.0.1:{mf.ports['web']}", ssl.create_default_context(cafile=str(cert.cert)),
+                       cert.cert)
         if admin and "primary" in config["roles"]:
             node.add_user(ADMIN, ADMIN_PASSWORD, "--admin")
         return node
