@@ -55,7 +55,8 @@ class AuditLog:
     def record(self, actor: str, client: str, action: str, target: str, detail: str = "") -> None:
         with self._lock:
             self._conn.execute("INSERT INTO audit (at, actor, client, action, target, detail) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", (time.time(), actor, client, action, target[:500], detail[:2000]))
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               (time.time(), actor, client, action, target[:500], detail[:2000]))
 
     def recent(self, limit: int = 200, offset: int = 0) -> list[Entry]:
         with self._lock:
