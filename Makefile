@@ -11,7 +11,7 @@ APT_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-pe
   chromium nginx-light php-fpm php-sqlite3 roundcube roundcube-sqlite3 roundcube-plugins prometheus
 MOLECULE_APT_PACKAGES := docker.io mmdebstrap
 
-.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth bench-dkim bench-login clean
+.PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth bench-dkim bench-login bench-web clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ BENCH_LOGIN_PACKAGES := dovecot-imapd
 bench-login: venv ## 10 IMAP clients logging in: Mailfleet login cache off/on vs Dovecot auth_cache off/on; root
 	$(call bench_packages,$(BENCH_LOGIN_PACKAGES))
 	$(PY) bench/login_bench.py $(BENCH_ARGS)
+
+bench-web: venv ## Console and API p50/p95/p99 with 10k users and 10k queued messages, 10 clients; the CLI beside
+	$(PY) bench/web_bench.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
