@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl bind9 bind9-utils dnsutils isync fetchmail postfix dovecot-imapd \
   clamav clamav-daemon clamav-milter spamassassin spamd spamc spamass-milter rspamd python3-milter opendkim opendkim-tools \
   rbldnsd opendmarc unbound sieve-connect dovecot-managesieved dovecot-sieve \
-  chromium nginx-light php-fpm php-sqlite3 roundcube roundcube-sqlite3 roundcube-plugins prometheus
+  chromium prometheus
 MOLECULE_APT_PACKAGES := docker.io mmdebstrap
 
 .PHONY: help venv apt test pytest lint collection molecule image demo demo-down bench bench-scan bench-auth bench-dkim bench-login bench-web clean
